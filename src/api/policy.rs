@@ -1,0 +1,339 @@
+//! The `ResourcePolicy` kind: how the resources of a set of nodes are shared.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::quantity::Quantity;
+use super::resources::{ResourceAmounts, ResourceRequirements};
+
+/// Which nodes and workloads the policy governs, and how it shares the nodes' resources.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "ResourcePolicy",
+    shortname = "rp",
+    category = "corral",
+    status = "ResourcePolicyStatus",
+    derive = "PartialEq",
+    doc = "A ResourcePolicy: how the CPU, memory and pids of a set of nodes are shared among the workloads it governs.",
+    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.strategy", description = "Priority, Fair, Demand or Usage"),
+    printcolumn(name = "Precedence", type_ = "integer", json_path = ".spec.precedence", priority = 1),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodeCount", description = "Nodes governed"),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending", description = "Replicas that could not be placed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message(crate::api::names::DNS_LABEL_MESSAGE).field_path(".metadata.name"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcePolicySpec {
+    /// Which policy wins when several match the same node or workload: the higher
+    /// precedence. Two matching policies with the same precedence are an error.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub precedence: i32,
+
+    /// The nodes this policy governs, by their labels. Empty selects every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+
+    /// Namespaces whose workloads this policy governs. Empty means every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub namespaces: Vec<String>,
+
+    /// The workloads this policy governs, by their labels. Empty selects every workload in
+    /// `namespaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<LabelSelector>,
+
+    /// How resources are shared: `Priority` (higher priority first; lower may be preempted),
+    /// `Fair` (weighted Dominant Resource Fairness across tenants), `Demand` (requests are
+    /// scaled down proportionally when they exceed capacity) or `Usage` (grants follow
+    /// observed use between request and limit). Default `Priority`.
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// Resources held back on every node for the system and corral itself.
+    #[serde(default)]
+    pub reserved: ResourceAmounts,
+
+    /// How far guaranteed grants may exceed what a node has after `reserved`, per resource,
+    /// as a ratio from 1 (no overcommit) to 100.
+    #[serde(default)]
+    pub overcommit: Overcommit,
+
+    /// Tenants, one per namespace, with a weight for fair sharing, a guarantee and a limit.
+    /// The kernel enforces a tenant's limit on its parent cgroup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into()]))]
+    pub tenants: Vec<Tenant>,
+
+    /// Requests, limits and IO weight for workloads that omit them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<ResourceRequirements>,
+
+    /// Whether a pending workload may preempt workloads of lower priority.
+    #[serde(default)]
+    pub preemption: Preemption,
+
+    /// Settings of the `Demand` strategy.
+    #[serde(default)]
+    pub demand: DemandSettings,
+
+    /// Settings of the `Usage` strategy.
+    #[serde(default)]
+    pub usage: UsageSettings,
+
+    /// How grants become cgroup values on the nodes.
+    #[serde(default)]
+    pub cgroup: CgroupSettings,
+
+    /// Seconds a node may be unregistered (its agent gone) before its replicas are moved to
+    /// other nodes. 5 to 86400; default 40.
+    #[serde(default = "default_node_grace")]
+    #[schemars(range(min = 5, max = 86_400))]
+    pub node_grace_period_seconds: i32,
+}
+
+fn default_node_grace() -> i32 {
+    40
+}
+
+/// How a policy shares resources.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Strategy {
+    /// Higher priority first; lower priority may be preempted when the policy allows it.
+    #[default]
+    Priority,
+    /// Weighted Dominant Resource Fairness across tenants.
+    Fair,
+    /// Proportional scaling of requests when they exceed capacity.
+    Demand,
+    /// Grants follow observed use, between request and limit.
+    Usage,
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Overcommit ratios per resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overcommit {
+    /// CPU overcommit ratio, 1 to 100; default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub cpu: f64,
+    /// Memory overcommit ratio, 1 to 100; default 1. Memory cannot be taken back without
+    /// killing, so overcommit it with care.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub memory: f64,
+    /// Pids overcommit ratio, 1 to 100; default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub pids: f64,
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit {
+            cpu: 1.0,
+            memory: 1.0,
+            pids: 1.0,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A tenant: the workloads of one namespace, sharing a parent cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.cpu) || !has(self.limit.cpu) || quantity(string(self.limit.cpu)).compareTo(quantity(string(self.guarantee.cpu))) >= 0").message("must be at least guarantee.cpu").field_path(".limit.cpu"),
+    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.memory) || !has(self.limit.memory) || quantity(string(self.limit.memory)).compareTo(quantity(string(self.guarantee.memory))) >= 0").message("must be at least guarantee.memory").field_path(".limit.memory"),
+    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.pids) || !has(self.limit.pids) || self.limit.pids >= self.guarantee.pids").message("must be at least guarantee.pids").field_path(".limit.pids"),
+)]
+pub struct Tenant {
+    /// The namespace whose workloads form this tenant.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The tenant's weight in fair sharing, 1 to 1000; default 1. A tenant of weight 2 is
+    /// entitled to twice the dominant share of a tenant of weight 1.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: i32,
+    /// Resources reserved for this tenant on the policy's nodes, met before any fair sharing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<ResourceAmounts>,
+    /// The most this tenant may be granted on the policy's nodes in total; also written to
+    /// the tenant's parent cgroup on each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<ResourceAmounts>,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+/// Preemption settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Preemption {
+    /// `PreemptLowerPriority` lets a pending workload take the place of workloads of strictly
+    /// lower priority; `Never` does not. Default `Never`.
+    #[serde(default)]
+    pub policy: PreemptionPolicy,
+}
+
+/// Whether preemption is allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PreemptionPolicy {
+    /// Never preempt.
+    #[default]
+    Never,
+    /// Preempt replicas of strictly lower priority.
+    PreemptLowerPriority,
+}
+
+/// Settings of the `Demand` strategy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DemandSettings {
+    /// The smallest grant, as a percentage of the request, that proportional scaling may
+    /// give; a replica that cannot get it stays pending. 0 to 100; default 10.
+    #[serde(default = "default_floor")]
+    #[schemars(range(min = 0, max = 100))]
+    pub floor_percent: i32,
+}
+
+impl Default for DemandSettings {
+    fn default() -> Self {
+        DemandSettings {
+            floor_percent: default_floor(),
+        }
+    }
+}
+
+fn default_floor() -> i32 {
+    10
+}
+
+/// Settings of the `Usage` strategy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSettings {
+    /// Which percentile of the observed use to grant, 1 to 100; default 95.
+    #[serde(default = "default_percentile")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percentile: i32,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            percentile: default_percentile(),
+        }
+    }
+}
+
+fn default_percentile() -> i32 {
+    95
+}
+
+/// How grants become cgroup values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CgroupSettings {
+    /// The CFS period in microseconds, 1000 to 1000000; default 100000 (100 ms, as kubelet).
+    /// The quota is `limit × period`.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1000, max = 1_000_000))]
+    pub cpu_period_micros: i64,
+    /// Where `memory.high` sits between request and limit, as kubelet's memory throttling
+    /// factor: `request + ratio × (limit − request)`. Over 0, at most 1; default 0.9.
+    #[serde(default = "default_high_ratio")]
+    #[schemars(range(min = 0.01, max = 1.0))]
+    pub memory_high_ratio: f64,
+    /// How the request is protected from reclaim (cgroup v2): `Off`, `Low` (`memory.low`,
+    /// best effort) or `Min` (`memory.min`, guaranteed). Default `Off`.
+    #[serde(default)]
+    pub memory_protection: MemoryProtection,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        CgroupSettings {
+            cpu_period_micros: default_period(),
+            memory_high_ratio: default_high_ratio(),
+            memory_protection: MemoryProtection::default(),
+        }
+    }
+}
+
+fn default_period() -> i64 {
+    100_000
+}
+
+fn default_high_ratio() -> f64 {
+    0.9
+}
+
+/// Memory protection of requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MemoryProtection {
+    /// No protection.
+    #[default]
+    Off,
+    /// `memory.low` = request: protected unless the whole system is short.
+    Low,
+    /// `memory.min` = request: never reclaimed.
+    Min,
+}
+
+/// What the policy governs and how full it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcePolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes this policy governs now.
+    #[serde(default)]
+    pub node_count: i32,
+    /// Allocatable resources summed over the governed nodes (after reserved and overcommit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ResourceTotals>,
+    /// Resources granted summed over the governed nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<ResourceTotals>,
+    /// Replicas governed by this policy that could not be placed.
+    #[serde(default)]
+    pub pending: i32,
+    /// `Ready` and `Valid`, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A total of each resource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceTotals {
+    /// CPU.
+    pub cpu: Quantity,
+    /// Memory.
+    pub memory: Quantity,
+    /// Processes.
+    pub pids: i64,
+}

@@ -1,0 +1,311 @@
+//! The `Workload` kind: what runs, with how much, where.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::quantity::Quantity;
+use super::resources::ResourceRequirements;
+
+/// The most replicas one workload may ask for.
+pub const MAX_REPLICAS: i32 = 1000;
+/// The highest priority a workload may have (as Kubernetes' user-defined PriorityClasses).
+pub const MAX_PRIORITY: i32 = 1_000_000_000;
+
+/// What to run, how many copies, with how much CPU, memory and pids, and where.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "Workload",
+    namespaced,
+    shortname = "wl",
+    category = "corral",
+    status = "WorkloadStatus",
+    derive = "PartialEq",
+    doc = "A Workload: processes that corral runs (or adopts) in cgroups on the nodes it chooses, with the CPU, memory and pids it grants under a ResourcePolicy.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Allocated, Running, Degraded or Terminating"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Replicas asked for"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas enforced and running"),
+    printcolumn(name = "CPU", type_ = "string", json_path = ".spec.resources.requests.cpu", description = "CPU requested per replica"),
+    printcolumn(name = "Memory", type_ = "string", json_path = ".spec.resources.requests.memory", description = "Memory requested per replica"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message(crate::api::names::DNS_LABEL_MESSAGE).field_path(".metadata.name"),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.command) != has(self.adopt)").message("exactly one of command or adopt must be set"),
+)]
+pub struct WorkloadSpec {
+    /// How many copies to run, 0 to 1000. Each replica gets its own cgroup and its own
+    /// allocation, possibly on a different node.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Relative importance, 0 to 1000000000. Under the `Priority` strategy higher goes first,
+    /// and may preempt lower when the policy allows it.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub priority: i32,
+
+    /// CPU, memory and pids each replica requests (guaranteed) and is limited to. Omitted
+    /// values come from the governing policy's defaults.
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+
+    /// Which nodes may run the replicas, and how they are spread.
+    #[serde(default)]
+    pub placement: Placement,
+
+    /// The command to run in each replica's cgroup. Exactly one of `command` and `adopt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+
+    /// Existing processes to move into the replica's cgroup instead of starting a command.
+    /// Exactly one of `command` and `adopt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptRule>,
+
+    /// The ResourcePolicy that governs this workload. When omitted, the policy with the
+    /// highest precedence whose namespaces and workload selector match is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<PolicyReference>,
+
+    /// Seconds between SIGTERM and SIGKILL when the workload's processes are stopped
+    /// (deletion, preemption, a move to another node). 0 to 3600; default 10.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: i32,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_grace() -> i32 {
+    10
+}
+
+/// Where replicas may run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Labels a node must carry (all of them) to run a replica of this workload.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// `Spread` puts each replica on the node with the fewest replicas of this workload;
+    /// `Pack` puts it on the fullest node that still fits (best fit). Default `Spread`.
+    #[serde(default)]
+    pub mode: PlacementMode,
+}
+
+/// How replicas are distributed over the nodes that fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PlacementMode {
+    /// Fewest replicas of the workload per node first.
+    #[default]
+    Spread,
+    /// Best fit: the node with the least room left that still fits.
+    Pack,
+}
+
+/// A command that corral starts in the replica's cgroup. It joins the cgroup before it
+/// executes, so no part of it ever runs outside.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Command {
+    /// The program and its arguments; the first is looked up in PATH when it has no `/`.
+    /// Not run through a shell: use `["/bin/sh", "-c", "..."]` for one.
+    #[schemars(length(min = 1, max = 1024))]
+    pub args: Vec<String>,
+
+    /// Environment variables, added to a minimal environment (PATH, HOME, CORRAL_WORKLOAD,
+    /// CORRAL_REPLICA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub env: Vec<EnvVar>,
+
+    /// Absolute directory to start in; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+
+    /// What to do when the process exits: `Always` restart it, restart it only `OnFailure`
+    /// (non-zero exit or a signal), or `Never`. Restarts back off exponentially from 1 s to
+    /// 5 min. Default `Always`.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+}
+
+/// One environment variable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    /// The variable's name: letters, digits and `_`, not starting with a digit.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 256))]
+    pub name: String,
+    /// The variable's value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// When a command is restarted after it exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestartPolicy {
+    /// Restart whatever the exit status.
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// Existing processes to take into the replica's cgroup. Exactly one way of matching is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.cgroupPath), has(self.pidFile), has(self.commandPattern)].filter(x, x).size() == 1").message("exactly one of cgroupPath, pidFile or commandPattern must be set"),
+)]
+pub struct AdoptRule {
+    /// Absolute path of an existing cgroup, relative to each controller's mount (as in
+    /// /proc/PID/cgroup, e.g. `/system.slice/nginx.service`); its processes are moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub cgroup_path: Option<String>,
+
+    /// Absolute path of a file holding the process ID to adopt, as daemons write it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub pid_file: Option<String>,
+
+    /// A regular expression matched against each process's full command line (arguments
+    /// joined by spaces); every matching process is adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub command_pattern: Option<String>,
+}
+
+/// A reference to a cluster-scoped ResourcePolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReference {
+    /// The ResourcePolicy's name.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+}
+
+/// What corral did with the workload and what it observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// A one-word summary: `Pending` (nothing allocated yet), `Allocated` (leases written, not
+    /// yet enforced everywhere), `Running` (every replica enforced and running), `Degraded`
+    /// (some replicas pending or failing), `Terminating` (being deleted).
+    #[serde(default)]
+    pub phase: WorkloadPhase,
+
+    /// Replicas that are allocated, enforced and running.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// One entry per replica: where it runs, what it was granted, what was written to its
+    /// cgroup and what it uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["index".into()]))]
+    pub replicas: Vec<ReplicaStatus>,
+
+    /// `Allocated`, `Enforced` and `Ready`, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A one-word summary of a workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadPhase {
+    /// Nothing allocated yet.
+    #[default]
+    Pending,
+    /// Leases written; not yet enforced on every node.
+    Allocated,
+    /// Every replica enforced and running.
+    Running,
+    /// Some replicas pending, failing or not enforced.
+    Degraded,
+    /// Being deleted: processes stopping, groups being removed.
+    Terminating,
+}
+
+/// The state of one replica.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// The replica's index, 0-based.
+    pub index: i32,
+    /// The node the replica is allocated to; absent while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What the allocator granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<Granted>,
+    /// The controller's leadership epoch that wrote the lease; a higher epoch replaces a
+    /// lower one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<i64>,
+    /// Why the replica is pending, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// The cgroup values the node's agent wrote and read back, by file name
+    /// (`cpu.shares`, `memory.limit_in_bytes`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, String>,
+    /// What the replica uses, as the agent last observed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Resources granted to one replica.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Granted {
+    /// CPU granted (a quantity, e.g. `500m`).
+    pub cpu: Quantity,
+    /// Memory granted (a quantity, e.g. `256Mi`).
+    pub memory: Quantity,
+    /// Processes granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// Observed use of one replica.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU in use, averaged over the last observation interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory in use now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// The highest memory use seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<Quantity>,
+    /// Total time the group was throttled by its CPU quota, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_seconds: Option<f64>,
+    /// Processes killed by the kernel for exceeding the memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<i64>,
+    /// Processes and threads in the group now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}

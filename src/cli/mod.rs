@@ -1,0 +1,47 @@
+//! The command line: argument parsing and one module per subcommand. Only this layer and
+//! `main` print, and only `main` turns errors into exit codes.
+
+pub mod crd;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// corral: declarative cgroup resource allocation, with leases in ZooKeeper.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (crds/ is generated from this).
+    Crd(crd::Args),
+    /// Check manifests: schema, CEL rules and semantic checks. Exit 1 on any problem.
+    Validate(validate::Args),
+}
+
+/// Manifest paths, shared by the subcommands that read manifests.
+#[derive(Debug, clap::Args)]
+pub struct ManifestArgs {
+    /// A manifest file, a directory (searched recursively for *.yaml and *.yml) or - for
+    /// standard input. Repeat for more.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Runs the parsed command and returns the process exit code.
+///
+/// # Errors
+/// Failures that are not about the manifests themselves (output, I/O).
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Crd(args) => crd::run(&args),
+        Command::Validate(args) => validate::run(&args),
+    }
+}

@@ -1,0 +1,15 @@
+//! Where desired objects come from. For now: manifest files (a file, a directory, standard
+//! input), read and validated into typed objects.
+
+pub mod files;
+pub mod yaml;
+
+use std::path::PathBuf;
+
+use crate::validate::{Manifests, Validator};
+
+/// Reads and validates the manifests at `paths` (files, directories, `-` for stdin).
+pub fn load(paths: &[PathBuf]) -> Manifests {
+    let (texts, unreadable) = files::read_all(paths);
+    Validator::new().check(&texts, &unreadable)
+}
