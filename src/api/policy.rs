@@ -103,6 +103,29 @@ fn default_node_grace() -> i32 {
     40
 }
 
+impl Default for ResourcePolicySpec {
+    /// The policy of a manifest that says nothing: what governs workloads and nodes no
+    /// ResourcePolicy matches.
+    fn default() -> Self {
+        ResourcePolicySpec {
+            precedence: 0,
+            node_selector: None,
+            namespaces: Vec::new(),
+            workload_selector: None,
+            strategy: Strategy::default(),
+            reserved: ResourceAmounts::default(),
+            overcommit: Overcommit::default(),
+            tenants: Vec::new(),
+            defaults: None,
+            preemption: Preemption::default(),
+            demand: DemandSettings::default(),
+            usage: UsageSettings::default(),
+            cgroup: CgroupSettings::default(),
+            node_grace_period_seconds: default_node_grace(),
+        }
+    }
+}
+
 /// How a policy shares resources.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Strategy {
@@ -336,4 +359,15 @@ pub struct ResourceTotals {
     pub memory: Quantity,
     /// Processes.
     pub pids: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_spec_is_what_an_empty_manifest_means() {
+        let empty: ResourcePolicySpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(empty, ResourcePolicySpec::default());
+    }
 }

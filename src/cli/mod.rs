@@ -2,6 +2,7 @@
 //! `main` print, and only `main` turns errors into exit codes.
 
 pub mod crd;
+pub mod plan;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub enum Command {
     Crd(crd::Args),
     /// Check manifests: schema, CEL rules and semantic checks. Exit 1 on any problem.
     Validate(validate::Args),
+    /// Show the allocation and where each replica would run; nothing is applied.
+    Plan(plan::Args),
 }
 
 /// Manifest paths, shared by the subcommands that read manifests.
@@ -43,5 +46,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::Plan(args) => plan::run(&args),
     }
 }

@@ -1,7 +1,8 @@
 //! Where desired objects come from. For now: manifest files (a file, a directory, standard
-//! input), read and validated into typed objects.
+//! input), read and validated into typed objects, and the nodes `corral plan` plans for.
 
 pub mod files;
+pub mod nodes;
 pub mod yaml;
 
 use std::path::PathBuf;

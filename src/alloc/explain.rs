@@ -1,0 +1,82 @@
+//! Why a replica is pending, in words a person can act on.
+
+use super::resources::{Kind, Res};
+use super::state::{Allocator, DEFAULT_POLICY, PolicyId, WKey, labels_match};
+
+/// Why a replica of `key` fits on none of the policy's nodes. Replicas of one workload fail
+/// for the same reason until something is placed, so the text is cached per workload and
+/// placement epoch.
+pub(super) fn capacity(a: &mut Allocator, policy: PolicyId, key: &WKey) -> String {
+    if let Some((epoch, reason)) = a.reasons.get(key)
+        && *epoch == a.epoch
+    {
+        return reason.clone();
+    }
+    let reason = describe(a, policy, key);
+    a.reasons.insert(key.clone(), (a.epoch, reason.clone()));
+    reason
+}
+
+fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
+    let p = &a.policies[policy];
+    let w = &a.workloads[key];
+    if p.nodes.is_empty() {
+        return if p.name == DEFAULT_POLICY {
+            "no ResourcePolicy governs this workload and every node belongs to one; set spec.policyRef or widen a policy's namespaces".to_string()
+        } else {
+            format!("ResourcePolicy {:?} governs no nodes", p.name)
+        };
+    }
+    let matching: Vec<_> = p
+        .nodes
+        .iter()
+        .map(|id| &a.nodes[*id])
+        .filter(|n| labels_match(&w.demand.node_selector, &n.info.labels))
+        .collect();
+    if matching.is_empty() {
+        let wanted: Vec<String> = w
+            .demand
+            .node_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        return format!(
+            "none of the {} nodes of ResourcePolicy {:?} has the labels {}",
+            p.nodes.len(),
+            p.name,
+            wanted.join(", ")
+        );
+    }
+    let need = w.footprint;
+    let largest = matching.iter().fold(Res::ZERO, |m, n| m.max(n.allocatable));
+    if let Some(kind) = need.first_excess(&largest) {
+        return format!(
+            "needs {} {} per replica, more than any matching node offers ({} at most)",
+            kind.format(need.get(kind)),
+            kind.name(),
+            kind.format(largest.get(kind))
+        );
+    }
+    let most_free = matching
+        .iter()
+        .fold(Res::new(i64::MIN, i64::MIN, i64::MIN), |m, n| {
+            m.max(n.allocatable.minus(n.committed))
+        });
+    if let Some(kind) = need.first_excess(&most_free) {
+        return format!(
+            "needs {} {}; the most free on a matching node is {}",
+            kind.format(need.get(kind)),
+            kind.name(),
+            kind.format(most_free.get(kind).max(0))
+        );
+    }
+    let wanted: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|k| need.get(**k) > 0)
+        .map(|k| format!("{} {}", k.format(need.get(*k)), k.name()))
+        .collect();
+    format!(
+        "needs {} on one node; each is free somewhere, but no matching node has all of it",
+        wanted.join(" and ")
+    )
+}

@@ -1,0 +1,107 @@
+//! The `Fair` strategy: weighted Dominant Resource Fairness across tenants, as in Mesos'
+//! allocator (Ghodsi et al., NSDI 2011).
+//!
+//! A tenant's dominant share is the largest, over resources, of what it holds divided by
+//! what the policy's nodes offer; divided by its weight. Progressive filling: the tenant
+//! with the smallest weighted dominant share places its next replica, again and again.
+//! Tenants below their guarantee go before all others, a tenant's limit is never
+//! exceeded, and what others are guaranteed but do not hold yet is kept free for them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use super::explain;
+use super::resources::Kind;
+use super::state::{Allocator, PolicyId, PolicyState, QueueKey, TenantState};
+
+/// Places the policy's pending replicas by weighted DRF. Within a tenant, replicas go in
+/// priority order; one that cannot be placed stays pending and the tenant's next is tried.
+pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
+    let pending = std::mem::take(&mut a.policies[policy].pending);
+    let mut queues: BTreeMap<Arc<str>, VecDeque<QueueKey>> = BTreeMap::new();
+    for queue_key in pending {
+        queues
+            .entry(queue_key.1.0.clone())
+            .or_default()
+            .push_back(queue_key);
+    }
+    let mut turn: BTreeSet<(bool, u64, Arc<str>)> = queues
+        .keys()
+        .map(|t| order(&a.policies[policy], t))
+        .collect();
+    let mut waiting = BTreeSet::new();
+    while let Some((_, _, tenant)) = turn.pop_first() {
+        let Some(queue) = queues.get_mut(&tenant) else {
+            continue;
+        };
+        let Some(queue_key) = queue.pop_front() else {
+            continue;
+        };
+        if let Err(reason) = try_place(a, policy, &queue_key) {
+            a.set_reason(&queue_key, reason);
+            waiting.insert(queue_key);
+        }
+        if queues.get(&tenant).is_some_and(|q| !q.is_empty()) {
+            turn.insert(order(&a.policies[policy], &tenant));
+        }
+    }
+    a.policies[policy].pending = waiting;
+}
+
+/// A tenant's turn: those below their guarantee first, then by weighted dominant share
+/// (f64 bits order as the numbers do for non-negative values), then by name.
+fn order(p: &PolicyState, tenant: &Arc<str>) -> (bool, u64, Arc<str>) {
+    let (below, share) = p.tenants.get(tenant).map_or((false, 0.0), |t| {
+        (
+            t.guarantee.is_some() && !t.unmet().is_zero(),
+            weighted_share(p, t),
+        )
+    });
+    (!below, share.to_bits(), tenant.clone())
+}
+
+/// The tenant's dominant share divided by its weight.
+pub(super) fn weighted_share(p: &PolicyState, t: &TenantState) -> f64 {
+    dominant_share(p, t) / f64::from(t.weight.max(1))
+}
+
+/// The largest, over resources, of what the tenant holds over what the policy offers.
+pub(super) fn dominant_share(p: &PolicyState, t: &TenantState) -> f64 {
+    Kind::ALL
+        .iter()
+        .filter(|k| p.total.get(**k) > 0)
+        .map(|k| t.allocated.get(*k) as f64 / p.total.get(*k) as f64)
+        .fold(0.0, f64::max)
+}
+
+fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Result<(), String> {
+    let key = &queue_key.1;
+    let footprint = a.workloads[key].footprint;
+    let p = &a.policies[policy];
+    a.within_tenant_limit(policy, key)?;
+    if let Some(t) = p.tenants.get(&key.0) {
+        let others_unmet = p.unmet.minus(t.unmet());
+        let needed = p.committed.plus(footprint).plus(others_unmet);
+        if let Some(kind) = needed.first_excess(&p.total)
+            && others_unmet.get(kind) > 0
+        {
+            return Err(format!(
+                "the {} {} left is held for other tenants' guarantees",
+                kind.format(
+                    p.total
+                        .get(kind)
+                        .saturating_sub(p.committed.get(kind))
+                        .max(0)
+                ),
+                kind.name()
+            ));
+        }
+    }
+    match a.choose_node(policy, key) {
+        Some(node) => {
+            a.place(queue_key, node);
+            Ok(())
+        }
+        None => Err(explain::capacity(a, policy, key)),
+    }
+}

@@ -1,0 +1,230 @@
+//! What the allocator is given: nodes, replica keys, observations, and each workload's
+//! demand resolved against its policy's defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::resources::{Kind, Res};
+use crate::api::policy::ResourcePolicySpec;
+use crate::api::workload::PlacementMode;
+use crate::api::{ResourceAmounts, Workload};
+
+/// A node the allocator may place replicas on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// Its labels, matched by node selectors.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What it has, before anything is reserved.
+    pub capacity: Res,
+}
+
+/// One replica of one workload: the lease key `<namespace>.<name>.<index>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReplicaKey {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub name: String,
+    /// The replica's index, from 0.
+    pub index: u32,
+}
+
+impl ReplicaKey {
+    /// The key of replica `index` of the workload `namespace/name`.
+    pub fn new(namespace: &str, name: &str, index: u32) -> Self {
+        ReplicaKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            index,
+        }
+    }
+
+    /// `namespace/name`, as people name workloads.
+    pub fn workload(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ReplicaKey {
+    /// `namespace.name.index`: the lease key. Namespaces and names are DNS-1123 labels, so
+    /// the dots separate unambiguously and the key is one safe path component.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.namespace, self.name, self.index)
+    }
+}
+
+/// Recent observations of one replica's use, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// CPU in millicores, one sample per observation interval.
+    #[serde(default)]
+    pub cpu: Vec<i64>,
+    /// Memory in bytes.
+    #[serde(default)]
+    pub memory: Vec<i64>,
+    /// Processes.
+    #[serde(default)]
+    pub pids: Vec<i64>,
+}
+
+impl Observed {
+    /// The nearest-rank `percentile` (1–100) of each resource's samples; `None` for a
+    /// resource without samples.
+    pub fn percentile(&self, percentile: i32) -> [Option<i64>; 3] {
+        let p = |samples: &[i64]| {
+            if samples.is_empty() {
+                return None;
+            }
+            let mut sorted = samples.to_vec();
+            sorted.sort_unstable();
+            let n = sorted.len();
+            let rank = (usize::try_from(percentile.clamp(1, 100)).unwrap_or(100) * n).div_ceil(100);
+            Some(sorted[rank.clamp(1, n) - 1])
+        };
+        [p(&self.cpu), p(&self.memory), p(&self.pids)]
+    }
+}
+
+/// A workload's demand, resolved: requests, limits and footprint in allocator units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Demand {
+    /// Guaranteed per replica.
+    pub request: Res,
+    /// The most per replica; `i64::MAX` for "no limit".
+    pub limit: Res,
+    /// Replicas asked for.
+    pub replicas: u32,
+    /// Priority.
+    pub priority: i32,
+    /// Node labels required.
+    pub node_selector: BTreeMap<String, String>,
+    /// Spread or pack.
+    pub mode: PlacementMode,
+    /// Block IO weight, passed through to the node.
+    pub io_weight: Option<i32>,
+}
+
+impl Demand {
+    /// Resolves a validated workload against its policy's defaults, as Kubernetes does for
+    /// containers: a missing request is the limit when one is given, else the policy's
+    /// default request, else zero; a missing limit is the policy's default limit, else none.
+    /// A limit below the resolved request is raised to it.
+    pub fn resolve(workload: &Workload, policy: &ResourcePolicySpec) -> Demand {
+        let spec = &workload.spec;
+        let none = ResourceAmounts::default();
+        let defaults = policy.defaults.as_ref();
+        let default_requests = defaults.and_then(|d| d.requests.as_ref()).unwrap_or(&none);
+        let default_limits = defaults.and_then(|d| d.limits.as_ref()).unwrap_or(&none);
+        let requests = spec.resources.requests.as_ref().unwrap_or(&none);
+        let limits = spec.resources.limits.as_ref().unwrap_or(&none);
+        let mut request = Res::ZERO;
+        let mut limit = Res::UNLIMITED;
+        for kind in Kind::ALL {
+            let own_limit = amount(limits, kind);
+            let r = amount(requests, kind)
+                .or(own_limit)
+                .or_else(|| amount(default_requests, kind))
+                .unwrap_or(0);
+            let l = own_limit
+                .or_else(|| amount(default_limits, kind))
+                .unwrap_or(i64::MAX);
+            request.set(kind, r);
+            limit.set(kind, l.max(r));
+        }
+        Demand {
+            request,
+            limit,
+            replicas: u32::try_from(spec.replicas).unwrap_or(0),
+            priority: spec.priority,
+            node_selector: spec.placement.node_selector.clone(),
+            mode: spec.placement.mode,
+            io_weight: spec
+                .resources
+                .io_weight
+                .or(policy.defaults.as_ref().and_then(|d| d.io_weight)),
+        }
+    }
+}
+
+/// One resource of an amount in allocator units. Validation has refused what does not
+/// convert; should anything slip through, it counts as unspecified.
+fn amount(amounts: &ResourceAmounts, kind: Kind) -> Option<i64> {
+    match kind {
+        Kind::Cpu => amounts.cpu.as_ref().and_then(|q| q.millis().ok()),
+        Kind::Memory => amounts.memory.as_ref().and_then(|q| q.units().ok()),
+        Kind::Pids => amounts.pids,
+    }
+}
+
+/// An amount given as optional quantities, in allocator units; absent resources are `absent`.
+pub fn amounts_or(amounts: Option<&ResourceAmounts>, absent: i64) -> Res {
+    let none = ResourceAmounts::default();
+    let amounts = amounts.unwrap_or(&none);
+    let mut out = Res::ZERO;
+    for kind in Kind::ALL {
+        out.set(kind, amount(amounts, kind).unwrap_or(absent));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn workload(resources: serde_json::Value) -> Workload {
+        serde_json::from_value(
+            json!({"apiVersion": "corral.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": "w", "namespace": "n"},
+            "spec": {"command": {"args": ["x"]}, "resources": resources}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_default_like_kubernetes() {
+        let policy: ResourcePolicySpec = serde_json::from_value(json!({"defaults": {
+            "requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "64Mi", "pids": 50}}}))
+        .unwrap();
+        let d = Demand::resolve(&workload(json!({"limits": {"cpu": "1"}})), &policy);
+        assert_eq!(
+            d.request,
+            Res::new(1000, 32 << 20, 0),
+            "a lone limit is also the request"
+        );
+        assert_eq!(d.limit, Res::new(1000, 64 << 20, 50));
+        let d = Demand::resolve(&workload(json!({"requests": {"memory": "128Mi"}})), &policy);
+        assert_eq!(d.request, Res::new(100, 128 << 20, 0));
+        assert_eq!(
+            d.limit.memory,
+            128 << 20,
+            "a default limit below the request is raised"
+        );
+        assert_eq!(d.limit.cpu, i64::MAX);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let o = Observed {
+            cpu: vec![50, 10, 40, 30, 20],
+            memory: vec![],
+            pids: vec![7],
+        };
+        assert_eq!(o.percentile(100), [Some(50), None, Some(7)]);
+        assert_eq!(o.percentile(50), [Some(30), None, Some(7)]);
+        assert_eq!(o.percentile(1), [Some(10), None, Some(7)]);
+        assert_eq!(o.percentile(95), [Some(50), None, Some(7)]);
+    }
+
+    #[test]
+    fn keys_are_lease_keys() {
+        let k = ReplicaKey::new("team-a", "api", 3);
+        assert_eq!(k.to_string(), "team-a.api.3");
+        assert_eq!(k.workload(), "team-a/api");
+    }
+}

@@ -1,0 +1,679 @@
+//! The allocator's working state: nodes, policies, workloads and where each replica is.
+//! Pure and in memory. A full allocation builds it and places everything; an incremental
+//! change adds or removes workloads and places only what is pending.
+//!
+//! Every ordering is by name and key, never by insertion, so that an incremental change
+//! gives the same result as a full allocation of the same state.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::govern::{self, Governing};
+use super::input::{Demand, NodeInfo, Observed, ReplicaKey, amounts_or};
+use super::resources::{Kind, Res};
+use super::selector;
+use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
+use crate::api::workload::PlacementMode;
+use crate::api::{ResourcePolicy, Workload};
+
+/// Index of a node, in name order.
+pub(super) type NodeId = usize;
+/// Index of a policy; the built-in default policy is the last.
+pub(super) type PolicyId = usize;
+
+/// A workload's identity: namespace and name.
+pub(super) type WKey = (Arc<str>, Arc<str>);
+
+/// A replica's place in its policy's queue: higher priority first, then by key.
+pub(super) type QueueKey = (Reverse<i32>, WKey, u32);
+
+/// The name under which the built-in default policy is reported.
+pub const DEFAULT_POLICY: &str = "(default)";
+
+pub(super) struct NodeState {
+    pub info: NodeInfo,
+    /// The governing policy; `None` when two policies of equal precedence claim the node.
+    pub policy: Option<PolicyId>,
+    /// Why the node is not used, when it is not.
+    pub unusable: Option<String>,
+    /// (capacity − reserved) × overcommit.
+    pub allocatable: Res,
+    /// Σ footprints of the replicas placed here: what placement checks against.
+    pub committed: Res,
+    /// Σ requests of the replicas placed here (differs from `committed` under `Demand`).
+    pub requested: Res,
+    /// Replicas here, lowest priority first: the order preemption takes victims in.
+    pub replicas: BTreeSet<(i32, WKey, u32)>,
+}
+
+impl NodeState {
+    fn free(&self) -> Res {
+        self.allocatable.minus(self.committed)
+    }
+
+    /// Free room as one number, for ordering: the sum over resources of the free fraction,
+    /// in millionths.
+    fn score(&self) -> u64 {
+        let free = self.free();
+        Kind::ALL
+            .iter()
+            .filter(|k| self.allocatable.get(**k) > 0)
+            .map(|k| {
+                let f = i128::from(free.get(*k).max(0));
+                let a = i128::from(self.allocatable.get(*k));
+                u64::try_from(f * 1_000_000 / a).unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+pub(super) struct TenantState {
+    pub weight: i32,
+    pub guarantee: Option<Res>,
+    pub limit: Option<Res>,
+    /// Σ footprints of this tenant's placed replicas on the policy's nodes.
+    pub allocated: Res,
+}
+
+impl TenantState {
+    /// What the tenant is guaranteed and does not hold yet.
+    pub fn unmet(&self) -> Res {
+        self.guarantee
+            .map_or(Res::ZERO, |g| g.minus(self.allocated).max(Res::ZERO))
+    }
+}
+
+pub(super) struct PolicyState {
+    pub name: String,
+    pub spec: ResourcePolicySpec,
+    pub nodes: Vec<NodeId>,
+    /// The policy's nodes by free room, for spread (most first) and pack (least first).
+    pub by_free: BTreeSet<(u64, NodeId)>,
+    /// Σ allocatable of the nodes.
+    pub total: Res,
+    /// Σ committed of the nodes.
+    pub committed: Res,
+    /// Replicas waiting for a node.
+    pub pending: BTreeSet<QueueKey>,
+    pub tenants: BTreeMap<Arc<str>, TenantState>,
+    /// Σ unmet guarantees over tenants: held back from everyone else.
+    pub unmet: Res,
+}
+
+pub(super) struct Replica {
+    pub node: Option<NodeId>,
+    pub grant: Res,
+    /// Why it is pending, once an attempt failed.
+    pub reason: Option<String>,
+}
+
+pub(super) struct WorkloadState {
+    /// The governing policy, or why there is none.
+    pub policy: Result<PolicyId, String>,
+    pub demand: Demand,
+    /// What placement reserves per replica: the request, or under `Demand` the floor.
+    pub footprint: Res,
+    pub replicas: Vec<Replica>,
+    /// Replicas of this workload per node, for spreading.
+    pub per_node: HashMap<NodeId, u32>,
+}
+
+/// A replica that lost its node to one of higher priority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preempted {
+    /// The replica preempted.
+    pub victim: ReplicaKey,
+    /// The replica that took its place.
+    pub by: ReplicaKey,
+    /// Its priority.
+    pub by_priority: i32,
+    /// The node.
+    pub node: String,
+}
+
+/// The allocator: build it from policies and nodes, add workloads, allocate, read the plan.
+pub struct Allocator {
+    pub(super) nodes: Vec<NodeState>,
+    pub(super) node_ids: HashMap<String, NodeId>,
+    pub(super) policies: Vec<PolicyState>,
+    pub(super) policy_objects: Vec<ResourcePolicy>,
+    pub(super) workloads: BTreeMap<WKey, WorkloadState>,
+    pub(super) observed: HashMap<ReplicaKey, Observed>,
+    pub(super) preemptions: Vec<Preempted>,
+    /// Nodes whose replicas' grants must be recomputed.
+    dirty: BTreeSet<NodeId>,
+    /// Bumped on every placement change; keys the cache of pending reasons.
+    pub(super) epoch: u64,
+    pub(super) reasons: HashMap<WKey, (u64, String)>,
+}
+
+impl Allocator {
+    /// An allocator for these policies and nodes, with no workloads yet.
+    ///
+    /// Each node is governed by the matching policy of highest precedence (the built-in
+    /// default when none matches); a node two policies claim with equal precedence is not
+    /// used, and the plan says why.
+    pub fn new(policies: &[ResourcePolicy], nodes: &[NodeInfo]) -> Self {
+        let mut policy_objects: Vec<ResourcePolicy> = policies.to_vec();
+        policy_objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut states: Vec<PolicyState> = policy_objects
+            .iter()
+            .map(|p| PolicyState::new(p.metadata.name.clone().unwrap_or_default(), p.spec.clone()))
+            .collect();
+        states.push(PolicyState::new(
+            DEFAULT_POLICY.to_string(),
+            ResourcePolicySpec::default(),
+        ));
+        let default_id = states.len() - 1;
+
+        let mut sorted_nodes: Vec<&NodeInfo> = nodes.iter().collect();
+        sorted_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted_nodes.dedup_by(|a, b| a.name == b.name);
+        let mut node_states = Vec::with_capacity(sorted_nodes.len());
+        let mut node_ids = HashMap::with_capacity(sorted_nodes.len());
+        for (id, info) in sorted_nodes.into_iter().enumerate() {
+            let matching: Vec<&ResourcePolicy> = policy_objects
+                .iter()
+                .filter(|p| selector::matches(p.spec.node_selector.as_ref(), &info.labels))
+                .collect();
+            let (policy, unusable) = match govern::highest(matching) {
+                None => (Some(default_id), None),
+                Some(top) if top.len() == 1 => (
+                    policy_objects.iter().position(|p| std::ptr::eq(p, top[0])),
+                    None,
+                ),
+                Some(top) => {
+                    let names: Vec<String> = top
+                        .iter()
+                        .map(|p| format!("{:?}", p.metadata.name.as_deref().unwrap_or_default()))
+                        .collect();
+                    (
+                        None,
+                        Some(format!(
+                            "not used: claimed by ResourcePolicies {} with the same precedence {}",
+                            names.join(" and "),
+                            top[0].spec.precedence
+                        )),
+                    )
+                }
+            };
+            let allocatable = policy.map_or(Res::ZERO, |p| states[p].allocatable(&info.capacity));
+            let node = NodeState {
+                info: info.clone(),
+                policy,
+                unusable,
+                allocatable,
+                committed: Res::ZERO,
+                requested: Res::ZERO,
+                replicas: BTreeSet::new(),
+            };
+            if let Some(p) = policy {
+                let state = &mut states[p];
+                state.nodes.push(id);
+                state.by_free.insert((node.score(), id));
+                state.total = state.total.plus(allocatable);
+            }
+            node_ids.insert(info.name.clone(), id);
+            node_states.push(node);
+        }
+        Allocator {
+            nodes: node_states,
+            node_ids,
+            policies: states,
+            policy_objects,
+            workloads: BTreeMap::new(),
+            observed: HashMap::new(),
+            preemptions: Vec::new(),
+            dirty: BTreeSet::new(),
+            epoch: 0,
+            reasons: HashMap::new(),
+        }
+    }
+
+    /// Sets the observed use the `Usage` strategy follows.
+    pub fn set_observed(&mut self, observed: HashMap<ReplicaKey, Observed>) {
+        self.observed = observed;
+        self.dirty.extend(0..self.nodes.len());
+    }
+
+    /// Adds workloads. A replica in `current` stays on its node if the node still exists,
+    /// is governed by the same policy, matches and has room (checked in priority order);
+    /// every other replica waits for [`Allocator::allocate`]. A workload already present is
+    /// replaced.
+    pub fn add_workloads(
+        &mut self,
+        workloads: &[&Workload],
+        current: &HashMap<ReplicaKey, String>,
+    ) {
+        let governed: Vec<Result<PolicyId, String>> = {
+            let policy_refs: Vec<&ResourcePolicy> = self.policy_objects.iter().collect();
+            workloads
+                .iter()
+                .map(|w| self.governing(w, &policy_refs))
+                .collect()
+        };
+        let ungoverned = ResourcePolicySpec::default();
+        let mut kept: Vec<(QueueKey, NodeId)> = Vec::new();
+        for (workload, policy) in workloads.iter().zip(governed) {
+            let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+            let name = workload.metadata.name.as_deref().unwrap_or_default();
+            let key: WKey = (Arc::from(namespace), Arc::from(name));
+            self.remove_workload(namespace, name);
+            let (demand, footprint) = {
+                let spec = match &policy {
+                    Ok(p) => &self.policies[*p].spec,
+                    Err(_) => &ungoverned,
+                };
+                let demand = Demand::resolve(workload, spec);
+                let footprint = if spec.strategy == Strategy::Demand {
+                    let floor = i128::from(spec.demand.floor_percent);
+                    demand
+                        .request
+                        .map(|_, r| i64::try_from((i128::from(r) * floor + 99) / 100).unwrap_or(r))
+                } else {
+                    demand.request
+                };
+                (demand, footprint)
+            };
+            let replicas = (0..demand.replicas)
+                .map(|_| Replica {
+                    node: None,
+                    grant: Res::ZERO,
+                    reason: None,
+                })
+                .collect();
+            let queue_priority = Reverse(demand.priority);
+            if let Ok(p) = policy {
+                let tenants = &mut self.policies[p].tenants;
+                if !tenants.contains_key(&key.0) {
+                    tenants.insert(key.0.clone(), TenantState::unlisted());
+                }
+            }
+            let count = demand.replicas;
+            self.workloads.insert(
+                key.clone(),
+                WorkloadState {
+                    policy: policy.clone(),
+                    demand,
+                    footprint,
+                    replicas,
+                    per_node: HashMap::new(),
+                },
+            );
+            for index in 0..count {
+                let queue_key = (queue_priority, key.clone(), index);
+                let here = current
+                    .get(&ReplicaKey::new(namespace, name, index))
+                    .and_then(|n| self.node_ids.get(n).copied());
+                match (policy.as_ref(), here) {
+                    (Ok(_), Some(node)) => kept.push((queue_key, node)),
+                    (Ok(p), None) => {
+                        self.policies[*p].pending.insert(queue_key);
+                    }
+                    (Err(_), _) => {}
+                }
+            }
+        }
+        kept.sort();
+        for (queue_key, node) in kept {
+            if !self.try_keep(&queue_key, node) {
+                let policy = self.workloads[&queue_key.1].policy.clone();
+                if let Ok(p) = policy {
+                    self.policies[p].pending.insert(queue_key);
+                }
+            }
+        }
+    }
+
+    /// The policy governing `workload`, or why none does.
+    fn governing(
+        &self,
+        workload: &Workload,
+        policies: &[&ResourcePolicy],
+    ) -> Result<PolicyId, String> {
+        match govern::workload_policy(workload, policies) {
+            Governing::Policy(p) => Ok(self
+                .policy_objects
+                .iter()
+                .position(|o| std::ptr::eq(o, p))
+                .unwrap_or(self.policies.len() - 1)),
+            Governing::Default => Ok(self.policies.len() - 1),
+            Governing::Missing(name) => Err(format!(
+                "spec.policyRef names ResourcePolicy {name:?}, which does not exist"
+            )),
+            Governing::Ambiguous(tied) => Err(format!(
+                "governed by ResourcePolicies {} with the same precedence; set spec.policyRef",
+                tied.iter()
+                    .map(|p| format!("{:?}", p.metadata.name.as_deref().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )),
+        }
+    }
+
+    /// Places a replica back on its current node if it still belongs and fits there.
+    fn try_keep(&mut self, queue_key: &QueueKey, node: NodeId) -> bool {
+        let w = &self.workloads[&queue_key.1];
+        let Ok(policy) = w.policy else { return false };
+        let n = &self.nodes[node];
+        if n.policy != Some(policy)
+            || !labels_match(&w.demand.node_selector, &n.info.labels)
+            || !w.footprint.fits_in(&n.free())
+        {
+            return false;
+        }
+        self.place(queue_key, node);
+        true
+    }
+
+    /// Removes a workload and frees what its replicas held.
+    pub fn remove_workload(&mut self, namespace: &str, name: &str) {
+        let key: WKey = (Arc::from(namespace), Arc::from(name));
+        let Some(w) = self.workloads.get(&key) else {
+            return;
+        };
+        let priority = w.demand.priority;
+        let policy = w.policy.clone();
+        let placed: Vec<(u32, NodeId)> = w
+            .replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.node.map(|n| (u32::try_from(i).unwrap_or(u32::MAX), n)))
+            .collect();
+        for (index, _) in &placed {
+            self.unplace(&(Reverse(priority), key.clone(), *index));
+        }
+        if let Ok(p) = policy {
+            let pending = &mut self.policies[p].pending;
+            pending.retain(|q| q.1 != key);
+        }
+        self.workloads.remove(&key);
+        self.reasons.remove(&key);
+    }
+
+    /// Places every pending replica the policies allow, then recomputes the grants that
+    /// changed. Preemptions made are recorded for the plan.
+    pub fn allocate(&mut self) {
+        self.preemptions.clear();
+        for policy in 0..self.policies.len() {
+            match self.policies[policy].spec.strategy {
+                Strategy::Fair => super::fair::place_pending(self, policy),
+                Strategy::Priority | Strategy::Demand | Strategy::Usage => {
+                    super::priority::place_pending(self, policy);
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for node in dirty {
+            super::grants::recompute(self, node);
+        }
+    }
+
+    /// Puts a replica on a node and accounts for it.
+    pub(super) fn place(&mut self, queue_key: &QueueKey, node: NodeId) {
+        let (Reverse(priority), key, index) = queue_key;
+        let Some(w) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let Ok(policy) = w.policy else { return };
+        let footprint = w.footprint;
+        let request = w.demand.request;
+        let replica = &mut w.replicas[*index as usize];
+        replica.node = Some(node);
+        replica.reason = None;
+        replica.grant = request;
+        *w.per_node.entry(node).or_insert(0) += 1;
+        let tenant = key.0.clone();
+        let n = &mut self.nodes[node];
+        let p = &mut self.policies[policy];
+        p.by_free.remove(&(n.score(), node));
+        n.committed = n.committed.plus(footprint);
+        n.requested = n.requested.plus(request);
+        n.replicas.insert((*priority, key.clone(), *index));
+        p.by_free.insert((n.score(), node));
+        p.committed = p.committed.plus(footprint);
+        p.pending.remove(queue_key);
+        if let Some(t) = p.tenants.get_mut(&tenant) {
+            let before = t.unmet();
+            t.allocated = t.allocated.plus(footprint);
+            p.unmet = p.unmet.minus(before).plus(t.unmet());
+        }
+        self.dirty.insert(node);
+        self.epoch += 1;
+    }
+
+    /// Takes a replica off its node; it is neither queued nor explained.
+    pub(super) fn unplace(&mut self, queue_key: &QueueKey) {
+        let (Reverse(priority), key, index) = queue_key;
+        let Some(w) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let Ok(policy) = w.policy else { return };
+        let footprint = w.footprint;
+        let request = w.demand.request;
+        let replica = &mut w.replicas[*index as usize];
+        let Some(node) = replica.node.take() else {
+            return;
+        };
+        replica.grant = Res::ZERO;
+        if let Some(count) = w.per_node.get_mut(&node) {
+            *count -= 1;
+            if *count == 0 {
+                w.per_node.remove(&node);
+            }
+        }
+        let n = &mut self.nodes[node];
+        let p = &mut self.policies[policy];
+        p.by_free.remove(&(n.score(), node));
+        n.committed = n.committed.minus(footprint);
+        n.requested = n.requested.minus(request);
+        n.replicas.remove(&(*priority, key.clone(), *index));
+        p.by_free.insert((n.score(), node));
+        p.committed = p.committed.minus(footprint);
+        if let Some(t) = p.tenants.get_mut(&key.0) {
+            let before = t.unmet();
+            t.allocated = t.allocated.minus(footprint);
+            p.unmet = p.unmet.minus(before).plus(t.unmet());
+        }
+        self.dirty.insert(node);
+        self.epoch += 1;
+    }
+
+    /// The node a replica of `key` should go to, or `None` if none of the policy's nodes
+    /// matches and has room. `Spread` takes the node with the fewest replicas of the
+    /// workload, then the most free room; `Pack` the node with the least free room that
+    /// fits. Under `Demand` a node where the whole request fits is preferred to one where
+    /// only the floor does.
+    pub(super) fn choose_node(&self, policy: PolicyId, key: &WKey) -> Option<NodeId> {
+        let w = &self.workloads[key];
+        let p = &self.policies[policy];
+        if p.spec.strategy == Strategy::Demand
+            && let Some(node) = self.search(p, w, |n| {
+                w.demand.request.fits_in(&n.allocatable.minus(n.requested))
+            })
+        {
+            return Some(node);
+        }
+        self.search(p, w, |n| w.footprint.fits_in(&n.free()))
+    }
+
+    fn search(
+        &self,
+        p: &PolicyState,
+        w: &WorkloadState,
+        fits: impl Fn(&NodeState) -> bool,
+    ) -> Option<NodeId> {
+        let eligible = |id: NodeId| {
+            let n = &self.nodes[id];
+            labels_match(&w.demand.node_selector, &n.info.labels) && fits(n)
+        };
+        match w.demand.mode {
+            PlacementMode::Pack => p.by_free.iter().map(|(_, id)| *id).find(|id| eligible(*id)),
+            PlacementMode::Spread => {
+                let mut best: Option<(u32, NodeId)> = None;
+                for &(_, id) in p.by_free.iter().rev() {
+                    let count = w.per_node.get(&id).copied().unwrap_or(0);
+                    if best.is_some_and(|(c, _)| c <= count) || !eligible(id) {
+                        continue;
+                    }
+                    best = Some((count, id));
+                    if count == 0 {
+                        break;
+                    }
+                }
+                best.map(|(_, id)| id)
+            }
+        }
+    }
+
+    /// Preemption under `Priority`: the node where evicting the fewest, lowest-priority
+    /// replicas of strictly lower priority makes room, and those victims. `None` when the
+    /// policy forbids it or no node would do.
+    pub(super) fn preemption_victims(
+        &self,
+        policy: PolicyId,
+        queue_key: &QueueKey,
+    ) -> Option<(NodeId, Vec<QueueKey>)> {
+        let p = &self.policies[policy];
+        if p.spec.preemption.policy != PreemptionPolicy::PreemptLowerPriority {
+            return None;
+        }
+        let (Reverse(priority), key, _) = queue_key;
+        let w = &self.workloads[key];
+        let mut best: Option<((i32, usize, NodeId), Vec<QueueKey>)> = None;
+        for &node in &p.nodes {
+            let n = &self.nodes[node];
+            if !labels_match(&w.demand.node_selector, &n.info.labels)
+                || !w.footprint.fits_in(&n.allocatable)
+            {
+                continue;
+            }
+            let mut free = n.free();
+            let mut victims = Vec::new();
+            for (victim_priority, victim_key, index) in &n.replicas {
+                if w.footprint.fits_in(&free) || victim_priority >= priority {
+                    break;
+                }
+                free = free.plus(self.workloads[victim_key].footprint);
+                victims.push((Reverse(*victim_priority), victim_key.clone(), *index));
+            }
+            if victims.is_empty() || !w.footprint.fits_in(&free) {
+                continue;
+            }
+            let worst = victims.iter().map(|v| v.0.0).max().unwrap_or(i32::MIN);
+            let rank = (worst, victims.len(), node);
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((rank, victims));
+            }
+        }
+        best.map(|((_, _, node), victims)| (node, victims))
+    }
+
+    /// Whether one more replica of `key` keeps its tenant within the limit the policy sets
+    /// (whatever the strategy); if not, why.
+    pub(super) fn within_tenant_limit(&self, policy: PolicyId, key: &WKey) -> Result<(), String> {
+        let footprint = self.workloads[key].footprint;
+        let Some(t) = self.policies[policy].tenants.get(&key.0) else {
+            return Ok(());
+        };
+        let Some(limit) = t.limit else { return Ok(()) };
+        match t.allocated.plus(footprint).first_excess(&limit) {
+            None => Ok(()),
+            Some(kind) => Err(format!(
+                "tenant {} is at its limit: it holds {} {} of {}, and a replica needs {} more",
+                key.0,
+                kind.format(t.allocated.get(kind)),
+                kind.name(),
+                kind.format(limit.get(kind)),
+                kind.format(footprint.get(kind)),
+            )),
+        }
+    }
+
+    /// Records why a replica is pending.
+    pub(super) fn set_reason(&mut self, queue_key: &QueueKey, reason: String) {
+        if let Some(w) = self.workloads.get_mut(&queue_key.1)
+            && let Some(r) = w.replicas.get_mut(queue_key.2 as usize)
+        {
+            r.reason = Some(reason);
+        }
+    }
+
+    /// The key a replica is reported under.
+    pub(super) fn replica_key(key: &WKey, index: u32) -> ReplicaKey {
+        ReplicaKey::new(&key.0, &key.1, index)
+    }
+}
+
+impl PolicyState {
+    fn new(name: String, spec: ResourcePolicySpec) -> Self {
+        let tenants = spec
+            .tenants
+            .iter()
+            .map(|t| {
+                let state = TenantState {
+                    weight: t.weight.max(1),
+                    guarantee: t.guarantee.as_ref().map(|g| amounts_or(Some(g), 0)),
+                    limit: t.limit.as_ref().map(|l| amounts_or(Some(l), i64::MAX)),
+                    allocated: Res::ZERO,
+                };
+                (Arc::from(t.namespace.as_str()), state)
+            })
+            .collect::<BTreeMap<Arc<str>, TenantState>>();
+        let unmet = tenants
+            .values()
+            .fold(Res::ZERO, |sum, t: &TenantState| sum.plus(t.unmet()));
+        PolicyState {
+            name,
+            spec,
+            nodes: Vec::new(),
+            by_free: BTreeSet::new(),
+            total: Res::ZERO,
+            committed: Res::ZERO,
+            pending: BTreeSet::new(),
+            tenants,
+            unmet,
+        }
+    }
+
+    /// What a node of `capacity` offers under this policy: (capacity − reserved) ×
+    /// overcommit, never below zero.
+    pub fn allocatable(&self, capacity: &Res) -> Res {
+        let reserved = amounts_or(Some(&self.spec.reserved), 0);
+        let ratios = [
+            self.spec.overcommit.cpu,
+            self.spec.overcommit.memory,
+            self.spec.overcommit.pids,
+        ];
+        capacity.minus(reserved).map(|kind, left| {
+            let ratio = ratios[kind as usize];
+            let scaled = (left.max(0) as f64 * ratio).floor();
+            if scaled >= i64::MAX as f64 {
+                i64::MAX
+            } else {
+                scaled as i64
+            }
+        })
+    }
+}
+
+impl TenantState {
+    /// A namespace that has workloads under the policy but is not listed as a tenant.
+    fn unlisted() -> Self {
+        TenantState {
+            weight: 1,
+            guarantee: None,
+            limit: None,
+            allocated: Res::ZERO,
+        }
+    }
+}
+
+/// True when `labels` carry every pair of `selector`.
+pub(super) fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
