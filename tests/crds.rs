@@ -9,8 +9,9 @@ fn crd_files_match_the_types() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("crds")
             .join(generated.file_name);
-        let on_disk = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -- crd --dir crds`", path.display()));
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}; run `cargo run -- crd --dir crds`", path.display())
+        });
         let expected = crd::to_yaml(&generated.crd).unwrap();
         assert!(
             on_disk == expected,
@@ -26,7 +27,11 @@ fn crd_files_match_the_types() {
 fn crds_avoid_what_the_apiserver_refuses() {
     fn walk(path: &str, node: &serde_json::Value, problems: &mut Vec<String>) {
         if let Some(map) = node.as_object() {
-            if map.contains_key("minItems") && map.get("default").is_some_and(|d| d == &serde_json::json!([])) {
+            if map.contains_key("minItems")
+                && map
+                    .get("default")
+                    .is_some_and(|d| d == &serde_json::json!([]))
+            {
                 problems.push(format!("{path}: default [] with minItems"));
             }
             if let Some(values) = map.get("enum").and_then(|e| e.as_array())
@@ -80,5 +85,8 @@ fn every_field_is_documented() {
         let schema = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         walk(generated.file_name, schema, &mut missing);
     }
-    assert!(missing.is_empty(), "fields without a doc comment: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a doc comment: {missing:#?}"
+    );
 }
