@@ -17,6 +17,15 @@ pub(super) fn capacity(a: &mut Allocator, policy: PolicyId, key: &WKey) -> Strin
     reason
 }
 
+/// The reason a replica of `key` failed for, if one did and nothing was placed or removed
+/// since: another replica of the workload would fail the same way, so it need not search.
+pub(super) fn still_failing(a: &Allocator, key: &WKey) -> Option<String> {
+    a.reasons
+        .get(key)
+        .filter(|(epoch, _)| *epoch == a.epoch)
+        .map(|(_, reason)| reason.clone())
+}
+
 fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
     let p = &a.policies[policy];
     let w = &a.workloads[key];

@@ -97,6 +97,9 @@ fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Resul
             ));
         }
     }
+    if let Some(reason) = explain::still_failing(a, key) {
+        return Err(reason);
+    }
     match a.choose_node(policy, key) {
         Some(node) => {
             a.place(queue_key, node);

@@ -21,11 +21,15 @@ pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
             waiting.insert(queue_key);
             continue;
         }
-        if let Some(node) = a.choose_node(policy, &queue_key.1) {
+        let searched = explain::still_failing(a, &queue_key.1).is_none();
+        if searched && let Some(node) = a.choose_node(policy, &queue_key.1) {
             a.place(&queue_key, node);
             continue;
         }
-        if preempts && let Some((node, victims)) = a.preemption_victims(policy, &queue_key) {
+        if searched
+            && preempts
+            && let Some((node, victims)) = a.preemption_victims(policy, &queue_key)
+        {
             let by = Allocator::replica_key(&queue_key.1, queue_key.2);
             let Reverse(by_priority) = queue_key.0;
             for victim in victims {

@@ -99,6 +99,9 @@ pub(super) struct PolicyState {
     pub tenants: BTreeMap<Arc<str>, TenantState>,
     /// Σ unmet guarantees over tenants: held back from everyone else.
     pub unmet: Res,
+    /// How many placed replicas have each priority: preemption looks for victims only
+    /// when some are below the newcomer.
+    pub placed_priorities: BTreeMap<i32, usize>,
 }
 
 pub(super) struct Replica {
@@ -433,6 +436,7 @@ impl Allocator {
         n.replicas.insert((*priority, key.clone(), *index));
         p.by_free.insert((n.score(), node));
         p.committed = p.committed.plus(footprint);
+        *p.placed_priorities.entry(*priority).or_insert(0) += 1;
         p.pending.remove(queue_key);
         if let Some(t) = p.tenants.get_mut(&tenant) {
             let before = t.unmet();
@@ -471,6 +475,12 @@ impl Allocator {
         n.replicas.remove(&(*priority, key.clone(), *index));
         p.by_free.insert((n.score(), node));
         p.committed = p.committed.minus(footprint);
+        if let Some(count) = p.placed_priorities.get_mut(priority) {
+            *count -= 1;
+            if *count == 0 {
+                p.placed_priorities.remove(priority);
+            }
+        }
         if let Some(t) = p.tenants.get_mut(&key.0) {
             let before = t.unmet();
             t.allocated = t.allocated.minus(footprint);
@@ -540,11 +550,20 @@ impl Allocator {
             return None;
         }
         let (Reverse(priority), key, _) = queue_key;
+        if p.placed_priorities
+            .first_key_value()
+            .is_none_or(|(lowest, _)| lowest >= priority)
+        {
+            return None;
+        }
         let w = &self.workloads[key];
         let mut best: Option<((i32, usize, NodeId), Vec<QueueKey>)> = None;
         for &node in &p.nodes {
             let n = &self.nodes[node];
-            if !labels_match(&w.demand.node_selector, &n.info.labels)
+            if n.replicas
+                .first()
+                .is_none_or(|(lowest, _, _)| lowest >= priority)
+                || !labels_match(&w.demand.node_selector, &n.info.labels)
                 || !w.footprint.fits_in(&n.allocatable)
             {
                 continue;
@@ -634,6 +653,7 @@ impl PolicyState {
             pending: BTreeSet::new(),
             tenants,
             unmet,
+            placed_priorities: BTreeMap::new(),
         }
     }
 
