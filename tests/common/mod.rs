@@ -1,0 +1,7 @@
+//! Shared helpers for integration tests.
+//!
+//! Each integration test crate that needs these does `mod common;`. Not every
+//! crate uses every helper, hence the module-level `dead_code` allowance.
+
+#[allow(dead_code)]
+pub mod zk;
