@@ -568,10 +568,18 @@ impl Allocator {
             {
                 continue;
             }
+            // Lowest priority first; within a priority the highest replica index, as a
+            // scale-down would pick.
+            let mut candidates: Vec<&(i32, WKey, u32)> = n
+                .replicas
+                .iter()
+                .take_while(|(victim_priority, _, _)| victim_priority < priority)
+                .collect();
+            candidates.sort_by(|a, b| (a.0, &a.1, Reverse(a.2)).cmp(&(b.0, &b.1, Reverse(b.2))));
             let mut free = n.free();
             let mut victims = Vec::new();
-            for (victim_priority, victim_key, index) in &n.replicas {
-                if w.footprint.fits_in(&free) || victim_priority >= priority {
+            for (victim_priority, victim_key, index) in candidates {
+                if w.footprint.fits_in(&free) {
                     break;
                 }
                 free = free.plus(self.workloads[victim_key].footprint);
