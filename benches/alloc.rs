@@ -70,32 +70,43 @@ fn policy(strategy: &str) -> ResourcePolicy {
     )
 }
 
+/// Benchmarks a full allocation named `name` and returns the policies it used.
+fn bench_full(
+    c: &mut Criterion,
+    name: &str,
+    strategy: &str,
+    nodes: &[NodeInfo],
+    workloads: &[Workload],
+) -> [ResourcePolicy; 1] {
+    let policies = [policy(strategy)];
+    let (observed, current) = (HashMap::new(), HashMap::new());
+    let input = Input {
+        policies: &policies,
+        workloads,
+        nodes,
+        observed: &observed,
+        current: &current,
+    };
+    let plan = alloc::allocate(&input);
+    eprintln!(
+        "{name}: {} replicas placed, {} pending",
+        plan.allocations.len(),
+        plan.pending.len()
+    );
+    c.bench_function(name, |b| {
+        b.iter(|| black_box(alloc::allocate(black_box(&input))));
+    });
+    policies
+}
+
 fn bench(c: &mut Criterion) {
     let nodes = nodes();
     let workloads = workloads();
-    let observed = HashMap::new();
-    let current = HashMap::new();
     for strategy in ["Priority", "Fair", "Demand", "Usage"] {
-        let policies = [policy(strategy)];
-        let input = Input {
-            policies: &policies,
-            workloads: &workloads,
-            nodes: &nodes,
-            observed: &observed,
-            current: &current,
-        };
-        let plan = alloc::allocate(&input);
-        eprintln!(
-            "{strategy}: {} replicas placed, {} pending",
-            plan.allocations.len(),
-            plan.pending.len()
-        );
-        c.bench_function(&format!("full/{strategy}"), |b| {
-            b.iter(|| black_box(alloc::allocate(black_box(&input))));
-        });
-
+        let policies = bench_full(c, &format!("full/{strategy}"), strategy, &nodes, &workloads);
         let mut allocator = Allocator::new(&policies, &nodes);
         let refs: Vec<&Workload> = workloads.iter().collect();
+        let current = HashMap::new();
         allocator.add_workloads(&refs, &current);
         allocator.allocate();
         // Swap one workload for a new one and back, so every iteration starts alike.
@@ -127,26 +138,14 @@ fn bench(c: &mut Criterion) {
 fn bench_contended(c: &mut Criterion) {
     let nodes = nodes();
     let workloads: Vec<Workload> = (0..WORKLOADS).map(|i| workload(i, 2)).collect();
-    let observed = HashMap::new();
-    let current = HashMap::new();
     for strategy in ["Priority", "Fair"] {
-        let policies = [policy(strategy)];
-        let input = Input {
-            policies: &policies,
-            workloads: &workloads,
-            nodes: &nodes,
-            observed: &observed,
-            current: &current,
-        };
-        let plan = alloc::allocate(&input);
-        eprintln!(
-            "{strategy}, contended: {} replicas placed, {} pending",
-            plan.allocations.len(),
-            plan.pending.len()
+        bench_full(
+            c,
+            &format!("full-contended/{strategy}"),
+            strategy,
+            &nodes,
+            &workloads,
         );
-        c.bench_function(&format!("full-contended/{strategy}"), |b| {
-            b.iter(|| black_box(alloc::allocate(black_box(&input))));
-        });
     }
 }
 

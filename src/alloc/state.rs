@@ -415,47 +415,27 @@ impl Allocator {
 
     /// Puts a replica on a node and accounts for it.
     pub(super) fn place(&mut self, queue_key: &QueueKey, node: NodeId) {
-        let (Reverse(priority), key, index) = queue_key;
+        let (_, key, index) = queue_key;
         let Some(w) = self.workloads.get_mut(key) else {
             return;
         };
         let Ok(policy) = w.policy else { return };
-        let footprint = w.footprint;
-        let request = w.demand.request;
         let replica = &mut w.replicas[*index as usize];
         replica.node = Some(node);
         replica.reason = None;
-        replica.grant = request;
+        replica.grant = w.demand.request;
         *w.per_node.entry(node).or_insert(0) += 1;
-        let tenant = key.0.clone();
-        let n = &mut self.nodes[node];
-        let p = &mut self.policies[policy];
-        p.by_free.remove(&(n.score(), node));
-        n.committed = n.committed.plus(footprint);
-        n.requested = n.requested.plus(request);
-        n.replicas.insert((*priority, key.clone(), *index));
-        p.by_free.insert((n.score(), node));
-        p.committed = p.committed.plus(footprint);
-        *p.placed_priorities.entry(*priority).or_insert(0) += 1;
-        p.pending.remove(queue_key);
-        if let Some(t) = p.tenants.get_mut(&tenant) {
-            let before = t.unmet();
-            t.allocated = t.allocated.plus(footprint);
-            p.unmet = p.unmet.minus(before).plus(t.unmet());
-        }
-        self.dirty.insert(node);
-        self.epoch += 1;
+        self.policies[policy].pending.remove(queue_key);
+        self.account(policy, node, queue_key, true);
     }
 
     /// Takes a replica off its node; it is neither queued nor explained.
     pub(super) fn unplace(&mut self, queue_key: &QueueKey) {
-        let (Reverse(priority), key, index) = queue_key;
+        let (_, key, index) = queue_key;
         let Some(w) = self.workloads.get_mut(key) else {
             return;
         };
         let Ok(policy) = w.policy else { return };
-        let footprint = w.footprint;
-        let request = w.demand.request;
         let replica = &mut w.replicas[*index as usize];
         let Some(node) = replica.node.take() else {
             return;
@@ -467,23 +447,46 @@ impl Allocator {
                 w.per_node.remove(&node);
             }
         }
+        self.account(policy, node, queue_key, false);
+    }
+
+    /// Adds a replica to (or removes it from) the totals of its node, policy and tenant.
+    fn account(&mut self, policy: PolicyId, node: NodeId, queue_key: &QueueKey, add: bool) {
+        let (Reverse(priority), key, index) = queue_key;
+        let w = &self.workloads[key];
+        let (footprint, request) = (w.footprint, w.demand.request);
+        let change = |total: Res, amount: Res| {
+            if add {
+                total.plus(amount)
+            } else {
+                total.minus(amount)
+            }
+        };
         let n = &mut self.nodes[node];
         let p = &mut self.policies[policy];
         p.by_free.remove(&(n.score(), node));
-        n.committed = n.committed.minus(footprint);
-        n.requested = n.requested.minus(request);
-        n.replicas.remove(&(*priority, key.clone(), *index));
+        n.committed = change(n.committed, footprint);
+        n.requested = change(n.requested, request);
+        let entry = (*priority, key.clone(), *index);
+        if add {
+            n.replicas.insert(entry);
+        } else {
+            n.replicas.remove(&entry);
+        }
         p.by_free.insert((n.score(), node));
-        p.committed = p.committed.minus(footprint);
-        if let Some(count) = p.placed_priorities.get_mut(priority) {
-            *count -= 1;
-            if *count == 0 {
-                p.placed_priorities.remove(priority);
-            }
+        p.committed = change(p.committed, footprint);
+        let count = p.placed_priorities.entry(*priority).or_insert(0);
+        *count = if add {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        if *count == 0 {
+            p.placed_priorities.remove(priority);
         }
         if let Some(t) = p.tenants.get_mut(&key.0) {
             let before = t.unmet();
-            t.allocated = t.allocated.minus(footprint);
+            t.allocated = change(t.allocated, footprint);
             p.unmet = p.unmet.minus(before).plus(t.unmet());
         }
         self.dirty.insert(node);
