@@ -1,0 +1,325 @@
+//! The pure diff: desired tree × observed tree → the operations that make the second the
+//! first, in an order the kernel accepts. Only differences become operations, so applying
+//! the same state twice writes nothing.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use super::tree::{DesiredTree, GroupPath, ObservedTree, Work};
+use super::values;
+
+/// One step of reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum Op {
+    /// Create a group.
+    Create {
+        /// The group.
+        group: GroupPath,
+    },
+    /// Write a knob (of the root when `group` is `None`).
+    Write {
+        /// The group.
+        group: Option<GroupPath>,
+        /// The knob file.
+        knob: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// Start the group's command.
+    Start {
+        /// The group.
+        group: GroupPath,
+    },
+    /// Move processes that match the group's adopt rule into it.
+    Adopt {
+        /// The group.
+        group: GroupPath,
+        /// The processes.
+        pids: Vec<u32>,
+    },
+    /// Stop every process in the group: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// The group.
+        group: GroupPath,
+        /// Seconds between the two.
+        grace_seconds: u32,
+    },
+    /// Remove an empty group.
+    Remove {
+        /// The group.
+        group: GroupPath,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Create { group } => write!(f, "create {group}"),
+            Op::Write { group, knob, value } => match group {
+                Some(g) => write!(f, "write {g}/{knob} = {value}"),
+                None => write!(f, "write {knob} = {value}"),
+            },
+            Op::Start { group } => write!(f, "start the command of {group}"),
+            Op::Adopt { group, pids } => write!(f, "adopt {pids:?} into {group}"),
+            Op::Stop {
+                group,
+                grace_seconds,
+            } => {
+                write!(f, "stop the processes of {group} (grace {grace_seconds}s)")
+            }
+            Op::Remove { group } => write!(f, "remove {group}"),
+        }
+    }
+}
+
+/// The operations, and the knobs the kernel does not offer (reported, not written).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// In order.
+    pub ops: Vec<Op>,
+    /// `(group, knob)` for each knob the kernel lacks.
+    pub unavailable: Vec<(Option<GroupPath>, &'static str)>,
+}
+
+/// What turns `observed` into `desired`. `start_now` names the replica groups whose command
+/// should be started now (the supervisor decides it from exits, restart policy and
+/// backoff); a group is started only when it holds no process.
+///
+/// Order: the root's knobs; then each desired group, parents first: create, knobs, start or
+/// adopt; then groups no longer desired, replicas before tenants: stop, remove.
+pub fn diff(
+    desired: &DesiredTree,
+    observed: &ObservedTree,
+    start_now: &BTreeSet<GroupPath>,
+) -> Diff {
+    let mut out = Diff::default();
+    for (knob, value) in &desired.root_knobs {
+        match observed.root_knobs.get(knob) {
+            Some(None) => out.unavailable.push((None, knob)),
+            Some(Some(current)) if values::same_value(knob, value, current) => {}
+            _ => out.ops.push(Op::Write {
+                group: None,
+                knob,
+                value: value.clone(),
+            }),
+        }
+    }
+    // BTreeMap order puts a tenant before its replicas ("t" < "t/w.0").
+    for (group, want) in &desired.groups {
+        let found = observed.groups.get(group);
+        if found.is_none() {
+            out.ops.push(Op::Create {
+                group: group.clone(),
+            });
+        }
+        for (knob, value) in &want.knobs {
+            match found.and_then(|f| f.knobs.get(knob)) {
+                Some(None) => out.unavailable.push((Some(group.clone()), knob)),
+                Some(Some(current)) if values::same_value(knob, value, current) => {}
+                _ => out.ops.push(Op::Write {
+                    group: Some(group.clone()),
+                    knob,
+                    value: value.clone(),
+                }),
+            }
+        }
+        let empty = found.is_none_or(|f| f.pids.is_empty());
+        match &want.work {
+            Some(Work::Command { args, .. })
+                if !args.is_empty() && empty && start_now.contains(group) =>
+            {
+                out.ops.push(Op::Start {
+                    group: group.clone(),
+                });
+            }
+            Some(Work::Adopt(_)) => {
+                if let Some(f) = found.filter(|f| !f.adoptable.is_empty()) {
+                    out.ops.push(Op::Adopt {
+                        group: group.clone(),
+                        pids: f.adoptable.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    let stale: Vec<(&GroupPath, _)> = observed
+        .groups
+        .iter()
+        .filter(|(g, _)| !desired.groups.contains_key(*g))
+        .collect();
+    for tenants_last in [false, true] {
+        for (group, found) in &stale {
+            if group.is_tenant() != tenants_last {
+                continue;
+            }
+            if !found.pids.is_empty() {
+                out.ops.push(Op::Stop {
+                    group: (*group).clone(),
+                    grace_seconds: found.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
+                });
+            }
+            out.ops.push(Op::Remove {
+                group: (*group).clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Grace period for stopping a group whose lease, and so its own grace, is gone.
+pub const DEFAULT_GRACE_SECONDS: u32 = 10;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alloc::ReplicaKey;
+    use crate::api::workload::RestartPolicy;
+    use crate::cgroup::tree::{DesiredGroup, ObservedGroup};
+
+    fn replica(ns: &str, name: &str, i: u32) -> GroupPath {
+        GroupPath::replica(&ReplicaKey::new(ns, name, i)).unwrap()
+    }
+
+    fn command() -> Work {
+        Work::Command {
+            args: vec!["sleep".into()],
+            env: vec![],
+            working_dir: None,
+            restart: RestartPolicy::Always,
+        }
+    }
+
+    fn desired() -> DesiredTree {
+        let mut tree = DesiredTree::default();
+        tree.groups.insert(
+            GroupPath::tenant("t").unwrap(),
+            DesiredGroup {
+                knobs: BTreeMap::from([("cpu.shares", "512".to_string())]),
+                work: None,
+                grace_seconds: 0,
+            },
+        );
+        tree.groups.insert(
+            replica("t", "w", 0),
+            DesiredGroup {
+                knobs: BTreeMap::from([
+                    ("cpu.shares", "512".to_string()),
+                    ("pids.max", "max".to_string()),
+                ]),
+                work: Some(command()),
+                grace_seconds: 5,
+            },
+        );
+        tree
+    }
+
+    /// What the tree looks like once `desired()` was applied.
+    fn applied() -> ObservedTree {
+        let mut tree = ObservedTree::default();
+        tree.groups.insert(
+            GroupPath::tenant("t").unwrap(),
+            ObservedGroup {
+                knobs: BTreeMap::from([("cpu.shares", Some("512".into()))]),
+                ..ObservedGroup::default()
+            },
+        );
+        tree.groups.insert(
+            replica("t", "w", 0),
+            ObservedGroup {
+                knobs: BTreeMap::from([
+                    ("cpu.shares", Some("512".into())),
+                    ("pids.max", Some("max".into())),
+                ]),
+                pids: vec![42],
+                ..ObservedGroup::default()
+            },
+        );
+        tree
+    }
+
+    #[test]
+    fn from_nothing_everything_is_created_parents_first() {
+        let start = BTreeSet::from([replica("t", "w", 0)]);
+        let ops: Vec<String> = diff(&desired(), &ObservedTree::default(), &start)
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "create t",
+                "write t/cpu.shares = 512",
+                "create t/w.0",
+                "write t/w.0/cpu.shares = 512",
+                "write t/w.0/pids.max = max",
+                "start the command of t/w.0",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_state_twice_is_no_operation() {
+        let start = BTreeSet::from([replica("t", "w", 0)]);
+        assert_eq!(diff(&desired(), &applied(), &start), Diff::default());
+    }
+
+    #[test]
+    fn drift_is_written_back_and_missing_knobs_are_reported() {
+        let mut observed = applied();
+        let w = observed.groups.get_mut(&replica("t", "w", 0)).unwrap();
+        w.knobs.insert("cpu.shares", Some("1024".into()));
+        w.knobs.insert("pids.max", None);
+        let d = diff(&desired(), &observed, &BTreeSet::new());
+        assert_eq!(
+            d.ops,
+            [Op::Write {
+                group: Some(replica("t", "w", 0)),
+                knob: "cpu.shares",
+                value: "512".into()
+            }]
+        );
+        assert_eq!(d.unavailable, [(Some(replica("t", "w", 0)), "pids.max")]);
+    }
+
+    #[test]
+    fn groups_no_longer_desired_are_stopped_then_removed_replicas_first() {
+        let mut observed = applied();
+        observed
+            .groups
+            .insert(GroupPath::tenant("gone").unwrap(), ObservedGroup::default());
+        observed.groups.insert(
+            replica("gone", "x", 1),
+            ObservedGroup {
+                pids: vec![7, 8],
+                grace_seconds: Some(3),
+                ..ObservedGroup::default()
+            },
+        );
+        let ops: Vec<String> = diff(&desired(), &observed, &BTreeSet::new())
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "stop the processes of gone/x.1 (grace 3s)",
+                "remove gone/x.1",
+                "remove gone"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_running_group_is_never_started_again() {
+        let start = BTreeSet::from([replica("t", "w", 0)]);
+        assert!(diff(&desired(), &applied(), &start).ops.is_empty());
+    }
+}

@@ -1,0 +1,433 @@
+//! The cgroup filesystem below corral's root, for v1 (a directory per controller
+//! hierarchy) and v2 (one directory). Every path is `<mount>/<root>/<group>/<file>` with a
+//! validated root and [`GroupPath`], so nothing outside the root is ever written. Every
+//! write is read back and compared; a mismatch is an error, never ignored.
+//!
+//! Written on std::fs rather than cgroups-rs 0.5, whose builder returns Ok after failed
+//! writes, whose v2 root is fixed at /sys/fs/cgroup, and which does not know
+//! `blkio.bfq.weight` (this kernel has no `blkio.weight`).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::layout::{Controller, Layout, Mode};
+use super::tree::GroupPath;
+use super::values;
+use crate::api::names::is_dns_label;
+
+/// A failed cgroup operation, with the file it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The filesystem refused.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A write succeeded but reading the file back gave something else.
+    #[error("{path}: wrote {written:?} but read back {read:?}")]
+    Mismatch {
+        /// The knob file.
+        path: PathBuf,
+        /// What was written.
+        written: String,
+        /// What the kernel holds.
+        read: String,
+    },
+    /// The kernel does not offer this knob here (no such file, or its controller is not
+    /// mounted or enabled).
+    #[error("{knob} is not offered by this kernel for {group}")]
+    Unavailable {
+        /// The knob.
+        knob: String,
+        /// The group.
+        group: String,
+    },
+    /// The root's name could form a path outside the cgroup mounts.
+    #[error("cgroup root {0:?} must be one or more DNS-1123 labels separated by '/'")]
+    BadRoot(String),
+}
+
+impl CgroupError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        CgroupError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the error means "not allowed here" (no root, read-only filesystem).
+    pub fn is_permission(&self) -> bool {
+        matches!(self, CgroupError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem)
+                || source.raw_os_error() == Some(libc::EROFS))
+    }
+}
+
+/// corral's subtree in the cgroup filesystem.
+#[derive(Clone, Debug)]
+pub struct Cgroupfs {
+    layout: Layout,
+    root: PathBuf,
+    page_size: i64,
+}
+
+/// The knob that lists a group's processes.
+pub const PROCS: &str = "cgroup.procs";
+
+impl Cgroupfs {
+    /// corral's subtree `root` (e.g. `corral`, or `corral/node-a` for a second agent on
+    /// the same machine) in `layout`.
+    ///
+    /// # Errors
+    /// [`CgroupError::BadRoot`] when `root` is not made of DNS-1123 labels.
+    pub fn new(layout: Layout, root: &str) -> Result<Cgroupfs, CgroupError> {
+        if root.is_empty() || !root.split('/').all(is_dns_label) {
+            return Err(CgroupError::BadRoot(root.to_string()));
+        }
+        Ok(Cgroupfs {
+            layout,
+            root: PathBuf::from(root),
+            page_size: values::page_size(),
+        })
+    }
+
+    /// How cgroups are mounted.
+    pub fn mode(&self) -> Mode {
+        self.layout.mode
+    }
+
+    /// True when knobs are v2 files.
+    pub fn is_v2(&self) -> bool {
+        self.layout.is_v2()
+    }
+
+    /// The system's page size.
+    pub fn page_size(&self) -> i64 {
+        self.page_size
+    }
+
+    /// The root's directories: one per mounted v1 hierarchy corral uses, or the v2 one.
+    pub fn root_dirs(&self) -> Vec<PathBuf> {
+        self.mounts()
+            .into_iter()
+            .map(|mount| mount.join(&self.root))
+            .collect()
+    }
+
+    fn mounts(&self) -> Vec<PathBuf> {
+        if self.is_v2() {
+            return self.layout.unified.iter().cloned().collect();
+        }
+        let distinct: BTreeSet<&PathBuf> = self.layout.v1.values().collect();
+        distinct.into_iter().cloned().collect()
+    }
+
+    /// A group's directories, one per hierarchy.
+    pub fn dirs(&self, group: Option<&GroupPath>) -> Vec<PathBuf> {
+        self.root_dirs()
+            .into_iter()
+            .map(|dir| match group {
+                Some(g) => dir.join(g.to_string()),
+                None => dir,
+            })
+            .collect()
+    }
+
+    /// The file of `knob` for `group` (the root when `None`); `None` when the knob's
+    /// controller is not mounted.
+    pub fn knob_path(&self, group: Option<&GroupPath>, knob: &str) -> Option<PathBuf> {
+        let relative = match group {
+            Some(g) => self.root.join(g.to_string()),
+            None => self.root.clone(),
+        };
+        if self.is_v2() {
+            return self
+                .layout
+                .unified
+                .as_ref()
+                .map(|m| m.join(relative).join(knob));
+        }
+        let controller = Controller::of_knob(knob)?;
+        self.layout
+            .v1
+            .get(&controller)
+            .map(|m| m.join(relative).join(knob))
+    }
+
+    /// The `cgroup.procs` files a process must be in to be in `group`.
+    pub fn procs_files(&self, group: &GroupPath) -> Vec<PathBuf> {
+        self.dirs(Some(group))
+            .into_iter()
+            .map(|d| d.join(PROCS))
+            .collect()
+    }
+
+    /// Creates the group in every hierarchy; an existing one is left as it is.
+    ///
+    /// # Errors
+    /// A directory could not be created.
+    pub fn create(&self, group: Option<&GroupPath>) -> Result<(), CgroupError> {
+        for dir in self.dirs(group) {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CgroupError::io("create", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the group from every hierarchy; a missing one is fine. The group must be
+    /// empty of processes and children.
+    ///
+    /// # Errors
+    /// A directory could not be removed (busy: processes or children left).
+    pub fn remove(&self, group: &GroupPath) -> Result<(), CgroupError> {
+        for dir in self.dirs(Some(group)) {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CgroupError::io("remove", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a knob; `Ok(None)` when the kernel does not offer it.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read.
+    pub fn read(
+        &self,
+        group: Option<&GroupPath>,
+        knob: &str,
+    ) -> Result<Option<String>, CgroupError> {
+        let Some(path) = self.knob_path(group, knob) else {
+            return Ok(None);
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim_end().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CgroupError::io("read", &path, e)),
+        }
+    }
+
+    /// Writes a knob and reads it back; returns what the kernel holds.
+    ///
+    /// # Errors
+    /// [`CgroupError::Unavailable`] when the file does not exist, [`CgroupError::Io`] when
+    /// the write is refused, [`CgroupError::Mismatch`] when the value read back differs.
+    pub fn write(
+        &self,
+        group: Option<&GroupPath>,
+        knob: &str,
+        value: &str,
+    ) -> Result<String, CgroupError> {
+        let unavailable = || CgroupError::Unavailable {
+            knob: knob.to_string(),
+            group: group.map_or_else(|| "the root".to_string(), ToString::to_string),
+        };
+        let path = self.knob_path(group, knob).ok_or_else(unavailable)?;
+        if !path.exists() {
+            return Err(unavailable());
+        }
+        let text = if knob == "cgroup.subtree_control" {
+            // Written as "+cpu +memory", read back as "cpu memory".
+            value
+                .split_whitespace()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            value.to_string()
+        };
+        std::fs::write(&path, &text).map_err(|e| CgroupError::io("write", &path, e))?;
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| CgroupError::io("read back", &path, e))?
+            .trim_end()
+            .to_string();
+        if !values::same_value(knob, value, &read) {
+            return Err(CgroupError::Mismatch {
+                path,
+                written: value.to_string(),
+                read,
+            });
+        }
+        Ok(read)
+    }
+
+    /// The processes in a group, over every hierarchy.
+    ///
+    /// # Errors
+    /// A `cgroup.procs` file exists but cannot be read.
+    pub fn procs(&self, group: &GroupPath) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = BTreeSet::new();
+        for file in self.procs_files(group) {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CgroupError::io("read", &file, e)),
+            }
+        }
+        Ok(pids.into_iter().collect())
+    }
+
+    /// Every corral group below the root, tenants before their replicas. Directories whose
+    /// names are not corral groups are not corral's and are left alone.
+    ///
+    /// # Errors
+    /// The root exists but cannot be listed.
+    pub fn groups(&self) -> Result<Vec<GroupPath>, CgroupError> {
+        let mut found = BTreeSet::new();
+        for root in self.root_dirs() {
+            for tenant in subdirs(&root)? {
+                let Ok(tenant_group) = GroupPath::parse(&tenant) else {
+                    continue;
+                };
+                for leaf in subdirs(&root.join(&tenant))? {
+                    if let Ok(replica) = GroupPath::parse(&format!("{tenant}/{leaf}")) {
+                        found.insert(replica);
+                    }
+                }
+                found.insert(tenant_group);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// The hierarchy an adopt rule's `cgroupPath` is looked up in: v1's cpu hierarchy (else
+    /// memory), or the v2 one.
+    pub fn adopt_mount(&self) -> Option<PathBuf> {
+        if self.is_v2() {
+            return self.layout.unified.clone();
+        }
+        [Controller::Cpu, Controller::Memory]
+            .iter()
+            .find_map(|c| self.layout.v1.get(c).cloned())
+    }
+
+    /// v2: the controllers the root may hand to its children (its `cgroup.controllers`),
+    /// among those corral uses. Empty on v1.
+    pub fn v2_controllers(&self) -> Vec<&'static str> {
+        if !self.is_v2() {
+            return Vec::new();
+        }
+        let offered = self
+            .read(None, "cgroup.controllers")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let offered: BTreeSet<&str> = offered.split_whitespace().collect();
+        Controller::ALL
+            .iter()
+            .filter_map(|c| c.v2_name())
+            .filter(|name| offered.contains(name))
+            .collect()
+    }
+}
+
+/// Names of the subdirectories of `dir`; none when it does not exist.
+fn subdirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CgroupError::io("list", dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CgroupError::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::ReplicaKey;
+
+    fn replica(ns: &str, name: &str, i: u32) -> GroupPath {
+        GroupPath::replica(&ReplicaKey::new(ns, name, i)).unwrap()
+    }
+
+    #[test]
+    fn roots_must_be_labels() {
+        let layout = Layout::v1_at(Path::new("/sys/fs/cgroup"));
+        for bad in ["", "..", "a/../b", "/abs", "a//b", "A", "a/"] {
+            assert!(
+                matches!(
+                    Cgroupfs::new(layout.clone(), bad),
+                    Err(CgroupError::BadRoot(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(Cgroupfs::new(layout, "corral/node-a").is_ok());
+    }
+
+    #[test]
+    fn v1_paths_follow_the_knob_controller() {
+        let fs = Cgroupfs::new(Layout::v1_at(Path::new("/cg")), "corral").unwrap();
+        let g = replica("t", "w", 0);
+        assert_eq!(
+            fs.knob_path(Some(&g), "cpu.shares").unwrap(),
+            PathBuf::from("/cg/cpu/corral/t/w.0/cpu.shares")
+        );
+        assert_eq!(
+            fs.knob_path(Some(&g), "memory.limit_in_bytes").unwrap(),
+            PathBuf::from("/cg/memory/corral/t/w.0/memory.limit_in_bytes")
+        );
+        assert_eq!(
+            fs.knob_path(Some(&g), "blkio.bfq.weight").unwrap(),
+            PathBuf::from("/cg/blkio/corral/t/w.0/blkio.bfq.weight")
+        );
+        assert_eq!(fs.procs_files(&g).len(), 5);
+        for dir in fs.dirs(Some(&g)) {
+            assert!(dir.starts_with("/cg") && dir.to_string_lossy().contains("/corral/t/w.0"));
+        }
+    }
+
+    #[test]
+    fn on_a_directory_writes_are_read_back_and_groups_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
+        let g = replica("t", "w", 1);
+        fs.create(None).unwrap();
+        fs.create(g.parent().as_ref()).unwrap();
+        fs.create(Some(&g)).unwrap();
+        std::fs::write(fs.knob_path(Some(&g), "cpu.weight").unwrap(), "100\n").unwrap();
+        assert_eq!(fs.write(Some(&g), "cpu.weight", "59").unwrap(), "59");
+        assert_eq!(
+            fs.read(Some(&g), "cpu.weight").unwrap().as_deref(),
+            Some("59")
+        );
+        assert!(matches!(
+            fs.write(Some(&g), "cpu.max", "max 100000"),
+            Err(CgroupError::Unavailable { .. })
+        ));
+        assert_eq!(fs.read(Some(&g), "cpu.max").unwrap(), None);
+        std::fs::create_dir(tmp.path().join("corral/not-ours.x")).unwrap();
+        std::fs::create_dir(tmp.path().join("corral/t/stray")).unwrap();
+        let groups: Vec<String> = fs
+            .groups()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(groups, ["t", "t/w.1"]);
+        std::fs::remove_dir(tmp.path().join("corral/t/stray")).unwrap();
+        // A real cgroup directory goes with its files; a plain one must be emptied first.
+        std::fs::remove_file(fs.knob_path(Some(&g), "cpu.weight").unwrap()).unwrap();
+        fs.remove(&g).unwrap();
+        fs.remove(&g).unwrap();
+    }
+}

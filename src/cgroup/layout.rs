@@ -1,0 +1,264 @@
+//! Which cgroup hierarchies this machine mounts, and where: v1 (one hierarchy per
+//! controller), hybrid (v1 controllers beside a cgroup2 mount used for tracking only) or v2
+//! (one unified hierarchy). Detected from `/proc/self/mountinfo`; tests build a layout on a
+//! temporary directory instead.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The controllers corral uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Controller {
+    /// CPU weight and bandwidth.
+    Cpu,
+    /// CPU accounting (v1 only; v2 reports usage in `cpu.stat`).
+    Cpuacct,
+    /// Memory.
+    Memory,
+    /// Process count.
+    Pids,
+    /// Block IO weight (`blkio` on v1, `io` on v2).
+    Io,
+}
+
+impl Controller {
+    /// Every controller corral uses.
+    pub const ALL: [Controller; 5] = [
+        Controller::Cpu,
+        Controller::Cpuacct,
+        Controller::Memory,
+        Controller::Pids,
+        Controller::Io,
+    ];
+
+    /// The controller's name in a v1 mount's options.
+    pub fn v1_name(self) -> &'static str {
+        match self {
+            Controller::Cpu => "cpu",
+            Controller::Cpuacct => "cpuacct",
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Io => "blkio",
+        }
+    }
+
+    /// The controller's name in v2's `cgroup.controllers`; `None` for cpuacct.
+    pub fn v2_name(self) -> Option<&'static str> {
+        match self {
+            Controller::Cpu => Some("cpu"),
+            Controller::Cpuacct => None,
+            Controller::Memory => Some("memory"),
+            Controller::Pids => Some("pids"),
+            Controller::Io => Some("io"),
+        }
+    }
+
+    /// The controller a v1 knob file belongs to, by its prefix (`cpu.shares` → cpu).
+    pub fn of_knob(knob: &str) -> Option<Controller> {
+        match knob.split('.').next()? {
+            "cpu" => Some(Controller::Cpu),
+            "cpuacct" => Some(Controller::Cpuacct),
+            "memory" => Some(Controller::Memory),
+            "pids" => Some(Controller::Pids),
+            "blkio" | "io" => Some(Controller::Io),
+            _ => None,
+        }
+    }
+}
+
+/// How cgroups are mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 controllers, and a cgroup2 mount without them.
+    Hybrid,
+    /// One unified v2 hierarchy.
+    V2,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::V1 => "v1",
+            Mode::Hybrid => "hybrid",
+            Mode::V2 => "v2",
+        })
+    }
+}
+
+/// Where the hierarchies are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The mode.
+    pub mode: Mode,
+    /// Mount point of each v1 controller corral uses that is mounted.
+    pub v1: BTreeMap<Controller, PathBuf>,
+    /// The cgroup2 mount point, if any.
+    pub unified: Option<PathBuf>,
+}
+
+impl Layout {
+    /// Reads this process's mounts.
+    ///
+    /// # Errors
+    /// `/proc/self/mountinfo` cannot be read.
+    pub fn detect() -> std::io::Result<Layout> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+        Ok(Layout::from_mountinfo(&text))
+    }
+
+    /// The layout described by the text of a `mountinfo` file.
+    pub fn from_mountinfo(text: &str) -> Layout {
+        let mut v1 = BTreeMap::new();
+        let mut unified = None;
+        for line in text.lines() {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            let Some((before, after)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount_point = before.split_whitespace().nth(4);
+            let mut after = after.split_whitespace();
+            let (fs_type, super_options) = (after.next(), after.nth(1));
+            let Some(mount_point) = mount_point.map(unescape) else {
+                continue;
+            };
+            match fs_type {
+                Some("cgroup2") => unified = Some(PathBuf::from(mount_point)),
+                Some("cgroup") => {
+                    let options: Vec<&str> = super_options.unwrap_or_default().split(',').collect();
+                    for controller in Controller::ALL {
+                        if options.contains(&controller.v1_name()) {
+                            v1.entry(controller)
+                                .or_insert_with(|| PathBuf::from(&mount_point));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mode = match (v1.is_empty(), unified.is_some()) {
+            (false, true) => Mode::Hybrid,
+            (false, false) => Mode::V1,
+            (true, _) => Mode::V2,
+        };
+        Layout { mode, v1, unified }
+    }
+
+    /// A v1 layout with every controller in `<root>/<name>`, for tests on a directory.
+    pub fn v1_at(root: &Path) -> Layout {
+        Layout {
+            mode: Mode::V1,
+            v1: Controller::ALL
+                .into_iter()
+                .map(|c| (c, root.join(c.v1_name())))
+                .collect(),
+            unified: None,
+        }
+    }
+
+    /// A v2 layout with the unified hierarchy at `root`.
+    pub fn v2_at(root: &Path) -> Layout {
+        Layout {
+            mode: Mode::V2,
+            v1: BTreeMap::new(),
+            unified: Some(root.to_path_buf()),
+        }
+    }
+
+    /// True when resource controllers are driven through v2 files.
+    pub fn is_v2(&self) -> bool {
+        self.mode == Mode::V2
+    }
+}
+
+/// Mount points escape spaces and a few other bytes as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+35 31 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+36 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+37 31 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+38 31 0:33 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio
+";
+
+    #[test]
+    fn hybrid_layouts_use_the_v1_controllers() {
+        let layout = Layout::from_mountinfo(HYBRID);
+        assert_eq!(layout.mode, Mode::Hybrid);
+        assert_eq!(
+            layout.v1[&Controller::Cpu],
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+        );
+        assert_eq!(
+            layout.v1[&Controller::Cpuacct],
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+        );
+        assert_eq!(
+            layout.v1[&Controller::Io],
+            PathBuf::from("/sys/fs/cgroup/blkio")
+        );
+        assert_eq!(
+            layout.unified,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert!(!layout.is_v2());
+    }
+
+    #[test]
+    fn unified_only_is_v2_and_escapes_are_decoded() {
+        let text = "30 25 0:26 / /sys/fs/cgroup\\040x rw - cgroup2 cgroup2 rw\n";
+        let layout = Layout::from_mountinfo(text);
+        assert_eq!(layout.mode, Mode::V2);
+        assert_eq!(layout.unified, Some(PathBuf::from("/sys/fs/cgroup x")));
+    }
+
+    #[test]
+    fn this_machine_has_a_layout() {
+        let layout = Layout::detect().unwrap();
+        // Whatever the machine, some hierarchy is mounted where tests run.
+        assert!(!layout.v1.is_empty() || layout.unified.is_some());
+    }
+
+    #[test]
+    fn knobs_belong_to_their_controller() {
+        assert_eq!(
+            Controller::of_knob("cpu.cfs_quota_us"),
+            Some(Controller::Cpu)
+        );
+        assert_eq!(
+            Controller::of_knob("blkio.bfq.weight"),
+            Some(Controller::Io)
+        );
+        assert_eq!(Controller::of_knob("io.weight"), Some(Controller::Io));
+        assert_eq!(Controller::of_knob("cgroup.procs"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! The cgroup layer: where the hierarchies are ([`layout`]), the values corral writes
+//! ([`values`]), the tree as desired ([`desired`], [`tree`]) and as found ([`observe`]),
+//! the pure diff between them ([`diff`]), the filesystem below corral's root ([`fs`]) and
+//! the executor that applies a diff ([`exec`]).
+
+pub mod desired;
+pub mod diff;
+pub mod exec;
+pub mod fs;
+pub mod layout;
+pub mod observe;
+pub mod tree;
+pub mod values;

@@ -1,0 +1,168 @@
+//! Reading the subtree as it is: which groups exist, the knob values the desired tree
+//! cares about, the processes in each group, and the counters usage is computed from.
+
+use std::collections::BTreeSet;
+
+use super::fs::{CgroupError, Cgroupfs};
+use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree};
+
+/// Reads every corral group below the root; for the groups and knobs of `desired`, the
+/// values too. Knobs of groups that are not desired are not read.
+///
+/// # Errors
+/// A file exists but cannot be read.
+pub fn observe(fs: &Cgroupfs, desired: &DesiredTree) -> Result<ObservedTree, CgroupError> {
+    let mut tree = ObservedTree::default();
+    for knob in desired.root_knobs.keys() {
+        tree.root_knobs.insert(*knob, fs.read(None, knob)?);
+    }
+    let found: BTreeSet<GroupPath> = fs.groups()?.into_iter().collect();
+    for group in &found {
+        let mut observed = ObservedGroup {
+            pids: fs.procs(group)?,
+            ..ObservedGroup::default()
+        };
+        if let Some(want) = desired.groups.get(group) {
+            for knob in want.knobs.keys() {
+                observed.knobs.insert(*knob, fs.read(Some(group), knob)?);
+            }
+        }
+        tree.groups.insert(group.clone(), observed);
+    }
+    Ok(tree)
+}
+
+/// Cumulative counters of one group, as the kernel keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// CPU time used, nanoseconds.
+    pub cpu_nanos: u64,
+    /// Time throttled by the quota, nanoseconds.
+    pub throttled_nanos: u64,
+    /// Memory in use, bytes.
+    pub memory: u64,
+    /// Highest memory use, bytes (0 when the kernel does not keep it).
+    pub memory_peak: u64,
+    /// Processes killed for exceeding the memory limit.
+    pub oom_kills: u64,
+    /// Processes and threads.
+    pub pids: u64,
+}
+
+/// Reads a group's counters; a counter the kernel does not offer reads as 0.
+///
+/// # Errors
+/// A counter file exists but cannot be read.
+pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupError> {
+    let g = Some(group);
+    let number =
+        |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+    let field = |text: &Option<String>, name: &str| {
+        text.as_deref()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    if fs.is_v2() {
+        let cpu_stat = fs.read(g, "cpu.stat")?;
+        let events = fs.read(g, "memory.events")?;
+        Ok(Counters {
+            cpu_nanos: field(&cpu_stat, "usage_usec").saturating_mul(1000),
+            throttled_nanos: field(&cpu_stat, "throttled_usec").saturating_mul(1000),
+            memory: number(fs.read(g, "memory.current")?),
+            memory_peak: number(fs.read(g, "memory.peak")?),
+            oom_kills: field(&events, "oom_kill"),
+            pids: number(fs.read(g, "pids.current")?),
+        })
+    } else {
+        let cpu_stat = fs.read(g, "cpu.stat")?;
+        let oom = fs.read(g, "memory.oom_control")?;
+        Ok(Counters {
+            cpu_nanos: number(fs.read(g, "cpuacct.usage")?),
+            throttled_nanos: field(&cpu_stat, "throttled_time"),
+            memory: number(fs.read(g, "memory.usage_in_bytes")?),
+            memory_peak: number(fs.read(g, "memory.max_usage_in_bytes")?),
+            oom_kills: field(&oom, "oom_kill"),
+            pids: number(fs.read(g, "pids.current")?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::ReplicaKey;
+    use crate::cgroup::layout::Layout;
+
+    #[test]
+    fn v1_counters_come_from_their_controllers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v1_at(tmp.path()), "corral").unwrap();
+        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        for dir in fs.dirs(Some(&g)) {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let write = |knob: &str, text: &str| {
+            std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
+        };
+        write("cpuacct.usage", "5000000000\n");
+        write(
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 2\nthrottled_time 300000000\n",
+        );
+        write("memory.usage_in_bytes", "1048576\n");
+        write("memory.max_usage_in_bytes", "2097152\n");
+        write(
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        write("pids.current", "4\n");
+        assert_eq!(
+            counters(&fs, &g).unwrap(),
+            Counters {
+                cpu_nanos: 5_000_000_000,
+                throttled_nanos: 300_000_000,
+                memory: 1 << 20,
+                memory_peak: 2 << 20,
+                oom_kills: 3,
+                pids: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn v2_counters_and_missing_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
+        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
+        let write = |knob: &str, text: &str| {
+            std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
+        };
+        write(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nthrottled_usec 20\n",
+        );
+        write("memory.current", "4096\n");
+        write("memory.events", "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n");
+        let c = counters(&fs, &g).unwrap();
+        assert_eq!(
+            (
+                c.cpu_nanos,
+                c.throttled_nanos,
+                c.memory,
+                c.memory_peak,
+                c.oom_kills,
+                c.pids
+            ),
+            (1_500_000, 20_000, 4096, 0, 1, 0)
+        );
+    }
+}
