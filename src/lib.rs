@@ -1,8 +1,14 @@
 //! corral: a declarative resource reconciler. Workloads and ResourcePolicies in, leases in
 //! ZooKeeper and cgroups on every node out. See DESIGN.md for the architecture.
 
+pub mod agent;
 pub mod alloc;
 pub mod api;
+pub mod cgroup;
 pub mod cli;
+pub mod controller;
+pub mod lease;
 pub mod source;
+pub mod state;
+pub mod telemetry;
 pub mod validate;

@@ -2,7 +2,11 @@
 //! `main` print, and only `main` turns errors into exit codes.
 
 pub mod crd;
+pub mod down;
+pub mod live;
 pub mod plan;
+pub mod run;
+pub mod status;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -27,6 +31,12 @@ pub enum Command {
     Validate(validate::Args),
     /// Show the allocation and where each replica would run; nothing is applied.
     Plan(plan::Args),
+    /// Run the manifests on this machine: controller and agent in one process.
+    Run(run::Args),
+    /// Show leases, grants, use and process state from the state directory.
+    Status(status::Args),
+    /// Stop workloads on purpose and remove their cgroups.
+    Down(down::Args),
 }
 
 /// Manifest paths, shared by the subcommands that read manifests.
@@ -47,5 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Crd(args) => crd::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Down(args) => down::run(&args),
     }
 }

@@ -1,0 +1,10 @@
+//! The node agent: turns leases into cgroups and processes, and reports what it observed.
+//!
+//! - [`node`]: the pass: leases → desired tree → observe → diff → apply → reports;
+//! - [`supervisor`]: each replica's command: start, exits, restart policy, backoff, and
+//!   what a later corral needs to take the processes over;
+//! - [`process`]: launching into cgroups, stopping, adopting.
+
+pub mod node;
+pub mod process;
+pub mod supervisor;

@@ -1,0 +1,448 @@
+//! One node's agent: each pass turns the node's leases into the desired tree, reads the
+//! tree as it is, diffs, applies, and reports what it applied and observed. Passes run when
+//! leases change, when a process exits, and periodically to undo drift.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use regex::Regex;
+
+use super::process;
+use super::supervisor::Supervisor;
+use crate::alloc::ReplicaKey;
+use crate::cgroup::desired::desired_tree;
+use crate::cgroup::diff::{self, Op};
+use crate::cgroup::exec::{self, Outcome};
+use crate::cgroup::fs::{CgroupError, Cgroupfs};
+use crate::cgroup::observe::{self, Counters};
+use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
+use crate::lease::{FORMAT_VERSION, Lease, Report, UsageSample, unix_now};
+
+/// Why a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The leases changed.
+    Leases,
+    /// The periodic re-read: whatever it changes is drift.
+    Resync,
+    /// A process exited, or a restart became due.
+    Processes,
+}
+
+/// Counts over the agent's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStats {
+    /// Passes run.
+    pub passes: u64,
+    /// Knob files written.
+    pub writes: u64,
+    /// Values restored by a resync after something else changed them.
+    pub drift_corrections: u64,
+    /// Processes started.
+    pub starts: u64,
+    /// Operations that failed.
+    pub failures: u64,
+}
+
+/// The result of one pass.
+#[derive(Clone, Debug, Default)]
+pub struct Pass {
+    /// The operations the diff asked for.
+    pub ops: Vec<Op>,
+    /// What applying them did (empty in a dry run).
+    pub outcome: Outcome,
+    /// A report per lease.
+    pub reports: Vec<Report>,
+}
+
+/// A node's agent.
+pub struct Agent {
+    node: String,
+    fs: Cgroupfs,
+    supervisor: Supervisor,
+    leases: Vec<Lease>,
+    /// Grace periods of groups seen in leases, kept after the lease is gone.
+    graces: HashMap<GroupPath, u32>,
+    counters: HashMap<GroupPath, (Instant, Counters)>,
+    patterns: HashMap<String, Option<Regex>>,
+    dry_run: bool,
+    /// Counts over the agent's life.
+    pub stats: AgentStats,
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// corral's root group could not be created.
+    #[error(
+        "{0}\ncorral needs root (or a delegated cgroup subtree) to manage cgroups; `corral run --dry-run` shows what it would do without changing anything"
+    )]
+    NoPermission(CgroupError),
+    /// Another cgroup error.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+impl Agent {
+    /// The agent of `node`, owning the subtree of `fs`, with its records in `state_dir`.
+    /// Creates the root group unless `dry_run`.
+    ///
+    /// # Errors
+    /// The root group cannot be created; without root this says to try `--dry-run`.
+    pub fn new(
+        node: &str,
+        fs: Cgroupfs,
+        state_dir: &Path,
+        dry_run: bool,
+    ) -> Result<Agent, AgentError> {
+        if !dry_run {
+            fs.create(None).map_err(|e| {
+                if e.is_permission() {
+                    AgentError::NoPermission(e)
+                } else {
+                    AgentError::Cgroup(e)
+                }
+            })?;
+        }
+        Ok(Agent {
+            node: node.to_string(),
+            supervisor: Supervisor::load(state_dir, node),
+            fs,
+            leases: Vec::new(),
+            graces: HashMap::new(),
+            counters: HashMap::new(),
+            patterns: HashMap::new(),
+            dry_run,
+            stats: AgentStats::default(),
+        })
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cgroup filesystem it owns.
+    pub fn cgroupfs(&self) -> &Cgroupfs {
+        &self.fs
+    }
+
+    /// Replaces the leases the agent enforces.
+    pub fn set_leases(&mut self, leases: Vec<Lease>) {
+        for lease in &leases {
+            if let Ok(group) = GroupPath::replica(&lease.key) {
+                self.graces.insert(group, lease.grace_seconds);
+            }
+        }
+        self.leases = leases;
+    }
+
+    /// True when a command that exited may be started again now.
+    pub fn restart_due(&self, now_ms: u64) -> bool {
+        self.leases.iter().any(|lease| match &lease.work {
+            Work::Command { restart, .. } => {
+                self.supervisor.restart_due(&lease.key, *restart, now_ms)
+            }
+            Work::Adopt(_) => false,
+        })
+    }
+
+    /// One pass: reconcile the node with its leases, and report.
+    pub fn pass(&mut self, trigger: Trigger) -> Pass {
+        let now_ms = unix_now_ms();
+        self.stats.passes += 1;
+        let mut problems_by_key: HashMap<ReplicaKey, Vec<String>> = HashMap::new();
+        if !self.dry_run {
+            for key in self.supervisor.reap(now_ms) {
+                tracing::info!(replica = %key, "process exited");
+                self.clean_after_exit(&key, &mut problems_by_key);
+            }
+        }
+        let (desired, refused) = desired_tree(
+            &self.leases,
+            self.fs.is_v2(),
+            &self.fs.v2_controllers(),
+            self.fs.page_size(),
+        );
+        for (key, reason) in refused {
+            problems_by_key.entry(key).or_default().push(reason);
+        }
+        let observed = match observe::observe(&self.fs, &desired) {
+            Ok(mut observed) => {
+                self.fill_adoptable(&desired, &mut observed, &mut problems_by_key);
+                for (group, found) in &mut observed.groups {
+                    found.grace_seconds = self.graces.get(group).copied();
+                }
+                observed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cgroup tree");
+                for lease in &self.leases {
+                    problems_by_key
+                        .entry(lease.key.clone())
+                        .or_default()
+                        .push(e.to_string());
+                }
+                return Pass {
+                    reports: self.reports(
+                        &desired,
+                        &ObservedTree::default(),
+                        &Outcome::default(),
+                        problems_by_key,
+                        now_ms,
+                    ),
+                    ..Pass::default()
+                };
+            }
+        };
+        let start_now = self.supervisor.due(&desired, &observed, now_ms);
+        let diff = diff::diff(&desired, &observed, &start_now);
+        for (group, knob) in &diff.unavailable {
+            if let Some(key) = group.as_ref().and_then(GroupPath::key) {
+                problems_by_key
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{knob} is not offered by this kernel"));
+            }
+        }
+        if self.dry_run {
+            return Pass {
+                reports: self.reports(
+                    &desired,
+                    &observed,
+                    &Outcome::default(),
+                    problems_by_key,
+                    now_ms,
+                ),
+                ops: diff.ops,
+                outcome: Outcome::default(),
+            };
+        }
+        let outcome = exec::apply(
+            &self.fs,
+            &diff.ops,
+            &mut self.supervisor.ops(&self.fs, &desired, now_ms),
+        );
+        self.account(trigger, &diff.ops, &observed, &outcome);
+        let keep: BTreeSet<ReplicaKey> = self.leases.iter().map(|l| l.key.clone()).collect();
+        self.supervisor.retain(&keep);
+        if let Err(e) = self.supervisor.save() {
+            tracing::warn!(error = %e, "cannot save the supervisor's records");
+        }
+        let observed = observe::observe(&self.fs, &desired).unwrap_or(observed);
+        let reports = self.reports(&desired, &observed, &outcome, problems_by_key, now_ms);
+        Pass {
+            ops: diff.ops,
+            outcome,
+            reports,
+        }
+    }
+
+    /// After a main process exited, stops what it left in its group, so that a restart
+    /// starts clean (as a container's processes go with its first one).
+    fn clean_after_exit(
+        &mut self,
+        key: &ReplicaKey,
+        problems: &mut HashMap<ReplicaKey, Vec<String>>,
+    ) {
+        let Ok(group) = GroupPath::replica(key) else {
+            return;
+        };
+        let files = self.fs.procs_files(&group);
+        let left = files
+            .iter()
+            .any(|f| process::procs(f).is_ok_and(|p| !p.is_empty()));
+        if left {
+            let grace = std::time::Duration::from_secs(u64::from(
+                self.graces.get(&group).copied().unwrap_or(10),
+            ));
+            if let Err(e) = process::stop(&files, grace) {
+                problems.entry(key.clone()).or_default().push(e.to_string());
+            }
+        }
+    }
+
+    fn fill_adoptable(
+        &mut self,
+        desired: &DesiredTree,
+        observed: &mut ObservedTree,
+        problems: &mut HashMap<ReplicaKey, Vec<String>>,
+    ) {
+        let ours: Vec<u32> = observed
+            .groups
+            .values()
+            .flat_map(|g| g.pids.iter().copied())
+            .collect();
+        for (group, want) in &desired.groups {
+            let Some(Work::Adopt(rule)) = &want.work else {
+                continue;
+            };
+            let key = group.key();
+            let found = if let Some(path) = &rule.cgroup_path {
+                let mount = self.fs.adopt_mount();
+                match mount {
+                    Some(mount) => process::pids_in_cgroup(&mount, path).map_err(|e| e.to_string()),
+                    None => Err("no cgroup hierarchy to adopt from".to_string()),
+                }
+            } else if let Some(file) = &rule.pid_file {
+                process::pid_from_file(Path::new(file))
+                    .map(|pid| vec![pid])
+                    .map_err(|e| e.to_string())
+            } else if let Some(pattern) = &rule.command_pattern {
+                let regex = self
+                    .patterns
+                    .entry(pattern.clone())
+                    .or_insert_with(|| Regex::new(pattern).ok());
+                match regex {
+                    Some(regex) => Ok(process::pids_matching(regex, &ours)),
+                    None => Err(format!("adopt.commandPattern {pattern:?} does not compile")),
+                }
+            } else {
+                Ok(Vec::new())
+            };
+            match found {
+                Ok(pids) => {
+                    let entry = observed.groups.entry(group.clone()).or_default();
+                    entry.adoptable = pids
+                        .into_iter()
+                        .filter(|p| !ours.contains(p) && *p != std::process::id())
+                        .collect();
+                }
+                Err(e) => {
+                    if let Some(key) = key {
+                        problems.entry(key).or_default().push(format!("adopt: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn account(
+        &mut self,
+        trigger: Trigger,
+        ops: &[Op],
+        observed: &ObservedTree,
+        outcome: &Outcome,
+    ) {
+        self.stats.writes += outcome.writes as u64;
+        self.stats.failures += outcome.failures.len() as u64;
+        self.stats.starts += ops.iter().filter(|o| matches!(o, Op::Start { .. })).count() as u64;
+        for failure in &outcome.failures {
+            tracing::warn!(op = %failure.op, error = %failure.error, "operation failed");
+        }
+        if trigger != Trigger::Resync {
+            return;
+        }
+        // Leases did not change, so a write to a group that existed restores drift.
+        for op in ops {
+            if let Op::Write {
+                group: Some(group),
+                knob,
+                value,
+            } = op
+                && let Some(Some(was)) = observed.groups.get(group).and_then(|g| g.knobs.get(knob))
+            {
+                self.stats.drift_corrections += 1;
+                tracing::info!(group = %group, knob, was = %was, now = %value, "drift corrected");
+            }
+        }
+    }
+
+    fn reports(
+        &mut self,
+        desired: &DesiredTree,
+        observed: &ObservedTree,
+        outcome: &Outcome,
+        mut problems: HashMap<ReplicaKey, Vec<String>>,
+        now_ms: u64,
+    ) -> Vec<Report> {
+        for failure in &outcome.failures {
+            if let Some(key) = failure.group.as_ref().and_then(GroupPath::key) {
+                problems
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{}: {}", failure.op, failure.error));
+            }
+        }
+        let now = Instant::now();
+        let mut reports = Vec::with_capacity(self.leases.len());
+        let leases = std::mem::take(&mut self.leases);
+        for lease in &leases {
+            let Ok(group) = GroupPath::replica(&lease.key) else {
+                continue;
+            };
+            let found = observed.groups.get(&group);
+            let failed: BTreeSet<&str> = outcome
+                .failures
+                .iter()
+                .filter(|f| f.group.as_ref() == Some(&group))
+                .filter_map(|f| f.knob)
+                .collect();
+            let applied = desired
+                .groups
+                .get(&group)
+                .map(|want| {
+                    want.knobs
+                        .iter()
+                        .filter(|(knob, _)| {
+                            found
+                                .and_then(|f| f.knobs.get(*knob))
+                                .is_some_and(Option::is_some)
+                                && !failed.contains(*knob)
+                        })
+                        .map(|(knob, value)| ((*knob).to_string(), value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let usage = self.usage(&group, now);
+            let work = desired.groups.get(&group).and_then(|g| g.work.as_ref());
+            let pids = found.map_or(0, |f| f.pids.len());
+            reports.push(Report {
+                version: FORMAT_VERSION,
+                key: Some(lease.key.clone()),
+                node: self.node.clone(),
+                lease_epoch: lease.epoch,
+                applied,
+                usage,
+                process: self.supervisor.report(&lease.key, work, pids, now_ms),
+                problems: problems.remove(&lease.key).unwrap_or_default(),
+                changed_at: unix_now(),
+            });
+        }
+        self.leases = leases;
+        let live: BTreeSet<GroupPath> = self
+            .leases
+            .iter()
+            .filter_map(|l| GroupPath::replica(&l.key).ok())
+            .collect();
+        self.counters.retain(|g, _| live.contains(g));
+        reports
+    }
+
+    /// Use since the previous pass; `None` on the first one.
+    fn usage(&mut self, group: &GroupPath, now: Instant) -> Option<UsageSample> {
+        let counters = observe::counters(&self.fs, group).ok()?;
+        let previous = self.counters.insert(group.clone(), (now, counters));
+        let (then, before) = previous?;
+        let elapsed = now.duration_since(then).as_nanos().max(1);
+        let cpu_nanos = u128::from(counters.cpu_nanos.saturating_sub(before.cpu_nanos));
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Some(UsageSample {
+            cpu: i64::try_from(cpu_nanos * 1000 / elapsed).unwrap_or(i64::MAX),
+            memory: as_i64(counters.memory),
+            memory_peak: as_i64(counters.memory_peak.max(counters.memory)),
+            throttled_seconds: counters.throttled_nanos as f64 / 1e9,
+            oom_kills: as_i64(counters.oom_kills),
+            pids: as_i64(counters.pids),
+        })
+    }
+}
+
+/// Unix milliseconds now.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

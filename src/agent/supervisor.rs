@@ -1,0 +1,440 @@
+//! The supervisor of each replica's command: starts it in its group, notices when it exits,
+//! decides when to restart it (restart policy and backoff), and remembers the running
+//! processes in the state directory so that a new corral takes them over instead of
+//! starting them again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::process::{self, Backoff, ExitStatusInfo, LaunchSpec, ProcessId};
+use crate::alloc::ReplicaKey;
+use crate::api::workload::RestartPolicy;
+use crate::cgroup::exec::Processes;
+use crate::cgroup::fs::Cgroupfs;
+use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
+use crate::lease::ProcessReport;
+
+/// What is known of one replica's command across corral restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    /// The main process, while it runs.
+    main: Option<ProcessId>,
+    /// Times started after the first.
+    restarts: u32,
+    /// How the last run ended.
+    last_exit: Option<String>,
+    /// Whether the last run failed; `None` when unknown (it was started by an earlier corral,
+    /// which alone could read its exit status).
+    last_failed: Option<bool>,
+    /// Unix milliseconds before which it must not be started again.
+    not_before_ms: u64,
+    /// Unix milliseconds of the last start.
+    started_ms: u64,
+    /// Processes adopted into the group.
+    adopted: usize,
+}
+
+/// The supervisor of one node's replicas.
+pub struct Supervisor {
+    state_file: PathBuf,
+    log_dir: PathBuf,
+    records: BTreeMap<ReplicaKey, Record>,
+    /// Processes this corral started: their exit status can be read.
+    children: HashMap<ReplicaKey, Child>,
+    backoffs: HashMap<ReplicaKey, Backoff>,
+    saved: BTreeMap<ReplicaKey, Record>,
+}
+
+impl Supervisor {
+    /// The supervisor of `node`, with what an earlier corral recorded in `state_dir`.
+    pub fn load(state_dir: &Path, node: &str) -> Supervisor {
+        let state_file = state_dir.join("agent").join(format!("{node}.json"));
+        let records: BTreeMap<ReplicaKey, Record> = std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Vec<(ReplicaKey, Record)>>(&text).ok())
+            .map(|list| list.into_iter().collect())
+            .unwrap_or_default();
+        Supervisor {
+            state_file,
+            log_dir: state_dir.join("logs"),
+            saved: records.clone(),
+            records,
+            children: HashMap::new(),
+            backoffs: HashMap::new(),
+        }
+    }
+
+    /// The file a replica's output goes to.
+    pub fn log_file(&self, key: &ReplicaKey) -> PathBuf {
+        self.log_dir.join(format!("{key}.log"))
+    }
+
+    /// Writes the records if they changed.
+    ///
+    /// # Errors
+    /// The state file cannot be written.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        if self.records == self.saved {
+            return Ok(());
+        }
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let list: Vec<(&ReplicaKey, &Record)> = self.records.iter().collect();
+        let text = serde_json::to_string_pretty(&list).map_err(std::io::Error::other)?;
+        let tmp = self.state_file.with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.state_file)?;
+        self.saved = self.records.clone();
+        Ok(())
+    }
+
+    /// Notices main processes that exited since the last call, records how they ended and
+    /// when they may start again; returns their replicas.
+    pub fn reap(&mut self, now_ms: u64) -> Vec<ReplicaKey> {
+        let mut exited = Vec::new();
+        for (key, record) in &mut self.records {
+            let Some(main) = record.main else { continue };
+            let (ended, description, failed) = match self.children.get_mut(key) {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => {
+                        let info = ExitStatusInfo::from(status);
+                        (true, info.to_string(), Some(!status.success()))
+                    }
+                    Ok(None) => (false, String::new(), None),
+                    Err(e) => (
+                        !main.is_alive(),
+                        format!("exited (status unreadable: {e})"),
+                        None,
+                    ),
+                },
+                None => (
+                    !main.is_alive(),
+                    "exited (status unknown: started by an earlier corral)".to_string(),
+                    None,
+                ),
+            };
+            if !ended {
+                continue;
+            }
+            self.children.remove(key);
+            let ran_for = Duration::from_millis(now_ms.saturating_sub(record.started_ms));
+            let delay = self
+                .backoffs
+                .entry(key.clone())
+                .or_default()
+                .next_delay(ran_for);
+            record.main = None;
+            record.last_exit = Some(description);
+            record.last_failed = failed;
+            record.not_before_ms = now_ms + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            exited.push(key.clone());
+        }
+        exited
+    }
+
+    /// The replica groups whose command should start now: commands not running whose
+    /// restart policy allows it and whose backoff has passed.
+    pub fn due(
+        &self,
+        desired: &DesiredTree,
+        observed: &ObservedTree,
+        now_ms: u64,
+    ) -> BTreeSet<GroupPath> {
+        let mut due = BTreeSet::new();
+        for (group, want) in &desired.groups {
+            let Some(Work::Command { restart, .. }) = &want.work else {
+                continue;
+            };
+            let Some(key) = group.key() else { continue };
+            if observed
+                .groups
+                .get(group)
+                .is_some_and(|g| !g.pids.is_empty())
+            {
+                continue;
+            }
+            let start = match self.records.get(&key) {
+                None => true,
+                Some(r) if r.main.is_some() => false,
+                Some(r) if r.last_exit.is_none() => true,
+                Some(r) => {
+                    let policy_allows = match restart {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => r.last_failed != Some(false),
+                        RestartPolicy::Never => false,
+                    };
+                    policy_allows && now_ms >= r.not_before_ms
+                }
+            };
+            if start {
+                due.insert(group.clone());
+            }
+        }
+        due
+    }
+
+    /// True when the command of `key`, which exited, may start again now under `restart`.
+    /// No system call: cheap enough to ask often.
+    pub fn restart_due(&self, key: &ReplicaKey, restart: RestartPolicy, now_ms: u64) -> bool {
+        self.records.get(key).is_some_and(|r| {
+            r.main.is_none()
+                && r.last_exit.is_some()
+                && now_ms >= r.not_before_ms
+                && match restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => r.last_failed != Some(false),
+                    RestartPolicy::Never => false,
+                }
+        })
+    }
+
+    /// Forgets replicas that are no longer leased here.
+    pub fn retain(&mut self, keep: &BTreeSet<ReplicaKey>) {
+        self.records.retain(|k, _| keep.contains(k));
+        self.children.retain(|k, _| keep.contains(k));
+        self.backoffs.retain(|k, _| keep.contains(k));
+    }
+
+    /// The state of a replica's processes, for its report.
+    pub fn report(
+        &self,
+        key: &ReplicaKey,
+        work: Option<&Work>,
+        pids: usize,
+        now_ms: u64,
+    ) -> ProcessReport {
+        let record = self.records.get(key).cloned().unwrap_or_default();
+        let state = match work {
+            Some(Work::Adopt(_)) if pids > 0 => "Adopted",
+            Some(Work::Adopt(_)) => "Waiting",
+            _ if record.main.is_some() || pids > 0 => "Running",
+            _ if record.last_exit.is_some() && record.not_before_ms > now_ms => "BackingOff",
+            _ if record.last_exit.is_some() => "Exited",
+            Some(Work::Command { .. }) => "Starting",
+            None => "None",
+        };
+        ProcessReport {
+            state: state.to_string(),
+            pid: record.main.map(|m| m.pid),
+            pids,
+            restarts: record.restarts,
+            last_exit: record.last_exit,
+        }
+    }
+
+    /// The process operations of one pass, bound to the desired tree they serve.
+    pub fn ops<'a>(
+        &'a mut self,
+        fs: &'a Cgroupfs,
+        desired: &'a DesiredTree,
+        now_ms: u64,
+    ) -> ProcessOps<'a> {
+        ProcessOps {
+            supervisor: self,
+            fs,
+            desired,
+            now_ms,
+        }
+    }
+}
+
+/// [`Processes`] for the executor: starts, adopts and stops through [`process`].
+pub struct ProcessOps<'a> {
+    supervisor: &'a mut Supervisor,
+    fs: &'a Cgroupfs,
+    desired: &'a DesiredTree,
+    now_ms: u64,
+}
+
+impl Processes for ProcessOps<'_> {
+    fn start(&mut self, group: &GroupPath) -> Result<(), String> {
+        let key = group.key().ok_or("a tenant group runs nothing")?;
+        let Some(Work::Command {
+            args,
+            env,
+            working_dir,
+            ..
+        }) = self.desired.groups.get(group).and_then(|g| g.work.as_ref())
+        else {
+            return Err(format!("{group} has no command"));
+        };
+        let mut env = env.clone();
+        env.push((
+            "CORRAL_WORKLOAD".into(),
+            format!("{}/{}", key.namespace, key.name),
+        ));
+        env.push(("CORRAL_REPLICA".into(), key.index.to_string()));
+        let spec = LaunchSpec {
+            args: args.clone(),
+            env,
+            working_dir: working_dir.as_ref().map(PathBuf::from),
+            log_file: self.supervisor.log_file(&key),
+            join: self.fs.procs_files(group),
+        };
+        let launched = process::launch(&spec).map_err(|e| e.to_string())?;
+        let record = self.supervisor.records.entry(key.clone()).or_default();
+        if record.last_exit.is_some() {
+            record.restarts += 1;
+        }
+        record.main = Some(launched.process_id());
+        record.started_ms = self.now_ms;
+        self.supervisor.children.insert(key, launched.child);
+        Ok(())
+    }
+
+    fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String> {
+        let join = self.fs.procs_files(group);
+        let mut moved = 0;
+        for pid in pids {
+            match process::move_into(*pid, &join) {
+                Ok(()) => moved += 1,
+                // It exited between the scan and the move: nothing to adopt.
+                Err(process::MoveError::Gone { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if let Some(key) = group.key() {
+            self.supervisor.records.entry(key).or_default().adopted += moved;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), String> {
+        let outcome =
+            process::stop(&self.fs.procs_files(group), grace).map_err(|e| e.to_string())?;
+        if let Some(key) = group.key() {
+            // Reap what this corral started, so no zombie is left.
+            if let Some(mut child) = self.supervisor.children.remove(&key) {
+                let _ = child.try_wait();
+            }
+            self.supervisor.records.remove(&key);
+        }
+        tracing::info!(
+            group = %group,
+            terminated = outcome.terminated,
+            killed = outcome.killed,
+            "stopped"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::tree::{DesiredGroup, ObservedGroup};
+
+    fn tree(restart: RestartPolicy) -> (DesiredTree, GroupPath) {
+        let group = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        let mut desired = DesiredTree::default();
+        desired.groups.insert(
+            group.clone(),
+            DesiredGroup {
+                knobs: BTreeMap::new(),
+                work: Some(Work::Command {
+                    args: vec!["true".into()],
+                    env: vec![],
+                    working_dir: None,
+                    restart,
+                }),
+                grace_seconds: 1,
+            },
+        );
+        (desired, group)
+    }
+
+    fn exited(failed: Option<bool>, not_before_ms: u64) -> Record {
+        Record {
+            last_exit: Some("exited".into()),
+            last_failed: failed,
+            not_before_ms,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn restart_policies_and_backoff_decide_what_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        for (policy, record, now, expected) in [
+            (RestartPolicy::Never, None, 0, true),
+            (RestartPolicy::Never, Some(exited(Some(true), 0)), 10, false),
+            (
+                RestartPolicy::Always,
+                Some(exited(Some(false), 100)),
+                50,
+                false,
+            ),
+            (
+                RestartPolicy::Always,
+                Some(exited(Some(false), 100)),
+                100,
+                true,
+            ),
+            (
+                RestartPolicy::OnFailure,
+                Some(exited(Some(false), 0)),
+                10,
+                false,
+            ),
+            (
+                RestartPolicy::OnFailure,
+                Some(exited(Some(true), 0)),
+                10,
+                true,
+            ),
+            (RestartPolicy::OnFailure, Some(exited(None, 0)), 10, true),
+        ] {
+            let (desired, group) = tree(policy);
+            let mut supervisor = Supervisor::load(dir.path(), "n");
+            if let Some(r) = record.clone() {
+                supervisor.records.insert(key.clone(), r);
+            }
+            let due = supervisor.due(&desired, &ObservedTree::default(), now);
+            assert_eq!(
+                due.contains(&group),
+                expected,
+                "{policy:?} {record:?} at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_with_processes_is_never_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (desired, group) = tree(RestartPolicy::Always);
+        let mut observed = ObservedTree::default();
+        observed.groups.insert(
+            group,
+            ObservedGroup {
+                pids: vec![1],
+                ..ObservedGroup::default()
+            },
+        );
+        assert!(
+            Supervisor::load(dir.path(), "n")
+                .due(&desired, &observed, 0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn records_survive_in_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        let mut supervisor = Supervisor::load(dir.path(), "n");
+        supervisor
+            .records
+            .insert(key.clone(), exited(Some(true), 5));
+        supervisor.save().unwrap();
+        let again = Supervisor::load(dir.path(), "n");
+        assert_eq!(again.records[&key], exited(Some(true), 5));
+        assert_eq!(again.report(&key, None, 0, 0).state, "BackingOff");
+    }
+}

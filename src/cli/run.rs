@@ -1,0 +1,442 @@
+//! `corral run`: controller and agent for this machine in one process, no cluster needed.
+//! Watches the manifests, allocates, keeps leases and reports in the embedded store under
+//! the state directory, enforces them in cgroups, restores drift, and shows a live table
+//! on a terminal (log lines otherwise). Workloads outlive it: stopping corral leaves them
+//! running, and the next `corral run` takes them over.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use notify::Watcher;
+use tokio::sync::mpsc;
+
+use super::ManifestArgs;
+use super::live;
+use crate::agent::node::{Agent, Trigger, unix_now_ms};
+use crate::alloc::NodeInfo;
+use crate::api::{ResourcePolicy, Workload};
+use crate::cgroup::fs::Cgroupfs;
+use crate::cgroup::layout::Layout;
+use crate::controller::{self, ControllerPass, UsageHistory};
+use crate::lease::embedded::EmbeddedStore;
+use crate::lease::{FORMAT_VERSION, LeaseStore, NodeRegistration, unix_now};
+use crate::source::{self, nodes};
+use crate::state::{RunStatus, StateDir};
+use crate::validate::Manifests;
+
+/// How `corral run` shows progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ui {
+    /// A live table on a terminal, log lines otherwise.
+    #[default]
+    Auto,
+    /// The live table.
+    Table,
+    /// Log lines.
+    Log,
+}
+
+/// Where corral keeps its state and cgroups; shared by run, status and down.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Where {
+    /// State directory: leases, reports, process records, workload logs.
+    #[arg(
+        long,
+        env = "CORRAL_STATE_DIR",
+        default_value = "/var/lib/corral",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// corral's cgroup subtree below each hierarchy's mount point.
+    #[arg(long, default_value = "corral", value_name = "PATH")]
+    pub cgroup_root: String,
+    /// This node's name; default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+/// Arguments of `corral run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+    #[command(flatten)]
+    pub place: Where,
+    /// Seconds between re-reads of the cgroup tree that restore values changed behind
+    /// corral's back.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub resync: f64,
+    /// Converge once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the operations corral would perform, perform none, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Live table or log lines.
+    #[arg(long, value_enum, default_value_t)]
+    pub ui: Ui,
+    /// Log lines as JSON.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Runs until interrupted (or once). Returns 0, or 1 when the manifests are invalid at
+/// start or a `--once` pass failed.
+///
+/// # Errors
+/// The state directory, the cgroup root or the store cannot be used.
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: &Args) -> anyhow::Result<u8> {
+    let state = StateDir(args.place.state_dir.clone());
+    let table = match args.ui {
+        Ui::Table => true,
+        Ui::Log => false,
+        Ui::Auto => std::io::stdout().is_terminal() && !args.once && !args.dry_run,
+    };
+    if table {
+        crate::telemetry::init(
+            crate::telemetry::Output::File(&state.0.join("corral.log")),
+            args.log_json,
+        )?;
+    } else {
+        crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
+    }
+    let manifests = source::load(&args.manifests.paths);
+    for notice in &manifests.notices {
+        eprintln!("note: {notice}");
+    }
+    if !manifests.is_valid() {
+        for problem in &manifests.problems {
+            eprintln!("{problem}");
+        }
+        eprintln!(
+            "nothing applied: {} problem(s) in the manifests",
+            manifests.problems.len()
+        );
+        return Ok(1);
+    }
+    let mut node = nodes::this_machine().context("reading this machine's capacity from /proc")?;
+    if let Some(name) = &args.place.node {
+        if !nodes::is_node_name(name) {
+            bail!("--node {name:?} must be a DNS subdomain");
+        }
+        node.name.clone_from(name);
+    }
+    let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
+    let fs = Cgroupfs::new(layout, &args.place.cgroup_root)?;
+    if args.dry_run {
+        return dry_run(&state, fs, &node, &manifests).await;
+    }
+    let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
+    let store = EmbeddedStore::open(&state.0)?;
+    let epoch = store.next_epoch()?;
+    store
+        .register_node(&NodeRegistration {
+            version: FORMAT_VERSION,
+            name: node.name.clone(),
+            labels: node.labels.clone(),
+            capacity: node.capacity,
+            cgroup_mode: fs.mode().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await?;
+    let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
+    let mut run = Run {
+        store,
+        epoch,
+        node,
+        state,
+        usage: UsageHistory::new(20),
+        workloads: Vec::new(),
+        policies: Vec::new(),
+        last: None,
+        manifest_problems: Vec::new(),
+    };
+    run.take(manifests);
+    run.control().await?;
+    let failures = run.enforce(&mut agent, Trigger::Leases).await?;
+    if args.once {
+        print!("{}", run.table(&agent).await?);
+        return Ok(u8::from(failures > 0));
+    }
+    run.watch_loop(&mut agent, args, table).await?;
+    let running = run.store.node_leases(&run.node.name).await?.len();
+    eprintln!(
+        "corral stopped. {running} replica(s) keep running in their cgroups under {}; `corral down` stops them and removes the groups.",
+        args.place.cgroup_root
+    );
+    Ok(0)
+}
+
+/// Shows what one pass would do, changing nothing: no store, no cgroup, no process.
+async fn dry_run(
+    state: &StateDir,
+    fs: Cgroupfs,
+    node: &NodeInfo,
+    manifests: &Manifests,
+) -> anyhow::Result<u8> {
+    let current = match EmbeddedStore::open_existing(&state.0) {
+        Ok(store) => store.leases().await?,
+        Err(_) => Vec::new(),
+    };
+    let workloads: Vec<Workload> = manifests
+        .workloads
+        .iter()
+        .map(|w| w.object.clone())
+        .collect();
+    let policies: Vec<ResourcePolicy> = manifests
+        .policies
+        .iter()
+        .map(|p| p.object.clone())
+        .collect();
+    let plan = crate::alloc::allocate(&crate::alloc::Input {
+        policies: &policies,
+        workloads: &workloads,
+        nodes: std::slice::from_ref(node),
+        observed: &std::collections::HashMap::new(),
+        current: &controller::leases::placement(&current),
+    });
+    let leases = controller::leases::desired_leases(&plan, &workloads, &policies, 0);
+    let mut agent = Agent::new(&node.name, fs, &state.0, true)?;
+    agent.set_leases(leases);
+    let pass = agent.pass(Trigger::Leases);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# corral run --dry-run: {} operation(s) on node {}, none performed",
+        pass.ops.len(),
+        node.name
+    )?;
+    for op in &pass.ops {
+        writeln!(out, "{op}")?;
+    }
+    for pending in &plan.pending {
+        writeln!(
+            out,
+            "# pending {} replica {}: {}",
+            pending.workload, pending.replica, pending.reason
+        )?;
+    }
+    Ok(0)
+}
+
+/// The state of a running `corral run`.
+struct Run {
+    store: EmbeddedStore,
+    epoch: i64,
+    node: NodeInfo,
+    state: StateDir,
+    usage: UsageHistory,
+    workloads: Vec<Workload>,
+    policies: Vec<ResourcePolicy>,
+    last: Option<ControllerPass>,
+    manifest_problems: Vec<String>,
+}
+
+/// What woke the loop.
+enum Event {
+    Manifests,
+}
+
+impl Run {
+    fn take(&mut self, manifests: Manifests) {
+        self.workloads = manifests.workloads.into_iter().map(|w| w.object).collect();
+        self.policies = manifests.policies.into_iter().map(|p| p.object).collect();
+    }
+
+    async fn control(&mut self) -> anyhow::Result<()> {
+        let pass = controller::reconcile(
+            &self.store,
+            self.epoch,
+            &self.workloads,
+            &self.policies,
+            std::slice::from_ref(&self.node),
+            &self.usage,
+        )
+        .await?;
+        if pass.changes > 0 {
+            tracing::info!(
+                changes = pass.changes,
+                pending = pass.plan.pending.len(),
+                "leases written"
+            );
+        }
+        self.last = Some(pass);
+        Ok(())
+    }
+
+    /// One agent pass; returns the number of failed operations.
+    async fn enforce(&mut self, agent: &mut Agent, trigger: Trigger) -> anyhow::Result<usize> {
+        agent.set_leases(self.store.node_leases(agent.node()).await?);
+        let pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        for failure in &pass.outcome.failures {
+            tracing::warn!(op = %failure.op, error = %failure.error, "failed");
+        }
+        self.store
+            .write_reports(agent.node(), &pass.reports)
+            .await?;
+        self.usage.record(&pass.reports);
+        let status = RunStatus {
+            node: self.node.name.clone(),
+            pid: std::process::id(),
+            updated_at: unix_now(),
+            pending: self
+                .last
+                .as_ref()
+                .map(|p| p.plan.pending.clone())
+                .unwrap_or_default(),
+            agent: agent.stats,
+            manifest_problems: self.manifest_problems.clone(),
+        };
+        if let Err(e) = self.state.write_status(&status) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+        Ok(pass.outcome.failures.len())
+    }
+
+    async fn table(&self, agent: &Agent) -> anyhow::Result<String> {
+        let leases = self.store.leases().await?;
+        let reports = self.store.reports().await?;
+        let pending = self
+            .last
+            .as_ref()
+            .map(|p| p.plan.pending.clone())
+            .unwrap_or_default();
+        let mut text = live::render(&live::rows(&leases, &reports, &pending));
+        let s = agent.stats;
+        text.push_str(&format!(
+            "\nnode {}: {} passes, {} writes, {} drift corrections, {} starts, {} failures\n",
+            self.node.name, s.passes, s.writes, s.drift_corrections, s.starts, s.failures
+        ));
+        for problem in &self.manifest_problems {
+            text.push_str(&format!(
+                "manifest problem (previous version kept): {problem}\n"
+            ));
+        }
+        Ok(text)
+    }
+
+    async fn watch_loop(
+        &mut self,
+        agent: &mut Agent,
+        args: &Args,
+        table: bool,
+    ) -> anyhow::Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = watch_manifests(&args.manifests.paths, tx)?;
+        let resync = Duration::from_secs_f64(args.resync.max(0.1));
+        let mut resync_timer = tokio::time::interval(resync);
+        resync_timer.tick().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut child_exited =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut redraw = tokio::time::interval(Duration::from_secs(1));
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                Some(Event::Manifests) = rx.recv() => {
+                    // Editors write a file in several steps: take them as one change.
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    while rx.try_recv().is_ok() {}
+                    self.reload(&args.manifests.paths);
+                    self.control().await?;
+                    self.enforce(agent, Trigger::Leases).await?;
+                }
+                _ = resync_timer.tick() => {
+                    self.control().await?;
+                    self.enforce(agent, Trigger::Resync).await?;
+                }
+                _ = child_exited.recv() => {
+                    self.enforce(agent, Trigger::Processes).await?;
+                }
+                _ = tick.tick() => {
+                    if agent.restart_due(unix_now_ms()) {
+                        self.enforce(agent, Trigger::Processes).await?;
+                    }
+                }
+                _ = redraw.tick(), if table => {
+                    let text = self.table(agent).await?;
+                    let mut out = std::io::stdout().lock();
+                    // Clear the screen and draw from the top.
+                    write!(out, "\x1b[H\x1b[2J{text}\nCtrl-C exits; workloads keep running.\n")?;
+                    out.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the manifests; when they are invalid, keeps the previous version and says
+    /// why.
+    fn reload(&mut self, paths: &[PathBuf]) {
+        let manifests = source::load(paths);
+        if manifests.is_valid() {
+            self.manifest_problems.clear();
+            self.take(manifests);
+            tracing::info!("manifests reloaded");
+        } else {
+            self.manifest_problems = manifests.problems.iter().map(ToString::to_string).collect();
+            for problem in &self.manifest_problems {
+                tracing::warn!(%problem, "manifests invalid; the previous version is kept");
+            }
+        }
+    }
+}
+
+/// Watches the manifest paths (the parent directory of a file, since editors replace files
+/// by renaming) and sends an event for each change to a manifest.
+fn watch_manifests(
+    paths: &[PathBuf],
+    tx: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let files: BTreeSet<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_file())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let (watched_files, watched_dirs) = (files.clone(), dirs.clone());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            watched_files.contains(p)
+                || (crate::source::files::is_manifest(p)
+                    && watched_dirs.iter().any(|d| p.starts_with(d)))
+        });
+        if relevant {
+            let _ = tx.send(Event::Manifests);
+        }
+    })?;
+    for dir in &dirs {
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+    }
+    let parents: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(PathBuf::from))
+        .collect();
+    for parent in parents {
+        watcher.watch(&parent, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}

@@ -1,0 +1,231 @@
+//! From an allocation to leases, and from the leases in the store to the changes that make
+//! them the desired ones. Pure: read, compare, write only the difference.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::alloc::plan::Plan;
+use crate::alloc::{Observed, ReplicaKey, Res};
+use crate::api::policy::ResourcePolicySpec;
+use crate::api::{ResourcePolicy, Workload};
+use crate::lease::{Lease, LeaseChange, Report};
+
+/// The lease of every placed replica in `plan`, stamped with `epoch`.
+pub fn desired_leases(
+    plan: &Plan,
+    workloads: &[Workload],
+    policies: &[ResourcePolicy],
+    epoch: i64,
+) -> Vec<Lease> {
+    let by_name: HashMap<String, &Workload> = workloads
+        .iter()
+        .map(|w| {
+            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
+            (
+                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
+                w,
+            )
+        })
+        .collect();
+    let default_spec = ResourcePolicySpec::default();
+    let specs: HashMap<&str, &ResourcePolicySpec> = policies
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.as_deref()?, &p.spec)))
+        .collect();
+    plan.allocations
+        .iter()
+        .filter_map(|a| {
+            let workload = by_name.get(&a.workload)?;
+            let spec = specs
+                .get(a.policy.as_str())
+                .copied()
+                .unwrap_or(&default_spec);
+            let tenant_limit = spec
+                .tenants
+                .iter()
+                .find(|t| t.namespace == a.tenant)
+                .and_then(|t| t.limit.as_ref())
+                .map(|l| crate::alloc::input::amounts_or(Some(l), i64::MAX));
+            Some(Lease::new(a, workload, &spec.cgroup, tenant_limit, epoch))
+        })
+        .collect()
+}
+
+/// The changes that turn `current` into `desired`: a put for each lease that is new or asks
+/// for something else, a delete for each that is no longer wanted. A lease that differs
+/// only by its epoch is left alone.
+pub fn lease_changes(current: &[Lease], desired: &[Lease]) -> Vec<LeaseChange> {
+    let now: BTreeMap<(&str, &ReplicaKey), &Lease> = current
+        .iter()
+        .map(|l| ((l.node.as_str(), &l.key), l))
+        .collect();
+    let want: BTreeMap<(&str, &ReplicaKey), &Lease> = desired
+        .iter()
+        .map(|l| ((l.node.as_str(), &l.key), l))
+        .collect();
+    let mut changes = Vec::new();
+    for (id, lease) in &want {
+        if now
+            .get(id)
+            .is_none_or(|existing| !existing.same_grant(lease))
+        {
+            changes.push(LeaseChange::Put(Box::new((*lease).clone())));
+        }
+    }
+    for (node, key) in now.keys() {
+        if !want.contains_key(&(*node, *key)) {
+            changes.push(LeaseChange::Delete {
+                node: (*node).to_string(),
+                key: (*key).clone(),
+            });
+        }
+    }
+    changes
+}
+
+/// Where each replica is now, by its lease.
+pub fn placement(leases: &[Lease]) -> HashMap<ReplicaKey, String> {
+    leases
+        .iter()
+        .map(|l| (l.key.clone(), l.node.clone()))
+        .collect()
+}
+
+/// Keeps the last `keep` usage samples of every replica, for the `Usage` strategy.
+#[derive(Clone, Debug, Default)]
+pub struct UsageHistory {
+    samples: HashMap<ReplicaKey, Observed>,
+    keep: usize,
+}
+
+impl UsageHistory {
+    /// A history of `keep` samples per replica.
+    pub fn new(keep: usize) -> Self {
+        UsageHistory {
+            samples: HashMap::new(),
+            keep: keep.max(1),
+        }
+    }
+
+    /// Adds each report's usage, and forgets replicas without a report.
+    pub fn record(&mut self, reports: &[Report]) {
+        let mut seen = std::collections::HashSet::new();
+        for report in reports {
+            let (Some(key), Some(usage)) = (&report.key, report.usage) else {
+                continue;
+            };
+            seen.insert(key.clone());
+            let entry = self.samples.entry(key.clone()).or_default();
+            let sample = Res::new(usage.cpu, usage.memory, usage.pids);
+            for (series, value) in [
+                (&mut entry.cpu, sample.cpu),
+                (&mut entry.memory, sample.memory),
+                (&mut entry.pids, sample.pids),
+            ] {
+                series.push(value);
+                if series.len() > self.keep {
+                    series.remove(0);
+                }
+            }
+        }
+        self.samples.retain(|k, _| seen.contains(k));
+    }
+
+    /// The samples, as the allocator takes them.
+    pub fn observed(&self) -> &HashMap<ReplicaKey, Observed> {
+        &self.samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::fixtures::{mk_node, mk_policy, mk_workload};
+    use crate::alloc::{self, Input};
+    use crate::lease::UsageSample;
+    use serde_json::json;
+
+    fn plan(workloads: &[Workload], policies: &[ResourcePolicy]) -> Plan {
+        alloc::allocate(&Input {
+            policies,
+            workloads,
+            nodes: &[mk_node("n1", 4000, 4096, &[])],
+            observed: &HashMap::new(),
+            current: &HashMap::new(),
+        })
+    }
+
+    #[test]
+    fn leases_carry_the_policy_settings_and_tenant_limit() {
+        let policies = [mk_policy(
+            "p",
+            json!({"cgroup": {"cpuPeriodMicros": 50000},
+            "tenants": [{"namespace": "t", "limit": {"cpu": "2"}}]}),
+        )];
+        let workloads = [mk_workload(
+            "t",
+            "w",
+            2,
+            500,
+            64,
+            json!({"terminationGracePeriodSeconds": 3}),
+        )];
+        let leases = desired_leases(&plan(&workloads, &policies), &workloads, &policies, 7);
+        assert_eq!(leases.len(), 2);
+        assert_eq!(leases[0].cgroup.cpu_period_micros, 50_000);
+        assert_eq!(
+            leases[0].tenant_limit,
+            Some(Res::new(2000, i64::MAX, i64::MAX))
+        );
+        assert_eq!(leases[0].grace_seconds, 3);
+        assert_eq!(leases[0].epoch, 7);
+    }
+
+    #[test]
+    fn only_differences_become_changes() {
+        let policies = [mk_policy("p", json!({}))];
+        let workloads = [mk_workload("t", "w", 2, 500, 64, json!({}))];
+        let first = desired_leases(&plan(&workloads, &policies), &workloads, &policies, 1);
+        assert_eq!(lease_changes(&[], &first).len(), 2);
+        // A new epoch alone changes nothing.
+        let again = desired_leases(&plan(&workloads, &policies), &workloads, &policies, 2);
+        assert!(lease_changes(&first, &again).is_empty());
+        // One replica fewer: one delete.
+        let fewer = [mk_workload("t", "w", 1, 500, 64, json!({}))];
+        let third = desired_leases(&plan(&fewer, &policies), &fewer, &policies, 2);
+        assert_eq!(
+            lease_changes(&first, &third),
+            [LeaseChange::Delete {
+                node: "n1".into(),
+                key: ReplicaKey::new("t", "w", 1)
+            }]
+        );
+        // A new limit: a put.
+        let bigger = [mk_workload("t", "w", 1, 600, 64, json!({}))];
+        let fourth = desired_leases(&plan(&bigger, &policies), &bigger, &policies, 2);
+        assert!(
+            matches!(&lease_changes(&third, &fourth)[..], [LeaseChange::Put(l)] if l.granted.cpu == 600)
+        );
+    }
+
+    #[test]
+    fn usage_history_keeps_the_latest_samples() {
+        let mut history = UsageHistory::new(2);
+        let report = |cpu| Report {
+            key: Some(ReplicaKey::new("t", "w", 0)),
+            usage: Some(UsageSample {
+                cpu,
+                ..UsageSample::default()
+            }),
+            ..Report::default()
+        };
+        for cpu in [10, 20, 30] {
+            history.record(&[report(cpu)]);
+        }
+        assert_eq!(
+            history.observed()[&ReplicaKey::new("t", "w", 0)].cpu,
+            [20, 30]
+        );
+        history.record(&[]);
+        assert!(history.observed().is_empty());
+    }
+}

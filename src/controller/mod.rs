@@ -1,0 +1,51 @@
+//! The controller: desired objects in, leases out. Each pass allocates from the current
+//! placement (so replicas stay where they are) and the observed use, and writes only the
+//! leases that changed, fenced by its epoch.
+
+pub mod leases;
+
+use crate::alloc::plan::Plan;
+use crate::alloc::{self, Input, NodeInfo};
+use crate::api::{ResourcePolicy, Workload};
+use crate::lease::{LeaseStore, StoreError};
+
+pub use leases::UsageHistory;
+
+/// What one controller pass did.
+#[derive(Clone, Debug)]
+pub struct ControllerPass {
+    /// The allocation.
+    pub plan: Plan,
+    /// Leases put or deleted.
+    pub changes: usize,
+}
+
+/// Allocates `workloads` under `policies` on `nodes` and brings the store's leases in line.
+///
+/// # Errors
+/// The store cannot be read or written, or this controller's epoch is fenced.
+pub async fn reconcile<S: LeaseStore>(
+    store: &S,
+    epoch: i64,
+    workloads: &[Workload],
+    policies: &[ResourcePolicy],
+    nodes: &[NodeInfo],
+    usage: &UsageHistory,
+) -> Result<ControllerPass, StoreError> {
+    let current = store.leases().await?;
+    let placement = leases::placement(&current);
+    let plan = alloc::allocate(&Input {
+        policies,
+        workloads,
+        nodes,
+        observed: usage.observed(),
+        current: &placement,
+    });
+    let desired = leases::desired_leases(&plan, workloads, policies, epoch);
+    let changes = leases::lease_changes(&current, &desired);
+    store.write_leases(epoch, &changes).await?;
+    Ok(ControllerPass {
+        plan,
+        changes: changes.len(),
+    })
+}

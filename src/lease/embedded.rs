@@ -1,0 +1,388 @@
+//! The embedded lease store of `corral run`: JSON files under the state directory, each
+//! replaced atomically (write a temporary file, then rename), guarded by an advisory lock
+//! so that `corral status` and `corral down` can read and write beside a running corral.
+//!
+//! ```text
+//! <state>/store/nodes.json     registrations
+//! <state>/store/leases.json    every lease, and the controller epoch
+//! <state>/store/reports.json   every report
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
+
+/// The store under `<state>/store`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    changes: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LeaseFile {
+    version: u32,
+    epoch: i64,
+    leases: Vec<Lease>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ReportFile {
+    version: u32,
+    reports: Vec<Report>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct NodeFile {
+    version: u32,
+    nodes: Vec<NodeRegistration>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store under `state_dir`.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn open(state_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let dir = state_dir.join("store");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(EmbeddedStore {
+            dir,
+            changes: watch::Sender::new(0),
+        })
+    }
+
+    /// Opens the store for reading only: it must exist.
+    ///
+    /// # Errors
+    /// There is no store under `state_dir`.
+    pub fn open_existing(state_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let dir = state_dir.join("store");
+        if !dir.is_dir() {
+            return Err(StoreError::Io {
+                op: "open",
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no corral state here; corral run creates it",
+                ),
+            });
+        }
+        Ok(EmbeddedStore {
+            dir,
+            changes: watch::Sender::new(0),
+        })
+    }
+
+    /// Takes the next controller epoch: one above the last written. A controller that
+    /// starts later has a higher epoch, and this one's writes are then refused.
+    ///
+    /// # Errors
+    /// The lease file cannot be read or written.
+    pub fn next_epoch(&self) -> Result<i64, StoreError> {
+        self.update("leases.json", |file: &mut LeaseFile| {
+            file.epoch += 1;
+            Ok(file.epoch)
+        })
+    }
+
+    /// A receiver that sees a new value whenever leases change through this handle.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, StoreError> {
+        let _lock = self.lock(false)?;
+        self.read_unlocked(name)
+    }
+
+    fn read_unlocked<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, StoreError> {
+        let path = self.path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let version = value
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if version > u64::from(FORMAT_VERSION) {
+            return Err(StoreError::Corrupt {
+                path,
+                message: format!(
+                    "written by a newer corral (format {version}, this one reads {FORMAT_VERSION})"
+                ),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Read, change and write one file under the lock. Writes only when the change changed
+    /// something.
+    fn update<T, R>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut T) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
+        let _lock = self.lock(true)?;
+        let mut value: T = self.read_unlocked(name)?;
+        let before = serde_json::to_vec(&value).unwrap_or_default();
+        let result = change(&mut value)?;
+        let after = serde_json::to_vec_pretty(&value).map_err(|e| StoreError::Corrupt {
+            path: self.path(name),
+            message: e.to_string(),
+        })?;
+        if serde_json::to_vec(&value).unwrap_or_default() != before {
+            self.replace(name, &after)?;
+        }
+        Ok(result)
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { op, path, source }
+        };
+        let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+        file.write_all(bytes).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<nix::fcntl::Flock<File>, StoreError> {
+        let path = self.path(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            })?;
+        let arg = if exclusive {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockShared
+        };
+        nix::fcntl::Flock::lock(file, arg).map_err(|(_, errno)| StoreError::Io {
+            op: "lock",
+            path,
+            source: std::io::Error::from(errno),
+        })
+    }
+}
+
+impl LeaseStore for EmbeddedStore {
+    async fn register_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
+        self.update("nodes.json", |file: &mut NodeFile| {
+            file.version = FORMAT_VERSION;
+            file.nodes.retain(|n| n.name != node.name);
+            file.nodes.push(node.clone());
+            file.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(())
+        })
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRegistration>, StoreError> {
+        Ok(self.read::<NodeFile>("nodes.json")?.nodes)
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.read::<LeaseFile>("leases.json")?.leases)
+    }
+
+    async fn write_leases(&self, epoch: i64, changes: &[LeaseChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.update("leases.json", |file: &mut LeaseFile| {
+            if epoch < file.epoch {
+                return Err(StoreError::Fenced { ours: epoch });
+            }
+            file.version = FORMAT_VERSION;
+            for change in changes {
+                match change {
+                    LeaseChange::Put(lease) => {
+                        file.leases
+                            .retain(|l| !(l.node == lease.node && l.key == lease.key));
+                        file.leases.push((**lease).clone());
+                    }
+                    LeaseChange::Delete { node, key } => {
+                        file.leases.retain(|l| !(&l.node == node && &l.key == key));
+                    }
+                }
+            }
+            file.leases
+                .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+            Ok(())
+        })?;
+        self.changes.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    async fn reports(&self) -> Result<Vec<Report>, StoreError> {
+        Ok(self.read::<ReportFile>("reports.json")?.reports)
+    }
+
+    async fn write_reports(&self, node: &str, reports: &[Report]) -> Result<(), StoreError> {
+        self.update("reports.json", |file: &mut ReportFile| {
+            file.version = FORMAT_VERSION;
+            file.reports.retain(|r| r.node != node);
+            file.reports.extend(reports.iter().cloned());
+            file.reports
+                .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::ReplicaKey;
+    use crate::alloc::Res;
+    use crate::alloc::fixtures::mk_workload;
+    use crate::alloc::plan::{Allocation, Limits};
+    use crate::api::policy::CgroupSettings;
+
+    fn lease(node: &str, name: &str, epoch: i64) -> Lease {
+        let workload = mk_workload("t", name, 1, 100, 10, serde_json::json!({}));
+        let allocation = Allocation {
+            workload: format!("t/{name}"),
+            replica: 0,
+            key: format!("t.{name}.0"),
+            node: node.to_string(),
+            policy: "p".into(),
+            tenant: "t".into(),
+            priority: 0,
+            granted: Res::new(100, 10 << 20, 0),
+            request: Res::new(100, 10 << 20, 0),
+            limits: Limits::default(),
+            io_weight: None,
+        };
+        Lease::new(
+            &allocation,
+            &workload,
+            &CgroupSettings::default(),
+            None,
+            epoch,
+        )
+    }
+
+    #[tokio::test]
+    async fn leases_survive_reopening_and_deposed_epochs_are_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let first = store.next_epoch().unwrap();
+        let changes = store.subscribe();
+        store
+            .write_leases(
+                first,
+                &[
+                    LeaseChange::Put(Box::new(lease("n1", "a", first))),
+                    LeaseChange::Put(Box::new(lease("n2", "b", first))),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(changes.has_changed().unwrap());
+
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.leases().await.unwrap().len(), 2);
+        assert_eq!(
+            reopened.node_leases("n1").await.unwrap()[0].key,
+            ReplicaKey::new("t", "a", 0)
+        );
+        let second = reopened.next_epoch().unwrap();
+        assert!(second > first);
+        let stale = store
+            .write_leases(
+                first,
+                &[LeaseChange::Delete {
+                    node: "n1".into(),
+                    key: ReplicaKey::new("t", "a", 0),
+                }],
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::Fenced { ours }) if ours == first));
+        assert_eq!(
+            reopened.leases().await.unwrap().len(),
+            2,
+            "a fenced write changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn unchanged_writes_do_not_touch_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let report = Report {
+            node: "n1".into(),
+            ..Report::default()
+        };
+        store
+            .write_reports("n1", std::slice::from_ref(&report))
+            .await
+            .unwrap();
+        let path = dir.path().join("store/reports.json");
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.write_reports("n1", &[report]).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_format_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join("store/leases.json"),
+            r#"{"version": 99, "epoch": 1, "leases": []}"#,
+        )
+        .unwrap();
+        let err = store.leases().await.unwrap_err().to_string();
+        assert!(
+            err.contains("leases.json") && err.contains("newer corral"),
+            "{err}"
+        );
+    }
+}

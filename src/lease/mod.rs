@@ -1,0 +1,285 @@
+//! Leases and reports: what the controller grants each replica on a node, and what the
+//! node's agent applied and observed. Versioned JSON, kept in a [`LeaseStore`]: the
+//! embedded one under a state directory ([`embedded`]) or ZooKeeper.
+//!
+//! Layout (the embedded store mirrors it):
+//! ```text
+//! /nodes/<node>           agent registration
+//! /leases/<node>/<key>    allocation of one replica on one node
+//! /reports/<node>/<key>   the agent's applied values and observed use
+//! ```
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::plan::{Allocation, Limits};
+use crate::alloc::{ReplicaKey, Res};
+use crate::api::Workload;
+use crate::api::policy::CgroupSettings;
+use crate::cgroup::tree::Work;
+
+/// The version of the JSON written; a reader refuses a newer one.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One replica's allocation on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The replica.
+    pub key: ReplicaKey,
+    /// The node.
+    pub node: String,
+    /// The leadership epoch of the controller that wrote it.
+    pub epoch: i64,
+    /// The governing policy.
+    pub policy: String,
+    /// The workload's priority.
+    pub priority: i32,
+    /// Guaranteed: CPU millicores, memory bytes, pids.
+    pub granted: Res,
+    /// Requested.
+    pub request: Res,
+    /// Limits; `null` for none.
+    pub limits: Limits,
+    /// Block IO weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<i32>,
+    /// How the policy turns grants into cgroup values.
+    pub cgroup: CgroupSettings,
+    /// The tenant's limit under the policy, written to its parent group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_limit: Option<Res>,
+    /// What runs.
+    pub work: Work,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub grace_seconds: u32,
+    /// The workload's `metadata.generation`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
+impl Lease {
+    /// The lease for an allocation of `workload` under a policy with `settings` and a
+    /// tenant limit.
+    pub fn new(
+        allocation: &Allocation,
+        workload: &Workload,
+        settings: &CgroupSettings,
+        tenant_limit: Option<Res>,
+        epoch: i64,
+    ) -> Lease {
+        let spec = &workload.spec;
+        let work = match (&spec.command, &spec.adopt) {
+            (_, Some(adopt)) => Work::Adopt(adopt.clone()),
+            (Some(command), None) => Work::Command {
+                args: command.args.clone(),
+                env: command
+                    .env
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                working_dir: command.working_dir.clone(),
+                restart: command.restart_policy,
+            },
+            // Validation requires one of them; a lease for neither runs nothing.
+            (None, None) => Work::Command {
+                args: Vec::new(),
+                env: Vec::new(),
+                working_dir: None,
+                restart: crate::api::workload::RestartPolicy::Never,
+            },
+        };
+        Lease {
+            version: FORMAT_VERSION,
+            key: ReplicaKey::new(
+                workload.metadata.namespace.as_deref().unwrap_or("default"),
+                workload.metadata.name.as_deref().unwrap_or_default(),
+                allocation.replica,
+            ),
+            node: allocation.node.clone(),
+            epoch,
+            policy: allocation.policy.clone(),
+            priority: allocation.priority,
+            granted: allocation.granted,
+            request: allocation.request,
+            limits: allocation.limits,
+            io_weight: allocation.io_weight,
+            cgroup: settings.clone(),
+            tenant_limit,
+            work,
+            grace_seconds: u32::try_from(spec.termination_grace_period_seconds).unwrap_or(10),
+            generation: workload.metadata.generation,
+        }
+    }
+
+    /// True when `other` asks the node for the same thing (the epoch aside).
+    pub fn same_grant(&self, other: &Lease) -> bool {
+        Lease {
+            epoch: other.epoch,
+            ..self.clone()
+        } == *other
+    }
+}
+
+/// What an agent applied to one replica and what it observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The replica.
+    pub key: Option<ReplicaKey>,
+    /// The node.
+    pub node: String,
+    /// The epoch of the lease applied.
+    pub lease_epoch: i64,
+    /// Knob file → value read back after writing.
+    pub applied: BTreeMap<String, String>,
+    /// Observed use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageSample>,
+    /// The replica's processes.
+    pub process: ProcessReport,
+    /// What went wrong or is missing, for a person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Unix seconds of the last change to this report.
+    pub changed_at: u64,
+}
+
+/// One observation of a replica's use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSample {
+    /// CPU in millicores, averaged since the previous observation.
+    pub cpu: i64,
+    /// Memory in use, bytes.
+    pub memory: i64,
+    /// Highest memory use seen, bytes.
+    pub memory_peak: i64,
+    /// Total time throttled by the CPU quota, seconds.
+    pub throttled_seconds: f64,
+    /// Processes the kernel killed for exceeding the memory limit.
+    pub oom_kills: i64,
+    /// Processes and threads now.
+    pub pids: i64,
+}
+
+/// The state of a replica's processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessReport {
+    /// `Running`, `Starting`, `BackingOff`, `Exited`, `Adopted`, `Waiting` (adopt rule
+    /// matched nothing yet) or `None`.
+    pub state: String,
+    /// The main process, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Processes in the group.
+    pub pids: usize,
+    /// Times the command was restarted.
+    pub restarts: u32,
+    /// How the last run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// A node's registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRegistration {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The node's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// What it has.
+    pub capacity: Res,
+    /// `v1`, `hybrid` or `v2`.
+    pub cgroup_mode: String,
+    /// corral's version on the node.
+    pub agent_version: String,
+}
+
+/// A change to the leases of one node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LeaseChange {
+    /// Create or replace.
+    Put(Box<Lease>),
+    /// Remove the lease of this replica on this node.
+    Delete {
+        /// The node.
+        node: String,
+        /// The replica.
+        key: ReplicaKey,
+    },
+}
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's files could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The store holds something this corral cannot read.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A write of a deposed controller, refused.
+    #[error("fenced: this controller's epoch {ours} is not the leader's")]
+    Fenced {
+        /// The writer's epoch.
+        ours: i64,
+    },
+}
+
+/// Where leases, reports and registrations are kept.
+#[allow(async_fn_in_trait)]
+pub trait LeaseStore {
+    /// Registers (or refreshes) a node.
+    async fn register_node(&self, node: &NodeRegistration) -> Result<(), StoreError>;
+    /// Every registered node.
+    async fn nodes(&self) -> Result<Vec<NodeRegistration>, StoreError>;
+    /// Every lease, of every node.
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+    /// The leases of one node.
+    async fn node_leases(&self, node: &str) -> Result<Vec<Lease>, StoreError> {
+        Ok(self
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|l| l.node == node)
+            .collect())
+    }
+    /// Applies lease changes as one batch, refused unless `epoch` is the writer's current
+    /// leadership.
+    async fn write_leases(&self, epoch: i64, changes: &[LeaseChange]) -> Result<(), StoreError>;
+    /// Every report, of every node.
+    async fn reports(&self) -> Result<Vec<Report>, StoreError>;
+    /// Replaces the reports of one node.
+    async fn write_reports(&self, node: &str, reports: &[Report]) -> Result<(), StoreError>;
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
