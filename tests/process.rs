@@ -674,16 +674,19 @@ fn pids_in_cgroup_rejects_paths_outside_a_cgroup_and_names_a_missing_one() {
 fn pids_matching_finds_a_process_by_a_marker_in_its_command_line() {
     let group = TestCgroup::new(&["pids"]);
     let dir = TempDir::new().unwrap();
-    let marker = unique("corral-marker");
-    // The `:` after `sleep` keeps sh running with the marker in its arguments.
-    let launched = launch(&spec(
-        &["sh", "-c", &format!("sleep 30; : {marker}")],
-        &group,
-        &dir,
-    ))
-    .unwrap();
-    let pattern = Regex::new(&format!("^sh -c sleep 30; : {}$", regex::escape(&marker))).unwrap();
+    // The marker is in sleep's own argument, as digits sleep accepts, so that no fork of
+    // the process (a shell's, say) can match too.
+    let digits: String = unique("").chars().filter(char::is_ascii_digit).collect();
+    let marker = format!("1000.{digits}");
+    let launched = launch(&spec(&["sleep", &marker], &group, &dir)).unwrap();
+    let pattern = Regex::new(&format!("^sleep {}$", regex::escape(&marker))).unwrap();
 
+    // Until the launched child execs, its command line is still this test's.
+    wait_until(
+        "the launched sleep to match",
+        Duration::from_secs(5),
+        || !pids_matching(&pattern, &[]).is_empty(),
+    );
     assert_eq!(pids_matching(&pattern, &[]), [launched.pid]);
     assert_eq!(pids_matching(&pattern, &[launched.pid]), Vec::<u32>::new());
 

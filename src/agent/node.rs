@@ -304,11 +304,11 @@ impl Agent {
             };
             match found {
                 Ok(pids) => {
-                    let entry = observed.groups.entry(group.clone()).or_default();
-                    entry.adoptable = pids
+                    let pids: Vec<u32> = pids
                         .into_iter()
                         .filter(|p| !ours.contains(p) && *p != std::process::id())
                         .collect();
+                    observed.adoptable.insert(group.clone(), pids);
                 }
                 Err(e) => {
                     if let Some(key) = key {
@@ -364,6 +364,14 @@ impl Agent {
                     .entry(key)
                     .or_default()
                     .push(format!("{}: {}", failure.op, failure.error));
+            }
+        }
+        for (group, knob) in &outcome.unavailable {
+            if let Some(key) = group.as_ref().and_then(GroupPath::key) {
+                problems
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{knob} is not offered by this kernel"));
             }
         }
         let now = Instant::now();

@@ -210,11 +210,21 @@ impl Supervisor {
         now_ms: u64,
     ) -> ProcessReport {
         let record = self.records.get(key).cloned().unwrap_or_default();
+        let restarts = match work {
+            Some(Work::Command { restart, .. }) => match restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => record.last_failed != Some(false),
+                RestartPolicy::Never => false,
+            },
+            _ => false,
+        };
         let state = match work {
             Some(Work::Adopt(_)) if pids > 0 => "Adopted",
             Some(Work::Adopt(_)) => "Waiting",
             _ if record.main.is_some() || pids > 0 => "Running",
-            _ if record.last_exit.is_some() && record.not_before_ms > now_ms => "BackingOff",
+            _ if record.last_exit.is_some() && restarts && record.not_before_ms > now_ms => {
+                "BackingOff"
+            }
             _ if record.last_exit.is_some() => "Exited",
             Some(Work::Command { .. }) => "Starting",
             None => "None",
@@ -435,6 +445,16 @@ mod tests {
         supervisor.save().unwrap();
         let again = Supervisor::load(dir.path(), "n");
         assert_eq!(again.records[&key], exited(Some(true), 5));
-        assert_eq!(again.report(&key, None, 0, 0).state, "BackingOff");
+        let (desired, group) = tree(RestartPolicy::Always);
+        let work = desired.groups[&group].work.as_ref();
+        assert_eq!(again.report(&key, work, 0, 0).state, "BackingOff");
+        assert_eq!(again.report(&key, work, 0, 5).state, "Exited");
+        let (never, group) = tree(RestartPolicy::Never);
+        assert_eq!(
+            again
+                .report(&key, never.groups[&group].work.as_ref(), 0, 0)
+                .state,
+            "Exited"
+        );
     }
 }

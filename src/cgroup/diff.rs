@@ -136,10 +136,10 @@ pub fn diff(
                 });
             }
             Some(Work::Adopt(_)) => {
-                if let Some(f) = found.filter(|f| !f.adoptable.is_empty()) {
+                if let Some(pids) = observed.adoptable.get(group).filter(|p| !p.is_empty()) {
                     out.ops.push(Op::Adopt {
                         group: group.clone(),
-                        pids: f.adoptable.clone(),
+                        pids: pids.clone(),
                     });
                 }
             }

@@ -173,8 +173,6 @@ pub struct ObservedGroup {
     pub knobs: BTreeMap<&'static str, Option<String>>,
     /// Processes in the group.
     pub pids: Vec<u32>,
-    /// Processes matching the group's adopt rule that are not in it yet.
-    pub adoptable: Vec<u32>,
     /// The grace period of the group's last lease, for stopping it once the lease is gone.
     pub grace_seconds: Option<u32>,
 }
@@ -186,6 +184,9 @@ pub struct ObservedTree {
     pub groups: BTreeMap<GroupPath, ObservedGroup>,
     /// Knob values of the root group.
     pub root_knobs: BTreeMap<&'static str, Option<String>>,
+    /// For groups with an adopt rule: matching processes that are not in the group yet
+    /// (whether the group exists yet or not).
+    pub adoptable: BTreeMap<GroupPath, Vec<u32>>,
 }
 
 #[cfg(test)]

@@ -224,6 +224,18 @@ pub fn same_value(knob: &str, desired: &str, observed: &str) -> bool {
         }
         // v2 prints the weight as "default N" and may list per-device weights after it.
         "io.weight" => observed.lines().next().map(str::trim) == Some(desired),
+        // Written as "+cpu +memory", read back as "cpu memory".
+        "cgroup.subtree_control" => {
+            let names = |v: &str| {
+                let mut names: Vec<String> = v
+                    .split_whitespace()
+                    .map(|c| c.trim_start_matches('+').to_string())
+                    .collect();
+                names.sort();
+                names
+            };
+            names(desired) == names(observed)
+        }
         _ => false,
     }
 }
@@ -376,5 +388,16 @@ mod tests {
         ));
         assert!(same_value("cpu.shares", "256", "256\n"));
         assert!(!same_value("cpu.shares", "256", "1024"));
+        assert!(same_value(
+            "cgroup.subtree_control",
+            "cpu memory",
+            "memory cpu"
+        ));
+        assert!(same_value(
+            "cgroup.subtree_control",
+            "cpu memory",
+            "+cpu +memory"
+        ));
+        assert!(!same_value("cgroup.subtree_control", "cpu memory", "cpu"));
     }
 }

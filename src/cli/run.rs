@@ -164,13 +164,20 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         manifest_problems: Vec::new(),
     };
     run.take(manifests);
+    // Watch before the first pass, so that an edit made during it is not missed.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _watcher = if args.once {
+        None
+    } else {
+        Some(watch_manifests(&args.manifests.paths, tx)?)
+    };
     run.control().await?;
     let failures = run.enforce(&mut agent, Trigger::Leases).await?;
     if args.once {
         print!("{}", run.table(&agent).await?);
         return Ok(u8::from(failures > 0));
     }
-    run.watch_loop(&mut agent, args, table).await?;
+    run.watch_loop(&mut agent, args, table, rx).await?;
     let running = run.store.node_leases(&run.node.name).await?.len();
     eprintln!(
         "corral stopped. {running} replica(s) keep running in their cgroups under {}; `corral down` stops them and removes the groups.",
@@ -332,9 +339,8 @@ impl Run {
         agent: &mut Agent,
         args: &Args,
         table: bool,
+        mut rx: mpsc::UnboundedReceiver<Event>,
     ) -> anyhow::Result<()> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let _watcher = watch_manifests(&args.manifests.paths, tx)?;
         let resync = Duration::from_secs_f64(args.resync.max(0.1));
         let mut resync_timer = tokio::time::interval(resync);
         resync_timer.tick().await;

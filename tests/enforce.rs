@@ -1,0 +1,641 @@
+//! The agent on this machine's real cgroup filesystem, with real processes: values land in
+//! the files, limits are enforced by the kernel, drift is reverted, a new agent adopts what
+//! an old one started, deletion cleans up, and knobs the kernel lacks are reported.
+//!
+//! Every test owns a uniquely named root below each hierarchy; a guard kills whatever runs
+//! in it and removes it, also when the test fails.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use corral::agent::node::{Agent, Pass, Trigger};
+use corral::alloc::fixtures::mk_workload;
+use corral::alloc::plan::{Allocation, Limits};
+use corral::alloc::{ReplicaKey, Res};
+use corral::api::policy::CgroupSettings;
+use corral::cgroup::fs::Cgroupfs;
+use corral::cgroup::layout::Layout;
+use corral::cgroup::tree::GroupPath;
+use corral::lease::Lease;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A root of our own below every hierarchy, removed with everything in it on drop.
+struct TestRoot {
+    name: String,
+    layout: Layout,
+    state: tempfile::TempDir,
+}
+
+impl TestRoot {
+    fn new(layout: Layout) -> TestRoot {
+        let name = format!(
+            "corral-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        TestRoot {
+            name,
+            layout,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn v1() -> TestRoot {
+        TestRoot::new(Layout::detect().unwrap())
+    }
+
+    fn fs(&self) -> Cgroupfs {
+        Cgroupfs::new(self.layout.clone(), &self.name).unwrap()
+    }
+
+    fn agent(&self) -> Agent {
+        Agent::new("test-node", self.fs(), self.state.path(), false).unwrap()
+    }
+
+    fn knob(&self, group: &GroupPath, knob: &str) -> String {
+        let path = self.fs().knob_path(Some(group), knob).unwrap();
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        for root in self.fs().root_dirs() {
+            remove_tree(&root);
+        }
+    }
+}
+
+/// Kills every process below `dir` and removes the directories, deepest first.
+fn remove_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path());
+        }
+    }
+    let procs = dir.join("cgroup.procs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A lease for replica 0 of `ns/name` running `args`, with a CPU limit in millicores and
+/// a memory limit in MiB.
+fn lease(
+    ns: &str,
+    name: &str,
+    args: &[&str],
+    extra: serde_json::Value,
+    cpu: Option<i64>,
+    memory_mib: Option<i64>,
+) -> Lease {
+    let mut spec = json!({"command": {"args": args}, "terminationGracePeriodSeconds": 1});
+    if let (Some(spec), serde_json::Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    let workload = mk_workload(ns, name, 1, 100, 16, spec);
+    let allocation = Allocation {
+        workload: format!("{ns}/{name}"),
+        replica: 0,
+        key: format!("{ns}.{name}.0"),
+        node: "test-node".into(),
+        policy: "p".into(),
+        tenant: ns.into(),
+        priority: 0,
+        granted: Res::new(250, 16 << 20, 0),
+        request: Res::new(250, 16 << 20, 0),
+        limits: Limits {
+            cpu,
+            memory: memory_mib.map(|m| m << 20),
+            pids: Some(64),
+        },
+        io_weight: None,
+    };
+    Lease::new(&allocation, &workload, &CgroupSettings::default(), None, 1)
+}
+
+fn group(ns: &str, name: &str) -> GroupPath {
+    GroupPath::replica(&ReplicaKey::new(ns, name, 0)).unwrap()
+}
+
+fn report_of<'a>(pass: &'a Pass, name: &str) -> &'a corral::lease::Report {
+    pass.reports
+        .iter()
+        .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
+        .unwrap_or_else(|| panic!("no report for {name}: {:?}", pass.reports))
+}
+
+#[test]
+fn values_land_in_the_real_files_and_a_second_pass_writes_nothing() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        Some(1500),
+        Some(64),
+    )]);
+    let first = agent.pass(Trigger::Leases);
+    assert!(
+        first.outcome.failures.is_empty(),
+        "{:?}",
+        first.outcome.failures
+    );
+    let g = group("shop", "api");
+    assert_eq!(root.knob(&g, "cpu.shares"), "256", "250m is 256 shares");
+    assert_eq!(root.knob(&g, "cpu.cfs_period_us"), "100000");
+    assert_eq!(
+        root.knob(&g, "cpu.cfs_quota_us"),
+        "150000",
+        "1.5 CPU over 100 ms"
+    );
+    assert_eq!(
+        root.knob(&g, "memory.limit_in_bytes"),
+        (64 << 20).to_string()
+    );
+    assert_eq!(root.knob(&g, "pids.max"), "64");
+    let tenant = g.parent().unwrap();
+    assert_eq!(
+        root.knob(&tenant, "cpu.shares"),
+        "256",
+        "a tenant's shares are its replicas' sum"
+    );
+    let pid = report_of(&first, "api").process.pid.unwrap();
+    assert!(root.fs().procs(&g).unwrap().contains(&pid));
+
+    let writes_before = agent.stats.writes;
+    let second = agent.pass(Trigger::Resync);
+    assert!(second.ops.is_empty(), "{:?}", second.ops);
+    assert_eq!(
+        agent.stats.writes, writes_before,
+        "the same state twice writes nothing"
+    );
+    assert_eq!(report_of(&second, "api").process.pid, Some(pid));
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_in_a_64_mib_group() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    let hog = [
+        "/bin/sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\000' x); echo survived",
+    ];
+    agent.set_leases(vec![lease(
+        "lab",
+        "hog",
+        &hog,
+        json!({"command": {"args": hog, "restartPolicy": "Never"}}),
+        None,
+        Some(64),
+    )]);
+    agent.pass(Trigger::Leases);
+    let g = group("lab", "hog");
+    wait_until("the hog to be killed", Duration::from_secs(30), || {
+        root.fs().procs(&g).unwrap().is_empty()
+    });
+    let pass = agent.pass(Trigger::Processes);
+    let report = report_of(&pass, "hog");
+    assert_eq!(
+        report.process.last_exit.as_deref(),
+        Some("killed by SIGKILL"),
+        "{report:?}"
+    );
+    let oom = root.knob(&g, "memory.oom_control");
+    assert!(oom.contains("oom_kill 1"), "{oom}");
+    assert!(report.usage.is_none_or(|u| u.oom_kills >= 1), "{report:?}");
+    let log =
+        std::fs::read_to_string(root.state.path().join("logs/lab.hog.0.log")).unwrap_or_default();
+    assert!(!log.contains("survived"), "{log}");
+}
+
+#[test]
+fn a_busy_loop_under_a_20_percent_quota_uses_about_20_percent() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    agent.set_leases(vec![lease(
+        "lab",
+        "spin",
+        &["/bin/sh", "-c", "while :; do :; done"],
+        json!({}),
+        Some(200),
+        None,
+    )]);
+    agent.pass(Trigger::Leases);
+    let g = group("lab", "spin");
+    let usage = || root.knob(&g, "cpuacct.usage").parse::<u64>().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (start, before) = (Instant::now(), usage());
+    std::thread::sleep(Duration::from_secs(3));
+    let share = (usage() - before) as f64 / start.elapsed().as_nanos() as f64;
+    assert!(
+        (0.15..=0.25).contains(&share),
+        "used {:.1}% of a core under a 20% quota",
+        share * 100.0
+    );
+    let throttled = root.knob(&g, "cpu.stat");
+    assert!(!throttled.contains("nr_throttled 0"), "{throttled}");
+}
+
+#[test]
+fn drift_is_reverted_and_counted() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        Some(500),
+        None,
+    )]);
+    agent.pass(Trigger::Leases);
+    let g = group("shop", "api");
+    let path = root.fs().knob_path(Some(&g), "cpu.cfs_quota_us").unwrap();
+    std::fs::write(&path, "90000").unwrap();
+    assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "90000");
+    agent.pass(Trigger::Resync);
+    assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(agent.stats.drift_corrections, 1);
+}
+
+#[test]
+fn a_new_agent_adopts_running_processes_without_restarting_them() {
+    let root = TestRoot::v1();
+    let leases = vec![lease(
+        "shop",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        Some(500),
+        None,
+    )];
+    let pid = {
+        let mut first = root.agent();
+        first.set_leases(leases.clone());
+        let pass = first.pass(Trigger::Leases);
+        report_of(&pass, "api").process.pid.unwrap()
+    };
+    let mut second = root.agent();
+    second.set_leases(leases);
+    let pass = second.pass(Trigger::Leases);
+    assert!(
+        pass.ops.is_empty(),
+        "a restarted agent changes nothing: {:?}",
+        pass.ops
+    );
+    let report = report_of(&pass, "api");
+    assert_eq!(report.process.pid, Some(pid));
+    assert_eq!(report.process.state, "Running");
+    assert_eq!(second.stats.starts, 0);
+    assert!(
+        root.fs()
+            .procs(&group("shop", "api"))
+            .unwrap()
+            .contains(&pid)
+    );
+}
+
+#[test]
+fn deleting_a_workload_stops_its_processes_and_removes_its_groups() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    // One replica exits on SIGTERM, one ignores it and is killed after its grace.
+    let stubborn = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+    agent.set_leases(vec![
+        lease("shop", "api", &["sleep", "60"], json!({}), None, None),
+        lease("shop", "stubborn", &stubborn, json!({}), None, None),
+    ]);
+    let pass = agent.pass(Trigger::Leases);
+    let pids: Vec<u32> = pass.reports.iter().filter_map(|r| r.process.pid).collect();
+    assert_eq!(pids.len(), 2);
+    agent.set_leases(vec![]);
+    let started = Instant::now();
+    let pass = agent.pass(Trigger::Leases);
+    assert!(
+        pass.outcome.failures.is_empty(),
+        "{:?}",
+        pass.outcome.failures
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the stubborn one had a 1 s grace"
+    );
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z "),
+            "process {pid} is still running"
+        );
+    }
+    for dir in root.fs().dirs(Some(&GroupPath::tenant("shop").unwrap())) {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+}
+
+#[test]
+fn commands_restart_by_policy_with_backoff() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    let failing = ["/bin/sh", "-c", "exit 3"];
+    let succeeding = ["/bin/sh", "-c", "exit 0"];
+    agent.set_leases(vec![
+        lease("lab", "always", &failing, json!({}), None, None),
+        lease(
+            "lab",
+            "onfailure",
+            &succeeding,
+            json!({"command": {"args": succeeding, "restartPolicy": "OnFailure"}}),
+            None,
+            None,
+        ),
+    ]);
+    agent.pass(Trigger::Leases);
+    wait_until("both to exit", Duration::from_secs(10), || {
+        root.fs().procs(&group("lab", "always")).unwrap().is_empty()
+            && root
+                .fs()
+                .procs(&group("lab", "onfailure"))
+                .unwrap()
+                .is_empty()
+    });
+    let pass = agent.pass(Trigger::Processes);
+    let always = report_of(&pass, "always");
+    assert_eq!(always.process.state, "BackingOff");
+    assert_eq!(
+        always.process.last_exit.as_deref(),
+        Some("exited with code 3")
+    );
+    assert_eq!(
+        report_of(&pass, "onfailure").process.state,
+        "Exited",
+        "a success is not restarted under OnFailure"
+    );
+    // The first backoff is 1 s.
+    wait_until("the backoff to pass", Duration::from_secs(5), || {
+        agent.restart_due(corral::agent::node::unix_now_ms())
+    });
+    let pass = agent.pass(Trigger::Processes);
+    assert_eq!(report_of(&pass, "always").process.restarts, 1);
+}
+
+#[test]
+fn hostile_names_never_leave_the_root() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    let mut hostile = lease("shop", "api", &["sleep", "60"], json!({}), None, None);
+    hostile.key = ReplicaKey::new("../../escape", "api", 0);
+    let mut dotted = hostile.clone();
+    dotted.key = ReplicaKey::new("shop", "..", 0);
+    agent.set_leases(vec![hostile, dotted]);
+    let pass = agent.pass(Trigger::Leases);
+    assert!(pass.ops.is_empty(), "{:?}", pass.ops);
+    for dir in root.fs().root_dirs() {
+        let parent = dir.parent().unwrap();
+        assert!(!parent.join("escape").exists());
+        assert!(!parent.parent().unwrap().join("escape").exists());
+        assert_eq!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+                .count(),
+            0
+        );
+    }
+}
+
+#[test]
+fn adoption_moves_matching_processes_into_the_group() {
+    let root = TestRoot::v1();
+    let marker = format!("corral-adopt-{}", std::process::id());
+    let mut outside = std::process::Command::new("sleep")
+        .arg0(&marker)
+        .arg("60")
+        .spawn()
+        .unwrap();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = outside.id();
+    let _reap = Reap(&mut outside);
+    wait_until("the marker process to exec", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains(&marker))
+    });
+    let mut agent = root.agent();
+    let mut adopted = lease("ops", "legacy", &["x"], json!({}), Some(300), None);
+    adopted.work = corral::cgroup::tree::Work::Adopt(corral::api::workload::AdoptRule {
+        command_pattern: Some(format!("^{marker}")),
+        ..Default::default()
+    });
+    agent.set_leases(vec![adopted]);
+    agent.pass(Trigger::Leases);
+    let g = group("ops", "legacy");
+    assert_eq!(root.fs().procs(&g).unwrap(), [pid]);
+    let pass = agent.pass(Trigger::Resync);
+    assert!(
+        pass.ops.is_empty(),
+        "adopting twice does nothing: {:?}",
+        pass.ops
+    );
+    assert_eq!(report_of(&pass, "legacy").process.state, "Adopted");
+}
+
+/// A v2 hierarchy laid out in a temporary directory: the agent writes cgroup v2 files
+/// (`cpu.weight`, `cpu.max`, `memory.max`, `memory.high`) and enables controllers.
+#[test]
+fn v2_files_on_a_directory_laid_out_like_a_v2_hierarchy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = TestRoot::new(Layout::v2_at(tmp.path()));
+    let fs = root.fs();
+    let mut agent = root.agent();
+    let mut l = lease("shop", "api", &["x"], json!({}), Some(1500), Some(200));
+    l.work = corral::cgroup::tree::Work::Adopt(corral::api::workload::AdoptRule {
+        pid_file: Some("/nonexistent/api.pid".into()),
+        ..Default::default()
+    });
+    agent.set_leases(vec![l]);
+    // The kernel makes a new group's files; here the test does, as each pass creates groups.
+    let make_files = |dir: &Path| {
+        for knob in [
+            "cgroup.subtree_control",
+            "cgroup.procs",
+            "cpu.weight",
+            "cpu.max",
+            "memory.max",
+            "memory.high",
+            "memory.min",
+            "memory.low",
+            "pids.max",
+        ] {
+            let file = dir.join(knob);
+            if !file.exists() {
+                std::fs::write(file, "").unwrap();
+            }
+        }
+    };
+    make_files(&fs.root_dirs()[0]);
+    // What the parent delegates to corral's root.
+    std::fs::write(
+        fs.root_dirs()[0].join("cgroup.controllers"),
+        "cpuset cpu io memory hugetlb pids\n",
+    )
+    .unwrap();
+    agent.pass(Trigger::Leases);
+    let g = group("shop", "api");
+    for dir in fs
+        .dirs(g.parent().as_ref())
+        .into_iter()
+        .chain(fs.dirs(Some(&g)))
+    {
+        make_files(&dir);
+    }
+    let pass = agent.pass(Trigger::Leases);
+    assert!(
+        pass.outcome.failures.is_empty(),
+        "{:?}",
+        pass.outcome.failures
+    );
+    let read = |group: Option<&GroupPath>, knob: &str| {
+        std::fs::read_to_string(fs.knob_path(group, knob).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read(None, "cgroup.subtree_control"),
+        "+cpu +memory +pids +io"
+    );
+    assert_eq!(
+        read(Some(&g), "cpu.weight"),
+        "35",
+        "250m is 256 shares, weight 35"
+    );
+    assert_eq!(read(Some(&g), "cpu.max"), "150000 100000");
+    assert_eq!(read(Some(&g), "memory.max"), (200 << 20).to_string());
+    let high = corral::cgroup::values::memory_high(16 << 20, 200 << 20, 0.9, fs.page_size());
+    assert_eq!(read(Some(&g), "memory.high"), high.to_string());
+    assert_eq!(read(Some(&g), "pids.max"), "64");
+    let report = report_of(&pass, "api");
+    assert_eq!(report.process.state, "Waiting");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("/nonexistent/api.pid")),
+        "{:?}",
+        report.problems
+    );
+    drop(agent);
+    // On a plain directory the files must go before the directories can.
+    for dir in [
+        fs.dirs(Some(&g)),
+        fs.dirs(g.parent().as_ref()),
+        fs.root_dirs(),
+    ]
+    .concat()
+    {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_file() {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+}
+
+/// The real v2 hierarchy of this machine offers no controller corral uses (only hugetlb):
+/// groups and processes work, and every missing knob is reported, not a crash.
+#[test]
+fn the_real_v2_hierarchy_reports_the_knobs_it_lacks() {
+    let Some(unified) = Layout::detect().unwrap().unified else {
+        eprintln!("no cgroup2 mount here; nothing to test");
+        return;
+    };
+    let root = TestRoot::new(Layout::v2_at(&unified));
+    let mut agent = root.agent();
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        Some(500),
+        Some(64),
+    )]);
+    let pass = agent.pass(Trigger::Leases);
+    assert!(
+        pass.outcome.failures.is_empty(),
+        "{:?}",
+        pass.outcome.failures
+    );
+    let report = report_of(&pass, "api");
+    let pid = report
+        .process
+        .pid
+        .expect("the command runs in the v2 group");
+    let g = group("shop", "api");
+    assert_eq!(root.fs().procs(&g).unwrap(), [pid]);
+    let offered: String = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap();
+    if !offered.split_whitespace().any(|c| c == "cpu") {
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p == "cpu.weight is not offered by this kernel"),
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p == "memory.max is not offered by this kernel"),
+            "{:?}",
+            report.problems
+        );
+    }
+    let again = agent.pass(Trigger::Resync);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+}

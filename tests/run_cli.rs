@@ -1,0 +1,376 @@
+//! `corral run`, `status` and `down` as a person uses them, on this machine's cgroups:
+//! converge once, take running workloads over after a restart, follow manifest edits,
+//! keep the last valid manifests, stop on purpose, and refuse clearly without root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A manifest directory, a state directory and a cgroup root of the test's own; on drop,
+/// any `corral run` it started is killed and `corral down` (then a forced sweep) cleans up.
+struct Setup {
+    manifests: tempfile::TempDir,
+    state: tempfile::TempDir,
+    root: String,
+    run: Option<Child>,
+}
+
+const POLICY: &str = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {name: local}\nspec: {strategy: Priority}\n";
+
+fn workload(name: &str, cpu_limit: &str) -> String {
+    format!(
+        "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: test}}\n\
+         spec:\n  resources:\n    requests: {{cpu: 10m, memory: 8Mi}}\n    limits: {{cpu: {cpu_limit}, memory: 32Mi}}\n  \
+         terminationGracePeriodSeconds: 2\n  command: {{args: [sleep, \"600\"]}}\n"
+    )
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let setup = Setup {
+            manifests: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            root: format!(
+                "corral-clitest-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            ),
+            run: None,
+        };
+        setup.write("policy.yaml", POLICY);
+        setup.write("a.yaml", &workload("a", "200m"));
+        setup
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        // As editors do: a new file renamed over the old one.
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.path().join(name)).unwrap();
+    }
+
+    fn args<'a>(&'a self, command: &'a str) -> Vec<String> {
+        vec![
+            command.to_string(),
+            "--state-dir".into(),
+            self.state.path().to_string_lossy().into_owned(),
+            "--cgroup-root".into(),
+            self.root.clone(),
+        ]
+    }
+
+    fn corral(&self, command: &str, extra: &[&str]) -> Output {
+        let mut args = self.args(command);
+        args.extend(extra.iter().map(ToString::to_string));
+        Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(&args)
+            .output()
+            .unwrap()
+    }
+
+    fn run_once(&self) -> Output {
+        let dir = self.manifests.path().to_string_lossy().into_owned();
+        self.corral("run", &["-f", &dir, "--once"])
+    }
+
+    fn start(&mut self) {
+        let mut args = self.args("run");
+        args.extend([
+            "-f".into(),
+            self.manifests.path().to_string_lossy().into_owned(),
+            "--ui".into(),
+            "log".into(),
+            "--resync".into(),
+            "30".into(),
+        ]);
+        self.run = Some(
+            Command::new(env!("CARGO_BIN_EXE_corral"))
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn stop(&mut self) -> Output {
+        let child = self.run.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let output = self.corral("status", &["-o", "json"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn group_dir(&self, controller: &str, name: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.root)
+            .join("test")
+            .join(format!("{name}.0"))
+    }
+
+    fn knob(&self, controller: &str, name: &str, knob: &str) -> Option<String> {
+        std::fs::read_to_string(self.group_dir(controller, name).join(knob))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.run.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.corral("down", &[]);
+        for controller in ["cpu", "cpuacct", "memory", "pids", "blkio"] {
+            sweep(
+                &Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(&self.root),
+            );
+        }
+    }
+}
+
+/// Kills what is left below `dir` and removes it, deepest first.
+fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sweep(&entry.path());
+        }
+    }
+    for _ in 0..100 {
+        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if pids.trim().is_empty() {
+            break;
+        }
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when the process is gone, or a zombie whose new parent has not reaped it yet.
+fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
+
+fn pids(status: &Value) -> Vec<u64> {
+    status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["report"]["process"]["pid"].as_u64())
+        .collect()
+}
+
+#[test]
+fn run_once_converges_and_a_second_run_takes_the_workloads_over() {
+    let setup = Setup::new();
+    let first = setup.run_once();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let table = String::from_utf8(first.stdout).unwrap();
+    assert!(
+        table.contains("test/a") && table.contains("Running (pid"),
+        "{table}"
+    );
+    assert_eq!(
+        setup.knob("cpu", "a", "cpu.cfs_quota_us").as_deref(),
+        Some("20000")
+    );
+    let before = pids(&setup.status());
+    assert_eq!(before.len(), 1);
+
+    let second = setup.run_once();
+    assert!(second.status.success());
+    let status = setup.status();
+    assert_eq!(pids(&status), before, "the same process, not a new one");
+    assert_eq!(status["run"]["agent"]["starts"], 0);
+    assert_eq!(
+        status["run"]["agent"]["writes"], 0,
+        "nothing changed, nothing written"
+    );
+
+    let down = setup.corral("down", &[]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!setup.group_dir("cpu", "a").exists());
+    assert!(gone(before[0]), "process {} still runs", before[0]);
+}
+
+#[test]
+fn a_running_corral_follows_edits_keeps_the_last_valid_manifests_and_leaves_workloads_running() {
+    let mut setup = Setup::new();
+    setup.start();
+    wait_until("the first quota", Duration::from_secs(20), || {
+        setup.knob("cpu", "a", "cpu.cfs_quota_us").as_deref() == Some("20000")
+    });
+    setup.write("a.yaml", &workload("a", "300m"));
+    wait_until("the edited quota", Duration::from_secs(10), || {
+        setup.knob("cpu", "a", "cpu.cfs_quota_us").as_deref() == Some("30000")
+    });
+    // A broken edit changes nothing, and says why.
+    setup.write("a.yaml", &workload("a", "12XB"));
+    wait_until(
+        "the problem to be reported",
+        Duration::from_secs(10),
+        || {
+            setup.status()["run"]["manifestProblems"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        },
+    );
+    assert_eq!(
+        setup.knob("cpu", "a", "cpu.cfs_quota_us").as_deref(),
+        Some("30000")
+    );
+    // A second workload appears, then is removed: its processes and groups go.
+    setup.write("a.yaml", &workload("a", "300m"));
+    setup.write("b.yaml", &workload("b", "100m"));
+    wait_until("b to run", Duration::from_secs(10), || {
+        setup
+            .knob("cpu", "b", "cgroup.procs")
+            .is_some_and(|p| !p.is_empty())
+    });
+    let b_pid: u32 = setup
+        .knob("cpu", "b", "cgroup.procs")
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::remove_file(setup.manifests.path().join("b.yaml")).unwrap();
+    wait_until("b's group to go", Duration::from_secs(10), || {
+        !setup.group_dir("cpu", "b").exists()
+    });
+    assert!(gone(u64::from(b_pid)), "b's process is gone");
+
+    let a_pid = setup.knob("cpu", "a", "cgroup.procs").unwrap();
+    let output = setup.stop();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("1 replica(s) keep running"), "{stderr}");
+    assert!(
+        !gone(a_pid.parse().unwrap()),
+        "stopping corral leaves workloads running"
+    );
+}
+
+#[test]
+fn dry_run_shows_the_operations_and_changes_nothing() {
+    let setup = Setup::new();
+    let dir = setup.manifests.path().to_string_lossy().into_owned();
+    let output = setup.corral("run", &["-f", &dir, "--dry-run"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("write test/a.0/cpu.cfs_quota_us = 20000"),
+        "{text}"
+    );
+    assert!(text.contains("start the command of test/a.0"), "{text}");
+    assert!(!Path::new("/sys/fs/cgroup/cpu").join(&setup.root).exists());
+    assert!(!setup.state.path().join("store").exists());
+}
+
+#[test]
+fn without_root_run_says_so_and_suggests_dry_run() {
+    let setup = Setup::new();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        setup.manifests.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_corral"),
+            "run",
+            "--once",
+            "--ui",
+            "log",
+        ])
+        .arg("-f")
+        .arg(setup.manifests.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--cgroup-root", &setup.root])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("--dry-run"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_manifests_at_start_apply_nothing() {
+    let setup = Setup::new();
+    setup.write("a.yaml", &workload("a", "-1"));
+    let output = setup.run_once();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spec.resources.limits.cpu") && stderr.contains("nothing applied"),
+        "{stderr}"
+    );
+    assert!(!Path::new("/sys/fs/cgroup/cpu").join(&setup.root).exists());
+}
