@@ -374,3 +374,56 @@ fn invalid_manifests_at_start_apply_nothing() {
     );
     assert!(!Path::new("/sys/fs/cgroup/cpu").join(&setup.root).exists());
 }
+
+#[test]
+fn a_slow_save_in_place_does_not_restart_a_workload() {
+    let mut setup = Setup::new();
+    setup.start();
+    wait_until("a to run", Duration::from_secs(20), || {
+        setup
+            .knob("cpu", "a", "cgroup.procs")
+            .is_some_and(|p| !p.is_empty())
+    });
+    let pid = setup.knob("cpu", "a", "cgroup.procs").unwrap();
+    // An editor saving in place: the file is empty for a moment, then holds the new text.
+    let path = setup.manifests.path().join("a.yaml");
+    std::fs::write(&path, "").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(&path, workload("a", "300m")).unwrap();
+    wait_until("the new quota", Duration::from_secs(10), || {
+        setup.knob("cpu", "a", "cpu.cfs_quota_us").as_deref() == Some("30000")
+    });
+    assert_eq!(
+        setup.knob("cpu", "a", "cgroup.procs"),
+        Some(pid),
+        "the same process"
+    );
+    assert_eq!(setup.status()["run"]["agent"]["starts"], 1);
+    setup.stop();
+}
+
+#[test]
+fn stopping_several_stubborn_replicas_takes_one_grace_period() {
+    let setup = Setup::new();
+    let stubborn = "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: stubborn, namespace: test}\n\
+         spec:\n  replicas: 3\n  resources:\n    requests: {cpu: 10m, memory: 8Mi}\n  terminationGracePeriodSeconds: 2\n  \
+         command: {args: [/bin/sh, -c, \"trap '' TERM; while :; do sleep 1; done\"]}\n";
+    setup.write("a.yaml", stubborn);
+    assert!(setup.run_once().status.success());
+    let started = Instant::now();
+    let down = setup.corral("down", &[]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "each had a 2 s grace: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "stopped together, not one after another: {took:?}"
+    );
+}

@@ -67,6 +67,8 @@ pub struct Agent {
     graces: HashMap<GroupPath, u32>,
     counters: HashMap<GroupPath, (Instant, Counters)>,
     patterns: HashMap<String, Option<Regex>>,
+    /// The last report of each replica, so that an unchanged one keeps its `changedAt`.
+    last_reports: HashMap<ReplicaKey, Report>,
     dry_run: bool,
     /// Counts over the agent's life.
     pub stats: AgentStats,
@@ -114,6 +116,7 @@ impl Agent {
             graces: HashMap::new(),
             counters: HashMap::new(),
             patterns: HashMap::new(),
+            last_reports: HashMap::new(),
             dry_run,
             stats: AgentStats::default(),
         })
@@ -231,7 +234,12 @@ impl Agent {
         if let Err(e) = self.supervisor.save() {
             tracing::warn!(error = %e, "cannot save the supervisor's records");
         }
-        let observed = observe::observe(&self.fs, &desired).unwrap_or(observed);
+        // Read the tree again only if something was done to it.
+        let observed = if outcome.done.is_empty() {
+            observed
+        } else {
+            observe::observe(&self.fs, &desired).unwrap_or(observed)
+        };
         let reports = self.reports(&desired, &observed, &outcome, problems_by_key, now_ms);
         Pass {
             ops: diff.ops,
@@ -407,7 +415,7 @@ impl Agent {
             let usage = self.usage(&group, now);
             let work = desired.groups.get(&group).and_then(|g| g.work.as_ref());
             let pids = found.map_or(0, |f| f.pids.len());
-            reports.push(Report {
+            let mut report = Report {
                 version: FORMAT_VERSION,
                 key: Some(lease.key.clone()),
                 node: self.node.clone(),
@@ -416,8 +424,21 @@ impl Agent {
                 usage,
                 process: self.supervisor.report(&lease.key, work, pids, now_ms),
                 problems: problems.remove(&lease.key).unwrap_or_default(),
-                changed_at: unix_now(),
-            });
+                changed_at: 0,
+            };
+            report.changed_at = match self.last_reports.get(&lease.key) {
+                Some(last)
+                    if Report {
+                        changed_at: 0,
+                        ..last.clone()
+                    } == report =>
+                {
+                    last.changed_at
+                }
+                _ => unix_now(),
+            };
+            self.last_reports.insert(lease.key.clone(), report.clone());
+            reports.push(report);
         }
         self.leases = leases;
         let live: BTreeSet<GroupPath> = self
@@ -426,6 +447,8 @@ impl Agent {
             .filter_map(|l| GroupPath::replica(&l.key).ok())
             .collect();
         self.counters.retain(|g, _| live.contains(g));
+        self.last_reports
+            .retain(|k, _| self.leases.iter().any(|l| &l.key == k));
         reports
     }
 

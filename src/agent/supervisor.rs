@@ -316,22 +316,50 @@ impl Processes for ProcessOps<'_> {
     }
 
     fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), String> {
-        let outcome =
-            process::stop(&self.fs.procs_files(group), grace).map_err(|e| e.to_string())?;
-        if let Some(key) = group.key() {
-            // Reap what this corral started, so no zombie is left.
-            if let Some(mut child) = self.supervisor.children.remove(&key) {
-                let _ = child.try_wait();
-            }
-            self.supervisor.records.remove(&key);
-        }
-        tracing::info!(
-            group = %group,
-            terminated = outcome.terminated,
-            killed = outcome.killed,
-            "stopped"
-        );
-        Ok(())
+        self.stop_all(&[(group.clone(), grace)]).remove(0)
+    }
+
+    /// Stops the groups in parallel, one thread each, so that stopping many replicas takes
+    /// one grace period, not one per replica.
+    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), String>> {
+        let files: Vec<Vec<PathBuf>> = groups.iter().map(|(g, _)| self.fs.procs_files(g)).collect();
+        let outcomes: Vec<Result<process::StopOutcome, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = files
+                .iter()
+                .zip(groups)
+                .map(|(files, (_, grace))| {
+                    scope.spawn(move || process::stop(files, *grace).map_err(|e| e.to_string()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("stopping panicked".to_string()))
+                })
+                .collect()
+        });
+        groups
+            .iter()
+            .zip(outcomes)
+            .map(|((group, _), outcome)| {
+                let outcome = outcome?;
+                if let Some(key) = group.key() {
+                    // Reap what this corral started, so no zombie is left.
+                    if let Some(mut child) = self.supervisor.children.remove(&key) {
+                        let _ = child.try_wait();
+                    }
+                    self.supervisor.records.remove(&key);
+                }
+                tracing::info!(
+                    group = %group,
+                    terminated = outcome.terminated,
+                    killed = outcome.killed,
+                    "stopped"
+                );
+                Ok(())
+            })
+            .collect()
     }
 }
 

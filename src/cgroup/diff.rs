@@ -151,20 +151,23 @@ pub fn diff(
         .iter()
         .filter(|(g, _)| !desired.groups.contains_key(*g))
         .collect();
+    // Every stop first, so the executor can run them together and a deletion waits one
+    // grace period, not one per replica; then the removals, replicas before their tenants.
+    for (group, found) in &stale {
+        if !found.pids.is_empty() {
+            out.ops.push(Op::Stop {
+                group: (*group).clone(),
+                grace_seconds: found.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
+            });
+        }
+    }
     for tenants_last in [false, true] {
-        for (group, found) in &stale {
-            if group.is_tenant() != tenants_last {
-                continue;
-            }
-            if !found.pids.is_empty() {
-                out.ops.push(Op::Stop {
+        for (group, _) in &stale {
+            if group.is_tenant() == tenants_last {
+                out.ops.push(Op::Remove {
                     group: (*group).clone(),
-                    grace_seconds: found.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
                 });
             }
-            out.ops.push(Op::Remove {
-                group: (*group).clone(),
-            });
         }
     }
     out

@@ -25,6 +25,15 @@ pub trait Processes {
     /// # Errors
     /// Processes are left.
     fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), String>;
+
+    /// Stops several groups; one result per group, in order. By default one after the
+    /// other; an implementation may stop them together.
+    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), String>> {
+        groups
+            .iter()
+            .map(|(g, grace)| self.stop(g, *grace))
+            .collect()
+    }
 }
 
 /// One operation that failed.
@@ -64,7 +73,10 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
     let skip = |broken: &BTreeSet<GroupPath>, group: &GroupPath| {
         broken.contains(group) || group.parent().is_some_and(|p| broken.contains(&p))
     };
-    for op in ops {
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        i += 1;
         match op {
             Op::Create { group } => {
                 if skip(&broken, group) {
@@ -108,13 +120,35 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                 Ok(()) => outcome.done.push(op.to_string()),
                 Err(e) => outcome.fail(op, Some(group), &e),
             },
-            Op::Stop {
-                group,
-                grace_seconds,
-            } => match processes.stop(group, Duration::from_secs(u64::from(*grace_seconds))) {
-                Ok(()) => outcome.done.push(op.to_string()),
-                Err(e) => outcome.fail(op, Some(group), &e),
-            },
+            Op::Stop { .. } => {
+                // Stop consecutive groups together.
+                let mut batch = vec![op];
+                while let Some(next @ Op::Stop { .. }) = ops.get(i) {
+                    batch.push(next);
+                    i += 1;
+                }
+                let groups: Vec<(GroupPath, Duration)> = batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Stop {
+                            group,
+                            grace_seconds,
+                        } => Some((
+                            group.clone(),
+                            Duration::from_secs(u64::from(*grace_seconds)),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                for ((op, (group, _)), result) in
+                    batch.iter().zip(&groups).zip(processes.stop_all(&groups))
+                {
+                    match result {
+                        Ok(()) => outcome.done.push(op.to_string()),
+                        Err(e) => outcome.fail(op, Some(group), &e),
+                    }
+                }
+            }
             Op::Remove { group } => match fs.remove(group) {
                 Ok(()) => outcome.done.push(op.to_string()),
                 Err(e) => outcome.fail(op, Some(group), &e.to_string()),

@@ -7,7 +7,8 @@
 //! writes, whose v2 root is fixed at /sys/fs/cgroup, and which does not know
 //! `blkio.bfq.weight` (this kernel has no `blkio.weight`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,16 @@ pub struct Cgroupfs {
     layout: Layout,
     root: PathBuf,
     page_size: i64,
+    /// Open files of the knobs and counters read on every resync. Reading an open file
+    /// again from offset 0 spares the path lookup that dominates a resync's cost.
+    open: std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, File>>>,
+}
+
+/// The most files kept open, well below this process's limit.
+fn open_file_budget() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 2).unwrap_or(512).min(8192)
 }
 
 /// The knob that lists a group's processes.
@@ -95,6 +106,7 @@ impl Cgroupfs {
             layout,
             root: PathBuf::from(root),
             page_size: values::page_size(),
+            open: std::sync::Arc::default(),
         })
     }
 
@@ -190,6 +202,10 @@ impl Cgroupfs {
     /// # Errors
     /// A directory could not be removed (busy: processes or children left).
     pub fn remove(&self, group: &GroupPath) -> Result<(), CgroupError> {
+        if let Ok(mut open) = self.open.lock() {
+            let prefixes = self.dirs(Some(group));
+            open.retain(|path, _| !prefixes.iter().any(|p| path.starts_with(p)));
+        }
         for dir in self.dirs(Some(group)) {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
@@ -212,7 +228,7 @@ impl Cgroupfs {
         let Some(path) = self.knob_path(group, knob) else {
             return Ok(None);
         };
-        match std::fs::read_to_string(&path) {
+        match self.read_cached(&path) {
             Ok(text) => Ok(Some(text.trim_end().to_string())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CgroupError::io("read", &path, e)),
@@ -263,20 +279,38 @@ impl Cgroupfs {
         Ok(read)
     }
 
-    /// The processes in a group, over every hierarchy.
+    /// The processes in a group, as listed by one hierarchy (v1: the cpu hierarchy, else the
+    /// first mounted). corral puts a process in every hierarchy at once, so one list is the
+    /// group's; reading one file instead of five keeps a resync cheap.
     ///
     /// # Errors
-    /// A `cgroup.procs` file exists but cannot be read.
+    /// The `cgroup.procs` file exists but cannot be read.
     pub fn procs(&self, group: &GroupPath) -> Result<Vec<u32>, CgroupError> {
-        let mut pids = BTreeSet::new();
-        for file in self.procs_files(group) {
-            match std::fs::read_to_string(&file) {
-                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CgroupError::io("read", &file, e)),
+        let Some(file) = self.primary_procs_file(group) else {
+            return Ok(Vec::new());
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let mut pids: Vec<u32> =
+                    text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                pids.sort_unstable();
+                Ok(pids)
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(CgroupError::io("read", &file, e)),
         }
-        Ok(pids.into_iter().collect())
+    }
+
+    fn primary_procs_file(&self, group: &GroupPath) -> Option<PathBuf> {
+        let relative = self.root.join(group.to_string()).join(PROCS);
+        if self.is_v2() {
+            return self.layout.unified.as_ref().map(|m| m.join(relative));
+        }
+        [Controller::Cpu, Controller::Pids, Controller::Memory]
+            .iter()
+            .find_map(|c| self.layout.v1.get(c))
+            .or_else(|| self.layout.v1.values().next())
+            .map(|m| m.join(relative))
     }
 
     /// Every corral group below the root, tenants before their replicas. Directories whose
@@ -331,6 +365,47 @@ impl Cgroupfs {
             .filter(|name| offered.contains(name))
             .collect()
     }
+}
+
+impl Cgroupfs {
+    /// Reads a file, through an open file kept for the next read. A file whose group went
+    /// away fails; it is then opened afresh once, which reports the real state.
+    fn read_cached(&self, path: &Path) -> io::Result<String> {
+        let Ok(mut open) = self.open.lock() else {
+            return read_at_start(&File::open(path)?);
+        };
+        if let Some(file) = open.get(path) {
+            match read_at_start(file) {
+                Ok(text) => return Ok(text),
+                Err(_) => {
+                    open.remove(path);
+                }
+            }
+        }
+        let file = File::open(path)?;
+        let text = read_at_start(&file)?;
+        if open.len() >= open_file_budget() {
+            open.clear();
+        }
+        open.insert(path.to_path_buf(), file);
+        Ok(text)
+    }
+}
+
+/// Reads a cgroup file from its start. Such files are small and report a size of 0: read
+/// until a short read (the kernel hands them over in one piece), without asking the size.
+fn read_at_start(file: &File) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut chunk, bytes.len() as u64)?;
+        bytes.extend_from_slice(&chunk[..n]);
+        if n < chunk.len() {
+            break;
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Names of the subdirectories of `dir`; none when it does not exist.

@@ -97,7 +97,19 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .block_on(run_async(args))
 }
 
+/// The signals that end `corral run`, listened to from the start so that one arriving
+/// during the first pass ends it cleanly.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
 async fn run_async(args: &Args) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = Signals {
+        interrupt: signal(SignalKind::interrupt())?,
+        terminate: signal(SignalKind::terminate())?,
+    };
     let state = StateDir(args.place.state_dir.clone());
     let table = match args.ui {
         Ui::Table => true,
@@ -162,6 +174,8 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         policies: Vec::new(),
         last: None,
         manifest_problems: Vec::new(),
+        settling: None,
+        reported: Vec::new(),
     };
     run.take(manifests);
     // Watch before the first pass, so that an edit made during it is not missed.
@@ -177,7 +191,8 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         print!("{}", run.table(&agent).await?);
         return Ok(u8::from(failures > 0));
     }
-    run.watch_loop(&mut agent, args, table, rx).await?;
+    run.watch_loop(&mut agent, args, table, rx, &mut signals)
+        .await?;
     let running = run.store.node_leases(&run.node.name).await?.len();
     eprintln!(
         "corral stopped. {running} replica(s) keep running in their cgroups under {}; `corral down` stops them and removes the groups.",
@@ -249,6 +264,10 @@ struct Run {
     policies: Vec<ResourcePolicy>,
     last: Option<ControllerPass>,
     manifest_problems: Vec<String>,
+    /// The workloads of a version that drops some, waiting to read the same again.
+    settling: Option<BTreeSet<String>>,
+    /// The reports last written, to skip writing the same again.
+    reported: Vec<crate::lease::Report>,
 }
 
 /// What woke the loop.
@@ -285,15 +304,35 @@ impl Run {
 
     /// One agent pass; returns the number of failed operations.
     async fn enforce(&mut self, agent: &mut Agent, trigger: Trigger) -> anyhow::Result<usize> {
-        agent.set_leases(self.store.node_leases(agent.node()).await?);
+        // This process is the store's only writer while it runs (the run lock), so the
+        // leases of the last controller pass are the store's.
+        let leases = match &self.last {
+            Some(pass) => pass
+                .leases
+                .iter()
+                .filter(|l| l.node == agent.node())
+                .cloned()
+                .collect(),
+            None => self.store.node_leases(agent.node()).await?,
+        };
+        agent.set_leases(leases);
         let pass = tokio::task::block_in_place(|| agent.pass(trigger));
         for failure in &pass.outcome.failures {
             tracing::warn!(op = %failure.op, error = %failure.error, "failed");
         }
-        self.store
-            .write_reports(agent.node(), &pass.reports)
-            .await?;
+        if self.reported != pass.reports {
+            self.store
+                .write_reports(agent.node(), &pass.reports)
+                .await?;
+            self.reported.clone_from(&pass.reports);
+        }
         self.usage.record(&pass.reports);
+        self.publish(agent);
+        Ok(pass.outcome.failures.len())
+    }
+
+    /// Writes `status.json` for `corral status`.
+    fn publish(&self, agent: &Agent) {
         let status = RunStatus {
             node: self.node.name.clone(),
             pid: std::process::id(),
@@ -309,7 +348,6 @@ impl Run {
         if let Err(e) = self.state.write_status(&status) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
-        Ok(pass.outcome.failures.len())
     }
 
     async fn table(&self, agent: &Agent) -> anyhow::Result<String> {
@@ -340,6 +378,7 @@ impl Run {
         args: &Args,
         table: bool,
         mut rx: mpsc::UnboundedReceiver<Event>,
+        signals: &mut Signals,
     ) -> anyhow::Result<()> {
         let resync = Duration::from_secs_f64(args.resync.max(0.1));
         let mut resync_timer = tokio::time::interval(resync);
@@ -348,22 +387,40 @@ impl Run {
         let mut child_exited =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut settle_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
+                _ = signals.interrupt.recv() => break,
+                _ = signals.terminate.recv() => break,
                 Some(Event::Manifests) = rx.recv() => {
                     // Editors write a file in several steps: take them as one change.
                     tokio::time::sleep(Duration::from_millis(15)).await;
                     while rx.try_recv().is_ok() {}
-                    self.reload(&args.manifests.paths);
-                    self.control().await?;
-                    self.enforce(agent, Trigger::Leases).await?;
+                    match self.reload(&args.manifests.paths) {
+                        Reload::Applied => {
+                            self.control().await?;
+                            self.enforce(agent, Trigger::Leases).await?;
+                        }
+                        Reload::Settling => settle_at = Some(tokio::time::Instant::now() + REMOVAL_SETTLE),
+                        Reload::Kept => self.publish(agent),
+                    }
+                }
+                _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
+                    settle_at = None;
+                    match self.reload(&args.manifests.paths) {
+                        Reload::Applied => {
+                            self.control().await?;
+                            self.enforce(agent, Trigger::Leases).await?;
+                        }
+                        Reload::Settling => settle_at = Some(tokio::time::Instant::now() + REMOVAL_SETTLE),
+                        Reload::Kept => self.publish(agent),
+                    }
                 }
                 _ = resync_timer.tick() => {
-                    self.control().await?;
+                    // Grants change between edits only under the Usage strategy.
+                    if self.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
+                        self.control().await?;
+                    }
                     self.enforce(agent, Trigger::Resync).await?;
                 }
                 _ = child_exited.recv() => {
@@ -386,21 +443,58 @@ impl Run {
         Ok(())
     }
 
-    /// Re-reads the manifests; when they are invalid, keeps the previous version and says
-    /// why.
-    fn reload(&mut self, paths: &[PathBuf]) {
+    /// Re-reads the manifests. Invalid ones are reported and the previous version kept.
+    /// A version that drops workloads is applied only once it reads the same twice
+    /// ([`REMOVAL_SETTLE`] apart): an editor saving in place truncates the file first, and
+    /// that moment must not stop a workload.
+    fn reload(&mut self, paths: &[PathBuf]) -> Reload {
         let manifests = source::load(paths);
-        if manifests.is_valid() {
-            self.manifest_problems.clear();
-            self.take(manifests);
-            tracing::info!("manifests reloaded");
-        } else {
+        if !manifests.is_valid() {
             self.manifest_problems = manifests.problems.iter().map(ToString::to_string).collect();
             for problem in &self.manifest_problems {
                 tracing::warn!(%problem, "manifests invalid; the previous version is kept");
             }
+            return Reload::Kept;
         }
+        let names: BTreeSet<String> = manifests
+            .workloads
+            .iter()
+            .map(|w| workload_name(&w.object))
+            .collect();
+        let dropped = self
+            .workloads
+            .iter()
+            .any(|w| !names.contains(&workload_name(w)));
+        if dropped && self.settling.as_ref() != Some(&names) {
+            self.settling = Some(names);
+            return Reload::Settling;
+        }
+        self.settling = None;
+        self.manifest_problems.clear();
+        self.take(manifests);
+        tracing::info!("manifests reloaded");
+        Reload::Applied
     }
+}
+
+/// How long a version of the manifests that drops workloads must stay the same before it
+/// is applied.
+const REMOVAL_SETTLE: Duration = Duration::from_millis(500);
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+enum Reload {
+    Applied,
+    Kept,
+    Settling,
+}
+
+fn workload_name(w: &Workload) -> String {
+    format!(
+        "{}/{}",
+        w.metadata.namespace.as_deref().unwrap_or("default"),
+        w.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Watches the manifest paths (the parent directory of a file, since editors replace files

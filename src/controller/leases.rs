@@ -82,6 +82,25 @@ pub fn lease_changes(current: &[Lease], desired: &[Lease]) -> Vec<LeaseChange> {
     changes
 }
 
+/// `current` with `changes` applied: what the store holds after writing them.
+pub fn apply(current: Vec<Lease>, changes: &[LeaseChange]) -> Vec<Lease> {
+    let mut by_id: BTreeMap<(String, ReplicaKey), Lease> = current
+        .into_iter()
+        .map(|l| ((l.node.clone(), l.key.clone()), l))
+        .collect();
+    for change in changes {
+        match change {
+            LeaseChange::Put(lease) => {
+                by_id.insert((lease.node.clone(), lease.key.clone()), (**lease).clone());
+            }
+            LeaseChange::Delete { node, key } => {
+                by_id.remove(&(node.clone(), key.clone()));
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
 /// Where each replica is now, by its lease.
 pub fn placement(leases: &[Lease]) -> HashMap<ReplicaKey, String> {
     leases

@@ -7,7 +7,7 @@ pub mod leases;
 use crate::alloc::plan::Plan;
 use crate::alloc::{self, Input, NodeInfo};
 use crate::api::{ResourcePolicy, Workload};
-use crate::lease::{LeaseStore, StoreError};
+use crate::lease::{Lease, LeaseStore, StoreError};
 
 pub use leases::UsageHistory;
 
@@ -18,6 +18,8 @@ pub struct ControllerPass {
     pub plan: Plan,
     /// Leases put or deleted.
     pub changes: usize,
+    /// The leases in the store after the pass.
+    pub leases: Vec<Lease>,
 }
 
 /// Allocates `workloads` under `policies` on `nodes` and brings the store's leases in line.
@@ -47,5 +49,6 @@ pub async fn reconcile<S: LeaseStore>(
     Ok(ControllerPass {
         plan,
         changes: changes.len(),
+        leases: leases::apply(current, &changes),
     })
 }
