@@ -321,6 +321,34 @@ mod tests {
     }
 
     #[test]
+    fn every_stop_comes_before_any_removal() {
+        let mut observed = ObservedTree::default();
+        for name in ["a", "b"] {
+            observed.groups.insert(
+                replica("gone", name, 0),
+                ObservedGroup {
+                    pids: vec![1],
+                    ..ObservedGroup::default()
+                },
+            );
+        }
+        let ops: Vec<String> = diff(&DesiredTree::default(), &observed, &BTreeSet::new())
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "stop the processes of gone/a.0 (grace 10s)",
+                "stop the processes of gone/b.0 (grace 10s)",
+                "remove gone/a.0",
+                "remove gone/b.0",
+            ]
+        );
+    }
+
+    #[test]
     fn a_running_group_is_never_started_again() {
         let start = BTreeSet::from([replica("t", "w", 0)]);
         assert!(diff(&desired(), &applied(), &start).ops.is_empty());

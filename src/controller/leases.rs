@@ -227,6 +227,23 @@ mod tests {
     }
 
     #[test]
+    fn applying_the_changes_gives_what_was_desired() {
+        let policies = [mk_policy("p", json!({}))];
+        let before = [mk_workload("t", "w", 2, 500, 64, json!({}))];
+        let after = [
+            mk_workload("t", "w", 1, 600, 64, json!({})),
+            mk_workload("t", "v", 1, 100, 8, json!({})),
+        ];
+        let current = desired_leases(&plan(&before, &policies), &before, &policies, 1);
+        let desired = desired_leases(&plan(&after, &policies), &after, &policies, 2);
+        let changes = lease_changes(&current, &desired);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        let mut expected = desired.clone();
+        expected.sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+        assert_eq!(apply(current, &changes), expected);
+    }
+
+    #[test]
     fn usage_history_keeps_the_latest_samples() {
         let mut history = UsageHistory::new(2);
         let report = |cpu| Report {
