@@ -10,6 +10,7 @@
 //! ```
 
 pub mod embedded;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 
@@ -248,6 +249,27 @@ pub enum StoreError {
         /// The writer's epoch.
         ours: i64,
     },
+    /// ZooKeeper refused or failed an operation.
+    #[error("{op} {path}: {source}")]
+    Zk {
+        /// What was attempted.
+        op: &'static str,
+        /// The znode.
+        path: String,
+        /// ZooKeeper's error.
+        source: zookeeper_client::Error,
+    },
+    /// ZooKeeper did not answer in time.
+    #[error("{op} {path}: no answer from ZooKeeper in time")]
+    Timeout {
+        /// What was attempted.
+        op: &'static str,
+        /// The znode.
+        path: String,
+    },
+    /// The store cannot be used now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where leases, reports and registrations are kept.

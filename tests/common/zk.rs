@@ -408,6 +408,20 @@ impl ZkCluster {
         }
     }
 
+    /// Starts every server again with the same configs, ports and data dirs (killing any
+    /// still running) and waits until the whole cluster serves, as after a power cut: a
+    /// single server of a stopped ensemble cannot serve without a quorum.
+    pub fn restart_all(&mut self) {
+        let classpath = classpath();
+        for id in self.ids() {
+            self.kill(id);
+        }
+        for id in self.ids() {
+            self.spawn(id, &classpath);
+        }
+        self.wait_until_ready(STARTUP_TIMEOUT);
+    }
+
     /// Sends a four-letter word to one server (see [`four_letter_word`]).
     pub fn four_letter(&self, id: usize, cmd: &str) -> io::Result<String> {
         four_letter_word(&self.client_addr(id), cmd, FOUR_LETTER_TIMEOUT)

@@ -1,0 +1,400 @@
+//! The ZooKeeper lease store against real servers and ensembles: leases and reports,
+//! registration, election and fencing, ACLs, watches, sessions that expire and ensembles
+//! that lose their leader, a paused server, or restart altogether.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::zk::ZkCluster;
+use serde_json::json;
+
+use corral::alloc::fixtures::mk_workload;
+use corral::alloc::plan::{Allocation, Limits};
+use corral::alloc::{ReplicaKey, Res};
+use corral::api::policy::CgroupSettings;
+use corral::lease::zookeeper::{Credentials, Session, ZkConfig, ZkStore};
+use corral::lease::{
+    FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError,
+};
+
+fn config(zk: &ZkCluster) -> ZkConfig {
+    let mut config = ZkConfig::new(&zk.connect_string());
+    config.chroot = format!("/corral-test-{}", std::process::id());
+    config.session_timeout = Duration::from_secs(4);
+    config.operation_timeout = Duration::from_secs(5);
+    config
+}
+
+async fn store(zk: &ZkCluster) -> Arc<ZkStore> {
+    ZkStore::connect(config(zk)).await.unwrap()
+}
+
+fn lease(node: &str, name: &str, index: u32, epoch: i64) -> Lease {
+    let workload = mk_workload("t", name, index + 1, 100, 10, json!({}));
+    let allocation = Allocation {
+        workload: format!("t/{name}"),
+        replica: index,
+        key: format!("t.{name}.{index}"),
+        node: node.into(),
+        policy: "p".into(),
+        tenant: "t".into(),
+        priority: 0,
+        granted: Res::new(100, 10 << 20, 0),
+        request: Res::new(100, 10 << 20, 0),
+        limits: Limits::default(),
+        io_weight: None,
+    };
+    Lease::new(
+        &allocation,
+        &workload,
+        &CgroupSettings::default(),
+        None,
+        epoch,
+    )
+}
+
+fn registration(name: &str) -> NodeRegistration {
+    NodeRegistration {
+        version: FORMAT_VERSION,
+        name: name.into(),
+        labels: BTreeMap::new(),
+        capacity: Res::new(2000, 1 << 30, 1000),
+        cgroup_mode: "v1".into(),
+        agent_version: "test".into(),
+    }
+}
+
+fn put(l: Lease) -> LeaseChange {
+    LeaseChange::Put(Box::new(l))
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_and_reports_round_trip_in_batches() {
+    let zk = ZkCluster::standalone();
+    let store = store(&zk).await;
+    let epoch = store.campaign("test").await.unwrap();
+    let leases: Vec<Lease> = (0..600)
+        .map(|i| lease(if i % 2 == 0 { "n1" } else { "n2" }, "w", i, epoch))
+        .collect();
+    store
+        .write_leases(epoch, &leases.iter().cloned().map(put).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut read = store.leases().await.unwrap();
+    read.sort_by_key(|l| l.key.index);
+    assert_eq!(read, leases, "600 leases, more than one multi");
+    assert_eq!(store.node_leases("n1").await.unwrap().len(), 300);
+
+    // Replacing and deleting.
+    let mut changed = lease("n1", "w", 0, epoch);
+    changed.granted.cpu = 250;
+    store
+        .write_leases(
+            epoch,
+            &[
+                put(changed.clone()),
+                LeaseChange::Delete {
+                    node: "n2".into(),
+                    key: ReplicaKey::new("t", "w", 1),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let read = store.leases().await.unwrap();
+    assert_eq!(read.len(), 599);
+    assert!(read.contains(&changed));
+
+    let report = Report {
+        version: FORMAT_VERSION,
+        key: Some(ReplicaKey::new("t", "w", 0)),
+        node: "n1".into(),
+        ..Report::default()
+    };
+    store
+        .write_reports("n1", std::slice::from_ref(&report))
+        .await
+        .unwrap();
+    assert_eq!(store.reports().await.unwrap(), [report]);
+    store.write_reports("n1", &[]).await.unwrap();
+    assert!(
+        store.reports().await.unwrap().is_empty(),
+        "reports of leases gone are removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_leader_writes_and_a_deposed_one_is_fenced() {
+    let zk = ZkCluster::standalone();
+    let first = store(&zk).await;
+    let second = store(&zk).await;
+    let epoch1 = first.campaign("first").await.unwrap();
+    let waiting = tokio::spawn({
+        let second = second.clone();
+        async move { second.campaign("second").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second candidate waits while the first leads"
+    );
+    // A candidate that does not lead cannot write, whatever epoch it claims.
+    let refused = second
+        .write_leases(epoch1, &[put(lease("n1", "w", 0, epoch1))])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { .. })),
+        "{refused:?}"
+    );
+
+    first.resign().await.unwrap();
+    let epoch2 = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(epoch2 > epoch1, "a later leader has a higher epoch");
+    second
+        .write_leases(epoch2, &[put(lease("n1", "w", 0, epoch2))])
+        .await
+        .unwrap();
+    let stale = first
+        .write_leases(epoch1, &[put(lease("n1", "w", 0, epoch1))])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    assert_eq!(second.leases().await.unwrap()[0].epoch, epoch2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acls_refuse_an_unauthenticated_writer() {
+    let zk = ZkCluster::standalone();
+    let mut authed = config(&zk);
+    authed.credentials = Some(Credentials::parse("corral:s3cret").unwrap());
+    let owner = ZkStore::connect(authed.clone()).await.unwrap();
+    let epoch = owner.campaign("owner").await.unwrap();
+    owner
+        .write_leases(epoch, &[put(lease("n1", "w", 0, epoch))])
+        .await
+        .unwrap();
+
+    let path = format!("{}/leases/n1/t.w.0", authed.chroot);
+    let stranger = zookeeper_client::Client::connect(&zk.connect_string())
+        .await
+        .unwrap();
+    let (data, _) = stranger.get_data(&path).await.unwrap();
+    assert!(!data.is_empty(), "anyone may read");
+    let write = stranger.set_data(&path, b"{}", None).await;
+    assert!(
+        matches!(write, Err(zookeeper_client::Error::NoAuth)),
+        "{write:?}"
+    );
+    let delete = stranger.delete(&path, None).await;
+    assert!(
+        matches!(delete, Err(zookeeper_client::Error::NoAuth)),
+        "{delete:?}"
+    );
+    // A wrong password is a different identity: refused too.
+    let mut wrong = authed.clone();
+    wrong.credentials = Some(Credentials::parse("corral:guess").unwrap());
+    let impostor = ZkStore::connect(wrong).await.unwrap();
+    assert_eq!(impostor.leases().await.unwrap().len(), 1, "it may read");
+    let write = impostor
+        .write_reports(
+            "n1",
+            &[Report {
+                key: Some(ReplicaKey::new("t", "w", 0)),
+                node: "n1".into(),
+                ..Report::default()
+            }],
+        )
+        .await;
+    assert!(
+        matches!(
+            write,
+            Err(StoreError::Zk {
+                source: zookeeper_client::Error::NoAuth,
+                ..
+            })
+        ),
+        "{write:?}"
+    );
+    assert!(
+        !format!("{:?}", authed.credentials).contains("s3cret"),
+        "credentials never print"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_are_ephemeral_and_watches_fire() {
+    let zk = ZkCluster::standalone();
+    let controller = store(&zk).await;
+    let mut nodes = controller.subscribe("/nodes").await.unwrap();
+    {
+        let agent = store(&zk).await;
+        agent.register_node(&registration("n1")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), nodes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(controller.nodes().await.unwrap()[0].name, "n1");
+        // Registering again (a restart within the old session) replaces, not fails.
+        let restarted = store(&zk).await;
+        restarted.register_node(&registration("n1")).await.unwrap();
+        assert_eq!(controller.nodes().await.unwrap().len(), 1);
+        drop(agent);
+        drop(restarted);
+    }
+    wait_for(
+        "the registration to go with its session",
+        Duration::from_secs(15),
+        async || controller.nodes().await.unwrap().is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_is_rebuilt_and_the_node_registered_again() {
+    let mut zk = ZkCluster::standalone();
+    let agent = store(&zk).await;
+    agent.register_node(&registration("n1")).await.unwrap();
+    let mut leases = agent.subscribe("/leases/n1").await.unwrap();
+    let mut session = agent.session();
+    // Freeze the server longer than the session timeout: on resuming it expires the session.
+    zk.pause(1);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    zk.resume(1);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while *session.borrow_and_update() != Session::Expired {
+            session.changed().await.unwrap();
+        }
+        while *session.borrow_and_update() != Session::Connected {
+            session.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the session expires and is rebuilt");
+    let observer = store(&zk).await;
+    wait_for(
+        "the node to be registered again",
+        Duration::from_secs(10),
+        async || observer.nodes().await.is_ok_and(|n| n.len() == 1),
+    )
+    .await;
+    // The watch is back too: a lease written now is seen.
+    let epoch = observer.campaign("observer").await.unwrap();
+    let seen = *leases.borrow_and_update();
+    observer
+        .write_leases(epoch, &[put(lease("n1", "w", 0, epoch))])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while *leases.borrow_and_update() == seen {
+            leases.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the restored watch fires");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_resume_and_sessions_survive_when_the_ensemble_leader_dies() {
+    let mut zk = ZkCluster::ensemble(3);
+    let store = store(&zk).await;
+    let epoch = store.campaign("test").await.unwrap();
+    store
+        .write_leases(epoch, &[put(lease("n1", "w", 0, epoch))])
+        .await
+        .unwrap();
+    let leader = zk.leader().unwrap();
+    zk.kill(leader);
+    let started = Instant::now();
+    wait_for(
+        "a write to succeed again",
+        Duration::from_secs(20),
+        async || {
+            store
+                .write_leases(epoch, &[put(lease("n1", "w", 1, epoch))])
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    eprintln!(
+        "writes resumed {:?} after the leader died",
+        started.elapsed()
+    );
+    assert_eq!(
+        store.epoch(),
+        Some(epoch),
+        "the session, and so the leadership, survived"
+    );
+    assert_eq!(store.leases().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_server_does_not_stop_writes() {
+    let mut zk = ZkCluster::ensemble(3);
+    let store = store(&zk).await;
+    let epoch = store.campaign("test").await.unwrap();
+    let follower = zk.ids().find(|id| Some(*id) != zk.leader()).unwrap();
+    zk.pause(follower);
+    for i in 0..5 {
+        let write = store
+            .write_leases(epoch, &[put(lease("n1", "w", i, epoch))])
+            .await;
+        if write.is_err() {
+            // The client may have been talking to the paused server: it moves on.
+            wait_for(
+                "writes to go through",
+                Duration::from_secs(20),
+                async || {
+                    store
+                        .write_leases(epoch, &[put(lease("n1", "w", i, epoch))])
+                        .await
+                        .is_ok()
+                },
+            )
+            .await;
+        }
+    }
+    zk.resume(follower);
+    assert_eq!(store.leases().await.unwrap().len(), 5);
+    assert_eq!(store.epoch(), Some(epoch));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_survive_a_restart_of_the_whole_ensemble() {
+    let mut zk = ZkCluster::ensemble(3);
+    let written: Vec<Lease> = {
+        let store = store(&zk).await;
+        let epoch = store.campaign("test").await.unwrap();
+        let leases: Vec<Lease> = (0..50).map(|i| lease("n1", "w", i, epoch)).collect();
+        store
+            .write_leases(epoch, &leases.iter().cloned().map(put).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        leases
+    };
+    for id in zk.ids().collect::<Vec<_>>() {
+        zk.stop(id);
+    }
+    zk.restart_all();
+    let store = store(&zk).await;
+    let mut read = store.leases().await.unwrap();
+    read.sort_by_key(|l| l.key.index);
+    assert_eq!(read, written, "nothing lost");
+}
