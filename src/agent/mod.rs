@@ -5,6 +5,7 @@
 //!   what a later corral needs to take the processes over;
 //! - [`process`]: launching into cgroups, stopping, adopting.
 
+pub mod daemon;
 pub mod node;
 pub mod process;
 pub mod supervisor;

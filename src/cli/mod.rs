@@ -1,6 +1,8 @@
 //! The command line: argument parsing and one module per subcommand. Only this layer and
 //! `main` print, and only `main` turns errors into exit codes.
 
+pub mod agent;
+pub mod controller;
 pub mod crd;
 pub mod down;
 pub mod live;
@@ -8,6 +10,7 @@ pub mod plan;
 pub mod run;
 pub mod status;
 pub mod validate;
+pub mod zk;
 
 use std::path::PathBuf;
 
@@ -37,6 +40,10 @@ pub enum Command {
     Status(status::Args),
     /// Stop workloads on purpose and remove their cgroups.
     Down(down::Args),
+    /// The cluster controller: allocates and writes leases in ZooKeeper, leader-elected.
+    Controller(controller::Args),
+    /// A node's agent: enforces its node's leases from ZooKeeper.
+    Agent(agent::Args),
 }
 
 /// Manifest paths, shared by the subcommands that read manifests.
@@ -60,5 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Down(args) => down::run(&args),
+        Command::Controller(args) => controller::run(&args),
+        Command::Agent(args) => agent::run(&args),
     }
 }

@@ -4,14 +4,11 @@
 //! on a terminal (log lines otherwise). Workloads outlive it: stopping corral leaves them
 //! running, and the next `corral run` takes them over.
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use notify::Watcher;
-use tokio::sync::mpsc;
 
 use super::ManifestArgs;
 use super::live;
@@ -23,6 +20,7 @@ use crate::cgroup::layout::Layout;
 use crate::controller::{self, ControllerPass, UsageHistory};
 use crate::lease::embedded::EmbeddedStore;
 use crate::lease::{FORMAT_VERSION, LeaseStore, NodeRegistration, unix_now};
+use crate::source::watch::{ManifestSource, Reload};
 use crate::source::{self, nodes};
 use crate::state::{RunStatus, StateDir};
 use crate::validate::Manifests;
@@ -81,6 +79,10 @@ pub struct Args {
     /// Log lines as JSON.
     #[arg(long)]
     pub log_json: bool,
+    /// Keep leases in ZooKeeper instead of the embedded store (controller and agent still in
+    /// this one process; other controllers and agents may join).
+    #[command(flatten)]
+    pub zk: super::zk::ZkArgs,
 }
 
 /// Runs until interrupted (or once). Returns 0, or 1 when the manifests are invalid at
@@ -150,6 +152,9 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     if args.dry_run {
         return dry_run(&state, fs, &node, &manifests).await;
     }
+    if let Some(config) = args.zk.config()? {
+        return with_zookeeper(args, config, fs, node, manifests, signals).await;
+    }
     let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
     let store = EmbeddedStore::open(&state.0)?;
     let epoch = store.next_epoch()?;
@@ -164,26 +169,16 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         })
         .await?;
     let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
+    let source = ManifestSource::new(&args.manifests.paths, manifests, !args.once)?;
     let mut run = Run {
         store,
         epoch,
         node,
         state,
         usage: UsageHistory::new(20),
-        workloads: Vec::new(),
-        policies: Vec::new(),
+        source,
         last: None,
-        manifest_problems: Vec::new(),
-        settling: None,
         reported: Vec::new(),
-    };
-    run.take(manifests);
-    // Watch before the first pass, so that an edit made during it is not missed.
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _watcher = if args.once {
-        None
-    } else {
-        Some(watch_manifests(&args.manifests.paths, tx)?)
     };
     run.control().await?;
     let failures = run.enforce(&mut agent, Trigger::Leases).await?;
@@ -191,7 +186,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         print!("{}", run.table(&agent).await?);
         return Ok(u8::from(failures > 0));
     }
-    run.watch_loop(&mut agent, args, table, rx, &mut signals)
+    run.watch_loop(&mut agent, args, table, &mut signals)
         .await?;
     let running = run.store.node_leases(&run.node.name).await?.len();
     eprintln!(
@@ -260,33 +255,19 @@ struct Run {
     node: NodeInfo,
     state: StateDir,
     usage: UsageHistory,
-    workloads: Vec<Workload>,
-    policies: Vec<ResourcePolicy>,
+    source: ManifestSource,
     last: Option<ControllerPass>,
-    manifest_problems: Vec<String>,
-    /// The workloads of a version that drops some, waiting to read the same again.
-    settling: Option<BTreeSet<String>>,
     /// The reports last written, to skip writing the same again.
     reported: Vec<crate::lease::Report>,
 }
 
-/// What woke the loop.
-enum Event {
-    Manifests,
-}
-
 impl Run {
-    fn take(&mut self, manifests: Manifests) {
-        self.workloads = manifests.workloads.into_iter().map(|w| w.object).collect();
-        self.policies = manifests.policies.into_iter().map(|p| p.object).collect();
-    }
-
     async fn control(&mut self) -> anyhow::Result<()> {
         let pass = controller::reconcile(
             &self.store,
             self.epoch,
-            &self.workloads,
-            &self.policies,
+            &self.source.workloads,
+            &self.source.policies,
             std::slice::from_ref(&self.node),
             &self.usage,
         )
@@ -343,7 +324,7 @@ impl Run {
                 .map(|p| p.plan.pending.clone())
                 .unwrap_or_default(),
             agent: agent.stats,
-            manifest_problems: self.manifest_problems.clone(),
+            manifest_problems: self.source.problems.clone(),
         };
         if let Err(e) = self.state.write_status(&status) {
             tracing::warn!(error = %e, "cannot write status.json");
@@ -364,7 +345,7 @@ impl Run {
             "\nnode {}: {} passes, {} writes, {} drift corrections, {} starts, {} failures\n",
             self.node.name, s.passes, s.writes, s.drift_corrections, s.starts, s.failures
         ));
-        for problem in &self.manifest_problems {
+        for problem in &self.source.problems {
             text.push_str(&format!(
                 "manifest problem (previous version kept): {problem}\n"
             ));
@@ -377,7 +358,6 @@ impl Run {
         agent: &mut Agent,
         args: &Args,
         table: bool,
-        mut rx: mpsc::UnboundedReceiver<Event>,
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
         let resync = Duration::from_secs_f64(args.resync.max(0.1));
@@ -387,38 +367,20 @@ impl Run {
         let mut child_exited =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
-        let mut settle_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = signals.interrupt.recv() => break,
                 _ = signals.terminate.recv() => break,
-                Some(Event::Manifests) = rx.recv() => {
-                    // Editors write a file in several steps: take them as one change.
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                    while rx.try_recv().is_ok() {}
-                    match self.reload(&args.manifests.paths) {
-                        Reload::Applied => {
-                            self.control().await?;
-                            self.enforce(agent, Trigger::Leases).await?;
-                        }
-                        Reload::Settling => settle_at = Some(tokio::time::Instant::now() + REMOVAL_SETTLE),
-                        Reload::Kept => self.publish(agent),
+                reload = self.source.changed() => match reload {
+                    Reload::Applied => {
+                        self.control().await?;
+                        self.enforce(agent, Trigger::Leases).await?;
                     }
-                }
-                _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
-                    settle_at = None;
-                    match self.reload(&args.manifests.paths) {
-                        Reload::Applied => {
-                            self.control().await?;
-                            self.enforce(agent, Trigger::Leases).await?;
-                        }
-                        Reload::Settling => settle_at = Some(tokio::time::Instant::now() + REMOVAL_SETTLE),
-                        Reload::Kept => self.publish(agent),
-                    }
-                }
+                    Reload::Kept => self.publish(agent),
+                },
                 _ = resync_timer.tick() => {
                     // Grants change between edits only under the Usage strategy.
-                    if self.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
+                    if self.source.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
                         self.control().await?;
                     }
                     self.enforce(agent, Trigger::Resync).await?;
@@ -442,101 +404,53 @@ impl Run {
         }
         Ok(())
     }
-
-    /// Re-reads the manifests. Invalid ones are reported and the previous version kept.
-    /// A version that drops workloads is applied only once it reads the same twice
-    /// ([`REMOVAL_SETTLE`] apart): an editor saving in place truncates the file first, and
-    /// that moment must not stop a workload.
-    fn reload(&mut self, paths: &[PathBuf]) -> Reload {
-        let manifests = source::load(paths);
-        if !manifests.is_valid() {
-            self.manifest_problems = manifests.problems.iter().map(ToString::to_string).collect();
-            for problem in &self.manifest_problems {
-                tracing::warn!(%problem, "manifests invalid; the previous version is kept");
-            }
-            return Reload::Kept;
-        }
-        let names: BTreeSet<String> = manifests
-            .workloads
-            .iter()
-            .map(|w| workload_name(&w.object))
-            .collect();
-        let dropped = self
-            .workloads
-            .iter()
-            .any(|w| !names.contains(&workload_name(w)));
-        if dropped && self.settling.as_ref() != Some(&names) {
-            self.settling = Some(names);
-            return Reload::Settling;
-        }
-        self.settling = None;
-        self.manifest_problems.clear();
-        self.take(manifests);
-        tracing::info!("manifests reloaded");
-        Reload::Applied
-    }
 }
 
-/// How long a version of the manifests that drops workloads must stay the same before it
-/// is applied.
-const REMOVAL_SETTLE: Duration = Duration::from_millis(500);
-
-/// What a reload did.
-#[derive(Debug, PartialEq, Eq)]
-enum Reload {
-    Applied,
-    Kept,
-    Settling,
-}
-
-fn workload_name(w: &Workload) -> String {
-    format!(
-        "{}/{}",
-        w.metadata.namespace.as_deref().unwrap_or("default"),
-        w.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// Watches the manifest paths (the parent directory of a file, since editors replace files
-/// by renaming) and sends an event for each change to a manifest.
-fn watch_manifests(
-    paths: &[PathBuf],
-    tx: mpsc::UnboundedSender<Event>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    let files: BTreeSet<PathBuf> = paths
-        .iter()
-        .filter(|p| p.is_file())
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    let dirs: Vec<PathBuf> = paths
-        .iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    let (watched_files, watched_dirs) = (files.clone(), dirs.clone());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if matches!(event.kind, notify::EventKind::Access(_)) {
-            return;
-        }
-        let relevant = event.paths.iter().any(|p| {
-            watched_files.contains(p)
-                || (crate::source::files::is_manifest(p)
-                    && watched_dirs.iter().any(|d| p.starts_with(d)))
-        });
-        if relevant {
-            let _ = tx.send(Event::Manifests);
-        }
-    })?;
-    for dir in &dirs {
-        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+/// `corral run --zookeeper`: the cluster controller and this machine's agent in one
+/// process, with leases in ZooKeeper (other controllers and agents may join). Logs only.
+async fn with_zookeeper(
+    args: &Args,
+    config: crate::lease::zookeeper::ZkConfig,
+    fs: Cgroupfs,
+    node: NodeInfo,
+    manifests: Manifests,
+    mut signals: Signals,
+) -> anyhow::Result<u8> {
+    let registration = NodeRegistration {
+        version: FORMAT_VERSION,
+        name: node.name.clone(),
+        labels: node.labels.clone(),
+        capacity: node.capacity,
+        cgroup_mode: fs.mode().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
+    let source = ManifestSource::new(&args.manifests.paths, manifests, true)?;
+    let store = crate::lease::zookeeper::ZkStore::connect(config).await?;
+    let resync = Duration::from_secs_f64(args.resync.max(0.1));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let identity = format!("{}-{}", node.name, std::process::id());
+    let controller = tokio::spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move { crate::controller::cluster::run(store, source, &identity, resync, shutdown).await }
+    });
+    let agent = tokio::spawn(crate::agent::daemon::run(
+        store,
+        agent,
+        registration,
+        resync,
+        shutdown,
+    ));
+    tokio::select! {
+        _ = signals.interrupt.recv() => {}
+        _ = signals.terminate.recv() => {}
     }
-    let parents: BTreeSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(PathBuf::from))
-        .collect();
-    for parent in parents {
-        watcher.watch(&parent, notify::RecursiveMode::NonRecursive)?;
-    }
-    Ok(watcher)
+    stop.send_replace(true);
+    controller.await??;
+    agent.await??;
+    eprintln!(
+        "corral stopped. The workloads of node {} keep running in their cgroups under {}.",
+        node.name, args.place.cgroup_root
+    );
+    Ok(0)
 }

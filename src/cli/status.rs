@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::live::{self, Row};
 use super::run::Where;
+use crate::controller::cluster::ControllerStatus;
 use crate::lease::embedded::EmbeddedStore;
+use crate::lease::zookeeper::ZkStore;
 use crate::lease::{LeaseStore, NodeRegistration};
 use crate::state::{RunStatus, StateDir};
 
@@ -29,6 +31,9 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
+    /// Read the whole cluster from ZooKeeper instead of the state directory.
+    #[command(flatten)]
+    pub zk: super::zk::ZkArgs,
 }
 
 /// Everything `corral status -o json` prints.
@@ -45,6 +50,9 @@ pub struct Status {
     /// What the last `corral run` recorded (counters, manifest problems).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunStatus>,
+    /// What the leading cluster controller recorded (leader, epoch, nodes, pending).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerStatus>,
 }
 
 /// Prints the status. Returns 0.
@@ -52,25 +60,49 @@ pub struct Status {
 /// # Errors
 /// There is no state directory, or it cannot be read.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let state = StateDir(args.place.state_dir.clone());
-    let store = EmbeddedStore::open_existing(&state.0)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("starting the runtime")?;
-    let (nodes, leases, reports) = runtime.block_on(async {
-        Ok::<_, crate::lease::StoreError>((
-            store.nodes().await?,
-            store.leases().await?,
-            store.reports().await?,
-        ))
-    })?;
-    let run = state.read_status();
-    let pending = run.as_ref().map(|r| r.pending.clone()).unwrap_or_default();
-    let status = Status {
-        nodes,
-        replicas: live::rows(&leases, &reports, &pending),
-        running_pid: state.running_pid(),
-        run,
+    let status = match args.zk.config()? {
+        Some(config) => runtime.block_on(async {
+            let store = ZkStore::connect(config).await?;
+            let controller: Option<ControllerStatus> = store
+                .read_status()
+                .await?
+                .and_then(|data| serde_json::from_slice(&data).ok());
+            let pending = controller
+                .as_ref()
+                .map(|c| c.pending.clone())
+                .unwrap_or_default();
+            Ok::<_, anyhow::Error>(Status {
+                nodes: store.nodes().await?,
+                replicas: live::rows(&store.leases().await?, &store.reports().await?, &pending),
+                running_pid: None,
+                run: None,
+                controller,
+            })
+        })?,
+        None => {
+            let state = StateDir(args.place.state_dir.clone());
+            let store = EmbeddedStore::open_existing(&state.0)?;
+            let (nodes, leases, reports) = runtime.block_on(async {
+                Ok::<_, crate::lease::StoreError>((
+                    store.nodes().await?,
+                    store.leases().await?,
+                    store.reports().await?,
+                ))
+            })?;
+            let run = state.read_status();
+            let pending = run.as_ref().map(|r| r.pending.clone()).unwrap_or_default();
+            Status {
+                nodes,
+                replicas: live::rows(&leases, &reports, &pending),
+                running_pid: state.running_pid(),
+                run,
+                controller: None,
+            }
+        }
     };
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -80,17 +112,29 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         }
         Format::Table => {
             write!(out, "{}", live::render(&status.replicas))?;
-            match (status.running_pid, &status.run) {
-                (Some(pid), Some(r)) => writeln!(
+            if let Some(c) = &status.controller {
+                let registered: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+                writeln!(
                     out,
-                    "\ncorral run (pid {pid}) on node {}: {} passes, {} writes, {} drift corrections",
-                    r.node, r.agent.passes, r.agent.writes, r.agent.drift_corrections
-                )?,
-                (None, _) => writeln!(
-                    out,
-                    "\ncorral run is not running; the workloads above keep running in their cgroups"
-                )?,
-                (Some(pid), None) => writeln!(out, "\ncorral run (pid {pid}) is starting")?,
+                    "\nleader {} (epoch {}); nodes registered: {}; allocating on: {}",
+                    c.leader,
+                    c.epoch,
+                    registered.join(", "),
+                    c.nodes.join(", ")
+                )?;
+            } else {
+                match (status.running_pid, &status.run) {
+                    (Some(pid), Some(r)) => writeln!(
+                        out,
+                        "\ncorral run (pid {pid}) on node {}: {} passes, {} writes, {} drift corrections",
+                        r.node, r.agent.passes, r.agent.writes, r.agent.drift_corrections
+                    )?,
+                    (None, _) => writeln!(
+                        out,
+                        "\ncorral run is not running; the workloads above keep running in their cgroups"
+                    )?,
+                    (Some(pid), None) => writeln!(out, "\ncorral run (pid {pid}) is starting")?,
+                }
             }
         }
     }

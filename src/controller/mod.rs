@@ -2,7 +2,9 @@
 //! placement (so replicas stay where they are) and the observed use, and writes only the
 //! leases that changed, fenced by its epoch.
 
+pub mod cluster;
 pub mod leases;
+pub mod nodes;
 
 use crate::alloc::plan::Plan;
 use crate::alloc::{self, Input, NodeInfo};

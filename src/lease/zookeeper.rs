@@ -517,6 +517,83 @@ impl ZkStore {
         Ok(())
     }
 
+    /// Keeps `node`'s registration as the data of its persistent `/leases/<node>`, so that a
+    /// later leader knows the capacity and labels of a node that is down when it takes over.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn remember_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
+        let path = format!("/leases/{}", node.name);
+        self.mkdir(&path).await?;
+        let client = self.client();
+        let data = encode(node);
+        let (current, _) = self.timed("read", &path, client.get_data(&path)).await?;
+        if current != data {
+            self.timed("set", &path, client.set_data(&path, &data, None))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The remembered registrations of the nodes that still hold leases.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn remembered_nodes(&self) -> Result<Vec<NodeRegistration>, StoreError> {
+        let client = self.client();
+        let mut out = Vec::new();
+        for node in self
+            .timed("list", "/leases", client.list_children("/leases"))
+            .await?
+        {
+            let path = format!("/leases/{node}");
+            match self.timed("read", &path, client.get_data(&path)).await {
+                Ok((data, stat)) if stat.num_children > 0 && !data.is_empty() => {
+                    out.push(decode(&path, &data)?)
+                }
+                Ok(_)
+                | Err(StoreError::Zk {
+                    source: ZkError::NoNode,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the controller's summary (pending replicas, lost nodes) to `/status`.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn write_status(&self, data: &[u8]) -> Result<(), StoreError> {
+        self.mkdir("/status").await?;
+        let client = self.client();
+        self.timed("set", "/status", client.set_data("/status", data, None))
+            .await?;
+        Ok(())
+    }
+
+    /// The controller's summary, if one was written.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn read_status(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client();
+        match self
+            .timed("read", "/status", client.get_data("/status"))
+            .await
+        {
+            Ok((data, _)) if !data.is_empty() => Ok(Some(data)),
+            Ok(_)
+            | Err(StoreError::Zk {
+                source: ZkError::NoNode,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads the data of `paths`, several per round trip; a znode gone meanwhile is skipped.
     async fn read_all(&self, paths: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let client = self.client();

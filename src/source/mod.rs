@@ -3,6 +3,7 @@
 
 pub mod files;
 pub mod nodes;
+pub mod watch;
 pub mod yaml;
 
 use std::path::PathBuf;

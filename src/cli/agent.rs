@@ -1,0 +1,188 @@
+//! `corral agent`: one node's agent against ZooKeeper. Several agents with different node
+//! names and cgroup roots can run on one machine; that is how the tests simulate a cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+
+use super::zk::ZkArgs;
+use crate::agent::node::Agent;
+use crate::alloc::Res;
+use crate::api::Quantity;
+use crate::api::names::{check_label_key, check_label_value};
+use crate::cgroup::fs::Cgroupfs;
+use crate::cgroup::layout::Layout;
+use crate::lease::zookeeper::ZkStore;
+use crate::lease::{FORMAT_VERSION, NodeRegistration};
+use crate::source::nodes;
+
+/// Arguments of `corral agent`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This node's name (in Kubernetes, from the downward API: spec.nodeName).
+    #[arg(long, env = "CORRAL_NODE_NAME", value_name = "NAME")]
+    pub node: String,
+    #[command(flatten)]
+    pub zk: ZkArgs,
+    /// corral's cgroup subtree below each hierarchy's mount point.
+    #[arg(long, default_value = "corral", value_name = "PATH")]
+    pub cgroup_root: String,
+    /// State directory: process records and workload logs.
+    #[arg(
+        long,
+        env = "CORRAL_STATE_DIR",
+        default_value = "/var/lib/corral",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Seconds between re-reads that restore drift.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub resync: f64,
+    /// A label of this node, key=value. Repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// What this node offers instead of what the machine has, e.g. cpu=2,memory=4Gi,pids=1000
+    /// (for several simulated nodes on one machine).
+    #[arg(long, value_name = "AMOUNTS")]
+    pub capacity: Option<String>,
+    /// Log lines as JSON.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Runs until SIGINT or SIGTERM. Workloads keep running after.
+///
+/// # Errors
+/// A bad option, no `--zookeeper`, or no permission to manage cgroups.
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
+    let Some(config) = args.zk.config()? else {
+        bail!("corral agent needs --zookeeper");
+    };
+    let registration = registration(args)?;
+    let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
+    let fs = Cgroupfs::new(layout, &args.cgroup_root)?;
+    let mode = fs.mode().to_string();
+    let agent = Agent::new(&args.node, fs, &args.state_dir, false)?;
+    let registration = NodeRegistration {
+        cgroup_mode: mode,
+        ..registration
+    };
+    let resync = Duration::from_secs_f64(args.resync.max(0.1));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(async {
+            let shutdown = shutdown_on_signals()?;
+            let store = ZkStore::connect(config).await?;
+            crate::agent::daemon::run(store, agent, registration, resync, shutdown).await?;
+            eprintln!(
+                "corral agent stopped; the workloads of node {} keep running",
+                args.node
+            );
+            Ok::<u8, anyhow::Error>(0)
+        })
+}
+
+/// The node's registration from this machine and the options.
+///
+/// # Errors
+/// A bad node name, label or capacity.
+pub fn registration(args: &Args) -> anyhow::Result<NodeRegistration> {
+    if !nodes::is_node_name(&args.node) {
+        bail!("--node {:?} must be a DNS subdomain", args.node);
+    }
+    let machine = nodes::this_machine().context("reading this machine's capacity from /proc")?;
+    let mut labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), args.node.clone())]);
+    for label in &args.labels {
+        let Some((key, value)) = label.split_once('=') else {
+            bail!("--label {label:?}: expected KEY=VALUE");
+        };
+        check_label_key(key)
+            .and_then(|()| check_label_value(value))
+            .map_err(|e| anyhow::anyhow!("--label {label:?}: {e}"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    let capacity = match &args.capacity {
+        Some(text) => parse_capacity(text, machine.capacity)?,
+        None => machine.capacity,
+    };
+    Ok(NodeRegistration {
+        version: FORMAT_VERSION,
+        name: args.node.clone(),
+        labels,
+        capacity,
+        cgroup_mode: String::new(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// `cpu=2,memory=4Gi,pids=1000`, each part optional, over `base`.
+fn parse_capacity(text: &str, base: Res) -> anyhow::Result<Res> {
+    let mut capacity = base;
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .with_context(|| format!("--capacity {part:?}: expected NAME=AMOUNT"))?;
+        let quantity = Quantity::new(value);
+        let amount = match name {
+            "cpu" => quantity.millis(),
+            "memory" | "pids" => quantity.units(),
+            _ => bail!("--capacity {part:?}: the resources are cpu, memory and pids"),
+        }
+        .map_err(|e| anyhow::anyhow!("--capacity {part:?}: {value:?} {e}"))?;
+        match name {
+            "cpu" => capacity.cpu = amount,
+            "memory" => capacity.memory = amount,
+            _ => capacity.pids = amount,
+        }
+    }
+    Ok(capacity)
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// A receiver that changes on the first SIGINT or SIGTERM.
+///
+/// # Errors
+/// The signal handlers cannot be installed.
+pub fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tx.send_replace(true);
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_override_the_machine() {
+        let base = Res::new(2000, 1 << 30, 100);
+        assert_eq!(
+            parse_capacity("cpu=500m,memory=2Gi", base).unwrap(),
+            Res::new(500, 2 << 30, 100)
+        );
+        assert!(parse_capacity("gpu=1", base).is_err());
+        assert!(parse_capacity("cpu=12XB", base).is_err());
+    }
+}

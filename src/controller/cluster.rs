@@ -1,0 +1,183 @@
+//! The cluster controller: one of several replicas leads, elected through ZooKeeper; the
+//! leader allocates over the registered nodes and writes the leases, fenced by its epoch.
+//! It reconciles when the manifests change, when a node registers or goes, when a missing
+//! node's grace period ends, and periodically (observed use feeds the `Usage` strategy).
+//!
+//! Guarantees: a controller that is not the leader never writes (the store refuses a write
+//! whose election znode is gone); on a lost session it stops writing and runs for
+//! leadership again; while disconnected it does nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::nodes::NodeTracker;
+use super::{UsageHistory, reconcile};
+use crate::alloc::plan::Pending;
+use crate::lease::zookeeper::{Session, ZkStore};
+use crate::lease::{LeaseStore, StoreError, unix_now};
+use crate::source::watch::{ManifestSource, Reload};
+
+/// The leader's summary in `/status`, for `corral status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerStatus {
+    /// The leader's identity.
+    pub leader: String,
+    /// Its epoch.
+    pub epoch: i64,
+    /// Unix seconds of the last pass.
+    pub updated_at: u64,
+    /// Replicas without a node, with the reason.
+    pub pending: Vec<Pending>,
+    /// Nodes allocated on.
+    pub nodes: Vec<String>,
+    /// Problems of the last version of the manifests, which was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifest_problems: Vec<String>,
+}
+
+/// Runs for leadership and, while leading, keeps the leases in line with the manifests
+/// and the nodes, until `shutdown` changes; then resigns, so that another controller takes
+/// over at once.
+///
+/// # Errors
+/// The store could not be watched at all.
+pub async fn run(
+    store: Arc<ZkStore>,
+    mut source: ManifestSource,
+    identity: &str,
+    resync: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut registrations = store.subscribe("/nodes").await?;
+    let mut session = store.session();
+    let mut tracker = NodeTracker::default();
+    let mut usage = UsageHistory::new(20);
+    'campaign: loop {
+        let epoch = tokio::select! {
+            result = store.campaign(identity) => match result {
+                Ok(epoch) => epoch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot run for leadership yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue 'campaign,
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        tracing::info!(epoch, %identity, "leading");
+        let mut resync_timer = tokio::time::interval(resync);
+        loop {
+            if *session.borrow() == Session::Connected {
+                match pass(&store, epoch, identity, &source, &mut tracker, &usage).await {
+                    Ok(()) => {}
+                    Err(StoreError::Fenced { .. }) => {
+                        tracing::warn!(
+                            epoch,
+                            "fenced: another controller leads now; running for leadership again"
+                        );
+                        continue 'campaign;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "controller pass failed; retrying on the next change")
+                    }
+                }
+            }
+            let deadline = tracker
+                .next_deadline(&source.policies)
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                reload = source.changed() => {
+                    if reload == Reload::Kept {
+                        publish(&store, epoch, identity, &source, &[], &[]).await;
+                    }
+                }
+                _ = registrations.changed() => {}
+                _ = resync_timer.tick() => {
+                    match store.reports().await {
+                        Ok(reports) => usage.record(&reports),
+                        Err(e) => tracing::warn!(error = %e, "cannot read reports"),
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+                changed = session.changed() => {
+                    if changed.is_err() || *session.borrow() == Session::Expired {
+                        tracing::warn!("session lost: leadership with it");
+                        continue 'campaign;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if let Err(e) = store.resign().await {
+                        tracing::warn!(error = %e, "cannot resign; another controller takes over when the session ends");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn pass(
+    store: &ZkStore,
+    epoch: i64,
+    identity: &str,
+    source: &ManifestSource,
+    tracker: &mut NodeTracker,
+    usage: &UsageHistory,
+) -> Result<(), StoreError> {
+    let registered = store.nodes().await?;
+    for node in &registered {
+        store.remember_node(node).await?;
+    }
+    let remembered = store.remembered_nodes().await?;
+    tracker.observe(registered, remembered, Instant::now());
+    let nodes = tracker.available(Instant::now(), &source.policies);
+    let done = reconcile(
+        store,
+        epoch,
+        &source.workloads,
+        &source.policies,
+        &nodes,
+        usage,
+    )
+    .await?;
+    if done.changes > 0 {
+        tracing::info!(
+            changes = done.changes,
+            pending = done.plan.pending.len(),
+            "leases written"
+        );
+    }
+    let names: Vec<String> = nodes.into_iter().map(|n| n.name).collect();
+    publish(store, epoch, identity, source, &done.plan.pending, &names).await;
+    Ok(())
+}
+
+async fn publish(
+    store: &ZkStore,
+    epoch: i64,
+    identity: &str,
+    source: &ManifestSource,
+    pending: &[Pending],
+    nodes: &[String],
+) {
+    let status = ControllerStatus {
+        leader: identity.to_string(),
+        epoch,
+        updated_at: unix_now(),
+        pending: pending.to_vec(),
+        nodes: nodes.to_vec(),
+        manifest_problems: source.problems.clone(),
+    };
+    if let Err(e) = store
+        .write_status(&serde_json::to_vec(&status).unwrap_or_default())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot write /status");
+    }
+}

@@ -1,0 +1,191 @@
+//! Manifest files as a source that follows edits: the paths are watched (inotify), each
+//! change is read and validated, and what an edit changes is handed on once the edit is
+//! finished.
+//!
+//! Guarantees: a version with problems is never handed on (the previous one is kept and
+//! the problems are reported); a version that drops workloads is handed on only once it
+//! reads the same [`REMOVAL_SETTLE`] later, so the moment an editor truncates a file to
+//! save it in place never stops a workload.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::files::is_manifest;
+use crate::api::{ResourcePolicy, Workload};
+use crate::validate::Manifests;
+
+/// How long after a file event corral waits for the rest of an editor's writes.
+pub const DEBOUNCE: Duration = Duration::from_millis(15);
+
+/// How long a version that drops workloads must stay the same before it is applied.
+pub const REMOVAL_SETTLE: Duration = Duration::from_millis(500);
+
+/// What reading the manifests again gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// A valid new version, now current.
+    Applied,
+    /// An invalid version: the previous one is kept; the problems are in `problems`.
+    Kept,
+}
+
+/// Workloads and policies from manifest files, following edits.
+pub struct ManifestSource {
+    paths: Vec<PathBuf>,
+    /// The current workloads.
+    pub workloads: Vec<Workload>,
+    /// The current policies.
+    pub policies: Vec<ResourcePolicy>,
+    /// The problems of the last version refused; empty once a valid one is read.
+    pub problems: Vec<String>,
+    events: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// An event was taken and its version not read yet.
+    dirty: bool,
+    /// A version that drops workloads, waiting to be read the same again.
+    settling: Option<(BTreeSet<String>, Instant)>,
+}
+
+impl ManifestSource {
+    /// The source of `manifests` (already read and valid) at `paths`; `watch` starts
+    /// following edits. The watch starts before anything is applied, so an edit made
+    /// meanwhile is not missed.
+    ///
+    /// # Errors
+    /// A path cannot be watched.
+    pub fn new(
+        paths: &[PathBuf],
+        manifests: Manifests,
+        watch: bool,
+    ) -> anyhow::Result<ManifestSource> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = if watch {
+            Some(watch_paths(paths, tx)?)
+        } else {
+            None
+        };
+        let mut source = ManifestSource {
+            paths: paths.to_vec(),
+            workloads: Vec::new(),
+            policies: Vec::new(),
+            problems: Vec::new(),
+            events,
+            _watcher: watcher,
+            dirty: false,
+            settling: None,
+        };
+        source.take(manifests);
+        Ok(source)
+    }
+
+    fn take(&mut self, manifests: Manifests) {
+        self.workloads = manifests.workloads.into_iter().map(|w| w.object).collect();
+        self.policies = manifests.policies.into_iter().map(|p| p.object).collect();
+        self.problems.clear();
+    }
+
+    /// Waits for the next version to hand on. Cancel-safe: an event taken by a call that
+    /// is dropped is read by the next one.
+    pub async fn changed(&mut self) -> Reload {
+        loop {
+            if !self.dirty {
+                let settle_at = self.settling.as_ref().map(|(_, at)| *at);
+                tokio::select! {
+                    Some(()) = self.events.recv() => {}
+                    () = tokio::time::sleep_until(settle_at.unwrap_or_else(Instant::now)), if settle_at.is_some() => {}
+                    else => std::future::pending::<()>().await,
+                }
+                self.dirty = true;
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while self.events.try_recv().is_ok() {}
+            self.dirty = false;
+            if let Some(result) = self.reload() {
+                return result;
+            }
+        }
+    }
+
+    /// Reads the manifests; `None` while a version that drops workloads settles.
+    fn reload(&mut self) -> Option<Reload> {
+        let manifests = super::load(&self.paths);
+        if !manifests.is_valid() {
+            self.problems = manifests.problems.iter().map(ToString::to_string).collect();
+            for problem in &self.problems {
+                tracing::warn!(%problem, "manifests invalid; the previous version is kept");
+            }
+            return Some(Reload::Kept);
+        }
+        let names: BTreeSet<String> = manifests
+            .workloads
+            .iter()
+            .map(|w| name(&w.object))
+            .collect();
+        let drops = self.workloads.iter().any(|w| !names.contains(&name(w)));
+        let same_as_settling = self.settling.as_ref().is_some_and(|(n, _)| *n == names);
+        if drops && !same_as_settling {
+            self.settling = Some((names, Instant::now() + REMOVAL_SETTLE));
+            return None;
+        }
+        self.settling = None;
+        self.take(manifests);
+        tracing::info!("manifests reloaded");
+        Some(Reload::Applied)
+    }
+}
+
+fn name(w: &Workload) -> String {
+    format!(
+        "{}/{}",
+        w.metadata.namespace.as_deref().unwrap_or("default"),
+        w.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Watches the paths (a file's parent directory, since editors replace files by renaming)
+/// and sends an event for each change to a manifest.
+fn watch_paths(
+    paths: &[PathBuf],
+    tx: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let files: BTreeSet<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_file())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let (watched_files, watched_dirs) = (files.clone(), dirs.clone());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            watched_files.contains(p)
+                || (is_manifest(p) && watched_dirs.iter().any(|d| p.starts_with(d)))
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    for dir in &dirs {
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+    }
+    let parents: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(PathBuf::from))
+        .collect();
+    for parent in parents {
+        watcher.watch(&parent, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
