@@ -5,11 +5,19 @@
 //! Fail-static: when ZooKeeper cannot be read, the agent keeps enforcing the last leases it
 //! read; it never stops a workload for lack of ZooKeeper. Before it has read leases once,
 //! it changes nothing.
+//!
+//! Enforcement never waits on ZooKeeper. Three tasks share the work: a reader that reads
+//! the node's leases on every watch event and resync, and publishes them only when they
+//! differ; the enforcer, which runs passes; and a writer that sends the latest reports.
+//! A read or write that hangs (a paused server, a client that has not yet noticed its
+//! connection is gone) delays only itself, never the correction of drift or the restart
+//! of an exited process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
 use super::node::{Agent, Trigger, unix_now_ms};
 use crate::lease::zookeeper::ZkStore;
@@ -24,7 +32,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node = registration.name.clone();
-    let mut leases_changed = loop {
+    let leases_changed = loop {
         let attempt = async {
             store.register_node(&registration).await?;
             store.subscribe(&format!("/leases/{node}")).await
@@ -41,42 +49,166 @@ pub async fn run(
         }
     };
     tracing::info!(%node, "registered");
+
+    let (leases_tx, mut leases_rx) = watch::channel::<Option<Vec<Lease>>>(None);
+    let (reports_tx, reports_rx) = watch::channel::<Option<Vec<Report>>>(None);
+    let reader = tokio::spawn(read_leases(
+        Arc::clone(&store),
+        node.clone(),
+        leases_changed,
+        resync,
+        leases_tx,
+    ));
+    let writer = tokio::spawn(write_reports(Arc::clone(&store), node.clone(), reports_rx));
+    let result = enforce(
+        &mut agent,
+        &mut leases_rx,
+        &reports_tx,
+        resync,
+        &mut shutdown,
+    )
+    .await;
+    reader.abort();
+    writer.abort();
+    result
+}
+
+/// Runs passes: on new leases, on process exits and restarts, and on every resync, with
+/// whatever leases were read last.
+async fn enforce(
+    agent: &mut Agent,
+    leases: &mut watch::Receiver<Option<Vec<Lease>>>,
+    reports: &watch::Sender<Option<Vec<Report>>>,
+    resync: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut resync_timer = tokio::time::interval(resync);
+    // After a stall, one pass is enough; a burst of passes would only repeat it.
+    resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut child_exited = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-    let mut enforced: Option<Vec<Lease>> = None;
-    let mut reported: Vec<Report> = Vec::new();
+    let mut have_leases = false;
+    let mut reader_alive = true;
     loop {
         let trigger = tokio::select! {
-            _ = leases_changed.changed() => Trigger::Leases,
+            changed = leases.changed(), if reader_alive => {
+                if changed.is_err() {
+                    // The reader is gone; keep enforcing what was read.
+                    reader_alive = false;
+                    continue;
+                }
+                match leases.borrow_and_update().clone() {
+                    Some(read) => {
+                        agent.set_leases(read);
+                        have_leases = true;
+                    }
+                    None => continue,
+                }
+                Trigger::Leases
+            }
             _ = resync_timer.tick() => Trigger::Resync,
             _ = child_exited.recv() => Trigger::Processes,
             _ = tick.tick() => {
-                if !agent.restart_due(unix_now_ms()) {
+                if !have_leases || !agent.restart_due(unix_now_ms()) {
                     continue;
                 }
                 Trigger::Processes
             }
             _ = shutdown.changed() => return Ok(()),
         };
-        if trigger != Trigger::Processes {
-            match store.node_leases(&node).await {
-                Ok(leases) => enforced = Some(leases),
+        if !have_leases {
+            continue;
+        }
+        let pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        reports.send_if_modified(|current| {
+            if current.as_ref() == Some(&pass.reports) {
+                return false;
+            }
+            *current = Some(pass.reports);
+            true
+        });
+    }
+}
+
+/// Reads the node's leases after every watch event and on every resync (the safety net for
+/// a lost event), and publishes them when they differ from the last ones read.
+async fn read_leases(
+    store: Arc<ZkStore>,
+    node: String,
+    mut changed: watch::Receiver<u64>,
+    resync: Duration,
+    out: watch::Sender<Option<Vec<Lease>>>,
+) {
+    let mut timer = tokio::time::interval(resync);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            result = changed.changed() => {
+                if result.is_err() {
+                    return;
+                }
+            }
+            _ = timer.tick() => {}
+        }
+        match store.node_leases(&node).await {
+            Ok(read) => {
+                if failing {
+                    tracing::info!("leases read again");
+                    failing = false;
+                }
+                out.send_if_modified(|current| {
+                    if current.as_ref() == Some(&read) {
+                        return false;
+                    }
+                    *current = Some(read);
+                    true
+                });
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read leases; enforcing the last ones read");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Writes the latest reports whenever they change; after a failure, tries again each second
+/// with whatever is latest by then.
+async fn write_reports(
+    store: Arc<ZkStore>,
+    node: String,
+    mut latest: watch::Receiver<Option<Vec<Report>>>,
+) {
+    let mut written: Option<Vec<Report>> = None;
+    let mut failing = false;
+    loop {
+        let pending = latest.borrow_and_update().clone();
+        if pending.is_some() && pending != written {
+            let reports = pending.unwrap_or_default();
+            match store.write_reports(&node, &reports).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("reports written again");
+                        failing = false;
+                    }
+                    written = Some(reports);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read leases; enforcing the last ones read")
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot write reports; will try again");
+                    }
+                    failing = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             }
         }
-        let Some(leases) = &enforced else {
-            continue;
-        };
-        agent.set_leases(leases.clone());
-        let pass = tokio::task::block_in_place(|| agent.pass(trigger));
-        if pass.reports != reported {
-            match store.write_reports(&node, &pass.reports).await {
-                Ok(()) => reported = pass.reports,
-                Err(e) => tracing::warn!(error = %e, "cannot write reports"),
-            }
+        if latest.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -129,7 +129,7 @@ pub struct ZkStore {
     /// This controller's election node and epoch, while it leads.
     leadership: Mutex<Option<(String, i64)>>,
     /// Paths watched recursively, each with the counter bumped on every event below it.
-    watches: Mutex<Vec<(String, watch::Sender<u64>)>>,
+    watches: Mutex<Vec<Watched>>,
     session: watch::Sender<Session>,
     /// Lease znodes known to exist, so a put is a set rather than a create.
     known_leases: Mutex<BTreeSet<String>>,
@@ -141,6 +141,23 @@ impl fmt::Debug for ZkStore {
             .field("hosts", &self.config.hosts)
             .field("chroot", &self.config.chroot)
             .finish_non_exhaustive()
+    }
+}
+
+/// One recursive watch: the counter its events bump, and the task that follows it.
+struct Watched {
+    path: String,
+    counter: watch::Sender<u64>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for ZkStore {
+    fn drop(&mut self) {
+        if let Ok(watches) = self.watches.lock() {
+            for watched in watches.iter() {
+                watched.task.abort();
+            }
+        }
     }
 }
 
@@ -325,16 +342,24 @@ impl ZkStore {
     /// The watch could not be set.
     pub async fn subscribe(&self, path: &str) -> Result<watch::Receiver<u64>, StoreError> {
         self.mkdir(path).await?;
-        let sender = watch::Sender::new(0);
-        let receiver = sender.subscribe();
-        self.start_watch(path, sender.clone()).await?;
+        let counter = watch::Sender::new(0);
+        let receiver = counter.subscribe();
+        let task = self.start_watch(path, counter.clone()).await?;
         if let Ok(mut watches) = self.watches.lock() {
-            watches.push((path.to_string(), sender));
+            watches.push(Watched {
+                path: path.to_string(),
+                counter,
+                task,
+            });
         }
         Ok(receiver)
     }
 
-    async fn start_watch(&self, path: &str, sender: watch::Sender<u64>) -> Result<(), StoreError> {
+    async fn start_watch(
+        &self,
+        path: &str,
+        counter: watch::Sender<u64>,
+    ) -> Result<tokio::task::AbortHandle, StoreError> {
         let client = self.client();
         let mut watcher = self
             .timed(
@@ -343,16 +368,49 @@ impl ZkStore {
                 client.watch(path, AddWatchMode::PersistentRecursive),
             )
             .await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let event = watcher.changed().await;
-                sender.send_modify(|n| *n += 1);
+                counter.send_modify(|n| *n += 1);
                 if event.session_state.is_terminated() {
                     return;
                 }
             }
         });
-        Ok(())
+        Ok(task.abort_handle())
+    }
+
+    /// Sets every recursive watch again and bumps its counter, since events that happened
+    /// while the watch was not set are lost. Needed after an expiry (a new client), and
+    /// after a reconnect within the session: ZooKeeper does not replay missed events to
+    /// persistent watches, and zookeeper-client 0.11.2 does not even send them again on
+    /// reconnect (its `resend_watches` drops the persistent ones).
+    ///
+    /// The new watcher is set before the old one is dropped, so the client never asks the
+    /// server to remove the path's watch.
+    async fn restore_watches(&self) {
+        let paths: Vec<(String, watch::Sender<u64>)> = self
+            .watches
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .map(|w| (w.path.clone(), w.counter.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (path, counter) in paths {
+            match self.start_watch(&path, counter.clone()).await {
+                Ok(task) => {
+                    if let Ok(mut watches) = self.watches.lock()
+                        && let Some(watched) = watches.iter_mut().find(|w| w.path == path)
+                    {
+                        std::mem::replace(&mut watched.task, task).abort();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, %path, "cannot watch again"),
+            }
+            counter.send_modify(|n| *n += 1);
+        }
     }
 
     /// Follows the session: publishes its state, and after an expiry builds a new client,
@@ -370,6 +428,10 @@ impl ZkStore {
             };
             match state {
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    if *strong.session.borrow() == Session::Disconnected {
+                        tracing::info!("ZooKeeper reconnected within the session");
+                        strong.restore_watches().await;
+                    }
                     strong.session.send_replace(Session::Connected);
                 }
                 SessionState::Disconnected => {
@@ -413,15 +475,7 @@ impl ZkStore {
         {
             tracing::warn!(error = %e, node = %node.name, "cannot register the node again");
         }
-        let watches: Vec<(String, watch::Sender<u64>)> =
-            self.watches.lock().map(|w| w.clone()).unwrap_or_default();
-        for (path, sender) in watches {
-            if let Err(e) = self.start_watch(&path, sender.clone()).await {
-                tracing::warn!(error = %e, %path, "cannot watch again");
-            }
-            // Whatever happened while the session was gone must be read again.
-            sender.send_modify(|n| *n += 1);
-        }
+        self.restore_watches().await;
         if let Ok(mut known) = self.known_leases.lock() {
             known.clear();
         }
