@@ -179,6 +179,49 @@ async fn only_the_leader_writes_and_a_deposed_one_is_fenced() {
     assert_eq!(second.leases().await.unwrap()[0].epoch, epoch2);
 }
 
+/// The server-side fence: a leader that still believes it leads, but whose election node
+/// is gone (as when its session expired while it was paused and it has not yet heard), has
+/// its whole batch refused by ZooKeeper, and nothing of the batch is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_election_node_is_gone_is_refused_by_the_server() {
+    let zk = ZkCluster::standalone();
+    let cfg = config(&zk);
+    let leader = store(&zk).await;
+    let epoch = leader.campaign("leader").await.unwrap();
+    leader
+        .write_leases(epoch, &[put(lease("n1", "w", 0, epoch))])
+        .await
+        .unwrap();
+
+    let other = zookeeper_client::Client::connect(&zk.connect_string())
+        .await
+        .unwrap();
+    let election = format!("{}/leader", cfg.chroot);
+    let (candidates, _) = other.get_children(&election).await.unwrap();
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    other
+        .delete(&format!("{election}/{}", candidates[0]), None)
+        .await
+        .unwrap();
+
+    let batch = [
+        put(lease("n1", "w", 0, epoch)),
+        put(lease("n1", "w", 1, epoch)),
+        put(lease("n2", "w", 2, epoch)),
+    ];
+    let refused = leader.write_leases(epoch, &batch).await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { .. })),
+        "{refused:?}"
+    );
+    let leases = leader.leases().await.unwrap();
+    assert_eq!(
+        leases.iter().map(|l| l.key.to_string()).collect::<Vec<_>>(),
+        ["t.w.0"],
+        "nothing of the refused batch was written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acls_refuse_an_unauthenticated_writer() {
     let zk = ZkCluster::standalone();
@@ -272,21 +315,18 @@ async fn an_expired_session_is_rebuilt_and_the_node_registered_again() {
     let agent = store(&zk).await;
     agent.register_node(&registration("n1")).await.unwrap();
     let mut leases = agent.subscribe("/leases/n1").await.unwrap();
-    let mut session = agent.session();
+    let first_session = agent.session_id();
+    let session = agent.session();
     // Freeze the server longer than the session timeout: on resuming it expires the session.
     zk.pause(1);
     tokio::time::sleep(Duration::from_secs(6)).await;
     zk.resume(1);
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while *session.borrow_and_update() != Session::Expired {
-            session.changed().await.unwrap();
-        }
-        while *session.borrow_and_update() != Session::Connected {
-            session.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("the session expires and is rebuilt");
+    wait_for(
+        "the session to expire and a new one to be built",
+        Duration::from_secs(20),
+        async || agent.session_id() != first_session && *session.borrow() == Session::Connected,
+    )
+    .await;
     let observer = store(&zk).await;
     wait_for(
         "the node to be registered again",

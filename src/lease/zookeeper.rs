@@ -133,6 +133,8 @@ pub struct ZkStore {
     session: watch::Sender<Session>,
     /// Lease znodes known to exist, so a put is a set rather than a create.
     known_leases: Mutex<BTreeSet<String>>,
+    /// The task that follows the session, stopped with the store.
+    keeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl fmt::Debug for ZkStore {
@@ -153,6 +155,9 @@ struct Watched {
 
 impl Drop for ZkStore {
     fn drop(&mut self) {
+        if let Ok(Some(keeper)) = self.keeper.lock().map(|mut k| k.take()) {
+            keeper.abort();
+        }
         if let Ok(watches) = self.watches.lock() {
             for watched in watches.iter() {
                 watched.task.abort();
@@ -181,12 +186,16 @@ impl ZkStore {
             watches: Mutex::new(Vec::new()),
             session: watch::Sender::new(Session::Connected),
             known_leases: Mutex::new(BTreeSet::new()),
+            keeper: Mutex::new(None),
             config,
         });
         for dir in ["/nodes", "/leader", "/leases", "/reports"] {
             store.mkdir(dir).await?;
         }
-        tokio::spawn(Self::keep_session(Arc::downgrade(&store)));
+        let keeper = tokio::spawn(Self::keep_session(Arc::downgrade(&store)));
+        if let Ok(mut slot) = store.keeper.lock() {
+            *slot = Some(keeper.abort_handle());
+        }
         Ok(store)
     }
 
@@ -334,6 +343,11 @@ impl ZkStore {
         self.session.subscribe()
     }
 
+    /// The current ZooKeeper session's id: it changes when an expired session is rebuilt.
+    pub fn session_id(&self) -> i64 {
+        self.client().session_id().0
+    }
+
     /// A counter bumped on every change below `path` (`/leases/<node>`, `/nodes`), and once
     /// after a new session, when everything must be read again. The watch is restored after
     /// a session expiry.
@@ -416,13 +430,17 @@ impl ZkStore {
     /// Follows the session: publishes its state, and after an expiry builds a new client,
     /// registers the node again and restores the watches.
     async fn keep_session(store: std::sync::Weak<ZkStore>) {
+        // One state watcher per client: a watcher made later marks the current state as
+        // seen, and would miss a change made in between, even the final one.
+        let Some(mut states) = store.upgrade().map(|s| s.client().state_watcher()) else {
+            return;
+        };
+        let mut next: Option<SessionState> = None;
         loop {
-            let Some(strong) = store.upgrade() else {
-                return;
+            let state = match next.take() {
+                Some(state) => state,
+                None => states.changed().await,
             };
-            let mut states = strong.client().state_watcher();
-            drop(strong);
-            let state = states.changed().await;
             let Some(strong) = store.upgrade() else {
                 return;
             };
@@ -447,6 +465,12 @@ impl ZkStore {
                         *leadership = None;
                     }
                     strong.rebuild().await;
+                    states = strong.client().state_watcher();
+                    // The new client may have lost its connection, or its session, already.
+                    let now = states.peek_state();
+                    if now != SessionState::SyncConnected {
+                        next = Some(now);
+                    }
                 }
             }
         }
