@@ -91,7 +91,7 @@ impl StateDir {
                 Ok(RunLock { _file: locked })
             }
             Err(_) => Err(format!(
-                "another corral run (pid {}) is using {}",
+                "another corral (pid {}) is using {}",
                 holder.trim(),
                 self.0.display()
             )),

@@ -66,6 +66,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
     let fs = Cgroupfs::new(layout, &args.cgroup_root)?;
     let mode = fs.mode().to_string();
+    // One agent per state directory, and no `corral down` or `corral run` beside it.
+    let state = crate::state::StateDir(args.state_dir.clone());
+    let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
     let agent = Agent::new(&args.node, fs, &args.state_dir, false)?;
     let registration = NodeRegistration {
         cgroup_mode: mode,

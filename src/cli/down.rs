@@ -27,12 +27,12 @@ pub struct Args {
 /// something could not be stopped or removed (it is listed).
 ///
 /// # Errors
-/// A `corral run` is running (it would start them again), or the state cannot be used.
+/// A `corral run` or `corral agent` is running (it would start them again), or the state cannot be used.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     let state = StateDir(args.place.state_dir.clone());
     if let Some(pid) = state.running_pid() {
         bail!(
-            "corral run (pid {pid}) is running and would start the workloads again; stop it first (Ctrl-C or kill -TERM {pid})"
+            "corral (pid {pid}) is running with this state directory and would start the workloads again; stop it first (Ctrl-C or kill -TERM {pid})"
         );
     }
     crate::telemetry::init(crate::telemetry::Output::Stderr, false)?;
@@ -104,10 +104,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             let _ = std::fs::remove_dir(dir);
         }
     }
-    eprintln!(
-        "stopped {} replica(s); {} left running",
-        gone.len(),
-        kept.len()
-    );
+    let stopped = pass
+        .ops
+        .iter()
+        .filter(|op| matches!(op, crate::cgroup::diff::Op::Stop { .. }))
+        .count();
+    eprintln!("stopped {stopped} replica(s); {} left running", kept.len());
     Ok(u8::from(!pass.outcome.failures.is_empty()))
 }

@@ -152,10 +152,11 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     if args.dry_run {
         return dry_run(&state, fs, &node, &manifests).await;
     }
+    // One corral per state directory: its process records are not shared.
+    let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
     if let Some(config) = args.zk.config()? {
         return with_zookeeper(args, config, fs, node, manifests, signals).await;
     }
-    let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
     let store = EmbeddedStore::open(&state.0)?;
     let epoch = store.next_epoch()?;
     store
