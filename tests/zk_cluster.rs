@@ -10,575 +10,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::zk::ZkCluster;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::cluster::*;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_corral");
-/// Short sessions keep the tests fast; the ensemble's tickTime of 500 ms allows 1 s.
-const SESSION_TIMEOUT: &str = "4";
-/// The policy's `nodeGracePeriodSeconds` (the least it allows).
-const NODE_GRACE: u64 = 5;
-const CGROUP_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
-const WORKLOAD: &str = "shop/web";
-/// Written to a member's log before each start, so that one run's lines can be told apart.
-const START_MARK: &str = "=== zk_cluster: start ";
-const POLL: Duration = Duration::from_millis(100);
-const LOG_TAIL_LINES: usize = 60;
-/// The agents' resync period, in seconds: long enough that every lease change a test waits
-/// for must come through a ZooKeeper watch, also after a reconnect or a new session.
-const AGENT_RESYNC: &str = "30";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn policy() -> String {
-    format!(
-        "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {{name: cluster}}\n\
-         spec: {{strategy: Priority, nodeGracePeriodSeconds: {NODE_GRACE}}}\n"
-    )
-}
-
-/// The `shop/web` workload: each replica requests 300m, so a node of `cpu=1` holds three.
-fn web(replicas: u32, cpu_limit: &str) -> String {
-    format!(
-        "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: web, namespace: shop}}\n\
-         spec:\n  replicas: {replicas}\n  resources:\n    requests: {{cpu: 300m, memory: 16Mi}}\n    \
-         limits: {{cpu: {cpu_limit}, memory: 64Mi}}\n  terminationGracePeriodSeconds: 1\n  \
-         command: {{args: [sleep, \"600\"]}}\n"
-    )
-}
-
-/// `cpu.cfs_quota_us` of a limit in millicores, with the default 100 ms period.
-fn quota(millicores: u64) -> String {
-    (millicores * 100).to_string()
-}
-
-/// Writes a manifest as editors do: a new file renamed over the old one.
-fn write_manifest(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-/// A controller or an agent: how to start it, its log, and the process while it runs.
-struct Member {
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: usize,
-    /// An agent's cgroup root.
-    root: Option<String>,
-}
-
-/// A ZooKeeper ensemble and the corral processes of one test, with their logs, manifests,
-/// state directories and cgroup roots. Dropping it, also after a panic, kills every
-/// process it started (SIGKILL, stopped ones too), kills what runs in its cgroup roots and
-/// removes them; the ensemble and the temporary directory go with their own guards.
-struct Cluster {
-    zk: ZkCluster,
-    dir: tempfile::TempDir,
-    tag: String,
-    members: BTreeMap<String, Member>,
-    agent_resync: &'static str,
-}
-
-impl Cluster {
-    /// A three-server ensemble, and the manifests (`shop/web`, 3 replicas, limit 500m) in
-    /// the directory `manifests`.
-    fn new() -> Cluster {
-        let cluster = Cluster {
-            zk: ZkCluster::ensemble(3),
-            dir: tempfile::Builder::new()
-                .prefix("corral-zkc-")
-                .tempdir()
-                .unwrap(),
-            tag: format!(
-                "corral-zkc-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::SeqCst)
-            ),
-            members: BTreeMap::new(),
-            agent_resync: AGENT_RESYNC,
-        };
-        cluster.manifest_dir("manifests");
-        cluster
-    }
-
-    /// Agents n1 and n2, both registered before controller c1 starts and leads, then c2;
-    /// returns once the three replicas run.
-    fn up() -> Cluster {
-        Cluster::up_with(Cluster::new())
-    }
-
-    fn up_with(mut c: Cluster) -> Cluster {
-        c.start_agents();
-        let manifests = c.manifests();
-        c.start_controller("c1", &manifests);
-        c.wait_for_log("c1", "leading epoch=", Duration::from_secs(20));
-        c.start_controller("c2", &manifests);
-        c.wait_until("3 replicas Running", Duration::from_secs(30), |c| {
-            c.try_status().is_ok_and(|s| all_running(&s, 3))
-        });
-        c
-    }
-
-    /// A manifest directory below the cluster's directory, with the policy and `shop/web`.
-    fn manifest_dir(&self, name: &str) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        fs::create_dir_all(&dir).unwrap();
-        write_manifest(&dir, "policy.yaml", &policy());
-        write_manifest(&dir, "web.yaml", &web(3, "500m"));
-        dir
-    }
-
-    fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-
-    /// Starts agents n1 and n2 and waits until both are registered.
-    fn start_agents(&mut self) {
-        self.start_agent("n1");
-        self.start_agent("n2");
-        self.wait_until("n1 and n2 registered", Duration::from_secs(20), |c| {
-            c.try_status().is_ok_and(|s| registered(&s) == ["n1", "n2"])
-        });
-    }
-
-    fn start_agent(&mut self, node: &str) {
-        let root = format!("{}-{node}", self.tag);
-        let state = self.dir.path().join(format!("state-{node}"));
-        let args = vec![
-            "agent".into(),
-            "--node".into(),
-            node.into(),
-            "--zookeeper".into(),
-            self.zk.connect_string(),
-            "--session-timeout".into(),
-            SESSION_TIMEOUT.into(),
-            "--cgroup-root".into(),
-            root.clone(),
-            "--state-dir".into(),
-            state.to_string_lossy().into_owned(),
-            "--capacity".into(),
-            "cpu=1,memory=1Gi".into(),
-            "--resync".into(),
-            self.agent_resync.into(),
-        ];
-        self.add(node, args, Some(root));
-        self.start(node);
-    }
-
-    fn start_controller(&mut self, name: &str, manifests: &Path) {
-        let args = vec![
-            "controller".into(),
-            "--source".into(),
-            format!("dir:{}", manifests.display()),
-            "--zookeeper".into(),
-            self.zk.connect_string(),
-            "--session-timeout".into(),
-            SESSION_TIMEOUT.into(),
-            "--identity".into(),
-            name.into(),
-            "--resync".into(),
-            "1".into(),
-        ];
-        self.add(name, args, None);
-        self.start(name);
-    }
-
-    fn add(&mut self, name: &str, args: Vec<String>, root: Option<String>) {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let old = self.members.insert(
-            name.to_string(),
-            Member {
-                args,
-                log,
-                child: None,
-                starts: 0,
-                root,
-            },
-        );
-        assert!(old.is_none(), "{name} added twice");
-    }
-
-    fn member(&self, name: &str) -> &Member {
-        self.members
-            .get(name)
-            .unwrap_or_else(|| panic!("no member {name}"))
-    }
-
-    /// Starts a member (again) with the same arguments, its output appended to its log.
-    fn start(&mut self, name: &str) {
-        let member = self
-            .members
-            .get_mut(name)
-            .unwrap_or_else(|| panic!("no member {name}"));
-        assert!(member.child.is_none(), "{name} runs already");
-        member.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&member.log)
-            .unwrap();
-        writeln!(log, "{START_MARK}{} ===", member.starts).unwrap();
-        let stderr = log.try_clone().unwrap();
-        let child = Command::new(BIN)
-            .args(&member.args)
-            .env("CORRAL_LOG", "info")
-            .env_remove("CORRAL_ZK_CREDENTIALS")
-            .env_remove("CORRAL_ZK_CREDENTIALS_FILE")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        member.child = Some(child);
-    }
-
-    fn pid(&self, name: &str) -> Pid {
-        let child = self.member(name).child.as_ref();
-        let pid = child
-            .unwrap_or_else(|| panic!("{name} is not running"))
-            .id();
-        Pid::from_raw(i32::try_from(pid).unwrap())
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self, name: &str) {
-        let member = self.members.get_mut(name).unwrap();
-        let mut child = member.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// SIGSTOP, and wait until the kernel reports it stopped.
-    fn pause(&mut self, name: &str) {
-        let pid = self.pid(name);
-        kill(pid, Signal::SIGSTOP).unwrap();
-        self.wait_until(&format!("{name} stopped"), Duration::from_secs(5), |_| {
-            proc_state(pid.as_raw()).is_some_and(|s| s == 'T')
-        });
-    }
-
-    fn resume(&mut self, name: &str) {
-        kill(self.pid(name), Signal::SIGCONT).unwrap();
-    }
-
-    /// The member's log since its last start.
-    fn log(&self, name: &str) -> String {
-        let text = fs::read_to_string(&self.member(name).log).unwrap_or_default();
-        match text.rfind(START_MARK) {
-            Some(at) => text[at..].to_string(),
-            None => text,
-        }
-    }
-
-    /// The tail of every member's log, for failure messages.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, member) in &self.members {
-            let text = fs::read_to_string(&member.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("\n--- {name} ({}) ---\n", member.log.display()));
-            out.push_str(&lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"));
-        }
-        out
-    }
-
-    fn wait_for_log(&mut self, name: &str, needle: &str, timeout: Duration) {
-        self.wait_until(&format!("{name} to log {needle:?}"), timeout, |c| {
-            c.log(name).contains(needle)
-        });
-    }
-
-    /// The servers to ask: running and not paused (a client that picks a paused server
-    /// waits for its whole connection timeout).
-    fn live_hosts(&mut self) -> String {
-        let ids: Vec<usize> = self.zk.ids().collect();
-        let live: Vec<usize> = ids
-            .into_iter()
-            .filter(|&id| self.zk.is_running(id) && !self.zk.is_paused(id))
-            .collect();
-        live.iter()
-            .map(|&id| self.zk.client_addr(id))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The ZooKeeper sessions of the running members, from their logs.
-    fn sessions(&self) -> BTreeSet<u64> {
-        self.members
-            .iter()
-            .filter(|(_, m)| m.child.is_some())
-            .filter_map(|(name, _)| {
-                let log = self.log(name);
-                let line = log
-                    .lines()
-                    .rfind(|l| l.contains("new session established: 0x"))?;
-                let hex = line
-                    .split("established: 0x")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?;
-                u64::from_str_radix(hex, 16).ok()
-            })
-            .collect()
-    }
-
-    /// The sessions connected to a running, unpaused server (`cons` of each).
-    fn served_sessions(&mut self) -> BTreeSet<u64> {
-        let ids: Vec<usize> = self.zk.ids().collect();
-        let mut served = BTreeSet::new();
-        for id in ids {
-            if !self.zk.is_running(id) || self.zk.is_paused(id) {
-                continue;
-            }
-            let Ok(cons) = self.zk.four_letter(id, "cons") else {
-                continue;
-            };
-            served.extend(cons.split("sid=0x").skip(1).filter_map(|rest| {
-                let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-                u64::from_str_radix(&hex, 16).ok()
-            }));
-        }
-        served
-    }
-
-    /// `corral status -o json` of the whole cluster.
-    fn try_status(&mut self) -> Result<Value, String> {
-        let hosts = self.live_hosts();
-        if hosts.is_empty() {
-            return Err("no ZooKeeper server serves".into());
-        }
-        let output = Command::new(BIN)
-            .args(["status", "-o", "json", "--zookeeper", &hosts])
-            .args(["--session-timeout", SESSION_TIMEOUT])
-            .env_remove("CORRAL_ZK_CREDENTIALS")
-            .env_remove("CORRAL_ZK_CREDENTIALS_FILE")
-            .output()
-            .unwrap();
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-        }
-        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
-    }
-
-    fn status(&mut self) -> Value {
-        self.try_status()
-            .unwrap_or_else(|e| panic!("corral status failed: {e}"))
-    }
-
-    /// Polls `condition` every 100 ms; panics with the last status after `timeout` (the
-    /// logs follow from `Drop`). Returns how long it took.
-    fn wait_until(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut condition: impl FnMut(&mut Cluster) -> bool,
-    ) -> Duration {
-        let start = Instant::now();
-        while !condition(self) {
-            if start.elapsed() > timeout {
-                let status = self
-                    .try_status()
-                    .map_or_else(|e| e, |s| serde_json::to_string_pretty(&s).unwrap());
-                panic!("timed out after {timeout:?} waiting for {what}\n--- status ---\n{status}");
-            }
-            std::thread::sleep(POLL);
-        }
-        start.elapsed()
-    }
-
-    fn root(&self, node: &str) -> &str {
-        self.member(node).root.as_deref().unwrap()
-    }
-
-    /// The group of `shop/web` replica `index` on `node`, in one hierarchy.
-    fn group_dir(&self, node: &str, controller: &str, index: u64) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(self.root(node))
-            .join("shop")
-            .join(format!("web.{index}"))
-    }
-
-    fn knob(&self, node: &str, index: u64, knob: &str) -> Option<String> {
-        let controller = knob.split('.').next().unwrap();
-        fs::read_to_string(self.group_dir(node, controller, index).join(knob))
-            .ok()
-            .map(|s| s.trim().to_string())
-    }
-
-    /// True when every replica of `placement` runs in its groups on its node, with the
-    /// quota `want` and the 64 MiB memory limit.
-    fn enforced(&self, placement: &Placement, want: &str) -> bool {
-        placement.iter().all(|(&index, (node, pid))| {
-            self.knob(node, index, "cpu.cfs_quota_us").as_deref() == Some(want)
-                && self.knob(node, index, "memory.limit_in_bytes").as_deref()
-                    == Some(&(64 << 20).to_string())
-                && CGROUP_CONTROLLERS[..4].iter().all(|controller| {
-                    fs::read_to_string(self.group_dir(node, controller, index).join("cgroup.procs"))
-                        .is_ok_and(|procs| procs.lines().any(|l| l.trim() == pid.to_string()))
-                })
-        })
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // The logs of every member, for whatever assertion failed.
-        if std::thread::panicking() {
-            eprintln!("logs of the failed test:{}", self.logs());
-        }
-        for member in self.members.values_mut() {
-            if let Some(mut child) = member.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        for member in self.members.values() {
-            if let Some(root) = &member.root {
-                for controller in CGROUP_CONTROLLERS {
-                    sweep(&Path::new("/sys/fs/cgroup").join(controller).join(root));
-                }
-            }
-        }
-    }
-}
-
-/// Kills what is left below `dir` and removes it, deepest first.
-fn sweep(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            sweep(&entry.path());
-        }
-    }
-    for _ in 0..100 {
-        let pids = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        if pids.trim().is_empty() {
-            break;
-        }
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// The state letter of /proc/PID/stat.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
-/// True when the process is gone, or a zombie nobody reaped yet.
-fn gone(pid: u64) -> bool {
-    proc_state(i32::try_from(pid).unwrap()).is_none_or(|s| s == 'Z')
-}
-
-/// Replica index → (node, pid) of the running replicas of `shop/web`.
-type Placement = BTreeMap<u64, (String, u64)>;
-
-fn web_rows(status: &Value) -> Vec<&Value> {
-    status["replicas"]
-        .as_array()
-        .map(|rows| rows.iter().filter(|r| r["workload"] == WORKLOAD).collect())
-        .unwrap_or_default()
-}
-
-/// True when `shop/web` has exactly `n` replicas, each with a lease and Running.
-fn all_running(status: &Value, n: usize) -> bool {
-    let rows = web_rows(status);
-    rows.len() == n
-        && rows.iter().all(|r| {
-            r["pending"].is_null()
-                && r["node"].is_string()
-                && r["report"]["process"]["state"] == "Running"
-                && r["report"]["process"]["pid"].is_u64()
-        })
-}
-
-fn placement(status: &Value) -> Placement {
-    web_rows(status)
-        .into_iter()
-        .filter(|r| r["report"]["process"]["state"] == "Running")
-        .filter_map(|r| {
-            Some((
-                r["replica"].as_u64()?,
-                (
-                    r["node"].as_str()?.to_string(),
-                    r["report"]["process"]["pid"].as_u64()?,
-                ),
-            ))
-        })
-        .collect()
-}
-
-fn registered(status: &Value) -> Vec<String> {
-    status["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| n["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn leader(status: &Value) -> (String, i64) {
-    (
-        status["controller"]["leader"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        status["controller"]["epoch"].as_i64().unwrap_or(-1),
-    )
-}
-
-/// The leases of `shop/web`, as written.
-fn leases(status: &Value) -> Vec<Value> {
-    web_rows(status)
-        .into_iter()
-        .filter(|r| !r["lease"].is_null())
-        .map(|r| r["lease"].clone())
-        .collect()
-}
-
-fn restarts(status: &Value) -> Vec<u64> {
-    web_rows(status)
-        .into_iter()
-        .map(|r| {
-            r["report"]["process"]["restarts"]
-                .as_u64()
-                .unwrap_or(u64::MAX)
-        })
-        .collect()
-}
-
-/// Log lines that say a session ended or was built again, or that leadership was lost.
-fn session_trouble(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| {
-            l.contains("session ended")
-                || l.contains("session rebuilt")
-                || l.contains("session lost")
-                || l.contains("fenced")
-        })
-        .collect()
-}
 
 #[test]
 fn a_three_server_ensemble_two_controllers_and_two_agents_run_the_workloads() {
@@ -932,5 +370,197 @@ fn losing_all_of_zookeeper_stops_no_workload() {
     let after = c.status();
     assert_eq!(placement(&after), placed);
     assert_eq!(restarts(&after), [0; 3]);
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// Each example directory runs on the cluster exactly as `corral plan` places it on the
+/// same two nodes: every replica it places runs on that node, and every replica it leaves
+/// pending is pending for the same reason.
+#[test]
+fn the_examples_run_on_the_cluster_as_corral_plan_places_them() {
+    let started = Instant::now();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let scratch = tempfile::tempdir().unwrap();
+    let nodes = scratch.path().join("nodes.yaml");
+    let node = |name: &str| {
+        format!(
+            "- name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\n  \
+             capacity: {{cpu: \"1\", memory: 1Gi, pids: 1000}}\n"
+        )
+    };
+    fs::write(&nodes, node("n1") + &node("n2")).unwrap();
+    for example in ["quickstart", "tenants", "priority"] {
+        let dir = examples.join(example);
+        let output = Command::new(BIN)
+            .args(["plan", "-o", "json", "--nodes"])
+            .arg(&nodes)
+            .arg("-f")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let placed: BTreeMap<(String, u64), String> = plan["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let key = (
+                    a["workload"].as_str().unwrap().to_string(),
+                    a["replica"].as_u64().unwrap(),
+                );
+                (key, a["node"].as_str().unwrap().to_string())
+            })
+            .collect();
+        let pending: BTreeMap<(String, u64), String> = plan["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let key = (
+                    p["workload"].as_str().unwrap().to_string(),
+                    p["replica"].as_u64().unwrap(),
+                );
+                (key, p["reason"].as_str().unwrap().to_string())
+            })
+            .collect();
+        assert!(!placed.is_empty(), "{example}: {plan:#}");
+
+        let mut c = Cluster::new();
+        c.agent_capacity = "cpu=1,memory=1Gi,pids=1000";
+        c.start_agents();
+        c.start_controller("c1", &dir);
+        c.wait_for_log("c1", "leading epoch=", Duration::from_secs(20));
+        c.start_controller("c2", &dir);
+        let as_planned = |s: &Value| {
+            let rows = s["replicas"].as_array().cloned().unwrap_or_default();
+            let key = |r: &Value| {
+                (
+                    r["workload"].as_str().unwrap_or_default().to_string(),
+                    r["replica"].as_u64().unwrap_or(u64::MAX),
+                )
+            };
+            let running: BTreeMap<(String, u64), String> = rows
+                .iter()
+                .filter(|r| r["report"]["process"]["state"] == "Running")
+                .filter_map(|r| Some((key(r), r["node"].as_str()?.to_string())))
+                .collect();
+            let waiting: BTreeMap<(String, u64), String> = rows
+                .iter()
+                .filter_map(|r| Some((key(r), r["pending"].as_str()?.to_string())))
+                .collect();
+            running == placed && waiting == pending && rows.len() == placed.len() + pending.len()
+        };
+        let took = c.wait_until(
+            &format!("{example} to run as planned: {placed:?}, pending {pending:?}"),
+            Duration::from_secs(30),
+            |c| c.try_status().is_ok_and(|s| as_planned(&s)),
+        );
+        eprintln!(
+            "{example}: {} running, {} pending after {took:?}",
+            placed.len(),
+            pending.len()
+        );
+    }
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// `corral run --zookeeper`: the controller and this machine's agent in one process, the
+/// quickstart running, `corral status --zookeeper` showing the cluster as a person reads
+/// it, the state directory locked against a second corral, and the workloads left running
+/// when it stops.
+#[test]
+fn corral_run_with_zookeeper_runs_the_quickstart_and_status_shows_it() {
+    let started = Instant::now();
+    let mut c = Cluster::new();
+    let root = c.root_for("m1");
+    let state = c.path().join("state-m1");
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    let hosts = c.zk.connect_string();
+    let args: Vec<String> = [
+        "run",
+        "-f",
+        &quickstart.to_string_lossy(),
+        "--zookeeper",
+        &hosts,
+        "--session-timeout",
+        SESSION_TIMEOUT,
+        "--ui",
+        "log",
+        "--node",
+        "m1",
+        "--cgroup-root",
+        &root,
+        "--state-dir",
+        &state.to_string_lossy(),
+    ]
+    .map(String::from)
+    .to_vec();
+    c.add("run", args, Some(root.clone()));
+    c.start("run");
+    let workloads = ["demo/memory-capped", "demo/spin-large", "demo/spin-small"];
+    c.wait_until(
+        "the quickstart Running on m1",
+        Duration::from_secs(30),
+        |c| {
+            c.try_status().is_ok_and(|s| {
+                let rows = s["replicas"].as_array().cloned().unwrap_or_default();
+                rows.len() == 3
+                    && rows.iter().all(|r| {
+                        r["node"] == "m1"
+                            && r["report"]["process"]["state"] == "Running"
+                            && workloads.contains(&r["workload"].as_str().unwrap_or_default())
+                    })
+            })
+        },
+    );
+    let status = c.status();
+    let pids: Vec<u64> = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["report"]["process"]["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(registered(&status), ["m1"]);
+
+    let table = Command::new(BIN)
+        .args(["status", "--zookeeper", &hosts])
+        .args(["--session-timeout", SESSION_TIMEOUT])
+        .output()
+        .unwrap();
+    assert!(table.status.success(), "{table:?}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    for needle in [
+        "WORKLOAD",
+        "demo/memory-capped",
+        "demo/spin-large",
+        "Running (pid",
+        "nodes registered: m1",
+    ] {
+        assert!(table.contains(needle), "{needle:?} in:\n{table}");
+    }
+
+    // A second corral on the same state directory is refused, and changes nothing.
+    let second = Command::new(BIN)
+        .args(["agent", "--node", "m2", "--zookeeper", &hosts])
+        .args(["--cgroup-root", &root, "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{second:?}");
+    assert!(stderr.contains("another corral (pid"), "{stderr}");
+    assert_eq!(registered(&c.status()), ["m1"]);
+
+    let exit = c.terminate("run");
+    assert!(exit.success(), "{exit:?}");
+    let log = c.log("run");
+    assert!(
+        log.contains("keep running"),
+        "it says the workloads keep running:\n{log}"
+    );
+    for pid in pids {
+        assert!(!gone(pid), "pid {pid} still runs after corral stopped");
+    }
     eprintln!("took {:?}", started.elapsed());
 }

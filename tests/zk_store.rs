@@ -9,12 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::zk::ZkCluster;
-use serde_json::json;
 
-use corral::alloc::fixtures::mk_workload;
-use corral::alloc::plan::{Allocation, Limits};
+use corral::alloc::fixtures::mk_lease;
 use corral::alloc::{ReplicaKey, Res};
-use corral::api::policy::CgroupSettings;
 use corral::lease::zookeeper::{Credentials, Session, ZkConfig, ZkStore};
 use corral::lease::{
     FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError,
@@ -33,27 +30,7 @@ async fn store(zk: &ZkCluster) -> Arc<ZkStore> {
 }
 
 fn lease(node: &str, name: &str, index: u32, epoch: i64) -> Lease {
-    let workload = mk_workload("t", name, index + 1, 100, 10, json!({}));
-    let allocation = Allocation {
-        workload: format!("t/{name}"),
-        replica: index,
-        key: format!("t.{name}.{index}"),
-        node: node.into(),
-        policy: "p".into(),
-        tenant: "t".into(),
-        priority: 0,
-        granted: Res::new(100, 10 << 20, 0),
-        request: Res::new(100, 10 << 20, 0),
-        limits: Limits::default(),
-        io_weight: None,
-    };
-    Lease::new(
-        &allocation,
-        &workload,
-        &CgroupSettings::default(),
-        None,
-        epoch,
-    )
+    mk_lease(node, name, index, epoch)
 }
 
 fn registration(name: &str) -> NodeRegistration {

@@ -60,3 +60,30 @@ pub fn mk_workload(
     }))
     .expect("fixture workload")
 }
+
+/// The lease of replica `index` of workload `t/<name>` on `node`, granted 100m and
+/// 10 MiB, written at `epoch`.
+pub fn mk_lease(node: &str, name: &str, index: u32, epoch: i64) -> crate::lease::Lease {
+    use super::plan::{Allocation, Limits};
+    let workload = mk_workload("t", name, index + 1, 100, 10, json!({}));
+    let allocation = Allocation {
+        workload: format!("t/{name}"),
+        replica: index,
+        key: format!("t.{name}.{index}"),
+        node: node.into(),
+        policy: "p".into(),
+        tenant: "t".into(),
+        priority: 0,
+        granted: Res::new(100, 10 << 20, 0),
+        request: Res::new(100, 10 << 20, 0),
+        limits: Limits::default(),
+        io_weight: None,
+    };
+    crate::lease::Lease::new(
+        &allocation,
+        &workload,
+        &crate::api::policy::CgroupSettings::default(),
+        None,
+        epoch,
+    )
+}

@@ -276,33 +276,10 @@ impl LeaseStore for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::alloc::ReplicaKey;
-    use crate::alloc::Res;
-    use crate::alloc::fixtures::mk_workload;
-    use crate::alloc::plan::{Allocation, Limits};
-    use crate::api::policy::CgroupSettings;
+    use crate::alloc::fixtures::mk_lease;
 
     fn lease(node: &str, name: &str, epoch: i64) -> Lease {
-        let workload = mk_workload("t", name, 1, 100, 10, serde_json::json!({}));
-        let allocation = Allocation {
-            workload: format!("t/{name}"),
-            replica: 0,
-            key: format!("t.{name}.0"),
-            node: node.to_string(),
-            policy: "p".into(),
-            tenant: "t".into(),
-            priority: 0,
-            granted: Res::new(100, 10 << 20, 0),
-            request: Res::new(100, 10 << 20, 0),
-            limits: Limits::default(),
-            io_weight: None,
-        };
-        Lease::new(
-            &allocation,
-            &workload,
-            &CgroupSettings::default(),
-            None,
-            epoch,
-        )
+        mk_lease(node, name, 0, epoch)
     }
 
     #[tokio::test]

@@ -5,3 +5,6 @@
 
 #[allow(dead_code)]
 pub mod zk;
+
+#[allow(dead_code)]
+pub mod cluster;

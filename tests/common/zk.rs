@@ -207,7 +207,7 @@ pub struct ZkCluster {
 impl ZkCluster {
     /// Starts one standalone server (id 1) and waits until it serves.
     pub fn standalone() -> ZkCluster {
-        Self::start(1, true)
+        Self::start(1, true, false)
     }
 
     /// Starts an ensemble of `n` servers (ids `1..=n`) and waits until every
@@ -215,10 +215,18 @@ impl ZkCluster {
     /// `ensemble(1)` is the same as [`ZkCluster::standalone`].
     pub fn ensemble(n: usize) -> ZkCluster {
         assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
-        Self::start(n, n == 1)
+        Self::start(n, n == 1, false)
     }
 
-    fn start(n: usize, standalone: bool) -> ZkCluster {
+    /// Like [`ZkCluster::ensemble`], but every server syncs its transaction log to disk
+    /// before acknowledging (`forceSync=yes`, ZooKeeper's default), as in production. The
+    /// tests leave it off for speed; measurements of write latency need it.
+    pub fn durable_ensemble(n: usize) -> ZkCluster {
+        assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
+        Self::start(n, n == 1, true)
+    }
+
+    fn start(n: usize, standalone: bool, force_sync: bool) -> ZkCluster {
         let classpath = classpath();
         let root = tempfile::Builder::new()
             .prefix("corral-zk-")
@@ -254,9 +262,10 @@ impl ZkCluster {
                  4lw.commands.whitelist=*\n\
                  maxClientCnxns=0\n\
                  maxSessionTimeout=60000\n\
-                 forceSync=no\n\
+                 forceSync={force_sync}\n\
                  snapshot.trust.empty=true\n",
                 data = data.display(),
+                force_sync = if force_sync { "yes" } else { "no" },
             );
             if !standalone {
                 cfg.push_str("cnxTimeout=2000\n");
