@@ -7,8 +7,8 @@
 //! it changes nothing.
 //!
 //! Enforcement never waits on ZooKeeper. Three tasks share the work: a reader that reads
-//! the node's leases on every watch event and resync, and publishes them only when they
-//! differ; the enforcer, which runs passes; and a writer that sends the latest reports.
+//! the node's leases on every watch event (and each minute, as a safety net), and publishes
+//! them only when they differ; the enforcer, which runs passes; and a writer that sends the latest reports.
 //! A read or write that hangs (a paused server, a client that has not yet noticed its
 //! connection is gone) delays only itself, never the correction of drift or the restart
 //! of an exited process.
@@ -131,8 +131,13 @@ async fn enforce(
     }
 }
 
-/// Reads the node's leases after every watch event and on every resync (the safety net for
-/// a lost event), and publishes them when they differ from the last ones read.
+/// How often the leases are read again without a watch event, at least: a safety net only,
+/// since the store sets its watches again after every reconnect and every new session.
+/// Each read costs the ensemble one read per lease, for every node.
+const LEASE_REREAD: Duration = Duration::from_secs(60);
+
+/// Reads the node's leases after every watch event, and at least every `LEASE_REREAD` (or
+/// `resync`, when longer), and publishes them when they differ from the last ones read.
 async fn read_leases(
     store: Arc<ZkStore>,
     node: String,
@@ -140,7 +145,7 @@ async fn read_leases(
     resync: Duration,
     out: watch::Sender<Option<Vec<Lease>>>,
 ) {
-    let mut timer = tokio::time::interval(resync);
+    let mut timer = tokio::time::interval(resync.max(LEASE_REREAD));
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
