@@ -245,9 +245,20 @@ impl ZkStore {
         };
         tokio::time::timeout(config.operation_timeout, connect)
             .await
-            .map_err(|_| StoreError::Timeout {
-                op: "connect to",
-                path: config.hosts.clone(),
+            .map_err(|_| match &config.tls {
+                // zookeeper-client retries a refused handshake until the deadline and
+                // says why only in its debug log: name the likely causes.
+                Some(_) => StoreError::Unavailable(format!(
+                    "connect to {} over TLS: no answer from ZooKeeper in {:?}; besides an \
+                     unreachable server, a refused handshake looks like this: check that \
+                     --zookeeper-tls-ca signed the server's certificate, that the server \
+                     accepts --zookeeper-tls-cert, and that the port is the secure one",
+                    config.hosts, config.operation_timeout
+                )),
+                None => StoreError::Timeout {
+                    op: "connect to",
+                    path: config.hosts.clone(),
+                },
             })?
     }
 

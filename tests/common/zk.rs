@@ -24,6 +24,10 @@
 //! `ZK_HARNESS_KEEP_DIR=1` to keep the server directories (configs, data,
 //! logs) after the cluster is dropped; their path is printed to stderr.
 //!
+//! [`ZkCluster::standalone_with`] starts a standalone server with extra
+//! `zoo.cfg` lines, class path jars and JVM system properties, and optionally
+//! a second, secure client port, e.g. for TLS (see [`ZkOptions`]).
+//!
 //! Servers must not outlive the test process. `Drop` handles normal returns
 //! and panics; for a test process that dies without unwinding (SIGKILL,
 //! `abort`), every server gets a small `sh` watchdog that SIGKILLs it once the
@@ -126,11 +130,37 @@ pub fn parse_mode(srvr_reply: &str) -> Option<String> {
         .map(|m| m.trim().to_string())
 }
 
+/// Extra settings for a standalone server started with
+/// [`ZkCluster::standalone_with`]. The default adds nothing, so
+/// `standalone_with(&ZkOptions::default())` is [`ZkCluster::standalone`].
+///
+/// The plain `clientPort` is always kept: the harness checks that the server
+/// serves with four-letter words over it.
+#[derive(Clone, Debug, Default)]
+pub struct ZkOptions {
+    /// Lines appended verbatim to `zoo.cfg`, e.g. `"ssl.clientAuth=need"`.
+    /// ZooKeeper 3.8 turns every key it does not know into the system
+    /// property `zookeeper.<key>`, so `serverCnxnFactory=...` and `ssl.*=...`
+    /// work here as well as with `-Dzookeeper.<key>=...`.
+    pub config_lines: Vec<String>,
+    /// Jars appended to the class path, e.g. the Netty jars that Debian's
+    /// `zookeeper.jar` manifest leaves out but TLS needs.
+    pub classpath: Vec<PathBuf>,
+    /// JVM system properties, passed as `-D<key>=<value>`.
+    pub system_properties: Vec<(String, String)>,
+    /// Also listen on a second free loopback port, written as
+    /// `secureClientPort` (with `secureClientPortAddress=127.0.0.1`); see
+    /// [`ZkCluster::secure_client_addr`]. The TLS settings themselves
+    /// (`serverCnxnFactory`, `ssl.*`) go in [`ZkOptions::config_lines`].
+    pub secure_client_port: bool,
+}
+
 /// One server of a [`ZkCluster`].
 struct Server {
     id: usize,
     dir: PathBuf,
     client_port: u16,
+    secure_client_port: Option<u16>,
     child: Option<Child>,
     watchdog: Option<Child>,
     paused: bool,
@@ -202,12 +232,23 @@ pub struct ZkCluster {
     root: Option<TempDir>,
     servers: Vec<Server>,
     standalone: bool,
+    /// Jars appended to the class path (from [`ZkOptions::classpath`]).
+    extra_classpath: Vec<PathBuf>,
+    /// `-D` arguments of every JVM (from [`ZkOptions::system_properties`]).
+    jvm_properties: Vec<String>,
 }
 
 impl ZkCluster {
     /// Starts one standalone server (id 1) and waits until it serves.
     pub fn standalone() -> ZkCluster {
-        Self::start(1, true, false)
+        Self::start(1, true, false, &ZkOptions::default())
+    }
+
+    /// Starts one standalone server (id 1) with the extra settings of
+    /// `options` and waits until it serves (on its plain client port).
+    /// Restarts keep the settings.
+    pub fn standalone_with(options: &ZkOptions) -> ZkCluster {
+        Self::start(1, true, false, options)
     }
 
     /// Starts an ensemble of `n` servers (ids `1..=n`) and waits until every
@@ -215,7 +256,7 @@ impl ZkCluster {
     /// `ensemble(1)` is the same as [`ZkCluster::standalone`].
     pub fn ensemble(n: usize) -> ZkCluster {
         assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
-        Self::start(n, n == 1, false)
+        Self::start(n, n == 1, false, &ZkOptions::default())
     }
 
     /// Like [`ZkCluster::ensemble`], but every server syncs its transaction log to disk
@@ -223,17 +264,18 @@ impl ZkCluster {
     /// tests leave it off for speed; measurements of write latency need it.
     pub fn durable_ensemble(n: usize) -> ZkCluster {
         assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
-        Self::start(n, n == 1, true)
+        Self::start(n, n == 1, true, &ZkOptions::default())
     }
 
-    fn start(n: usize, standalone: bool, force_sync: bool) -> ZkCluster {
-        let classpath = classpath();
+    fn start(n: usize, standalone: bool, force_sync: bool, options: &ZkOptions) -> ZkCluster {
         let root = tempfile::Builder::new()
             .prefix("corral-zk-")
             .tempdir()
             .expect("zk harness: cannot create temporary directory");
-        let ports = free_ports(3 * n);
-        let (client, peers) = ports.split_at(n);
+        let secure = if options.secure_client_port { n } else { 0 };
+        let ports = free_ports(3 * n + secure);
+        let (client, rest) = ports.split_at(n);
+        let (secure_ports, peers) = rest.split_at(secure);
         let server_lines: String = (0..n)
             .map(|i| {
                 format!(
@@ -271,11 +313,22 @@ impl ZkCluster {
                 cfg.push_str("cnxTimeout=2000\n");
                 cfg.push_str(&server_lines);
             }
+            let secure_client_port = secure_ports.get(i).copied();
+            if let Some(port) = secure_client_port {
+                cfg.push_str(&format!(
+                    "secureClientPort={port}\nsecureClientPortAddress=127.0.0.1\n"
+                ));
+            }
+            for line in &options.config_lines {
+                cfg.push_str(line);
+                cfg.push('\n');
+            }
             fs::write(dir.join("zoo.cfg"), cfg).expect("zk harness: cannot write zoo.cfg");
             servers.push(Server {
                 id,
                 dir,
                 client_port,
+                secure_client_port,
                 child: None,
                 watchdog: None,
                 paused: false,
@@ -286,7 +339,14 @@ impl ZkCluster {
             root: Some(root),
             servers,
             standalone,
+            extra_classpath: options.classpath.clone(),
+            jvm_properties: options
+                .system_properties
+                .iter()
+                .map(|(key, value)| format!("-D{key}={value}"))
+                .collect(),
         };
+        let classpath = cluster.classpath();
         for id in 1..=n {
             cluster.spawn(id, &classpath);
         }
@@ -321,6 +381,18 @@ impl ZkCluster {
     /// Client port of one server.
     pub fn client_port(&self, id: usize) -> u16 {
         self.server(id).client_port
+    }
+
+    /// Secure client address of one server: "127.0.0.1:port". Panics unless
+    /// the cluster was started with [`ZkOptions::secure_client_port`].
+    pub fn secure_client_addr(&self, id: usize) -> String {
+        match self.server(id).secure_client_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => panic!(
+                "zk harness: server {id} has no secure client port \
+                 (start it with ZkOptions::secure_client_port)"
+            ),
+        }
     }
 
     /// PID of the server's JVM, or `None` if it is not started (killed/stopped).
@@ -405,7 +477,8 @@ impl ZkCluster {
     /// tail if it does not serve within [`STARTUP_TIMEOUT`].
     pub fn restart(&mut self, id: usize) {
         self.kill(id);
-        self.spawn(id, &classpath());
+        let classpath = self.classpath();
+        self.spawn(id, &classpath);
         if !self.wait_until_serving(id, STARTUP_TIMEOUT) {
             panic!(
                 "zk harness: server {id} did not serve within {STARTUP_TIMEOUT:?} after restart \
@@ -421,7 +494,7 @@ impl ZkCluster {
     /// still running) and waits until the whole cluster serves, as after a power cut: a
     /// single server of a stopped ensemble cannot serve without a quorum.
     pub fn restart_all(&mut self) {
-        let classpath = classpath();
+        let classpath = self.classpath();
         for id in self.ids() {
             self.kill(id);
         }
@@ -567,8 +640,20 @@ impl ZkCluster {
             .unwrap_or_else(|| panic!("zk harness: no server with id {id} (ids are 1..={n})"))
     }
 
+    /// The class path of every server: the base one plus
+    /// [`ZkOptions::classpath`].
+    fn classpath(&self) -> String {
+        let mut cp = classpath();
+        for jar in &self.extra_classpath {
+            cp.push(':');
+            cp.push_str(&jar.to_string_lossy());
+        }
+        cp
+    }
+
     /// Starts the JVM of one server plus its orphan watchdog.
     fn spawn(&mut self, id: usize, classpath: &str) {
+        let jvm_properties = self.jvm_properties.clone();
         let s = self.server_mut(id);
         assert!(s.child.is_none(), "zk harness: server {id} already started");
         let log_path = s.log_path();
@@ -588,10 +673,9 @@ impl ZkCluster {
                 "-XX:+UseSerialGC",
                 "-XX:TieredStopAtLevel=1",
                 "-Djava.net.preferIPv4Stack=true",
-                "-cp",
-                classpath,
-                MAIN_CLASS,
             ])
+            .args(&jvm_properties)
+            .args(["-cp", classpath, MAIN_CLASS])
             .arg(s.dir.join("zoo.cfg"))
             .current_dir(&s.dir)
             .stdin(Stdio::null())
