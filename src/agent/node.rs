@@ -17,7 +17,7 @@ use crate::cgroup::exec::{self, Outcome};
 use crate::cgroup::fs::{CgroupError, Cgroupfs};
 use crate::cgroup::observe::{self, Counters};
 use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
-use crate::lease::{FORMAT_VERSION, Lease, Report, UsageSample, unix_now};
+use crate::lease::{DriftNote, FORMAT_VERSION, Lease, Report, UsageSample, unix_now};
 
 /// Why a pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct Agent {
     patterns: HashMap<String, Option<Regex>>,
     /// The last report of each replica, so that an unchanged one keeps its `changedAt`.
     last_reports: HashMap<ReplicaKey, Report>,
+    /// Drift restored in each replica's group.
+    drift: HashMap<ReplicaKey, DriftNote>,
     dry_run: bool,
     /// Counts over the agent's life.
     pub stats: AgentStats,
@@ -117,6 +119,7 @@ impl Agent {
             counters: HashMap::new(),
             patterns: HashMap::new(),
             last_reports: HashMap::new(),
+            drift: HashMap::new(),
             dry_run,
             stats: AgentStats::default(),
         })
@@ -354,6 +357,11 @@ impl Agent {
             {
                 self.stats.drift_corrections += 1;
                 tracing::info!(group = %group, knob, was = %was, now = %value, "drift corrected");
+                if let Some(key) = GroupPath::key(group) {
+                    let note = self.drift.entry(key).or_default();
+                    note.corrections += 1;
+                    note.last = format!("{knob} was {was}, now {value}");
+                }
             }
         }
     }
@@ -424,6 +432,7 @@ impl Agent {
                 usage,
                 process: self.supervisor.report(&lease.key, work, pids, now_ms),
                 problems: problems.remove(&lease.key).unwrap_or_default(),
+                drift: self.drift.get(&lease.key).cloned(),
                 changed_at: 0,
             };
             report.changed_at = match self.last_reports.get(&lease.key) {
@@ -448,6 +457,8 @@ impl Agent {
             .collect();
         self.counters.retain(|g, _| live.contains(g));
         self.last_reports
+            .retain(|k, _| self.leases.iter().any(|l| &l.key == k));
+        self.drift
             .retain(|k, _| self.leases.iter().any(|l| &l.key == k));
         reports
     }

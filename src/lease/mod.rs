@@ -149,8 +149,22 @@ pub struct Report {
     /// What went wrong or is missing, for a person.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Values of this replica's group that the agent restored after something else changed
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftNote>,
     /// Unix seconds of the last change to this report.
     pub changed_at: u64,
+}
+
+/// Drift an agent corrected in one replica's group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftNote {
+    /// Values restored since the agent started.
+    pub corrections: u64,
+    /// The last one, for a person: `cpu.shares was 2, now 1024`.
+    pub last: String,
 }
 
 /// One observation of a replica's use.
