@@ -8,6 +8,8 @@ pub mod cgroup;
 pub mod cli;
 pub mod controller;
 pub mod lease;
+pub mod metrics;
+pub mod operator;
 pub mod source;
 pub mod state;
 pub mod telemetry;

@@ -22,6 +22,7 @@ use tokio::time::MissedTickBehavior;
 use super::node::{Agent, Trigger, unix_now_ms};
 use crate::lease::zookeeper::ZkStore;
 use crate::lease::{Lease, LeaseStore, NodeRegistration, Report};
+use crate::metrics::AgentMetrics;
 
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
 pub async fn run(
@@ -29,6 +30,7 @@ pub async fn run(
     mut agent: Agent,
     registration: NodeRegistration,
     resync: Duration,
+    metrics: Arc<AgentMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node = registration.name.clone();
@@ -49,6 +51,7 @@ pub async fn run(
         }
     };
     tracing::info!(%node, "registered");
+    metrics.readiness.ready();
 
     let (leases_tx, mut leases_rx) = watch::channel::<Option<Vec<Lease>>>(None);
     let (reports_tx, reports_rx) = watch::channel::<Option<Vec<Report>>>(None);
@@ -65,6 +68,7 @@ pub async fn run(
         &mut leases_rx,
         &reports_tx,
         resync,
+        &metrics,
         &mut shutdown,
     )
     .await;
@@ -80,6 +84,7 @@ async fn enforce(
     leases: &mut watch::Receiver<Option<Vec<Lease>>>,
     reports: &watch::Sender<Option<Vec<Report>>>,
     resync: Duration,
+    metrics: &AgentMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut resync_timer = tokio::time::interval(resync);
@@ -121,6 +126,7 @@ async fn enforce(
             continue;
         }
         let pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        metrics.observe(&agent.stats);
         reports.send_if_modified(|current| {
             if current.as_ref() == Some(&pass.reports) {
                 return false;

@@ -48,6 +48,9 @@ pub struct Args {
     /// (for several simulated nodes on one machine).
     #[arg(long, value_name = "AMOUNTS")]
     pub capacity: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9091.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Log lines as JSON.
     #[arg(long)]
     pub log_json: bool,
@@ -82,8 +85,15 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .context("starting the runtime")?
         .block_on(async {
             let shutdown = shutdown_on_signals()?;
+            let metrics = std::sync::Arc::new(crate::metrics::AgentMetrics::default());
+            if let Some(addr) = args.metrics_addr {
+                crate::metrics::serve(addr, std::sync::Arc::clone(&metrics), shutdown.clone())
+                    .await?;
+            }
             let store = ZkStore::connect(config).await?;
-            crate::agent::daemon::run(store, agent, registration, resync, shutdown).await?;
+            tokio::spawn(metrics.session.clone().follow(store.session()));
+            crate::agent::daemon::run(store, agent, registration, resync, metrics, shutdown)
+                .await?;
             eprintln!(
                 "corral agent stopped; the workloads of node {} keep running",
                 args.node

@@ -1,20 +1,24 @@
 //! `corral controller`: the cluster controller, leader-elected through ZooKeeper.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use super::zk::ZkArgs;
 use crate::lease::zookeeper::ZkStore;
+use crate::metrics::ControllerMetrics;
 use crate::source::{self, watch::ManifestSource};
 
 /// Arguments of `corral controller`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the desired objects come from: `dir:PATH`, a manifest file or directory
-    /// (watched). Repeat for more.
-    #[arg(long = "source", value_name = "dir:PATH", required = true)]
+    /// Where the desired objects come from: `kubernetes` (the API server of the in-cluster
+    /// or KUBECONFIG configuration), or `dir:PATH`, a manifest file or directory (watched;
+    /// repeat for more).
+    #[arg(long = "source", value_name = "kubernetes|dir:PATH", required = true)]
     pub sources: Vec<String>,
     #[command(flatten)]
     pub zk: ZkArgs,
@@ -24,9 +28,35 @@ pub struct Args {
     /// Seconds between passes when nothing changes (observed use is read then).
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub resync: f64,
+    /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Log lines as JSON.
     #[arg(long)]
     pub log_json: bool,
+}
+
+/// Where `corral controller` reads the desired objects.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The Kubernetes API.
+    Kubernetes,
+    /// Manifest files and directories.
+    Files(Vec<PathBuf>),
+}
+
+/// The source the `--source` options name.
+///
+/// # Errors
+/// An unknown kind, or `kubernetes` mixed with files.
+pub fn source(sources: &[String]) -> anyhow::Result<Source> {
+    if sources.iter().any(|s| s == "kubernetes") {
+        if sources.len() > 1 {
+            bail!("--source kubernetes cannot be combined with other sources");
+        }
+        return Ok(Source::Kubernetes);
+    }
+    source_paths(sources).map(Source::Files)
 }
 
 /// The paths of `dir:PATH` sources.
@@ -38,7 +68,9 @@ pub fn source_paths(sources: &[String]) -> anyhow::Result<Vec<PathBuf>> {
         .iter()
         .map(|s| match s.strip_prefix("dir:") {
             Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-            _ => bail!("--source {s:?}: expected dir:PATH (a manifest file or directory)"),
+            _ => bail!(
+                "--source {s:?}: expected kubernetes, or dir:PATH (a manifest file or directory)"
+            ),
         })
         .collect()
 }
@@ -47,26 +79,32 @@ pub fn source_paths(sources: &[String]) -> anyhow::Result<Vec<PathBuf>> {
 /// start (nothing is written then).
 ///
 /// # Errors
-/// No `--zookeeper`, or the store cannot be reached.
+/// No `--zookeeper`, no Kubernetes configuration, or the store cannot be reached.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
-    let paths = source_paths(&args.sources)?;
+    let source = source(&args.sources)?;
     let Some(config) = args.zk.config()? else {
         bail!(
             "corral controller needs --zookeeper; on one machine without ZooKeeper, use corral run"
         );
     };
-    let manifests = source::load(&paths);
-    if !manifests.is_valid() {
-        for problem in &manifests.problems {
-            eprintln!("{problem}");
+    let manifests = match &source {
+        Source::Files(paths) => {
+            let manifests = source::load(paths);
+            if !manifests.is_valid() {
+                for problem in &manifests.problems {
+                    eprintln!("{problem}");
+                }
+                eprintln!(
+                    "not started: {} problem(s) in the manifests",
+                    manifests.problems.len()
+                );
+                return Ok(1);
+            }
+            Some((paths.clone(), manifests))
         }
-        eprintln!(
-            "not started: {} problem(s) in the manifests",
-            manifests.problems.len()
-        );
-        return Ok(1);
-    }
+        Source::Kubernetes => None,
+    };
     let identity = args
         .identity
         .clone()
@@ -79,9 +117,31 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .context("starting the runtime")?
         .block_on(async {
             let shutdown = super::agent::shutdown_on_signals()?;
-            let source = ManifestSource::new(&paths, manifests, true)?;
-            let store = ZkStore::connect(config).await?;
-            crate::controller::cluster::run(store, source, &identity, resync, shutdown).await?;
+            let metrics = Arc::new(ControllerMetrics::default());
+            if let Some(addr) = args.metrics_addr {
+                crate::metrics::serve(addr, Arc::clone(&metrics), shutdown.clone()).await?;
+            }
+            match manifests {
+                Some((paths, manifests)) => {
+                    let store = ZkStore::connect(config).await?;
+                    tokio::spawn(metrics.session.clone().follow(store.session()));
+                    metrics.readiness.ready();
+                    let source = ManifestSource::new(&paths, manifests, true)?;
+                    crate::controller::cluster::run(
+                        store, source, &identity, resync, &metrics, shutdown,
+                    )
+                    .await?;
+                }
+                None => {
+                    let client = kube::Client::try_default().await.context(
+                        "--source kubernetes: no Kubernetes configuration (in-cluster, or KUBECONFIG / ~/.kube/config)",
+                    )?;
+                    let store = ZkStore::connect(config).await?;
+                    tokio::spawn(metrics.session.clone().follow(store.session()));
+                    crate::operator::run(client, store, &identity, resync, metrics, shutdown)
+                        .await?;
+                }
+            }
             Ok::<u8, anyhow::Error>(0)
         })
 }

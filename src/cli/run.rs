@@ -433,13 +433,18 @@ async fn with_zookeeper(
     let identity = format!("{}-{}", node.name, std::process::id());
     let controller = tokio::spawn({
         let (store, shutdown) = (store.clone(), shutdown.clone());
-        async move { crate::controller::cluster::run(store, source, &identity, resync, shutdown).await }
+        let metrics = crate::metrics::ControllerMetrics::default();
+        async move {
+            crate::controller::cluster::run(store, source, &identity, resync, &metrics, shutdown)
+                .await
+        }
     });
     let agent = tokio::spawn(crate::agent::daemon::run(
         store,
         agent,
         registration,
         resync,
+        std::sync::Arc::default(),
         shutdown,
     ));
     tokio::select! {

@@ -14,11 +14,51 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::nodes::NodeTracker;
-use super::{UsageHistory, reconcile};
+use super::{ControllerPass, UsageHistory, reconcile};
 use crate::alloc::plan::Pending;
+use crate::api::{ResourcePolicy, Workload};
 use crate::lease::zookeeper::{Session, ZkStore};
-use crate::lease::{LeaseStore, StoreError, unix_now};
+use crate::lease::{LeaseStore, Report, StoreError, unix_now};
+use crate::metrics::ControllerMetrics;
 use crate::source::watch::{ManifestSource, Reload};
+
+/// Where the controller's desired objects come from: manifest files, or the Kubernetes
+/// API (see [`crate::operator`]).
+pub trait Desired: Send {
+    /// Waits for the next change of the objects.
+    fn changed(&mut self) -> impl Future<Output = Reload> + Send;
+    /// The workloads to allocate now.
+    fn workloads(&self) -> &[Workload];
+    /// The policies now.
+    fn policies(&self) -> &[ResourcePolicy];
+    /// Why some objects are not used as written, for a person.
+    fn problems(&self) -> &[String];
+    /// Told whether this controller leads, and with which epoch.
+    fn leading(&mut self, _epoch: Option<i64>) {}
+    /// True when the reports should be read again right after a pass, not only at the
+    /// next resync.
+    fn wants_reports(&self) -> bool {
+        false
+    }
+    /// Told each pass this controller made while leading, with the nodes it allocated on
+    /// and the reports it read last.
+    fn passed(&mut self, _pass: &ControllerPass, _nodes: &[String], _reports: &[Report]) {}
+}
+
+impl Desired for ManifestSource {
+    async fn changed(&mut self) -> Reload {
+        ManifestSource::changed(self).await
+    }
+    fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+    fn policies(&self) -> &[ResourcePolicy] {
+        &self.policies
+    }
+    fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
 
 /// The leader's summary in `/status`, for `corral status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,18 +85,22 @@ pub struct ControllerStatus {
 ///
 /// # Errors
 /// The store could not be watched at all.
-pub async fn run(
+pub async fn run<D: Desired>(
     store: Arc<ZkStore>,
-    mut source: ManifestSource,
+    mut source: D,
     identity: &str,
     resync: Duration,
+    metrics: &ControllerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut registrations = store.subscribe("/nodes").await?;
     let mut session = store.session();
     let mut tracker = NodeTracker::default();
     let mut usage = UsageHistory::new(20);
+    let mut reports: Vec<Report> = Vec::new();
     'campaign: loop {
+        source.leading(None);
+        metrics.leader.set(0);
         let epoch = tokio::select! {
             result = store.campaign(identity) => match result {
                 Ok(epoch) => epoch,
@@ -71,11 +115,23 @@ pub async fn run(
             _ = shutdown.changed() => return Ok(()),
         };
         tracing::info!(epoch, %identity, "leading");
+        source.leading(Some(epoch));
+        metrics.leader.set(1);
         let mut resync_timer = tokio::time::interval(resync);
+        resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *session.borrow() == Session::Connected {
                 match pass(&store, epoch, identity, &source, &mut tracker, &usage).await {
-                    Ok(()) => {}
+                    Ok((done, nodes)) => {
+                        metrics.passed(&done);
+                        if source.wants_reports() {
+                            match store.reports().await {
+                                Ok(read) => reports = read,
+                                Err(e) => tracing::warn!(error = %e, "cannot read reports"),
+                            }
+                        }
+                        source.passed(&done, &nodes, &reports);
+                    }
                     Err(StoreError::Fenced { .. }) => {
                         tracing::warn!(
                             epoch,
@@ -89,7 +145,7 @@ pub async fn run(
                 }
             }
             let deadline = tracker
-                .next_deadline(&source.policies)
+                .next_deadline(source.policies())
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 reload = source.changed() => {
@@ -100,7 +156,10 @@ pub async fn run(
                 _ = registrations.changed() => {}
                 _ = resync_timer.tick() => {
                     match store.reports().await {
-                        Ok(reports) => usage.record(&reports),
+                        Ok(read) => {
+                            usage.record(&read);
+                            reports = read;
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot read reports"),
                     }
                 }
@@ -112,6 +171,8 @@ pub async fn run(
                     }
                 }
                 _ = shutdown.changed() => {
+                    source.leading(None);
+                    metrics.leader.set(0);
                     if let Err(e) = store.resign().await {
                         tracing::warn!(error = %e, "cannot resign; another controller takes over when the session ends");
                     }
@@ -122,26 +183,28 @@ pub async fn run(
     }
 }
 
-async fn pass(
+/// One pass: the nodes available now, the allocation, the leases written. Returns the pass
+/// and the nodes it allocated on.
+async fn pass<D: Desired>(
     store: &ZkStore,
     epoch: i64,
     identity: &str,
-    source: &ManifestSource,
+    source: &D,
     tracker: &mut NodeTracker,
     usage: &UsageHistory,
-) -> Result<(), StoreError> {
+) -> Result<(ControllerPass, Vec<String>), StoreError> {
     let registered = store.nodes().await?;
     for node in &registered {
         store.remember_node(node).await?;
     }
     let remembered = store.remembered_nodes().await?;
     tracker.observe(registered, remembered, Instant::now());
-    let nodes = tracker.available(Instant::now(), &source.policies);
+    let nodes = tracker.available(Instant::now(), source.policies());
     let done = reconcile(
         store,
         epoch,
-        &source.workloads,
-        &source.policies,
+        source.workloads(),
+        source.policies(),
         &nodes,
         usage,
     )
@@ -155,14 +218,14 @@ async fn pass(
     }
     let names: Vec<String> = nodes.into_iter().map(|n| n.name).collect();
     publish(store, epoch, identity, source, &done.plan.pending, &names).await;
-    Ok(())
+    Ok((done, names))
 }
 
-async fn publish(
+async fn publish<D: Desired>(
     store: &ZkStore,
     epoch: i64,
     identity: &str,
-    source: &ManifestSource,
+    source: &D,
     pending: &[Pending],
     nodes: &[String],
 ) {
@@ -172,7 +235,7 @@ async fn publish(
         updated_at: unix_now(),
         pending: pending.to_vec(),
         nodes: nodes.to_vec(),
-        manifest_problems: source.problems.clone(),
+        manifest_problems: source.problems().to_vec(),
     };
     if let Err(e) = store
         .write_status(&serde_json::to_vec(&status).unwrap_or_default())

@@ -1,0 +1,487 @@
+//! Prometheus metrics, `/healthz` and `/readyz` for `corral controller` and `corral agent`
+//! (`--metrics-addr`).
+//!
+//! `/healthz` answers 200 while the process serves at all. `/readyz` answers 200 once the
+//! process has what it needs to work (the controller: its Kubernetes caches synced; the
+//! agent: registered with ZooKeeper), and 503 with the reason before that. A standby
+//! controller is ready: readiness is not leadership.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::agent::node::AgentStats;
+use crate::lease::zookeeper::Session;
+
+/// A label naming a kind of object.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `Workload` or `ResourcePolicy`.
+    pub kind: String,
+}
+
+/// A label naming a category of error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    /// `conflict`, `kubernetes`, `finalizer`, `cleanup-waiting`, `zookeeper`.
+    pub category: String,
+}
+
+/// A label naming a ZooKeeper session state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `connected`, `disconnected` or `expired`.
+    pub state: String,
+}
+
+/// The process's readiness: `None` when ready, else why not.
+#[derive(Debug)]
+pub struct Readiness(Mutex<Option<String>>);
+
+impl Readiness {
+    fn new(reason: &str) -> Readiness {
+        Readiness(Mutex::new(Some(reason.to_string())))
+    }
+
+    /// Marks the process ready.
+    pub fn ready(&self) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = None;
+        }
+    }
+
+    /// Marks the process not ready, for `reason`.
+    pub fn not_ready(&self, reason: &str) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = Some(reason.to_string());
+        }
+    }
+
+    /// Why the process is not ready; `None` when it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().map(|r| r.clone()).unwrap_or(None)
+    }
+}
+
+/// The ZooKeeper session state as a gauge per state (1 for the current one).
+#[derive(Clone, Debug, Default)]
+pub struct SessionGauge(Family<StateLabel, Gauge>);
+
+impl SessionGauge {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "corral_zookeeper_session",
+            "1 for the current state of the ZooKeeper session (connected, disconnected, expired)",
+            self.0.clone(),
+        );
+    }
+
+    /// Shows `state`.
+    pub fn set(&self, state: Session) {
+        for (s, name) in [
+            (Session::Connected, "connected"),
+            (Session::Disconnected, "disconnected"),
+            (Session::Expired, "expired"),
+        ] {
+            self.0
+                .get_or_create(&StateLabel {
+                    state: name.to_string(),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Follows `session` until it closes.
+    pub async fn follow(self, mut session: watch::Receiver<Session>) {
+        loop {
+            let state = *session.borrow_and_update();
+            self.set(state);
+            if session.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The controller's metrics.
+#[derive(Debug)]
+pub struct ControllerMetrics {
+    registry: Registry,
+    /// Reconciles run, by kind.
+    pub reconciles: Family<KindLabel, Counter>,
+    /// Reconciles that failed, by category.
+    pub errors: Family<CategoryLabel, Counter>,
+    /// How long a Workload's reconcile took.
+    pub reconcile_duration: Histogram,
+    /// Allocation passes made while leading.
+    pub passes: Counter,
+    /// Replicas with a node after the last pass.
+    pub allocated: Gauge,
+    /// Replicas without one.
+    pub pending: Gauge,
+    /// Leases after the last pass.
+    pub leases: Gauge,
+    /// Drift the agents reported correcting, as seen by the controller.
+    pub drift_corrections: Counter,
+    /// 1 while this controller leads.
+    pub leader: Gauge,
+    /// The ZooKeeper session.
+    pub session: SessionGauge,
+    /// Readiness.
+    pub readiness: Readiness,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = ControllerMetrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            passes: Counter::default(),
+            allocated: Gauge::default(),
+            pending: Gauge::default(),
+            leases: Gauge::default(),
+            drift_corrections: Counter::default(),
+            leader: Gauge::default(),
+            session: SessionGauge::default(),
+            readiness: Readiness::new("the Kubernetes caches are not synced yet"),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "corral_reconciles",
+            "Reconciles run, by kind",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "corral_reconcile_errors",
+            "Reconciles that failed, by category",
+            m.errors.clone(),
+        );
+        registry.register(
+            "corral_reconcile_duration_seconds",
+            "How long a Workload's reconcile took",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "corral_allocation_passes",
+            "Allocation passes made while leading",
+            m.passes.clone(),
+        );
+        registry.register(
+            "corral_allocated_replicas",
+            "Replicas with a node after the last allocation pass",
+            m.allocated.clone(),
+        );
+        registry.register(
+            "corral_pending_replicas",
+            "Replicas without a node after the last allocation pass",
+            m.pending.clone(),
+        );
+        registry.register(
+            "corral_leases",
+            "Leases in ZooKeeper after the last allocation pass",
+            m.leases.clone(),
+        );
+        registry.register(
+            "corral_drift_corrections",
+            "Values the agents restored after something else changed them, as reported to the controller",
+            m.drift_corrections.clone(),
+        );
+        registry.register(
+            "corral_leader",
+            "1 while this controller leads",
+            m.leader.clone(),
+        );
+        m.session.register(&mut registry);
+        ControllerMetrics { registry, ..m }
+    }
+}
+
+impl ControllerMetrics {
+    /// Counts a failed reconcile.
+    pub fn error(&self, category: &str) {
+        self.errors
+            .get_or_create(&CategoryLabel {
+                category: category.to_string(),
+            })
+            .inc();
+    }
+
+    /// Shows an allocation pass.
+    pub fn passed(&self, pass: &crate::controller::ControllerPass) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.passes.inc();
+        self.allocated.set(count(pass.plan.allocations.len()));
+        self.pending.set(count(pass.plan.pending.len()));
+        self.leases.set(count(pass.leases.len()));
+    }
+
+    /// Counts a reconcile of `kind`.
+    pub fn reconciled(&self, kind: &str) {
+        self.reconciles
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    passes: Counter,
+    writes: Counter,
+    drift_corrections: Counter,
+    starts: Counter,
+    failures: Counter,
+    last: Mutex<AgentStats>,
+    /// The ZooKeeper session.
+    pub session: SessionGauge,
+    /// Readiness.
+    pub readiness: Readiness,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = AgentMetrics {
+            registry: Registry::default(),
+            passes: Counter::default(),
+            writes: Counter::default(),
+            drift_corrections: Counter::default(),
+            starts: Counter::default(),
+            failures: Counter::default(),
+            last: Mutex::new(AgentStats::default()),
+            session: SessionGauge::default(),
+            readiness: Readiness::new("not registered with ZooKeeper yet"),
+        };
+        for (name, help, counter) in [
+            ("corral_agent_passes", "Enforcement passes run", &m.passes),
+            (
+                "corral_agent_cgroup_writes",
+                "cgroup files written",
+                &m.writes,
+            ),
+            (
+                "corral_agent_drift_corrections",
+                "Values restored after something else changed them",
+                &m.drift_corrections,
+            ),
+            ("corral_agent_starts", "Processes started", &m.starts),
+            (
+                "corral_agent_failures",
+                "Operations that failed",
+                &m.failures,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        m.session.register(&mut registry);
+        AgentMetrics { registry, ..m }
+    }
+}
+
+impl AgentMetrics {
+    /// Adds what the agent counted since the last call.
+    pub fn observe(&self, stats: &AgentStats) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        self.passes.inc_by(stats.passes.saturating_sub(last.passes));
+        self.writes.inc_by(stats.writes.saturating_sub(last.writes));
+        self.drift_corrections.inc_by(
+            stats
+                .drift_corrections
+                .saturating_sub(last.drift_corrections),
+        );
+        self.starts.inc_by(stats.starts.saturating_sub(last.starts));
+        self.failures
+            .inc_by(stats.failures.saturating_sub(last.failures));
+        *last = *stats;
+    }
+}
+
+/// What the HTTP server shows.
+pub trait Exposed: Send + Sync + 'static {
+    /// The metrics.
+    fn registry(&self) -> &Registry;
+    /// The readiness.
+    fn readiness(&self) -> &Readiness;
+}
+
+impl Exposed for ControllerMetrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+}
+
+impl Exposed for AgentMetrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+}
+
+/// The text exposition of `metrics`.
+pub fn render<M: Exposed>(metrics: &M) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, metrics.registry());
+    text
+}
+
+/// The router serving `/metrics`, `/healthz` and `/readyz`.
+pub fn router<M: Exposed>(metrics: Arc<M>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics::<M>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(serve_readyz::<M>))
+        .with_state(metrics)
+}
+
+async fn serve_metrics<M: Exposed>(State(metrics): State<Arc<M>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(metrics.as_ref()),
+    )
+}
+
+async fn serve_readyz<M: Exposed>(State(metrics): State<Arc<M>>) -> impl IntoResponse {
+    match metrics.readiness().reason() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` changes. Binding happens before it returns, so
+/// that a port in use is an error at start.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve<M: Exposed>(
+    addr: SocketAddr,
+    metrics: Arc<M>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router(metrics))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_metrics_render_with_their_names() {
+        let m = ControllerMetrics::default();
+        m.reconciled("Workload");
+        m.error("conflict");
+        m.reconcile_duration.observe(0.004);
+        m.pending.set(3);
+        m.session.set(Session::Connected);
+        let text = render(&m);
+        for needle in [
+            "corral_reconciles_total{kind=\"Workload\"} 1",
+            "corral_reconcile_errors_total{category=\"conflict\"} 1",
+            "corral_reconcile_duration_seconds_count 1",
+            "corral_pending_replicas 3",
+            "corral_zookeeper_session{state=\"connected\"} 1",
+            "corral_zookeeper_session{state=\"expired\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn agent_metrics_count_the_difference_between_observations() {
+        let m = AgentMetrics::default();
+        let mut stats = AgentStats {
+            passes: 3,
+            drift_corrections: 1,
+            ..AgentStats::default()
+        };
+        m.observe(&stats);
+        stats.passes = 5;
+        m.observe(&stats);
+        let text = render(&m);
+        assert!(text.contains("corral_agent_passes_total 5"), "{text}");
+        assert!(
+            text.contains("corral_agent_drift_corrections_total 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_says_why_until_ready() {
+        let m = Arc::new(AgentMetrics::default());
+        let (_tx, rx) = watch::channel(false);
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        drop(listener);
+        let _server = serve(bound, Arc::clone(&m), rx).await.unwrap();
+        let get = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let mut out = String::new();
+            stream.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let before = get("/readyz").await;
+        assert!(before.starts_with("HTTP/1.1 503"), "{before}");
+        assert!(
+            before.contains("not registered with ZooKeeper yet"),
+            "{before}"
+        );
+        m.readiness.ready();
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get("/metrics").await;
+        assert!(metrics.contains("corral_agent_passes_total"), "{metrics}");
+    }
+}

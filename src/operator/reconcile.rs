@@ -1,0 +1,501 @@
+//! The Workload controller: finalizer, status and events, after every allocation pass and
+//! whenever a Workload changes. It never allocates: the allocation loop does, and this
+//! shows its result on each object. Only the leader writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as Finalize, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::status::{Observed, same_policy_status, same_workload_status, workload_status};
+use super::watch::full_name;
+use super::{FIELD_MANAGER, FINALIZER, Shared, Snapshot};
+use crate::api::workload::WorkloadStatus;
+use crate::api::{ResourcePolicy, Workload};
+use crate::metrics::ControllerMetrics;
+
+/// How soon a deletion is checked again while the agents still hold the workload.
+pub const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
+/// How soon a reconcile is retried after a conflict.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+/// How soon after another error.
+pub const ERROR_RETRY: Duration = Duration::from_secs(10);
+/// The event reporter's name.
+pub const REPORTER: &str = "corral-controller";
+
+/// What the reconciler works with.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The allocation loop's results.
+    pub shared: Arc<Shared>,
+    /// Metrics.
+    pub metrics: Arc<ControllerMetrics>,
+    recorder: Recorder,
+    /// What was already announced per workload, so that each event is sent once.
+    noted: Mutex<HashMap<String, Noted>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Noted {
+    /// The last pass whose preemptions were announced.
+    preempted_in_pass: u64,
+    /// Drift corrections reported so far.
+    drift: u64,
+}
+
+impl Context {
+    /// A context; `instance` names this controller in the events it records.
+    pub fn new(
+        client: Client,
+        shared: Arc<Shared>,
+        metrics: Arc<ControllerMetrics>,
+        instance: &str,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: REPORTER.to_string(),
+            instance: Some(instance.to_string()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            shared,
+            metrics,
+            noted: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The workload is being deleted and the agents still hold it.
+    #[error("waiting for the agents to remove the workload: {0}")]
+    CleanupWaiting(String),
+    /// Someone else changed the object first.
+    #[error("conflict writing {what}: {source}")]
+    Conflict {
+        /// What was being written.
+        what: &'static str,
+        /// The API's answer.
+        source: kube::Error,
+    },
+    /// Another API error.
+    #[error("cannot write {what}: {source}")]
+    Kube {
+        /// What was being written.
+        what: &'static str,
+        /// The API's answer.
+        source: kube::Error,
+    },
+    /// The finalizer could not be added or removed.
+    #[error("finalizer {FINALIZER}: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// The metrics category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::CleanupWaiting(_) => "cleanup-waiting",
+            Error::Conflict { .. } => "conflict",
+            Error::Kube { .. } => "kubernetes",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    fn api(what: &'static str, source: kube::Error) -> Error {
+        match &source {
+            kube::Error::Api(status) if status.is_conflict() => Error::Conflict { what, source },
+            _ => Error::Kube { what, source },
+        }
+    }
+
+    fn from_finalizer(e: finalizer::Error<Error>) -> Error {
+        match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(source) | finalizer::Error::RemoveFinalizer(source) => {
+                match Error::api("the finalizer", source) {
+                    conflict @ Error::Conflict { .. } => conflict,
+                    other => Error::Finalizer(other.to_string()),
+                }
+            }
+            other => Error::Finalizer(other.to_string()),
+        }
+    }
+}
+
+/// Reconciles one Workload: keeps the finalizer, writes the status, records events; on
+/// deletion, lets the object go once its leases and groups are gone.
+///
+/// # Errors
+/// An API call failed, or a deletion waits for the agents.
+pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ctx.shared.epoch().is_none() {
+        // A standby writes nothing; the leader's first pass triggers every object.
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    ctx.metrics.reconciled("Workload");
+    let namespace = workload.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, workload, |event| async {
+        match event {
+            Finalize::Apply(workload) => apply(&workload, &ctx, &api).await,
+            Finalize::Cleanup(workload) => cleanup(&workload, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer);
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// What to do after a failed reconcile.
+pub fn error_policy(workload: Arc<Workload>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.category());
+    let name = full_name(workload.as_ref());
+    match error {
+        Error::CleanupWaiting(why) => {
+            tracing::info!(workload = %name, %why, "deletion waits for the agents");
+            Action::requeue(CLEANUP_RECHECK)
+        }
+        Error::Conflict { .. } => {
+            tracing::info!(workload = %name, %error, "retrying after a conflict");
+            Action::requeue(CONFLICT_RETRY)
+        }
+        _ => {
+            tracing::warn!(workload = %name, %error, "reconcile failed");
+            Action::requeue(ERROR_RETRY)
+        }
+    }
+}
+
+async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Result<Action, Error> {
+    let snapshot = ctx.shared.snapshot();
+    let name = full_name(workload);
+    let problem = ctx
+        .shared
+        .workload_problems
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&name).cloned());
+    let status = status_of(workload, &snapshot, problem.as_deref());
+    write_status(workload, &status, api).await?;
+    announce(workload, &status, &snapshot, ctx).await;
+    Ok(Action::await_change())
+}
+
+async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Result<Action, Error> {
+    let snapshot = ctx.shared.snapshot();
+    let name = full_name(workload);
+    let status = status_of(workload, &snapshot, None);
+    write_status(workload, &status, api).await?;
+    if let Some(why) = holding(&name, &snapshot) {
+        return Err(Error::CleanupWaiting(why));
+    }
+    publish(
+        ctx,
+        workload,
+        EventType::Normal,
+        "Released",
+        "the leases are released and the agents removed the groups",
+    )
+    .await;
+    tracing::info!(workload = %name, "released; the finalizer goes");
+    Ok(Action::await_change())
+}
+
+/// Why the workload `name`, being deleted, is still held: a pass made since the deletion
+/// still has a lease of it, or an agent of a registered node still reports it. `None` once
+/// it is gone everywhere.
+pub fn holding(name: &str, snapshot: &Snapshot) -> Option<String> {
+    if !snapshot.deleting.contains(name) {
+        return Some("no allocation pass has seen the deletion yet".into());
+    }
+    let leases = snapshot
+        .leases
+        .iter()
+        .filter(|l| l.key.workload() == name)
+        .count();
+    if leases > 0 {
+        return Some(format!("{leases} lease(s) not yet deleted"));
+    }
+    let nodes: Vec<&str> = snapshot
+        .reports
+        .iter()
+        .filter(|r| {
+            r.key.as_ref().is_some_and(|k| k.workload() == name) && snapshot.nodes.contains(&r.node)
+        })
+        .map(|r| r.node.as_str())
+        .collect();
+    if nodes.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "the agents of {} still report it",
+            nodes.join(", ")
+        ))
+    }
+}
+
+fn status_of(workload: &Workload, snapshot: &Snapshot, problem: Option<&str>) -> WorkloadStatus {
+    let observed = Observed {
+        plan: snapshot.plan.as_ref(),
+        leases: &snapshot.leases,
+        reports: &snapshot.reports,
+        registered: &snapshot.nodes,
+    };
+    workload_status(workload, &observed, problem, &now())
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Writes `status` with server-side apply, unless the object already says the same.
+async fn write_status(
+    workload: &Workload,
+    status: &WorkloadStatus,
+    api: &Api<Workload>,
+) -> Result<(), Error> {
+    if workload
+        .status
+        .as_ref()
+        .is_some_and(|old| same_workload_status(old, status))
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": Workload::api_version(&()),
+        "kind": Workload::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &workload.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::api("the status", e))?;
+    Ok(())
+}
+
+/// The events a change of status calls for, with their type, reason and note.
+pub fn events_for(
+    old: Option<&WorkloadStatus>,
+    new: &WorkloadStatus,
+) -> Vec<(EventType, &'static str, String)> {
+    let before = |type_: &str| -> Option<&Condition> {
+        old.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    };
+    let after = |type_: &str| new.conditions.iter().find(|c| c.type_ == type_);
+    let changed = |type_: &str| match (before(type_), after(type_)) {
+        (Some(b), Some(a)) => {
+            b.status != a.status || b.reason != a.reason || b.message != a.message
+        }
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let mut events = Vec::new();
+    if let Some(allocated) = after("Allocated")
+        && changed("Allocated")
+    {
+        match (allocated.status.as_str(), allocated.reason.as_str()) {
+            ("True", _) if before("Allocated").is_none_or(|b| b.status != "True") => {
+                let nodes: BTreeMap<&str, usize> = new
+                    .replicas
+                    .iter()
+                    .filter_map(|r| r.node.as_deref())
+                    .fold(BTreeMap::new(), |mut m, n| {
+                        *m.entry(n).or_default() += 1;
+                        m
+                    });
+                let placed = nodes
+                    .iter()
+                    .map(|(node, n)| format!("{n} on {node}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                events.push((
+                    EventType::Normal,
+                    "Allocated",
+                    format!("{}; {placed}", allocated.message),
+                ));
+            }
+            ("False", "ReplicasPending") => {
+                events.push((EventType::Warning, "Pending", allocated.message.clone()));
+            }
+            ("False", "Invalid") => {
+                events.push((EventType::Warning, "Invalid", allocated.message.clone()));
+            }
+            _ => {}
+        }
+    }
+    if let Some(enforced) = after("Enforced")
+        && changed("Enforced")
+        && enforced.reason == "EnforcementFailed"
+    {
+        events.push((
+            EventType::Warning,
+            "EnforcementFailed",
+            enforced.message.clone(),
+        ));
+    }
+    events
+}
+
+/// Records the events this reconcile calls for: status transitions, preemptions made by
+/// the last pass, drift the agents corrected since the last look.
+async fn announce(
+    workload: &Workload,
+    status: &WorkloadStatus,
+    snapshot: &Snapshot,
+    ctx: &Context,
+) {
+    let name = full_name(workload);
+    let mut events = events_for(workload.status.as_ref(), status);
+    let drift: u64 = snapshot
+        .reports
+        .iter()
+        .filter(|r| r.key.as_ref().is_some_and(|k| k.workload() == name))
+        .filter_map(|r| r.drift.as_ref())
+        .map(|d| d.corrections)
+        .sum();
+    let last_drift = snapshot
+        .reports
+        .iter()
+        .filter(|r| r.key.as_ref().is_some_and(|k| k.workload() == name))
+        .filter_map(|r| Some((r.node.as_str(), r.drift.as_ref()?)))
+        .map(|(node, d)| format!("on {node}: {}", d.last))
+        .collect::<Vec<_>>();
+    let preemptions: Vec<String> = snapshot
+        .plan
+        .iter()
+        .flat_map(|p| &p.preemptions)
+        .filter(|p| p.workload == name)
+        .map(|p| {
+            format!(
+                "replica {} lost node {} to {} replica {} of higher priority",
+                p.replica, p.node, p.by_workload, p.by_replica
+            )
+        })
+        .collect();
+    {
+        let Ok(mut noted) = ctx.noted.lock() else {
+            return;
+        };
+        match noted.get_mut(&name) {
+            None => {
+                // The first look since this controller started: what was reported
+                // before is old news.
+                noted.insert(
+                    name.clone(),
+                    Noted {
+                        preempted_in_pass: snapshot.passes,
+                        drift,
+                    },
+                );
+                if !preemptions.is_empty() {
+                    events.push((EventType::Warning, "Preempted", preemptions.join("; ")));
+                }
+            }
+            Some(seen) => {
+                if seen.preempted_in_pass < snapshot.passes && !preemptions.is_empty() {
+                    events.push((EventType::Warning, "Preempted", preemptions.join("; ")));
+                }
+                seen.preempted_in_pass = snapshot.passes;
+                if drift > seen.drift {
+                    ctx.metrics.drift_corrections.inc_by(drift - seen.drift);
+                    events.push((
+                        EventType::Normal,
+                        "DriftCorrected",
+                        format!(
+                            "{} value(s) restored after something else changed them; last {}",
+                            drift - seen.drift,
+                            last_drift.join("; ")
+                        ),
+                    ));
+                }
+                seen.drift = drift;
+            }
+        }
+    }
+    for (type_, reason, note) in events {
+        publish(ctx, workload, type_, reason, &note).await;
+    }
+}
+
+/// Records one event on `workload`; a failure is logged, never fatal.
+async fn publish(ctx: &Context, workload: &Workload, type_: EventType, reason: &str, note: &str) {
+    // The API limits a note to 1 kB.
+    let note: String = note.chars().take(1000).collect();
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &workload.object_ref(&()))
+        .await
+    {
+        tracing::warn!(workload = %full_name(workload), reason, error = %e, "cannot record the event");
+    }
+}
+
+/// Writes each policy's status that changed. Run after every pass while leading.
+pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
+    let snapshot = ctx.shared.snapshot();
+    let problems = ctx
+        .shared
+        .policy_problems
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    let api: Api<ResourcePolicy> = Api::all(ctx.client.clone());
+    for policy in policies {
+        ctx.metrics.reconciled("ResourcePolicy");
+        let name = policy.name_any();
+        let status = super::status::policy_status(
+            policy,
+            snapshot.plan.as_ref(),
+            problems.get(&name).map(String::as_str),
+            &now(),
+        );
+        if policy
+            .status
+            .as_ref()
+            .is_some_and(|old| same_policy_status(old, &status))
+        {
+            continue;
+        }
+        let patch = json!({
+            "apiVersion": ResourcePolicy::api_version(&()),
+            "kind": ResourcePolicy::kind(&()),
+            "status": status,
+        });
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            let error = Error::api("the status", e);
+            ctx.metrics.error(error.category());
+            tracing::warn!(policy = %name, %error, "cannot write the policy's status");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The Kubernetes API as the controller's source of desired objects: Workloads and
+//! ResourcePolicies from reflectors, each checked as `corral validate` checks a manifest.
+//!
+//! An object that cannot be read, or whose spec corral refuses, keeps its last good
+//! version in use (nothing running is disturbed by a bad edit) and its problem is shown in
+//! its status. A Workload being deleted is left out, so its leases are released; its
+//! finalizer waits for the agents (see [`super::reconcile`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
+
+use super::Shared;
+use super::watch::{Unreadable, full_name};
+use crate::api::{ResourcePolicy, Workload};
+use crate::controller::ControllerPass;
+use crate::controller::cluster::Desired;
+use crate::lease::Report;
+use crate::source::watch::Reload;
+use crate::validate::FieldError;
+use crate::validate::semantic::{check_policy, check_workload};
+
+/// A burst of changes (a `kubectl apply -f DIR`) makes one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Workloads and policies from the API server.
+pub struct KubeSource {
+    workload_store: Store<Workload>,
+    policy_store: Store<ResourcePolicy>,
+    unreadable_workloads: Unreadable,
+    unreadable_policies: Unreadable,
+    changes: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    workloads: Vec<Workload>,
+    policies: Vec<ResourcePolicy>,
+    problems: Vec<String>,
+    /// Workloads being deleted, by full name.
+    deleting: BTreeSet<String>,
+    /// The last version of each object that corral accepted, by full name.
+    good_workloads: BTreeMap<String, Workload>,
+    good_policies: BTreeMap<String, ResourcePolicy>,
+}
+
+impl KubeSource {
+    /// The source over reflector stores that are ready; `changes` is bumped on every
+    /// event either reflector applied.
+    pub fn new(
+        workload_store: Store<Workload>,
+        policy_store: Store<ResourcePolicy>,
+        unreadable_workloads: Unreadable,
+        unreadable_policies: Unreadable,
+        changes: watch::Receiver<u64>,
+        shared: Arc<Shared>,
+    ) -> KubeSource {
+        let mut source = KubeSource {
+            workload_store,
+            policy_store,
+            unreadable_workloads,
+            unreadable_policies,
+            changes,
+            shared,
+            workloads: Vec::new(),
+            policies: Vec::new(),
+            problems: Vec::new(),
+            deleting: BTreeSet::new(),
+            good_workloads: BTreeMap::new(),
+            good_policies: BTreeMap::new(),
+        };
+        source.refresh();
+        source
+    }
+
+    /// Reads the stores again: checks each object, keeps the last good version of a
+    /// refused one, and leaves out workloads being deleted.
+    fn refresh(&mut self) {
+        let mut problems: BTreeMap<String, String> = BTreeMap::new();
+        let mut policy_problems = self.unreadable_policies.all();
+        let mut policies = Vec::new();
+        let mut seen = BTreeMap::new();
+        for policy in self.policy_store.state() {
+            let name = full_name(policy.as_ref());
+            let errors = check_policy(&policy.spec);
+            let chosen = if errors.is_empty() {
+                self.good_policies.insert(name.clone(), (*policy).clone());
+                Some((*policy).clone())
+            } else {
+                policy_problems.insert(
+                    name.clone(),
+                    refused(&errors, self.good_policies.contains_key(&name)),
+                );
+                self.good_policies.get(&name).cloned()
+            };
+            seen.insert(name, ());
+            policies.extend(chosen);
+        }
+        self.good_policies.retain(|name, _| seen.contains_key(name));
+        let mut workload_problems = self.unreadable_workloads.all();
+        let mut workloads = Vec::new();
+        let mut seen = BTreeMap::new();
+        self.deleting.clear();
+        for workload in self.workload_store.state() {
+            let name = full_name(workload.as_ref());
+            seen.insert(name.clone(), ());
+            if workload.metadata.deletion_timestamp.is_some() {
+                self.deleting.insert(name);
+                continue;
+            }
+            let errors = check_workload(&workload.spec);
+            if errors.is_empty() {
+                self.good_workloads
+                    .insert(name.clone(), (*workload).clone());
+                workloads.push((*workload).clone());
+            } else {
+                workload_problems.insert(
+                    name.clone(),
+                    refused(&errors, self.good_workloads.contains_key(&name)),
+                );
+                workloads.extend(self.good_workloads.get(&name).cloned());
+            }
+        }
+        self.good_workloads
+            .retain(|name, _| seen.contains_key(name));
+        for (name, problem) in &policy_problems {
+            problems.insert(format!("ResourcePolicy {name}"), problem.clone());
+        }
+        for (name, problem) in &workload_problems {
+            problems.insert(format!("Workload {name}"), problem.clone());
+        }
+        self.problems = problems
+            .into_iter()
+            .map(|(object, problem)| format!("{object}: {problem}"))
+            .collect();
+        workloads.sort_by_key(full_name);
+        policies.sort_by_key(ResourceExt::name_any);
+        self.workloads = workloads;
+        self.policies = policies;
+        if let Ok(mut p) = self.shared.workload_problems.lock() {
+            *p = workload_problems;
+        }
+        if let Ok(mut p) = self.shared.policy_problems.lock() {
+            *p = policy_problems;
+        }
+    }
+}
+
+/// The problem text for a refused spec.
+fn refused(errors: &[FieldError], has_good: bool) -> String {
+    let mut text = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    text.push_str(if has_good {
+        " (the last accepted version stays in use)"
+    } else {
+        " (not used until corrected)"
+    });
+    text
+}
+
+impl Desired for KubeSource {
+    async fn changed(&mut self) -> Reload {
+        if self.changes.changed().await.is_err() {
+            // The reflectors are gone: nothing changes any more.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        self.changes.borrow_and_update();
+        self.refresh();
+        Reload::Applied
+    }
+
+    fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    fn policies(&self) -> &[ResourcePolicy] {
+        &self.policies
+    }
+
+    fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    fn leading(&mut self, epoch: Option<i64>) {
+        self.shared.leading.send_replace(epoch);
+    }
+
+    fn wants_reports(&self) -> bool {
+        // A finalizer waits for the agents' reports after the leases are gone.
+        !self.deleting.is_empty()
+    }
+
+    fn passed(&mut self, pass: &ControllerPass, nodes: &[String], reports: &[Report]) {
+        self.shared.record(pass, nodes, reports, &self.deleting);
+    }
+}

@@ -1,0 +1,637 @@
+//! The status a person reads with `kubectl get` and `kubectl describe`, computed from the
+//! controller's last plan, the leases it wrote and the agents' reports. Pure: no I/O, so
+//! every condition's reason and message is unit-tested.
+//!
+//! A Workload has three conditions:
+//! - `Allocated`: every replica has a node (`AllReplicasAllocated`), or which ones are
+//!   pending and why (`ReplicasPending`), or why the object itself is refused (`Invalid`);
+//! - `Enforced`: every allocated replica's agent applied its current lease (`Applied`), or
+//!   which agents have not yet (`WaitingForAgents`), or what failed (`EnforcementFailed`);
+//! - `Ready`: every replica runs (`AllReplicasRunning`), or how the others are
+//!   (`ReplicasNotRunning`).
+//!
+//! A condition keeps its `lastTransitionTime` while its status does not change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::alloc::Res;
+use crate::alloc::plan::Plan;
+use crate::api::policy::{ResourcePolicy, ResourcePolicyStatus, ResourceTotals};
+use crate::api::quantity::Quantity;
+use crate::api::workload::{
+    Granted, ReplicaStatus, Usage, Workload, WorkloadPhase, WorkloadStatus,
+};
+use crate::lease::{Lease, Report};
+
+/// What the statuses are computed from.
+#[derive(Clone, Debug, Default)]
+pub struct Observed<'a> {
+    /// The controller's last plan.
+    pub plan: Option<&'a Plan>,
+    /// Every lease, as written.
+    pub leases: &'a [Lease],
+    /// Every report.
+    pub reports: &'a [Report],
+    /// Nodes registered now: a report from another node is stale.
+    pub registered: &'a [String],
+}
+
+/// Process states in which a replica counts as ready.
+const READY_STATES: [&str; 2] = ["Running", "Adopted"];
+/// How many items a condition's message lists before it says "and N more".
+const MESSAGE_ITEMS: usize = 3;
+
+/// The status of `workload`. `problem` is why the object is refused, when it is; `now`
+/// stamps conditions that change.
+pub fn workload_status(
+    workload: &Workload,
+    observed: &Observed<'_>,
+    problem: Option<&str>,
+    now: &Time,
+) -> WorkloadStatus {
+    let name = format!(
+        "{}/{}",
+        workload.namespace().unwrap_or_else(|| "default".into()),
+        workload.name_any()
+    );
+    let generation = workload.metadata.generation;
+    let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
+    let leases: BTreeMap<u32, &Lease> = observed
+        .leases
+        .iter()
+        .filter(|l| l.key.workload() == name)
+        .map(|l| (l.key.index, l))
+        .collect();
+    let reports: BTreeMap<u32, &Report> = observed
+        .reports
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.as_ref()?;
+            (key.workload() == name && observed.registered.contains(&r.node))
+                .then_some((key.index, r))
+        })
+        .collect();
+    let pending: BTreeMap<u32, &str> = observed
+        .plan
+        .map(|p| {
+            p.pending
+                .iter()
+                .filter(|p| p.workload == name)
+                .map(|p| (p.replica, p.reason.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut rows = Vec::new();
+    let mut not_enforced = Vec::new();
+    let mut failures = Vec::new();
+    let mut not_ready = Vec::new();
+    let mut ready = 0;
+    for index in 0..replicas {
+        let lease = leases.get(&index).copied();
+        // A report counts when it comes from the lease's node and applies this lease.
+        let report = reports
+            .get(&index)
+            .copied()
+            .filter(|r| lease.is_some_and(|l| l.node == r.node && r.lease_epoch == l.epoch));
+        let mut row = ReplicaStatus {
+            index: i32::try_from(index).unwrap_or(i32::MAX),
+            node: lease.map(|l| l.node.clone()),
+            granted: lease.map(|l| granted(&l.granted)),
+            lease_epoch: lease.map(|l| l.epoch),
+            pending_reason: pending.get(&index).map(|r| (*r).to_string()),
+            ..ReplicaStatus::default()
+        };
+        if let Some(report) = report {
+            row.applied.clone_from(&report.applied);
+            row.usage = report.usage.map(|u| Usage {
+                cpu: Some(Quantity::from_millis(u.cpu)),
+                memory: Some(Quantity::from_bytes(u.memory)),
+                memory_peak: Some(Quantity::from_bytes(u.memory_peak)),
+                throttled_seconds: Some(u.throttled_seconds),
+                oom_kills: Some(u.oom_kills),
+                pids: Some(u.pids),
+            });
+            for p in &report.problems {
+                failures.push(format!("replica {index} on {}: {p}", report.node));
+            }
+            if READY_STATES.contains(&report.process.state.as_str()) {
+                ready += 1;
+            } else {
+                let mut state = report.process.state.clone();
+                if let Some(exit) = &report.process.last_exit {
+                    state.push_str(&format!(" (last exit: {exit})"));
+                }
+                not_ready.push(format!("replica {index}: {state}"));
+            }
+        } else if let Some(lease) = lease {
+            not_enforced.push(format!(
+                "replica {index} on {}: no report of lease epoch {} yet",
+                lease.node, lease.epoch
+            ));
+            not_ready.push(format!("replica {index}: not reported"));
+        } else {
+            not_ready.push(format!("replica {index}: pending"));
+        }
+        rows.push(row);
+    }
+    let allocated = u32::try_from(leases.keys().filter(|i| **i < replicas).count()).unwrap_or(0);
+
+    let allocated_condition = if let Some(problem) = problem {
+        condition("Allocated", false, "Invalid", problem)
+    } else if allocated == replicas {
+        condition(
+            "Allocated",
+            true,
+            "AllReplicasAllocated",
+            &format!("{replicas} of {replicas} replicas have a node"),
+        )
+    } else {
+        let reasons: Vec<String> = (0..replicas)
+            .filter(|i| !leases.contains_key(i))
+            .map(|i| match pending.get(&i) {
+                Some(reason) => format!("replica {i}: {reason}"),
+                None => format!("replica {i}: not allocated yet"),
+            })
+            .collect();
+        condition(
+            "Allocated",
+            false,
+            "ReplicasPending",
+            &format!(
+                "{} of {replicas} replicas pending: {}",
+                replicas - allocated,
+                listed(&reasons)
+            ),
+        )
+    };
+    let enforced_condition = if !failures.is_empty() {
+        condition("Enforced", false, "EnforcementFailed", &listed(&failures))
+    } else if !not_enforced.is_empty() {
+        condition(
+            "Enforced",
+            false,
+            "WaitingForAgents",
+            &listed(&not_enforced),
+        )
+    } else {
+        condition(
+            "Enforced",
+            true,
+            "Applied",
+            &format!("the agents applied the leases of {allocated} replicas"),
+        )
+    };
+    let ready_condition = if ready == replicas {
+        condition(
+            "Ready",
+            true,
+            "AllReplicasRunning",
+            &format!("{replicas} of {replicas} replicas running"),
+        )
+    } else {
+        condition(
+            "Ready",
+            false,
+            "ReplicasNotRunning",
+            &format!(
+                "{ready} of {replicas} replicas running; {}",
+                listed(&not_ready)
+            ),
+        )
+    };
+
+    let phase = if workload.metadata.deletion_timestamp.is_some() {
+        WorkloadPhase::Terminating
+    } else if ready == replicas {
+        WorkloadPhase::Running
+    } else if allocated == 0 {
+        WorkloadPhase::Pending
+    } else if allocated < replicas || !failures.is_empty() {
+        WorkloadPhase::Degraded
+    } else {
+        WorkloadPhase::Allocated
+    };
+    let previous = workload
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    WorkloadStatus {
+        observed_generation: generation,
+        phase,
+        ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
+        replicas: rows,
+        conditions: stamp(
+            vec![allocated_condition, enforced_condition, ready_condition],
+            previous,
+            generation,
+            now,
+        ),
+    }
+}
+
+/// The status of `policy`: nodes, capacity, allocation and pending replicas from the plan.
+/// `problem` is why the object is refused, when it is.
+pub fn policy_status(
+    policy: &ResourcePolicy,
+    plan: Option<&Plan>,
+    problem: Option<&str>,
+    now: &Time,
+) -> ResourcePolicyStatus {
+    let name = policy.name_any();
+    let report = plan.and_then(|p| p.policies.iter().find(|r| r.name == name));
+    let generation = policy.metadata.generation;
+    let valid = match problem {
+        Some(problem) => condition("Valid", false, "Invalid", problem),
+        None => condition("Valid", true, "Accepted", "the policy is in use as written"),
+    };
+    let ready = match (problem, report) {
+        (Some(_), _) => condition(
+            "Ready",
+            false,
+            "Invalid",
+            "the policy is refused; see Valid",
+        ),
+        (None, Some(r)) if r.nodes > 0 => condition(
+            "Ready",
+            true,
+            "GoverningNodes",
+            &format!(
+                "governs {} node(s) with {}; {} replica(s) pending",
+                r.nodes,
+                totals_text(&r.capacity),
+                r.pending
+            ),
+        ),
+        (None, _) => condition(
+            "Ready",
+            false,
+            "NoNodes",
+            "no registered node matches the policy's nodeSelector, or a policy of higher precedence governs them",
+        ),
+    };
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    ResourcePolicyStatus {
+        observed_generation: generation,
+        node_count: report.map_or(0, |r| i32::try_from(r.nodes).unwrap_or(i32::MAX)),
+        capacity: report.map(|r| totals(&r.capacity)),
+        allocated: report.map(|r| totals(&r.allocated)),
+        pending: report.map_or(0, |r| i32::try_from(r.pending).unwrap_or(i32::MAX)),
+        conditions: stamp(vec![valid, ready], previous, generation, now),
+    }
+}
+
+fn granted(res: &Res) -> Granted {
+    Granted {
+        cpu: Quantity::from_millis(res.cpu),
+        memory: Quantity::from_bytes(res.memory),
+        pids: (res.pids > 0).then_some(res.pids),
+    }
+}
+
+fn totals(res: &Res) -> ResourceTotals {
+    ResourceTotals {
+        cpu: Quantity::from_millis(res.cpu),
+        memory: Quantity::from_bytes(res.memory),
+        pids: res.pids,
+    }
+}
+
+fn totals_text(res: &Res) -> String {
+    format!(
+        "{} cpu, {} memory",
+        Quantity::from_millis(res.cpu).as_str(),
+        Quantity::from_bytes(res.memory).as_str()
+    )
+}
+
+/// At most [`MESSAGE_ITEMS`] items, then how many more.
+fn listed(items: &[String]) -> String {
+    let mut text = items
+        .iter()
+        .take(MESSAGE_ITEMS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > MESSAGE_ITEMS {
+        text.push_str(&format!("; and {} more", items.len() - MESSAGE_ITEMS));
+    }
+    text
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Sets each condition's generation, and its transition time: kept from `previous` when
+/// the status is the same, `now` otherwise.
+fn stamp(
+    mut conditions: Vec<Condition>,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    for c in &mut conditions {
+        c.observed_generation = generation;
+        c.last_transition_time = previous
+            .iter()
+            .find(|p| p.type_ == c.type_ && p.status == c.status)
+            .map_or_else(|| now.clone(), |p| p.last_transition_time.clone());
+    }
+    conditions
+}
+
+/// True when `a` and `b` say the same, whatever their condition times.
+pub fn same_workload_status(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
+    let strip = |s: &WorkloadStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+/// True when `a` and `b` say the same, whatever their condition times.
+pub fn same_policy_status(a: &ResourcePolicyStatus, b: &ResourcePolicyStatus) -> bool {
+    let strip = |s: &ResourcePolicyStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::alloc::fixtures::{mk_lease, mk_node, mk_policy, mk_workload};
+    use crate::alloc::{Input, allocate};
+    use crate::lease::ProcessReport;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn running(lease: &Lease) -> Report {
+        Report {
+            key: Some(lease.key.clone()),
+            node: lease.node.clone(),
+            lease_epoch: lease.epoch,
+            applied: BTreeMap::from([("cpu.shares".into(), "102".into())]),
+            process: ProcessReport {
+                state: "Running".into(),
+                pid: Some(42),
+                pids: 1,
+                ..ProcessReport::default()
+            },
+            ..Report::default()
+        }
+    }
+
+    fn find<'a>(status: &'a WorkloadStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+    }
+
+    #[test]
+    fn enforced_and_running_replicas_make_the_workload_running() {
+        let workload = mk_workload("t", "web", 2, 100, 10, json!({}));
+        let leases = [mk_lease("n1", "web", 0, 7), mk_lease("n2", "web", 1, 7)];
+        let reports: Vec<Report> = leases.iter().map(running).collect();
+        let registered = ["n1".to_string(), "n2".to_string()];
+        let observed = Observed {
+            plan: None,
+            leases: &leases,
+            reports: &reports,
+            registered: &registered,
+        };
+        let status = workload_status(&workload, &observed, None, &at(100));
+        assert_eq!(status.phase, WorkloadPhase::Running);
+        assert_eq!(status.ready_replicas, 2);
+        assert_eq!(find(&status, "Allocated").reason, "AllReplicasAllocated");
+        assert_eq!(find(&status, "Enforced").reason, "Applied");
+        assert_eq!(find(&status, "Ready").status, "True");
+        assert_eq!(status.replicas[1].node.as_deref(), Some("n2"));
+        assert_eq!(status.replicas[1].lease_epoch, Some(7));
+        assert_eq!(status.replicas[0].applied["cpu.shares"], "102");
+    }
+
+    #[test]
+    fn pending_replicas_carry_the_allocators_reason() {
+        let workload = mk_workload("t", "big", 2, 3000, 10, json!({}));
+        let policy = mk_policy("p", json!({"strategy": "Priority"}));
+        let nodes = [mk_node("n1", 4000, 4096, &[])];
+        let plan = allocate(&Input {
+            policies: std::slice::from_ref(&policy),
+            workloads: std::slice::from_ref(&workload),
+            nodes: &nodes,
+            observed: &HashMap::new(),
+            current: &HashMap::new(),
+        });
+        assert_eq!(plan.pending.len(), 1, "{plan:?}");
+        let leases = [mk_lease("n1", "big", 0, 3)];
+        let observed = Observed {
+            plan: Some(&plan),
+            leases: &leases,
+            reports: &[],
+            registered: &["n1".to_string()],
+        };
+        let status = workload_status(&workload, &observed, None, &at(100));
+        let allocated = find(&status, "Allocated");
+        assert_eq!(allocated.status, "False");
+        assert_eq!(allocated.reason, "ReplicasPending");
+        assert!(
+            allocated
+                .message
+                .starts_with("1 of 2 replicas pending: replica 1: ")
+                && allocated.message.contains(&plan.pending[0].reason),
+            "{}",
+            allocated.message
+        );
+        assert_eq!(find(&status, "Enforced").reason, "WaitingForAgents");
+        assert_eq!(status.phase, WorkloadPhase::Degraded);
+        assert_eq!(
+            status.replicas[1].pending_reason.as_deref(),
+            Some(plan.pending[0].reason.as_str())
+        );
+    }
+
+    #[test]
+    fn agent_problems_make_enforcement_failed() {
+        let workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        let leases = [mk_lease("n1", "web", 0, 7)];
+        let mut report = running(&leases[0]);
+        report.problems = vec!["write memory.limit_in_bytes: Device or resource busy".into()];
+        let observed = Observed {
+            plan: None,
+            leases: &leases,
+            reports: std::slice::from_ref(&report),
+            registered: &["n1".to_string()],
+        };
+        let status = workload_status(&workload, &observed, None, &at(100));
+        let enforced = find(&status, "Enforced");
+        assert_eq!(enforced.reason, "EnforcementFailed");
+        assert_eq!(
+            enforced.message,
+            "replica 0 on n1: write memory.limit_in_bytes: Device or resource busy"
+        );
+    }
+
+    #[test]
+    fn reports_of_old_epochs_or_unregistered_nodes_do_not_count() {
+        let workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        let leases = [mk_lease("n1", "web", 0, 8)];
+        let mut stale = running(&leases[0]);
+        stale.lease_epoch = 7;
+        for (report, registered) in [(stale, "n1"), (running(&leases[0]), "n2")] {
+            let observed = Observed {
+                plan: None,
+                leases: &leases,
+                reports: std::slice::from_ref(&report),
+                registered: &[registered.to_string()],
+            };
+            let status = workload_status(&workload, &observed, None, &at(100));
+            assert_eq!(find(&status, "Enforced").reason, "WaitingForAgents");
+            assert_eq!(status.ready_replicas, 0);
+        }
+    }
+
+    #[test]
+    fn a_refused_object_says_why() {
+        let workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        let observed = Observed::default();
+        let problem = "spec.resources.limits.cpu: below the request (not used until corrected)";
+        let status = workload_status(&workload, &observed, Some(problem), &at(100));
+        let allocated = find(&status, "Allocated");
+        assert_eq!(
+            (allocated.status.as_str(), allocated.reason.as_str()),
+            ("False", "Invalid")
+        );
+        assert_eq!(allocated.message, problem);
+    }
+
+    #[test]
+    fn a_deleting_workload_is_terminating() {
+        let mut workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        workload.metadata.deletion_timestamp = Some(at(50));
+        let status = workload_status(&workload, &Observed::default(), None, &at(100));
+        assert_eq!(status.phase, WorkloadPhase::Terminating);
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let mut workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        workload.metadata.generation = Some(3);
+        let leases = [mk_lease("n1", "web", 0, 7)];
+        let first = workload_status(
+            &workload,
+            &Observed {
+                leases: &leases,
+                registered: &["n1".to_string()],
+                ..Observed::default()
+            },
+            None,
+            &at(100),
+        );
+        workload.status = Some(first.clone());
+        let reports = [running(&leases[0])];
+        let second = workload_status(
+            &workload,
+            &Observed {
+                leases: &leases,
+                reports: &reports,
+                registered: &["n1".to_string()],
+                ..Observed::default()
+            },
+            None,
+            &at(200),
+        );
+        assert_eq!(find(&second, "Allocated").last_transition_time, at(100));
+        assert_eq!(find(&second, "Ready").last_transition_time, at(200));
+        assert_eq!(find(&second, "Ready").observed_generation, Some(3));
+        assert!(!same_workload_status(&first, &second));
+        let again = workload_status(
+            &Workload {
+                status: Some(second.clone()),
+                ..workload.clone()
+            },
+            &Observed {
+                leases: &leases,
+                reports: &reports,
+                registered: &["n1".to_string()],
+                ..Observed::default()
+            },
+            None,
+            &at(300),
+        );
+        assert!(same_workload_status(&second, &again));
+        assert_eq!(again, second, "an unchanged status keeps its times");
+    }
+
+    #[test]
+    fn policy_status_shows_capacity_allocation_and_pending() {
+        let policy = mk_policy("p", json!({"strategy": "Priority"}));
+        let workload = mk_workload("t", "big", 2, 3000, 10, json!({}));
+        let nodes = [mk_node("n1", 4000, 4096, &[])];
+        let plan = allocate(&Input {
+            policies: std::slice::from_ref(&policy),
+            workloads: std::slice::from_ref(&workload),
+            nodes: &nodes,
+            observed: &HashMap::new(),
+            current: &HashMap::new(),
+        });
+        let status = policy_status(&policy, Some(&plan), None, &at(100));
+        assert_eq!(status.node_count, 1);
+        assert_eq!(status.pending, 1);
+        assert_eq!(status.allocated.as_ref().unwrap().cpu.as_str(), "3");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.reason, "GoverningNodes");
+        let refused = policy_status(
+            &policy,
+            Some(&plan),
+            Some("spec.tenants[1]: duplicate"),
+            &at(100),
+        );
+        let valid = refused
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Valid")
+            .unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.message.as_str()),
+            ("False", "spec.tenants[1]: duplicate")
+        );
+        let nowhere = policy_status(&policy, None, None, &at(100));
+        assert_eq!(nowhere.conditions[1].reason, "NoNodes");
+    }
+}
