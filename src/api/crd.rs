@@ -1,6 +1,10 @@
 //! The CustomResourceDefinitions, generated from the types; `crds/` holds their YAML.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 use super::{ResourcePolicy, Workload};
@@ -18,13 +22,53 @@ pub fn all() -> Vec<GeneratedCrd> {
     vec![
         GeneratedCrd {
             file_name: "workloads.corral.dev.yaml",
-            crd: Workload::crd(),
+            crd: workload(),
         },
         GeneratedCrd {
             file_name: "resourcepolicies.corral.dev.yaml",
-            crd: ResourcePolicy::crd(),
+            crd: policy(),
         },
     ]
+}
+
+/// The Workload CRD.
+pub fn workload() -> CustomResourceDefinition {
+    declare_name(Workload::crd())
+}
+
+/// The ResourcePolicy CRD.
+pub fn policy() -> CustomResourceDefinition {
+    declare_name(ResourcePolicy::crd())
+}
+
+/// Declares `metadata.name` (a string of at most 63 characters) in the schema. The apiserver
+/// refuses a rule's `fieldPath` that names an undeclared field, and the length bounds the
+/// cost of the rule on the name.
+fn declare_name(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(63),
+            ..JSONSchemaProps::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some(BTreeMap::from([("name".to_string(), name)])),
+            ..JSONSchemaProps::default()
+        };
+        schema
+            .properties
+            .get_or_insert_with(BTreeMap::new)
+            .insert("metadata".into(), metadata);
+    }
+    crd
 }
 
 /// A CRD as the YAML document `corral crd` prints and `crds/` holds.

@@ -183,8 +183,6 @@ fn one() -> f64 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.cpu) || !has(self.limit.cpu) || quantity(string(self.limit.cpu)).compareTo(quantity(string(self.guarantee.cpu))) >= 0").message("must be at least guarantee.cpu").field_path(".limit.cpu"),
-    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.memory) || !has(self.limit.memory) || quantity(string(self.limit.memory)).compareTo(quantity(string(self.guarantee.memory))) >= 0").message("must be at least guarantee.memory").field_path(".limit.memory"),
     validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.pids) || !has(self.limit.pids) || self.limit.pids >= self.guarantee.pids").message("must be at least guarantee.pids").field_path(".limit.pids"),
 )]
 pub struct Tenant {

@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 /// emits for `resource.Quantity`.
 pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 
+/// The CRDs' pattern for a quantity: [`QUANTITY_PATTERN`] without a minus sign, since no
+/// amount corral takes may be negative. A pattern, not a CEL rule: a rule on an
+/// int-or-string costs so much in the apiserver's estimate that a list of quantities (the
+/// tenants, the replicas in status) exceeds its budget, and the CRD is refused.
+pub const SCHEMA_QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
 /// What a person is told when a string is not a quantity.
 pub const QUANTITY_HINT: &str =
     "is not a quantity; write a number with an optional suffix, such as 500m, 1.5, 256Mi or 1G";
@@ -112,12 +118,9 @@ impl JsonSchema for Quantity {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "x-kubernetes-int-or-string": true,
-            "pattern": QUANTITY_PATTERN,
+            "pattern": SCHEMA_QUANTITY_PATTERN,
             "maxLength": QUANTITY_MAX_LENGTH,
-            "x-kubernetes-validations": [{
-                "rule": "!string(self).startsWith('-')",
-                "message": "must not be negative",
-            }],
+            "minimum": 0,
         })
     }
 }

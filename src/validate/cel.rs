@@ -5,7 +5,7 @@ use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::Value;
 
 use super::FieldError;
-use crate::api::quantity::{Exact, QUANTITY_PATTERN};
+use crate::api::quantity::{Exact, SCHEMA_QUANTITY_PATTERN};
 use crate::source::yaml::FieldPath;
 
 /// A kind's schema with its rules compiled once.
@@ -91,7 +91,7 @@ fn canonical_quantities(schema: &Value, value: &Value) -> Value {
 }
 
 fn is_quantity(schema: &Value) -> bool {
-    schema.get("pattern").and_then(Value::as_str) == Some(QUANTITY_PATTERN)
+    schema.get("pattern").and_then(Value::as_str) == Some(SCHEMA_QUANTITY_PATTERN)
 }
 
 fn canonical(value: &Value) -> Option<String> {

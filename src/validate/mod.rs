@@ -191,10 +191,9 @@ impl Default for Validator {
 impl Validator {
     /// Builds the validator from the generated CRDs.
     pub fn new() -> Self {
-        use kube::CustomResourceExt;
         Validator {
-            workload: KindRules::new(&Workload::crd()),
-            policy: KindRules::new(&ResourcePolicy::crd()),
+            workload: KindRules::new(&crate::api::crd::workload()),
+            policy: KindRules::new(&crate::api::crd::policy()),
         }
     }
 

@@ -13,7 +13,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::FieldError;
-use crate::api::quantity::{QUANTITY_HINT, QUANTITY_PATTERN};
+use crate::api::quantity::{QUANTITY_HINT, SCHEMA_QUANTITY_PATTERN};
 use crate::source::yaml::FieldPath;
 
 /// Checks `value` at `path` against `schema`, appending every problem found.
@@ -148,6 +148,13 @@ impl Checker<'_> {
 
     fn check_bounds(&mut self, schema: &Value, value: &Value, path: &FieldPath) {
         let Some(v) = value.as_f64() else { return };
+        let quantity =
+            schema.get("pattern").and_then(Value::as_str) == Some(SCHEMA_QUANTITY_PATTERN);
+        if quantity && v < 0.0 {
+            let text = Value::from(value.to_string());
+            self.error(path, format!("{text} must not be negative"));
+            return;
+        }
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
             && v < min
         {
@@ -188,7 +195,9 @@ impl Checker<'_> {
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
             && !self.matches(pattern, s)
         {
-            let message = if pattern == QUANTITY_PATTERN {
+            let message = if pattern == SCHEMA_QUANTITY_PATTERN && s.trim_start().starts_with('-') {
+                format!("{} must not be negative", Value::from(s))
+            } else if pattern == SCHEMA_QUANTITY_PATTERN {
                 format!("{} {QUANTITY_HINT}", Value::from(s))
             } else {
                 format!("{} does not match {pattern}", Value::from(s))
@@ -526,7 +535,7 @@ mod tests {
 
     #[test]
     fn quantities_are_int_or_string_with_the_upstream_pattern() {
-        let q = json!({"x-kubernetes-int-or-string": true, "pattern": QUANTITY_PATTERN});
+        let q = json!({"x-kubernetes-int-or-string": true, "pattern": SCHEMA_QUANTITY_PATTERN, "minimum": 0});
         let schema = object(json!({"a": q, "b": q, "c": q, "d": q, "e": q}));
         assert_eq!(
             errors(

@@ -77,6 +77,15 @@ pub fn check_policy(spec: &ResourcePolicySpec) -> Vec<FieldError> {
         if let Some(limit) = &tenant.limit {
             check_amounts(limit, &tenant_path.key("limit"), &mut out);
         }
+        if let (Some(guarantee), Some(limit)) = (&tenant.guarantee, &tenant.limit) {
+            check_at_least(
+                guarantee,
+                limit,
+                "guarantee",
+                &tenant_path.key("limit"),
+                &mut out,
+            );
+        }
     }
     if let Some(defaults) = &spec.defaults {
         check_requirements(defaults, &path.key("defaults"), &mut out);
@@ -100,6 +109,35 @@ pub fn check_amounts(amounts: &ResourceAmounts, path: &FieldPath, out: &mut Vec<
     }
     if let Some(memory) = &amounts.memory {
         check_quantity(memory, Quantity::units, &path.key("memory"), out);
+    }
+}
+
+/// `limit` must be at least `floor` (named `floor_name`) in cpu and memory. The CRD cannot
+/// say this for tenants: a CEL rule comparing quantities in a list exceeds the apiserver's
+/// cost budget, so the API server accepts such a policy and corral refuses it.
+fn check_at_least(
+    floor: &ResourceAmounts,
+    limit: &ResourceAmounts,
+    floor_name: &str,
+    path: &FieldPath,
+    out: &mut Vec<FieldError>,
+) {
+    type Convert = fn(&Quantity) -> Result<i64, crate::api::quantity::QuantityError>;
+    let pairs: [(&str, Convert, _, _); 2] = [
+        ("cpu", Quantity::millis, &floor.cpu, &limit.cpu),
+        ("memory", Quantity::units, &floor.memory, &limit.memory),
+    ];
+    for (name, convert, floor, limit) in pairs {
+        if let (Some(f), Some(l)) = (floor, limit)
+            && let (Ok(f), Ok(l)) = (convert(f), convert(l))
+            && l < f
+        {
+            push(
+                out,
+                &path.key(name),
+                format!("must be at least {floor_name}.{name}"),
+            );
+        }
     }
 }
 
@@ -303,6 +341,27 @@ mod tests {
         assert_eq!(
             messages[2],
             format!("spec.policyRef.name: {DNS_LABEL_MESSAGE}")
+        );
+    }
+
+    #[test]
+    fn a_tenant_limit_below_its_guarantee_is_refused() {
+        let spec: ResourcePolicySpec = serde_json::from_value(json!({"tenants": [
+            {"namespace": "a", "guarantee": {"cpu": "2", "memory": "1Gi"}, "limit": {"cpu": "1500m", "memory": "2Gi"}},
+            {"namespace": "b", "guarantee": {"memory": "1Gi"}, "limit": {"memory": "512Mi"}},
+            {"namespace": "c", "guarantee": {"cpu": 1}, "limit": {"cpu": "1000m"}},
+        ]}))
+        .unwrap();
+        let messages: Vec<String> = check_policy(&spec)
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "spec.tenants[0].limit.cpu: must be at least guarantee.cpu",
+                "spec.tenants[1].limit.memory: must be at least guarantee.memory",
+            ]
         );
     }
 
