@@ -20,6 +20,10 @@ pub struct Args {
     /// repeat for more).
     #[arg(long = "source", value_name = "kubernetes|dir:PATH", required = true)]
     pub sources: Vec<String>,
+    /// With `--source kubernetes`: the kubeconfig file to use instead of the in-cluster
+    /// configuration, KUBECONFIG or ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub zk: ZkArgs,
     /// This controller's name in the election; default: host name and process ID.
@@ -73,6 +77,23 @@ pub fn source_paths(sources: &[String]) -> anyhow::Result<Vec<PathBuf>> {
             ),
         })
         .collect()
+}
+
+/// The Kubernetes client: from `kubeconfig`, else in-cluster, else ~/.kube/config.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "--source kubernetes: no Kubernetes configuration (in-cluster, --kubeconfig, or ~/.kube/config)",
+        )?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// Runs until SIGINT or SIGTERM, then resigns. Returns 1 when the manifests are invalid at
@@ -133,9 +154,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     .await?;
                 }
                 None => {
-                    let client = kube::Client::try_default().await.context(
-                        "--source kubernetes: no Kubernetes configuration (in-cluster, or KUBECONFIG / ~/.kube/config)",
-                    )?;
+                    let client = kube_client(args.kubeconfig.as_deref()).await?;
                     let store = ZkStore::connect(config).await?;
                     tokio::spawn(metrics.session.clone().follow(store.session()));
                     crate::operator::run(client, store, &identity, resync, metrics, shutdown)
