@@ -503,3 +503,55 @@ async fn pending_preempted_and_drift_are_announced_once() {
     );
     assert!(render(mock.metrics.as_ref()).contains("corral_drift_corrections_total 2"));
 }
+
+#[tokio::test]
+async fn a_new_workload_before_the_first_pass_gets_status_but_no_pending_event() {
+    let mut mock = Mock::new(Some(7));
+    mock.set_snapshot(Snapshot {
+        plan: Some(Plan::default()),
+        nodes: vec!["n1".into()],
+        passes: 2,
+        ..Snapshot::default()
+    });
+    let workload = web(1, true);
+    let (result, calls) = mock.reconcile(&workload, accept(&workload)).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let allocated = condition(&calls[0].body["status"], "Allocated");
+    assert_eq!(
+        allocated["message"],
+        "1 of 1 replicas pending: replica 0: not allocated yet"
+    );
+    assert!(events(&calls).is_empty());
+}
+
+#[tokio::test]
+async fn a_finalizer_patch_refused_by_its_test_is_a_conflict() {
+    let mut mock = Mock::new(Some(7));
+    mock.set_snapshot(one_running_replica());
+    let workload = web(1, false);
+    let (result, calls) = mock
+        .reconcile(&workload, |_| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "the server rejected our request due to an error in our request",
+                    "reason": "Invalid", "code": 422,
+                }),
+            )
+        })
+        .await;
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let error = result.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Conflict {
+                what: "the finalizer",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

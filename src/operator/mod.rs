@@ -140,13 +140,13 @@ pub async fn run(
     let changes = channel::Sender::new(0u64);
     let unreadable_workloads = watch::Unreadable::default();
     let unreadable_policies = watch::Unreadable::default();
-    let (workload_store, workload_events) = watch::typed_reflector::<Workload>(
+    let (workload_store, workload_events, mut workloads_listed) = watch::typed_reflector::<Workload>(
         watch::untyped_api::<Workload>(client.clone()),
         watcher::Config::default(),
         unreadable_workloads.clone(),
         changes.clone(),
     );
-    let (policy_store, policy_events) = watch::typed_reflector::<ResourcePolicy>(
+    let (policy_store, policy_events, mut policies_listed) = watch::typed_reflector::<ResourcePolicy>(
         watch::untyped_api::<ResourcePolicy>(client.clone()),
         watcher::Config::default(),
         unreadable_policies.clone(),
@@ -206,8 +206,9 @@ pub async fn run(
     });
     tracing::info!("listing Workloads and ResourcePolicies");
     let synced = async {
-        workload_store.wait_until_ready().await?;
-        policy_store.wait_until_ready().await
+        workloads_listed.wait_for(|listed| *listed).await?;
+        policies_listed.wait_for(|listed| *listed).await?;
+        Ok::<(), channel::error::RecvError>(())
     };
     tokio::select! {
         synced = synced => synced.map_err(|e| anyhow::anyhow!("the Kubernetes watch ended before it listed the objects: {e}"))?,

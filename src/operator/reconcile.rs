@@ -114,6 +114,10 @@ impl Error {
     fn api(what: &'static str, source: kube::Error) -> Error {
         match &source {
             kube::Error::Api(status) if status.is_conflict() => Error::Conflict { what, source },
+            // The finalizer's JSON patch tests the list it read; another writer changed it.
+            kube::Error::Api(status) if what == "the finalizer" && status.code == 422 => {
+                Error::Conflict { what, source }
+            }
             _ => Error::Kube { what, source },
         }
     }
@@ -331,7 +335,11 @@ pub fn events_for(
                     format!("{}; {placed}", allocated.message),
                 ));
             }
-            ("False", "ReplicasPending") => {
+            // Only once the allocator said why: before its first pass over a new object,
+            // "not allocated yet" is no news.
+            ("False", "ReplicasPending")
+                if new.replicas.iter().any(|r| r.pending_reason.is_some()) =>
+            {
                 events.push((EventType::Warning, "Pending", allocated.message.clone()));
             }
             ("False", "Invalid") => {

@@ -67,7 +67,9 @@ pub fn convert<K: DeserializeOwned>(obj: &DynamicObject) -> Result<K, String> {
 /// objects it applied (for a `kube::runtime::Controller`, or to be drained; the store
 /// changes only while it is polled). Objects that do not convert go to `unreadable`, and
 /// their last readable version stays. `changes` is bumped after every event the store
-/// applied, deletions included.
+/// applied, deletions included. The receiver returned turns true once the first list is
+/// in the store: `Store::wait_until_ready` wakes only one waiter, and the
+/// `kube::runtime::Controller` over the store is one already.
 pub fn typed_reflector<K>(
     api: Api<DynamicObject>,
     config: watcher::Config,
@@ -76,6 +78,7 @@ pub fn typed_reflector<K>(
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    tokio::sync::watch::Receiver<bool>,
 )
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
@@ -85,8 +88,12 @@ where
     let events = watcher(api, config)
         .default_backoff()
         .filter_map(move |event| future::ready(typed_event(event, &known, &unreadable)));
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let stream = reflector(writer, events)
         .inspect(move |event| {
+            if matches!(event, Ok(Event::InitDone)) {
+                listed_tx.send_replace(true);
+            }
             if matches!(
                 event,
                 Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)
@@ -95,7 +102,7 @@ where
             }
         })
         .applied_objects();
-    (reader, stream)
+    (reader, stream, listed)
 }
 
 fn watcher(
@@ -150,7 +157,10 @@ where
                 .map(|k| Ok(Event::Delete(k)))
         }
         Event::Init => Some(Ok(Event::Init)),
-        Event::InitDone => Some(Ok(Event::InitDone)),
+        Event::InitDone => {
+            tracing::debug!(kind = %K::kind(&()), "listed");
+            Some(Ok(Event::InitDone))
+        }
     }
 }
 
