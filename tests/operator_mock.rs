@@ -555,3 +555,33 @@ async fn a_finalizer_patch_refused_by_its_test_is_a_conflict() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_change_of_observed_use_alone_is_written_at_most_every_30_seconds() {
+    use corral::lease::UsageSample;
+    let mut mock = Mock::new(Some(7));
+    let mut snapshot = one_running_replica();
+    mock.set_snapshot(snapshot.clone());
+    let workload = web(1, true);
+    let (_, calls) = mock.reconcile(&workload, accept(&workload)).await;
+    let mut written = workload.clone();
+    written.status = Some(serde_json::from_value(calls[0].body["status"].clone()).unwrap());
+
+    // The agent reports new use: just written, so not again yet.
+    snapshot.reports[0].usage = Some(UsageSample {
+        cpu: 250,
+        memory: 8 << 20,
+        ..UsageSample::default()
+    });
+    mock.set_snapshot(snapshot.clone());
+    let (_, calls) = mock.reconcile(&written, accept(&written)).await;
+    assert!(calls.is_empty(), "{calls:#?}");
+
+    // Anything else that changes is written at once, use included.
+    snapshot.reports[0].process.state = "Exited".into();
+    mock.set_snapshot(snapshot);
+    let (_, calls) = mock.reconcile(&written, accept(&written)).await;
+    let status = &calls[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(status["replicas"][0]["usage"]["cpu"], "250m");
+}

@@ -14,7 +14,9 @@ use kube::runtime::finalizer::{self, Event as Finalize, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::status::{Observed, same_policy_status, same_workload_status, workload_status};
+use super::status::{
+    Observed, same_but_usage, same_policy_status, same_workload_status, workload_status,
+};
 use super::watch::full_name;
 use super::{FIELD_MANAGER, FINALIZER, Shared, Snapshot};
 use crate::api::workload::WorkloadStatus;
@@ -27,6 +29,10 @@ pub const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 /// How soon after another error.
 pub const ERROR_RETRY: Duration = Duration::from_secs(10);
+/// How often a status whose only change is the observed use is written: use changes at
+/// every agent's resync, and writing it for every workload each time would load the API
+/// server for nothing a person reads that fast.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(30);
 /// The event reporter's name.
 pub const REPORTER: &str = "corral-controller";
 
@@ -41,6 +47,8 @@ pub struct Context {
     recorder: Recorder,
     /// What was already announced per workload, so that each event is sent once.
     noted: Mutex<HashMap<String, Noted>>,
+    /// When each workload's status was last written.
+    written: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,6 +77,7 @@ impl Context {
             shared,
             metrics,
             noted: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -194,7 +203,7 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
         .ok()
         .and_then(|p| p.get(&name).cloned());
     let status = status_of(workload, &snapshot, problem.as_deref());
-    write_status(workload, &status, api).await?;
+    write_status(workload, &status, ctx, api).await?;
     announce(workload, &status, &snapshot, ctx).await;
     Ok(Action::await_change())
 }
@@ -203,7 +212,7 @@ async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Res
     let snapshot = ctx.shared.snapshot();
     let name = full_name(workload);
     let status = status_of(workload, &snapshot, None);
-    write_status(workload, &status, api).await?;
+    write_status(workload, &status, ctx, api).await?;
     if let Some(why) = holding(&name, &snapshot) {
         return Err(Error::CleanupWaiting(why));
     }
@@ -216,6 +225,12 @@ async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Res
     )
     .await;
     tracing::info!(workload = %name, "released; the finalizer goes");
+    if let Ok(mut noted) = ctx.noted.lock() {
+        noted.remove(&name);
+    }
+    if let Ok(mut written) = ctx.written.lock() {
+        written.remove(&name);
+    }
     Ok(Action::await_change())
 }
 
@@ -266,18 +281,28 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Writes `status` with server-side apply, unless the object already says the same.
+/// Writes `status` with server-side apply, unless the object already says the same, or
+/// only the observed use changed and it was written less than [`USAGE_REFRESH`] ago.
 async fn write_status(
     workload: &Workload,
     status: &WorkloadStatus,
+    ctx: &Context,
     api: &Api<Workload>,
 ) -> Result<(), Error> {
-    if workload
-        .status
-        .as_ref()
-        .is_some_and(|old| same_workload_status(old, status))
-    {
-        return Ok(());
+    let name = full_name(workload);
+    if let Some(old) = &workload.status {
+        if same_workload_status(old, status) {
+            return Ok(());
+        }
+        let recent = ctx
+            .written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&name).copied())
+            .is_some_and(|at| at.elapsed() < USAGE_REFRESH);
+        if recent && same_but_usage(old, status) {
+            return Ok(());
+        }
     }
     let patch = json!({
         "apiVersion": Workload::api_version(&()),
@@ -291,6 +316,9 @@ async fn write_status(
     )
     .await
     .map_err(|e| Error::api("the status", e))?;
+    if let Ok(mut written) = ctx.written.lock() {
+        written.insert(name, Instant::now());
+    }
     Ok(())
 }
 

@@ -368,6 +368,18 @@ pub fn same_workload_status(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
     strip(a) == strip(b)
 }
 
+/// True when `a` and `b` differ at most in observed use (and condition times).
+pub fn same_but_usage(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
+    let strip = |s: &WorkloadStatus| {
+        let mut s = s.clone();
+        for r in &mut s.replicas {
+            r.usage = None;
+        }
+        s
+    };
+    same_workload_status(&strip(a), &strip(b))
+}
+
 /// True when `a` and `b` say the same, whatever their condition times.
 pub fn same_policy_status(a: &ResourcePolicyStatus, b: &ResourcePolicyStatus) -> bool {
     let strip = |s: &ResourcePolicyStatus| {
