@@ -8,3 +8,6 @@ pub mod zk;
 
 #[allow(dead_code)]
 pub mod cluster;
+
+#[allow(dead_code)]
+pub mod apiserver;
