@@ -1,0 +1,307 @@
+//! End to end against a real API server: kube-apiserver and etcd (built from their Go
+//! modules by scripts/k8s-apiserver.sh), a real ZooKeeper, two `corral controller
+//! --source kubernetes` (leader-elected) and one `corral agent`. Objects go in with
+//! kubectl; the test waits on status conditions, never on sleeps, and checks what reached
+//! the cgroup filesystem.
+//!
+//! Needs root (cgroups), Go and kubectl (the API server), java and the zookeeper package.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::apiserver::ApiServer;
+use common::cluster::{Cluster, gone, policy, quota, web};
+use common::zk::ZkCluster;
+use serde_json::Value;
+
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+
+/// A free loopback address for a metrics server.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// GET `path` from `addr`: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+fn start_controller(c: &mut Cluster, api: &ApiServer, name: &str, metrics: &str) {
+    let args = [
+        "controller",
+        "--source",
+        "kubernetes",
+        "--kubeconfig",
+        &api.kubeconfig().to_string_lossy(),
+        "--zookeeper",
+        &c.zk.connect_string(),
+        "--session-timeout",
+        c.session_timeout,
+        "--identity",
+        name,
+        "--resync",
+        "1",
+        "--metrics-addr",
+        metrics,
+    ]
+    .map(String::from)
+    .to_vec();
+    c.add(name, args, None);
+    c.start(name);
+}
+
+fn get_json(api: &ApiServer, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&api.kubectl_ok(&all)).unwrap()
+}
+
+fn wait(api: &ApiServer, c: &Cluster, args: &[&str]) {
+    let mut all = vec!["wait", "--timeout=60s"];
+    all.extend(args);
+    let output = api.kubectl(&all);
+    assert!(
+        output.status.success(),
+        "kubectl {} failed:\n{}{}\n--- logs ---{}",
+        all.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        c.logs()
+    );
+}
+
+fn events(api: &ApiServer, namespace: &str, name: &str) -> Vec<(String, String)> {
+    let list = get_json(
+        api,
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("regarding.name={name}"),
+        ],
+    );
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
+    let api = ApiServer::start();
+    let mut c = Cluster::on(ZkCluster::standalone());
+    c.agent_resync = "2";
+    api.kubectl_ok(&["apply", "-f", CRDS]);
+    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+
+    c.start_agent("n1");
+    let (m1, m2) = (free_addr(), free_addr());
+    start_controller(&mut c, &api, "c1", &m1);
+    c.wait_for_log("c1", "leading epoch=", Duration::from_secs(30));
+    start_controller(&mut c, &api, "c2", &m2);
+
+    let applied = api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", policy(), web(3, "500m")),
+    );
+    assert!(applied.status.success(), "{applied:?}");
+
+    // Allocated, enforced and running, as the conditions say.
+    wait(
+        &api,
+        &c,
+        &["--for=condition=Ready", "-n", "shop", "workload/web"],
+    );
+    wait(
+        &api,
+        &c,
+        &["--for=condition=Ready", "resourcepolicy/cluster"],
+    );
+    let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    let status = &workload["status"];
+    assert_eq!(status["phase"], "Running", "{status:#}");
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(
+        status["observedGeneration"],
+        workload["metadata"]["generation"]
+    );
+    assert_eq!(
+        workload["metadata"]["finalizers"],
+        serde_json::json!(["corral.dev/cleanup"])
+    );
+    for replica in status["replicas"].as_array().unwrap() {
+        assert_eq!(replica["node"], "n1", "{replica:#}");
+        assert_eq!(replica["granted"]["cpu"], "300m");
+        let index = replica["index"].as_u64().unwrap();
+        // What the status says was applied is what the cgroup holds.
+        assert_eq!(
+            replica["applied"]["cpu.cfs_quota_us"].as_str(),
+            Some(quota(500).as_str())
+        );
+        assert_eq!(
+            c.knob("n1", index, "cpu.cfs_quota_us"),
+            Some(quota(500)),
+            "replica {index}"
+        );
+    }
+    let managed = get_json(
+        &api,
+        &["get", "-n", "shop", "workload/web", "--show-managed-fields"],
+    );
+    let managers: Vec<&str> = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["corral-controller"]);
+    let policy_status = get_json(&api, &["get", "resourcepolicy/cluster"]);
+    assert_eq!(policy_status["status"]["nodeCount"], 1);
+    assert_eq!(policy_status["status"]["allocated"]["cpu"], "900m");
+    assert!(
+        events(&api, "shop", "web")
+            .iter()
+            .any(|(reason, note)| reason == "Allocated" && note.ends_with("3 on n1")),
+        "{:?}",
+        events(&api, "shop", "web")
+    );
+    let columns = api.kubectl_ok(&["get", "-n", "shop", "workloads"]);
+    assert!(
+        columns
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("Running")),
+        "{columns}"
+    );
+
+    // Metrics and health of the leader; the standby is ready but does not lead.
+    let (line, body) = http_get(&m1, "/metrics");
+    assert!(line.contains("200"), "{line}");
+    for needle in [
+        "corral_leases 3",
+        "corral_allocated_replicas 3",
+        "corral_pending_replicas 0",
+        "corral_leader 1",
+        "corral_zookeeper_session{state=\"connected\"} 1",
+    ] {
+        assert!(body.contains(needle), "{needle} missing:\n{body}");
+    }
+    assert!(http_get(&m1, "/healthz").0.contains("200"));
+    assert!(http_get(&m2, "/readyz").0.contains("200"));
+    assert!(http_get(&m2, "/metrics").1.contains("corral_leader 0"));
+
+    // An object the API server accepts and corral refuses: its status says why.
+    let bad = web(1, "500m")
+        .replace("name: web", "name: relative")
+        .replace(
+            "args: [sleep, \"600\"]",
+            "args: [sleep, \"600\"], workingDir: tmp",
+        );
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &bad);
+    assert!(applied.status.success(), "{applied:?}");
+    wait(
+        &api,
+        &c,
+        &[
+            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
+            "-n",
+            "shop",
+            "workload/relative",
+        ],
+    );
+    let refused = get_json(&api, &["get", "-n", "shop", "workload/relative"]);
+    let message = refused["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.starts_with("spec.command.workingDir:"), "{message}");
+
+    // The leader dies: the standby takes over and keeps status current.
+    c.kill("c1");
+    api.kubectl_ok(&[
+        "patch",
+        "-n",
+        "shop",
+        "workload/web",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"replicas\":2}}",
+    ]);
+    wait(
+        &api,
+        &c,
+        &[
+            "--for=jsonpath={.status.readyReplicas}=2",
+            "-n",
+            "shop",
+            "workload/web",
+        ],
+    );
+    let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    assert_eq!(workload["status"]["observedGeneration"], 2);
+    assert_eq!(workload["status"]["replicas"].as_array().unwrap().len(), 2);
+    assert!(
+        c.knob("n1", 2, "cpu.cfs_quota_us").is_none(),
+        "replica 2's group is gone"
+    );
+
+    // Deleted while no controller runs: the finalizer holds it, and the agent keeps its
+    // processes, until a controller comes back.
+    c.terminate("c2");
+    let procs = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/cpu")
+            .join(c.root("n1"))
+            .join("shop/web.0/cgroup.procs"),
+    )
+    .unwrap();
+    let pid: u64 = procs.lines().next().unwrap().trim().parse().unwrap();
+    api.kubectl_ok(&["delete", "-n", "shop", "workload/web", "--wait=false"]);
+    let held = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    assert!(!gone(pid), "the replica runs while no controller does");
+    c.start("c2");
+    wait(&api, &c, &["--for=delete", "-n", "shop", "workload/web"]);
+    assert!(
+        gone(pid),
+        "the replica's process is stopped before the object goes"
+    );
+    assert!(
+        c.knob("n1", 0, "cpu.cfs_quota_us").is_none(),
+        "its group is removed"
+    );
+    assert!(
+        events(&api, "shop", "web")
+            .iter()
+            .any(|(reason, _)| reason == "Released")
+    );
+}
