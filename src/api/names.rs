@@ -3,6 +3,26 @@
 
 /// What a person is told when a name is not a DNS-1123 label. The CRDs' CEL rule on
 /// `metadata.name` uses the same words.
+/// The CRDs' pattern for a DNS-1123 label (with `maxLength: 63`).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// The CRDs' pattern for an absolute path with no `.` or `..` component and no NUL byte:
+/// each component is empty, or any text but `.` and `..`. RE2 has no lookahead, so the
+/// three ways a component can avoid being `.` or `..` are spelt out.
+pub const ABSOLUTE_PATH_PATTERN: &str =
+    r"^(/([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)?)+$";
+
+/// What a person is told when a path does not match [`ABSOLUTE_PATH_PATTERN`].
+pub fn absolute_path_problem(p: &str) -> String {
+    if !p.starts_with('/') {
+        format!("{p:?} must be an absolute path")
+    } else if p.contains('\0') {
+        "must not contain a NUL byte".to_string()
+    } else {
+        format!("{p:?} must not contain '.' or '..' components")
+    }
+}
+
 pub const DNS_LABEL_MESSAGE: &str = "must be a DNS-1123 label: at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit";
 
 /// True for a DNS-1123 label: 1 to 63 of `[a-z0-9-]`, starting and ending alphanumeric.

@@ -40,7 +40,10 @@ pub struct ResourcePolicySpec {
 
     /// Namespaces whose workloads this policy governs. Empty means every namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
+    #[schemars(
+        length(max = 256),
+        inner(regex(pattern = crate::api::names::DNS_LABEL_PATTERN), length(min = 1, max = 63))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub namespaces: Vec<String>,
 
@@ -187,7 +190,7 @@ fn one() -> f64 {
 )]
 pub struct Tenant {
     /// The namespace whose workloads form this tenant.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::names::DNS_LABEL_PATTERN), length(min = 1, max = 63))]
     pub namespace: String,
     /// The tenant's weight in fair sharing, 1 to 1000; default 1. A tenant of weight 2 is
     /// entitled to twice the dominant share of a tenant of weight 1.

@@ -132,6 +132,7 @@ pub struct Command {
 
     /// Absolute directory to start in; default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::names::ABSOLUTE_PATH_PATTERN), length(max = 4096))]
     pub working_dir: Option<String>,
 
     /// What to do when the process exits: `Always` restart it, restart it only `OnFailure`
@@ -175,12 +176,12 @@ pub struct AdoptRule {
     /// Absolute path of an existing cgroup, relative to each controller's mount (as in
     /// /proc/PID/cgroup, e.g. `/system.slice/nginx.service`); its processes are moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(regex(pattern = crate::api::names::ABSOLUTE_PATH_PATTERN), length(max = 4096))]
     pub cgroup_path: Option<String>,
 
     /// Absolute path of a file holding the process ID to adopt, as daemons write it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(regex(pattern = crate::api::names::ABSOLUTE_PATH_PATTERN), length(max = 4096))]
     pub pid_file: Option<String>,
 
     /// A regular expression matched against each process's full command line (arguments
@@ -195,7 +196,7 @@ pub struct AdoptRule {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyReference {
     /// The ResourcePolicy's name.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::names::DNS_LABEL_PATTERN), length(min = 1, max = 63))]
     pub name: String,
 }
 

@@ -22,7 +22,17 @@ pub struct Document {
     pub lines: LineIndex,
     /// Values that have no JSON form (a list used as a mapping key), each with its path.
     pub unrepresentable: Vec<(FieldPath, String)>,
+    /// Unquoted words that YAML 1.1 reads as booleans (`yes`, `no`, `on`, `off`, `y`,
+    /// `n`): strings here, but booleans to kubectl and every tool built on Go's YAML
+    /// libraries. Each with its path and the word as written.
+    pub yaml11_booleans: Vec<(FieldPath, String)>,
 }
+
+/// The words YAML 1.1 reads as booleans and YAML 1.2 as strings.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
 
 /// The first YAML syntax error in a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +72,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 value: Value::Null,
                 lines: LineIndex::default(),
                 unrepresentable: Vec::new(),
+                yaml11_booleans: Vec::new(),
             };
             doc.value = convert(node, &FieldPath::root(), text, &mut doc);
             doc
@@ -97,7 +108,14 @@ fn convert(node: Spanned<Node>, path: &FieldPath, source: &str, doc: &mut Docume
             // number, so keep the text as written and let the field's checks say what is wrong.
             None => Value::String(raw_text(source, span).unwrap_or_else(|| f.to_string())),
         },
-        Node::Str(s) => Value::String(s),
+        Node::Str(s) => {
+            if YAML11_BOOLEANS.contains(&s.as_str())
+                && raw_text(source, span).as_deref() == Some(s.as_str())
+            {
+                doc.yaml11_booleans.push((path.clone(), s.clone()));
+            }
+            Value::String(s)
+        }
         Node::Seq(items) => Value::Array(
             items
                 .into_iter()
@@ -378,6 +396,24 @@ mod tests {
         assert_eq!(
             docs[0].value,
             json!({"a": "no", "b": "yes", "c": "on", "d": "off", "e": true, "f": null})
+        );
+    }
+
+    #[test]
+    fn unquoted_yaml_1_1_booleans_are_noted_quoted_ones_are_not() {
+        let docs = parse_stream("a: no\nb: 'no'\nc: \"yes\"\nd: [on, Off]\ne: nope\n").unwrap();
+        let noted: Vec<(String, String)> = docs[0]
+            .yaml11_booleans
+            .iter()
+            .map(|(p, w)| (p.to_string(), w.clone()))
+            .collect();
+        assert_eq!(
+            noted,
+            [
+                ("a".to_string(), "no".to_string()),
+                ("d[0]".to_string(), "on".to_string()),
+                ("d[1]".to_string(), "Off".to_string()),
+            ]
         );
     }
 

@@ -299,6 +299,15 @@ impl Validator {
                 }
                 out.problems
                     .extend(errors.into_iter().map(|e| locate(Some(&object), e)));
+                for (path, word) in &doc.yaml11_booleans {
+                    out.notices.push(Notice {
+                        origin: origin.clone(),
+                        line: doc.lines.line_of(path),
+                        message: format!(
+                            "{object}: {path}: warning: unquoted {word} is the string {word:?} to corral (YAML 1.2) but a boolean to kubectl (YAML 1.1), which refuses it here; write {word:?}"
+                        ),
+                    });
+                }
             }
         }
     }

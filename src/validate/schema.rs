@@ -13,6 +13,9 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::FieldError;
+use crate::api::names::{
+    ABSOLUTE_PATH_PATTERN, DNS_LABEL_MESSAGE, DNS_LABEL_PATTERN, absolute_path_problem,
+};
 use crate::api::quantity::{QUANTITY_HINT, SCHEMA_QUANTITY_PATTERN};
 use crate::source::yaml::FieldPath;
 
@@ -195,7 +198,11 @@ impl Checker<'_> {
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
             && !self.matches(pattern, s)
         {
-            let message = if pattern == SCHEMA_QUANTITY_PATTERN && s.trim_start().starts_with('-') {
+            let message = if pattern == DNS_LABEL_PATTERN {
+                DNS_LABEL_MESSAGE.to_string()
+            } else if pattern == ABSOLUTE_PATH_PATTERN {
+                absolute_path_problem(s)
+            } else if pattern == SCHEMA_QUANTITY_PATTERN && s.trim_start().starts_with('-') {
                 format!("{} must not be negative", Value::from(s))
             } else if pattern == SCHEMA_QUANTITY_PATTERN {
                 format!("{} {QUANTITY_HINT}", Value::from(s))

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::FieldError;
-use crate::api::names::{DNS_LABEL_MESSAGE, check_label_key, check_label_value, is_dns_label};
+use crate::api::names::{
+    DNS_LABEL_MESSAGE, absolute_path_problem, check_label_key, check_label_value, is_dns_label,
+};
 use crate::api::policy::ResourcePolicySpec;
 use crate::api::quantity::Quantity;
 use crate::api::workload::{AdoptRule, Command, WorkloadSpec};
@@ -208,16 +210,8 @@ fn check_adopt(adopt: &AdoptRule, path: &FieldPath, out: &mut Vec<FieldError>) {
 
 /// An absolute path with no `.` or `..` components and no NUL byte.
 fn check_absolute(p: &str, path: &FieldPath, out: &mut Vec<FieldError>) {
-    if !p.starts_with('/') {
-        push(out, path, format!("{p:?} must be an absolute path"));
-    } else if p.split('/').any(|c| c == ".." || c == ".") {
-        push(
-            out,
-            path,
-            format!("{p:?} must not contain '.' or '..' components"),
-        );
-    } else if p.contains('\0') {
-        push(out, path, "must not contain a NUL byte");
+    if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == ".." || c == ".") {
+        push(out, path, absolute_path_problem(p));
     }
 }
 
