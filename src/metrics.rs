@@ -126,6 +126,8 @@ pub struct ControllerMetrics {
     pub errors: Family<CategoryLabel, Counter>,
     /// How long a Workload's reconcile took.
     pub reconcile_duration: Histogram,
+    /// Status writes sent to the API server, by kind.
+    pub status_writes: Family<KindLabel, Counter>,
     /// Allocation passes made while leading.
     pub passes: Counter,
     /// Replicas with a node after the last pass.
@@ -151,6 +153,7 @@ impl Default for ControllerMetrics {
             reconciles: Family::default(),
             errors: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            status_writes: Family::default(),
             passes: Counter::default(),
             allocated: Gauge::default(),
             pending: Gauge::default(),
@@ -175,6 +178,11 @@ impl Default for ControllerMetrics {
             "corral_reconcile_duration_seconds",
             "How long a Workload's reconcile took",
             m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "corral_status_writes",
+            "Status writes sent to the API server, by kind",
+            m.status_writes.clone(),
         );
         registry.register(
             "corral_allocation_passes",
@@ -228,6 +236,15 @@ impl ControllerMetrics {
         self.allocated.set(count(pass.plan.allocations.len()));
         self.pending.set(count(pass.plan.pending.len()));
         self.leases.set(count(pass.leases.len()));
+    }
+
+    /// Counts a status write of `kind`.
+    pub fn status_written(&self, kind: &str) {
+        self.status_writes
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a reconcile of `kind`.

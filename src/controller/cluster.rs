@@ -43,6 +43,13 @@ pub trait Desired: Send {
     /// Told each pass this controller made while leading, with the nodes it allocated on
     /// and the reports it read last.
     fn passed(&mut self, _pass: &ControllerPass, _nodes: &[String], _reports: &[Report]) {}
+    /// True when the reports should be read whenever an agent writes one (debounced), for
+    /// [`Desired::reported`]; otherwise they are read at each resync.
+    fn follows_reports(&self) -> bool {
+        false
+    }
+    /// Told the reports, read again after agents wrote new ones, while leading.
+    fn reported(&mut self, _reports: &[Report]) {}
 }
 
 impl Desired for ManifestSource {
@@ -59,6 +66,10 @@ impl Desired for ManifestSource {
         &self.problems
     }
 }
+
+/// How long after an agent's report the reports are read, so that a burst of them makes
+/// one read.
+const REPORTS_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// The leader's summary in `/status`, for `corral status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +105,11 @@ pub async fn run<D: Desired>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut registrations = store.subscribe("/nodes").await?;
+    let mut reports_changed = if source.follows_reports() {
+        Some(store.subscribe("/reports").await?)
+    } else {
+        None
+    };
     let mut session = store.session();
     let mut tracker = NodeTracker::default();
     let mut usage = UsageHistory::new(20);
@@ -119,8 +135,10 @@ pub async fn run<D: Desired>(
         metrics.leader.set(1);
         let mut resync_timer = tokio::time::interval(resync);
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A new read of the reports alone needs no allocation pass.
+        let mut reports_only = false;
         loop {
-            if *session.borrow() == Session::Connected {
+            if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
                 match pass(&store, epoch, identity, &source, &mut tracker, &usage).await {
                     Ok((done, nodes)) => {
                         metrics.passed(&done);
@@ -154,6 +172,30 @@ pub async fn run<D: Desired>(
                     }
                 }
                 _ = registrations.changed() => {}
+                changed = async {
+                    match reports_changed.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        reports_changed = None;
+                    } else {
+                        // Agents write their reports one by one: read them once per burst.
+                        tokio::time::sleep(REPORTS_DEBOUNCE).await;
+                        if let Some(rx) = reports_changed.as_mut() {
+                            rx.borrow_and_update();
+                        }
+                        match store.reports().await {
+                            Ok(read) => {
+                                reports = read;
+                                source.reported(&reports);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot read reports"),
+                        }
+                    }
+                    reports_only = true;
+                }
                 _ = resync_timer.tick() => {
                     match store.reports().await {
                         Ok(read) => {

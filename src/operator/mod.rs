@@ -62,7 +62,8 @@ pub struct Shared {
     pub leading: channel::Sender<Option<i64>>,
     /// The last pass.
     pub snapshot: RwLock<Snapshot>,
-    /// Bumped after every pass.
+    /// Bumped after every pass and every new read of the reports: every Workload is
+    /// reconciled then.
     pub passes: channel::Sender<u64>,
     /// Why a Workload is not used as written, by `namespace/name`.
     pub workload_problems: Mutex<BTreeMap<String, String>>,
@@ -100,6 +101,15 @@ impl Shared {
             snapshot.nodes = nodes.to_vec();
             snapshot.deleting.clone_from(deleting);
             snapshot.passes += 1;
+        }
+        self.passes.send_modify(|n| *n += 1);
+    }
+
+    /// Records reports read after agents wrote new ones: the statuses follow without an
+    /// allocation pass.
+    pub fn record_reports(&self, reports: &[Report]) {
+        if let Ok(mut snapshot) = self.snapshot.write() {
+            snapshot.reports = reports.to_vec();
         }
         self.passes.send_modify(|n| *n += 1);
     }

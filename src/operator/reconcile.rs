@@ -316,6 +316,7 @@ async fn write_status(
     )
     .await
     .map_err(|e| Error::api("the status", e))?;
+    ctx.metrics.status_written("Workload");
     if let Ok(mut written) = ctx.written.lock() {
         written.insert(name, Instant::now());
     }
@@ -521,14 +522,17 @@ pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
             "kind": ResourcePolicy::kind(&()),
             "status": status,
         });
-        if let Err(e) = api
+        let written = api
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await
-        {
+            .await;
+        if written.is_ok() {
+            ctx.metrics.status_written("ResourcePolicy");
+        }
+        if let Err(e) = written {
             let error = Error::api("the status", e);
             ctx.metrics.error(error.category());
             tracing::warn!(policy = %name, %error, "cannot write the policy's status");

@@ -198,4 +198,13 @@ impl Desired for KubeSource {
     fn passed(&mut self, pass: &ControllerPass, nodes: &[String], reports: &[Report]) {
         self.shared.record(pass, nodes, reports, &self.deleting);
     }
+
+    fn follows_reports(&self) -> bool {
+        // Status shows what the agents did as soon as they report it.
+        true
+    }
+
+    fn reported(&mut self, reports: &[Report]) {
+        self.shared.record_reports(reports);
+    }
 }
