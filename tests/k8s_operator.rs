@@ -221,12 +221,13 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     assert!(http_get(&m2, "/readyz").0.contains("200"));
     assert!(http_get(&m2, "/metrics").1.contains("corral_leader 0"));
 
-    // An object the API server accepts and corral refuses: its status says why.
+    // An object the API server accepts and corral refuses (a schema cannot say that a
+    // regular expression compiles): its status says why.
     let bad = web(1, "500m")
-        .replace("name: web", "name: relative")
+        .replace("name: web", "name: unclosed")
         .replace(
-            "args: [sleep, \"600\"]",
-            "args: [sleep, \"600\"], workingDir: tmp",
+            "command: {args: [sleep, \"600\"]}",
+            "adopt: {commandPattern: \"(unclosed\"}",
         );
     let applied = api.kubectl_stdin(&["apply", "-f", "-"], &bad);
     assert!(applied.status.success(), "{applied:?}");
@@ -237,14 +238,17 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
             "-n",
             "shop",
-            "workload/relative",
+            "workload/unclosed",
         ],
     );
-    let refused = get_json(&api, &["get", "-n", "shop", "workload/relative"]);
+    let refused = get_json(&api, &["get", "-n", "shop", "workload/unclosed"]);
     let message = refused["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap();
-    assert!(message.starts_with("spec.command.workingDir:"), "{message}");
+    assert!(
+        message.starts_with("spec.adopt.commandPattern: is not a valid regular expression"),
+        "{message}"
+    );
 
     // The leader dies: the standby takes over and keeps status current.
     c.kill("c1");
