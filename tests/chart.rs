@@ -412,14 +412,13 @@ impl Rendered {
             (
                 vec!["corral.dev"],
                 vec!["resourcepolicies", "workloads"],
-                vec!["get", "list", "patch", "watch"],
+                vec!["list", "patch", "watch"],
             ),
             (
                 vec!["corral.dev"],
                 vec!["resourcepolicies/status", "workloads/status"],
-                vec!["get", "patch"],
+                vec!["patch"],
             ),
-            (vec![""], vec!["events"], vec!["create", "patch"]),
             (
                 vec!["events.k8s.io"],
                 vec!["events"],

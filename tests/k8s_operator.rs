@@ -309,3 +309,184 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             .any(|(reason, _)| reason == "Released")
     );
 }
+
+/// Helm, as `tests/chart/setup.sh` installs it (it runs first, once).
+fn helm() -> std::path::PathBuf {
+    let dir = std::env::var_os("CORRAL_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/corral-tools"));
+    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart/setup.sh");
+    let output = std::process::Command::new("bash")
+        .arg(setup)
+        .env("CORRAL_TOOLS", &dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    dir.join("bin/helm")
+}
+
+#[test]
+fn the_chart_installs_and_the_controller_works_with_only_its_rbac() {
+    let api = ApiServer::start();
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/corral");
+    let install = std::process::Command::new(helm())
+        .args([
+            "install",
+            "corral",
+            chart,
+            "-n",
+            "corral-system",
+            "--create-namespace",
+            "--set",
+            "zookeeper.embedded.enabled=true",
+        ])
+        .envs(api.envs())
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "helm install: {install:?}");
+    // The API server took every object (no kubelet runs them here).
+    api.kubectl_ok(&[
+        "wait",
+        "--timeout=60s",
+        "--for=condition=Established",
+        "crd/workloads.corral.dev",
+    ]);
+    for object in [
+        "deployment/corral-controller",
+        "daemonset/corral-agent",
+        "statefulset/corral-zookeeper",
+        "poddisruptionbudget/corral-controller",
+        "service/corral-controller",
+        "service/corral-agent",
+        "configmap/corral",
+        "serviceaccount/corral-controller",
+    ] {
+        api.kubectl_ok(&["get", "-n", "corral-system", object]);
+    }
+
+    // The controller's ServiceAccount may do what corral needs, and nothing more.
+    let sa = "system:serviceaccount:corral-system:corral-controller";
+    let can = |verb: &str, resource: &str| {
+        let (resource, status) = match resource.strip_suffix("/status") {
+            Some(r) => (r, true),
+            None => (resource, false),
+        };
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", sa, "-A"];
+        if status {
+            args.push("--subresource=status");
+        }
+        let out = api.kubectl(&args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("watch", "workloads.corral.dev"),
+        ("patch", "workloads.corral.dev"),
+        ("patch", "workloads.corral.dev/status"),
+        ("list", "resourcepolicies.corral.dev"),
+        ("patch", "resourcepolicies.corral.dev/status"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert!(can(verb, resource), "{sa} cannot {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("create", "workloads.corral.dev"),
+        ("delete", "workloads.corral.dev"),
+        ("update", "workloads.corral.dev"),
+        ("get", "workloads.corral.dev"),
+        ("update", "workloads.corral.dev/status"),
+        ("create", "events"),
+        ("get", "secrets"),
+        ("list", "pods"),
+        ("get", "nodes"),
+    ] {
+        assert!(!can(verb, resource), "{sa} may {verb} {resource}");
+    }
+    let agent = "system:serviceaccount:corral-system:corral-agent";
+    let out = api.kubectl(&["auth", "can-i", "--list", "--as", agent]);
+    let agent_rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !agent_rules.contains("corral.dev"),
+        "the agent needs no API access:\n{agent_rules}"
+    );
+
+    // Run the controller with that ServiceAccount's token: it must finalize, write status
+    // and record events with nothing else.
+    let token = api
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "corral-controller",
+            "-n",
+            "corral-system",
+        ])
+        .trim()
+        .to_string();
+    let mut c = Cluster::on(ZkCluster::standalone());
+    c.agent_resync = "2";
+    let kubeconfig = c.path().join("controller.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
+             users: [{{name: sa, user: {{token: \"{token}\"}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: c, user: sa}}}}]\ncurrent-context: c\n",
+            api.url(),
+            api.ca_cert().display()
+        ),
+    )
+    .unwrap();
+    c.start_agent("n1");
+    let args = [
+        "controller",
+        "--source",
+        "kubernetes",
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+        "--zookeeper",
+        &c.zk.connect_string(),
+        "--session-timeout",
+        c.session_timeout,
+        "--identity",
+        "sa",
+        "--resync",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.add("sa", args, None);
+    c.start("sa");
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let applied = api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", policy(), web(1, "500m")),
+    );
+    assert!(applied.status.success(), "{applied:?}");
+    wait(
+        &api,
+        &c,
+        &["--for=condition=Ready", "-n", "shop", "workload/web"],
+    );
+    wait(
+        &api,
+        &c,
+        &["--for=condition=Ready", "resourcepolicy/cluster"],
+    );
+    assert!(
+        events(&api, "shop", "web")
+            .iter()
+            .any(|(reason, _)| reason == "Allocated")
+    );
+    api.kubectl_ok(&["delete", "-n", "shop", "workload/web", "--timeout=60s"]);
+    let log = c.log("sa");
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the controller was refused something:\n{log}"
+    );
+
+    let uninstall = std::process::Command::new(helm())
+        .args(["uninstall", "corral", "-n", "corral-system"])
+        .envs(api.envs())
+        .output()
+        .unwrap();
+    assert!(uninstall.status.success(), "helm uninstall: {uninstall:?}");
+}
