@@ -40,6 +40,8 @@ pub struct KubeSource {
     problems: Vec<String>,
     /// Workloads being deleted, by full name.
     deleting: BTreeSet<String>,
+    /// A change was seen and not yet read.
+    dirty: bool,
     /// The last version of each object that corral accepted, by full name.
     good_workloads: BTreeMap<String, Workload>,
     good_policies: BTreeMap<String, ResourcePolicy>,
@@ -67,6 +69,7 @@ impl KubeSource {
             policies: Vec::new(),
             problems: Vec::new(),
             deleting: BTreeSet::new(),
+            dirty: false,
             good_workloads: BTreeMap::new(),
             good_policies: BTreeMap::new(),
         };
@@ -163,15 +166,27 @@ fn refused(errors: &[FieldError], has_good: bool) -> String {
 }
 
 impl Desired for KubeSource {
+    /// Cancel-safe: a change seen by a call dropped during the debounce is read by the
+    /// next call (the controller's loop drops this future whenever another event wins).
     async fn changed(&mut self) -> Reload {
-        if self.changes.changed().await.is_err() {
-            // The reflectors are gone: nothing changes any more.
-            std::future::pending::<()>().await;
+        if !self.dirty {
+            if self.changes.changed().await.is_err() {
+                // The reflectors are gone: nothing changes any more.
+                std::future::pending::<()>().await;
+            }
+            self.dirty = true;
         }
         tokio::time::sleep(DEBOUNCE).await;
         self.changes.borrow_and_update();
+        self.dirty = false;
         self.refresh();
         Reload::Applied
+    }
+
+    fn catch_up(&mut self) {
+        self.changes.borrow_and_update();
+        self.dirty = false;
+        self.refresh();
     }
 
     fn workloads(&self) -> &[Workload] {
@@ -206,5 +221,49 @@ impl Desired for KubeSource {
 
     fn reported(&mut self, reports: &[Report]) {
         self.shared.record_reports(reports);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::store::Writer;
+
+    use super::*;
+
+    fn source() -> (KubeSource, watch::Sender<u64>) {
+        let changes = watch::Sender::new(0);
+        let source = KubeSource::new(
+            Writer::<Workload>::default().as_reader(),
+            Writer::<ResourcePolicy>::default().as_reader(),
+            Unreadable::default(),
+            Unreadable::default(),
+            changes.subscribe(),
+            Arc::new(Shared::default()),
+        );
+        (source, changes)
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_by_a_dropped_call_is_read_by_the_next() {
+        let (mut source, changes) = source();
+        changes.send_modify(|n| *n += 1);
+        // The controller's loop drops the future when another event wins, here during
+        // the debounce.
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(10), Desired::changed(&mut source)).await;
+        assert!(dropped.is_err());
+        let next =
+            tokio::time::timeout(Duration::from_millis(500), Desired::changed(&mut source)).await;
+        assert_eq!(next.ok(), Some(Reload::Applied));
+    }
+
+    #[tokio::test]
+    async fn catching_up_consumes_the_pending_change() {
+        let (mut source, changes) = source();
+        changes.send_modify(|n| *n += 1);
+        source.catch_up();
+        let next =
+            tokio::time::timeout(Duration::from_millis(200), Desired::changed(&mut source)).await;
+        assert!(next.is_err(), "nothing changed since the catch-up");
     }
 }
