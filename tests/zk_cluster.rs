@@ -300,6 +300,43 @@ fn the_controller_fails_over_and_a_paused_old_leader_is_fenced() {
 }
 
 #[test]
+fn a_standby_that_takes_over_starts_from_the_current_manifests() {
+    let mut c = Cluster::up();
+    let (_, old_epoch) = leader(&c.status());
+    // An edit made while c2 stands by: c1 applies it, and c2 must not undo it.
+    write_manifest(&c.manifests(), "web.yaml", &web(2, "400m"));
+    c.wait_until(
+        "2 replicas at the new limit",
+        Duration::from_secs(30),
+        |c| {
+            c.try_status().is_ok_and(|s| {
+                leases(&s).len() == 2
+                    && all_running(&s, 2)
+                    && web_rows(&s).iter().all(|r| {
+                        r["report"]["applied"]["cpu.cfs_quota_us"].as_str() == Some(&quota(400))
+                    })
+            })
+        },
+    );
+    let placed = placement(&c.status());
+    c.kill("c1");
+    c.wait_until("c2 to lead", Duration::from_secs(30), |c| {
+        c.try_status()
+            .is_ok_and(|s| leader(&s).0 == "c2" && leader(&s).1 > old_epoch)
+    });
+    // A few of c2's passes (resync 1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    let log = c.log("c2");
+    assert!(
+        !log.contains("leases written"),
+        "c2 had nothing to change, yet wrote leases:\n{log}"
+    );
+    let after = c.status();
+    assert_eq!(placement(&after), placed, "the same processes");
+    assert_eq!(leases(&after).len(), 2);
+}
+
+#[test]
 fn an_agent_restart_disturbs_no_workload() {
     let started = Instant::now();
     let mut c = Cluster::up();

@@ -33,6 +33,10 @@ pub trait Desired: Send {
     fn policies(&self) -> &[ResourcePolicy];
     /// Why some objects are not used as written, for a person.
     fn problems(&self) -> &[String];
+    /// Reads whatever changed while this controller did not lead, before its first pass
+    /// as leader: a standby does not follow changes, and a first pass on what it read at
+    /// start would undo everything since.
+    fn catch_up(&mut self);
     /// Told whether this controller leads, and with which epoch.
     fn leading(&mut self, _epoch: Option<i64>) {}
     /// True when the reports should be read again right after a pass, not only at the
@@ -55,6 +59,9 @@ pub trait Desired: Send {
 impl Desired for ManifestSource {
     async fn changed(&mut self) -> Reload {
         ManifestSource::changed(self).await
+    }
+    fn catch_up(&mut self) {
+        ManifestSource::catch_up(self);
     }
     fn workloads(&self) -> &[Workload] {
         &self.workloads
@@ -131,6 +138,7 @@ pub async fn run<D: Desired>(
             _ = shutdown.changed() => return Ok(()),
         };
         tracing::info!(epoch, %identity, "leading");
+        source.catch_up();
         source.leading(Some(epoch));
         metrics.leader.set(1);
         let mut resync_timer = tokio::time::interval(resync);

@@ -111,6 +111,25 @@ impl ManifestSource {
         }
     }
 
+    /// Reads the manifests now if they changed since the last read (for a controller that
+    /// starts to lead after standing by). A version that drops workloads starts to settle
+    /// instead, as in [`ManifestSource::changed`].
+    pub fn catch_up(&mut self) {
+        let mut pending = self.dirty;
+        while self.events.try_recv().is_ok() {
+            pending = true;
+        }
+        tracing::debug!(pending, "catching up with the manifests");
+        if pending {
+            self.dirty = false;
+            if let Some(Reload::Kept) = self.reload() {
+                tracing::warn!(
+                    "the manifests changed while standing by and are invalid now; leading with the last valid version"
+                );
+            }
+        }
+    }
+
     /// Reads the manifests; `None` while a version that drops workloads settles.
     fn reload(&mut self) -> Option<Reload> {
         let manifests = super::load(&self.paths);
