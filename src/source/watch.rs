@@ -53,8 +53,10 @@ pub struct ManifestSource {
 
 impl ManifestSource {
     /// The source of `manifests` (already read and valid) at `paths`; `watch` starts
-    /// following edits. The watch starts before anything is applied, so an edit made
-    /// meanwhile is not missed.
+    /// following edits. The watch starts before anything is applied, and the files are
+    /// read once more after it starts (at the first [`ManifestSource::changed`] or
+    /// [`ManifestSource::catch_up`]), so an edit made between the first read and the
+    /// watch is not missed either.
     ///
     /// # Errors
     /// A path cannot be watched.
@@ -76,7 +78,7 @@ impl ManifestSource {
             problems: Vec::new(),
             events,
             _watcher: watcher,
-            dirty: false,
+            dirty: watch,
             settling: None,
         };
         source.take(manifests);
@@ -207,4 +209,49 @@ fn watch_paths(
         watcher.watch(&parent, notify::RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(replicas: u32) -> String {
+        format!(
+            "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: web, namespace: shop}}\n\
+             spec:\n  replicas: {replicas}\n  command: {{args: [sleep, \"1\"]}}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn an_edit_between_the_first_read_and_the_watch_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        std::fs::write(&file, workload(3)).unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        let first = super::super::load(&paths);
+        // The edit lands after the read and before the watch starts.
+        std::fs::write(&file, workload(2)).unwrap();
+        let mut source = ManifestSource::new(&paths, first, true).unwrap();
+        assert_eq!(source.workloads[0].spec.replicas, 3);
+        source.catch_up();
+        assert_eq!(source.workloads[0].spec.replicas, 2);
+        // Nothing pending after that.
+        let next = tokio::time::timeout(Duration::from_millis(300), source.changed()).await;
+        assert!(next.is_err(), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_standby_catches_up_with_edits_it_did_not_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        std::fs::write(&file, workload(3)).unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        let mut source = ManifestSource::new(&paths, super::super::load(&paths), true).unwrap();
+        source.catch_up();
+        std::fs::write(&file, workload(1)).unwrap();
+        // The watcher's thread delivers the event.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        source.catch_up();
+        assert_eq!(source.workloads[0].spec.replicas, 1);
+    }
 }
