@@ -250,6 +250,49 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "{message}"
     );
 
+    // A workload that fits nowhere: pending, with the allocator's reason, as an event too.
+    let big = web(1, "4")
+        .replace("name: web", "name: big")
+        .replace("cpu: 300m", "cpu: \"3\"");
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &big);
+    assert!(applied.status.success(), "{applied:?}");
+    wait(
+        &api,
+        &c,
+        &[
+            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=ReplicasPending",
+            "-n",
+            "shop",
+            "workload/big",
+        ],
+    );
+    let pending: Vec<(String, String)> = events(&api, "shop", "big")
+        .into_iter()
+        .filter(|(reason, _)| reason == "Pending")
+        .collect();
+    assert!(
+        pending.iter().any(
+            |(_, note)| note.starts_with("1 of 1 replicas pending: replica 0: ")
+                && note.contains("cpu")
+        ),
+        "{pending:?}"
+    );
+    api.kubectl_ok(&["delete", "-n", "shop", "workload/big", "--timeout=60s"]);
+
+    // Drift: something else changes a value in a replica's group; the agent restores it
+    // at its next resync, and the workload's events say so.
+    let shares = Path::new("/sys/fs/cgroup/cpu")
+        .join(c.root("n1"))
+        .join("shop/web.0/cpu.shares");
+    let want = std::fs::read_to_string(&shares).unwrap();
+    std::fs::write(&shares, "2").unwrap();
+    c.wait_until("the drift corrected event", Duration::from_secs(30), |_| {
+        events(&api, "shop", "web")
+            .iter()
+            .any(|(reason, note)| reason == "DriftCorrected" && note.contains("cpu.shares was 2"))
+    });
+    assert_eq!(std::fs::read_to_string(&shares).unwrap(), want);
+
     // The leader dies: the standby takes over and keeps status current.
     c.kill("c1");
     api.kubectl_ok(&[
