@@ -72,7 +72,7 @@ impl Mock {
     }
 
     fn set_snapshot(&self, snapshot: Snapshot) {
-        *self.shared.snapshot.write().unwrap() = snapshot;
+        *self.shared.snapshot.write().unwrap() = Arc::new(snapshot);
     }
 
     /// Runs one reconcile of `workload`, answering each call with `answer` (status code

@@ -21,7 +21,7 @@ pub mod status;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch as channel;
 
@@ -61,7 +61,8 @@ pub struct Shared {
     /// This controller's epoch while it leads.
     pub leading: channel::Sender<Option<i64>>,
     /// The last pass.
-    pub snapshot: RwLock<Snapshot>,
+    /// Shared, not copied: every Workload's reconcile reads it, after every pass.
+    pub snapshot: RwLock<Arc<Snapshot>>,
     /// Bumped after every pass and every new read of the reports: every Workload is
     /// reconciled then.
     pub passes: channel::Sender<u64>,
@@ -75,7 +76,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             leading: channel::Sender::new(None),
-            snapshot: RwLock::new(Snapshot::default()),
+            snapshot: RwLock::new(Arc::default()),
             passes: channel::Sender::new(0),
             workload_problems: Mutex::new(BTreeMap::new()),
             policy_problems: Mutex::new(BTreeMap::new()),
@@ -94,13 +95,15 @@ impl Shared {
     ) {
         let epoch = (*self.leading.borrow()).unwrap_or_default();
         if let Ok(mut snapshot) = self.snapshot.write() {
-            snapshot.epoch = epoch;
-            snapshot.plan = Some(pass.plan.clone());
-            snapshot.leases.clone_from(&pass.leases);
-            snapshot.reports = reports.to_vec();
-            snapshot.nodes = nodes.to_vec();
-            snapshot.deleting.clone_from(deleting);
-            snapshot.passes += 1;
+            *snapshot = Arc::new(Snapshot {
+                epoch,
+                plan: Some(pass.plan.clone()),
+                leases: pass.leases.clone(),
+                reports: reports.to_vec(),
+                nodes: nodes.to_vec(),
+                deleting: deleting.clone(),
+                passes: snapshot.passes + 1,
+            });
         }
         self.passes.send_modify(|n| *n += 1);
     }
@@ -109,7 +112,7 @@ impl Shared {
     /// allocation pass.
     pub fn record_reports(&self, reports: &[Report]) {
         if let Ok(mut snapshot) = self.snapshot.write() {
-            snapshot.reports = reports.to_vec();
+            Arc::make_mut(&mut snapshot).reports = reports.to_vec();
         }
         self.passes.send_modify(|n| *n += 1);
     }
@@ -120,8 +123,11 @@ impl Shared {
     }
 
     /// A copy of the last pass.
-    pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_default()
     }
 }
 
@@ -139,8 +145,6 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::ControllerMetrics>,
     mut shutdown: channel::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    use std::sync::Arc;
-
     use futures::StreamExt;
     use kube::runtime::{Controller, watcher};
 
