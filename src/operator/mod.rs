@@ -20,12 +20,13 @@ pub mod source;
 pub mod status;
 pub mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch as channel;
 
-use crate::alloc::plan::Plan;
+use crate::alloc::plan::{Pending, Plan, Preemption};
 use crate::controller::ControllerPass;
 use crate::lease::{Lease, Report};
 
@@ -53,6 +54,89 @@ pub struct Snapshot {
     pub deleting: BTreeSet<String>,
     /// Passes so far.
     pub passes: u64,
+    /// The same, by workload (`namespace/name`): what its status is computed from.
+    pub views: HashMap<String, WorkloadView>,
+}
+
+/// What the last pass and reports say of one workload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadView {
+    /// Its leases.
+    pub leases: Vec<Lease>,
+    /// The reports of its replicas.
+    pub reports: Vec<Report>,
+    /// Its replicas without a node, with the reasons.
+    pub pending: Vec<Pending>,
+    /// Its replicas that lost their node in the pass.
+    pub preemptions: Vec<Preemption>,
+    /// True when the pass placed at least one of its replicas.
+    pub placed: bool,
+    /// Being deleted when the pass was made.
+    pub deleting: bool,
+}
+
+impl Snapshot {
+    /// What the snapshot says of `workload` (`namespace/name`).
+    pub fn view(&self, workload: &str) -> Cow<'_, WorkloadView> {
+        self.views
+            .get(workload)
+            .map_or_else(|| Cow::Owned(WorkloadView::default()), Cow::Borrowed)
+    }
+
+    /// Builds [`Snapshot::views`]: one walk over the pass, so that a reconcile reads only
+    /// its own workload's part.
+    pub fn index(&mut self) {
+        let mut views: HashMap<String, WorkloadView> = HashMap::new();
+        for lease in &self.leases {
+            views
+                .entry(lease.key.workload())
+                .or_default()
+                .leases
+                .push(lease.clone());
+        }
+        for report in &self.reports {
+            if let Some(key) = &report.key {
+                views
+                    .entry(key.workload())
+                    .or_default()
+                    .reports
+                    .push(report.clone());
+            }
+        }
+        if let Some(plan) = &self.plan {
+            for allocation in &plan.allocations {
+                views.entry(allocation.workload.clone()).or_default().placed = true;
+            }
+            for pending in &plan.pending {
+                views
+                    .entry(pending.workload.clone())
+                    .or_default()
+                    .pending
+                    .push(pending.clone());
+            }
+            for preemption in &plan.preemptions {
+                views
+                    .entry(preemption.workload.clone())
+                    .or_default()
+                    .preemptions
+                    .push(preemption.clone());
+            }
+        }
+        for name in &self.deleting {
+            views.entry(name.clone()).or_default().deleting = true;
+        }
+        self.views = views;
+    }
+
+    /// The workloads whose view differs between `self` and `other`.
+    fn changed(&self, other: &Snapshot) -> BTreeSet<String> {
+        self.views
+            .keys()
+            .chain(other.views.keys())
+            .filter(|name| self.views.get(*name) != other.views.get(*name))
+            .cloned()
+            .collect()
+    }
 }
 
 /// State the allocation loop and the status controller share.
@@ -63,9 +147,13 @@ pub struct Shared {
     /// The last pass.
     /// Shared, not copied: every Workload's reconcile reads it, after every pass.
     pub snapshot: RwLock<Arc<Snapshot>>,
-    /// Bumped after every pass and every new read of the reports: every Workload is
-    /// reconciled then.
+    /// Bumped after every pass and every new read of the reports.
     pub passes: channel::Sender<u64>,
+    /// The epoch of the first pass made in each leadership: every Workload is reconciled
+    /// then.
+    pub first_pass: channel::Sender<i64>,
+    /// Where to send the workloads to reconcile because what their status shows changed.
+    pub triggers: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Why a Workload is not used as written, by `namespace/name`.
     pub workload_problems: Mutex<BTreeMap<String, String>>,
     /// Why a ResourcePolicy is not used as written, by name.
@@ -78,6 +166,8 @@ impl Default for Shared {
             leading: channel::Sender::new(None),
             snapshot: RwLock::new(Arc::default()),
             passes: channel::Sender::new(0),
+            first_pass: channel::Sender::new(0),
+            triggers: Mutex::new(None),
             workload_problems: Mutex::new(BTreeMap::new()),
             policy_problems: Mutex::new(BTreeMap::new()),
         }
@@ -94,8 +184,9 @@ impl Shared {
         deleting: &BTreeSet<String>,
     ) {
         let epoch = (*self.leading.borrow()).unwrap_or_default();
+        let mut changed = BTreeSet::new();
         if let Ok(mut snapshot) = self.snapshot.write() {
-            *snapshot = Arc::new(Snapshot {
+            let mut next = Snapshot {
                 epoch,
                 plan: Some(pass.plan.clone()),
                 leases: pass.leases.clone(),
@@ -103,18 +194,53 @@ impl Shared {
                 nodes: nodes.to_vec(),
                 deleting: deleting.clone(),
                 passes: snapshot.passes + 1,
-            });
+                views: HashMap::new(),
+            };
+            next.index();
+            changed = next.changed(&snapshot);
+            // A preemption is news in the pass that made it, even when the same one
+            // was in the last pass's plan too.
+            changed.extend(
+                next.views
+                    .iter()
+                    .filter(|(_, v)| !v.preemptions.is_empty())
+                    .map(|(n, _)| n.clone()),
+            );
+            *snapshot = Arc::new(next);
         }
         self.passes.send_modify(|n| *n += 1);
+        self.first_pass.send_if_modified(|first| {
+            let new = *first != epoch;
+            *first = epoch;
+            new
+        });
+        self.trigger(changed);
     }
 
     /// Records reports read after agents wrote new ones: the statuses follow without an
     /// allocation pass.
     pub fn record_reports(&self, reports: &[Report]) {
+        let mut changed = BTreeSet::new();
         if let Ok(mut snapshot) = self.snapshot.write() {
-            Arc::make_mut(&mut snapshot).reports = reports.to_vec();
+            let mut next = (**snapshot).clone();
+            next.reports = reports.to_vec();
+            next.index();
+            changed = next.changed(&snapshot);
+            *snapshot = Arc::new(next);
         }
         self.passes.send_modify(|n| *n += 1);
+        self.trigger(changed);
+    }
+
+    /// Asks for a reconcile of each of `workloads` (`namespace/name`).
+    pub fn trigger(&self, workloads: impl IntoIterator<Item = String>) {
+        if let Ok(triggers) = self.triggers.lock()
+            && let Some(tx) = triggers.as_ref()
+        {
+            for name in workloads {
+                let _ = tx.send(name);
+            }
+        }
     }
 
     /// This controller's epoch, while it leads.
@@ -179,8 +305,24 @@ pub async fn run(
         }
         std::future::ready(())
     }));
-    // Every Workload again after each allocation pass.
-    let passes = futures::stream::unfold(shared.passes.subscribe(), |mut rx| async move {
+    // A Workload is reconciled when it changes, when what its status shows changed (a
+    // pass or the agents' reports: `Shared::trigger`), and all of them after the first
+    // pass of each leadership.
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if let Ok(mut triggers) = shared.triggers.lock() {
+        *triggers = Some(trigger_tx);
+    }
+    let triggered = futures::stream::unfold(trigger_rx, |mut rx| async move {
+        let name = rx.recv().await?;
+        let reference = match name.split_once('/') {
+            Some((namespace, name)) => {
+                kube::runtime::reflector::ObjectRef::<Workload>::new(name).within(namespace)
+            }
+            None => kube::runtime::reflector::ObjectRef::<Workload>::new(&name),
+        };
+        Some((reference, rx))
+    });
+    let leadership = futures::stream::unfold(shared.first_pass.subscribe(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
@@ -192,7 +334,8 @@ pub async fn run(
     };
     let controller = tokio::spawn(
         Controller::for_stream(workload_events, workload_store.clone())
-            .reconcile_all_on(passes)
+            .reconcile_on(triggered)
+            .reconcile_all_on(leadership)
             .graceful_shutdown_on(stop)
             .run(
                 reconcile::reconcile,
@@ -253,4 +396,85 @@ pub async fn run(
     policies.abort();
     let _ = controller.await;
     result.map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::fixtures::mk_lease;
+
+    fn shared() -> (Shared, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let shared = Shared::default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *shared.triggers.lock().unwrap() = Some(tx);
+        shared.leading.send_replace(Some(7));
+        (shared, rx)
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> BTreeSet<String> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn pass(leases: Vec<Lease>) -> ControllerPass {
+        ControllerPass {
+            plan: Plan::default(),
+            changes: 0,
+            leases,
+        }
+    }
+
+    #[test]
+    fn only_the_workloads_whose_part_changed_are_triggered() {
+        let (shared, mut rx) = shared();
+        let nodes = ["n1".to_string()];
+        let leases = vec![mk_lease("n1", "web", 0, 7), mk_lease("n1", "db", 0, 7)];
+        shared.record(&pass(leases.clone()), &nodes, &[], &BTreeSet::new());
+        assert_eq!(
+            drain(&mut rx),
+            BTreeSet::from(["t/web".into(), "t/db".into()])
+        );
+
+        // The same pass again: nothing to show.
+        shared.record(&pass(leases.clone()), &nodes, &[], &BTreeSet::new());
+        assert!(drain(&mut rx).is_empty());
+
+        // One report arrives: only its workload.
+        let report = Report {
+            key: Some(leases[1].key.clone()),
+            node: "n1".into(),
+            lease_epoch: 7,
+            ..Report::default()
+        };
+        shared.record_reports(std::slice::from_ref(&report));
+        assert_eq!(drain(&mut rx), BTreeSet::from(["t/db".into()]));
+        assert_eq!(shared.snapshot().view("t/db").reports, [report]);
+        assert!(shared.snapshot().view("t/web").reports.is_empty());
+
+        // web is deleted: its lease goes and it is marked deleting.
+        shared.record(
+            &pass(leases[1..].to_vec()),
+            &nodes,
+            &[],
+            &BTreeSet::from(["t/web".to_string()]),
+        );
+        assert_eq!(
+            drain(&mut rx),
+            BTreeSet::from(["t/web".into(), "t/db".into()])
+        );
+        assert!(shared.snapshot().view("t/web").deleting);
+    }
+
+    #[test]
+    fn the_first_pass_of_a_leadership_is_announced_once() {
+        let (shared, _rx) = shared();
+        let mut first = shared.first_pass.subscribe();
+        shared.record(&pass(vec![]), &[], &[], &BTreeSet::new());
+        assert!(first.has_changed().unwrap());
+        first.borrow_and_update();
+        shared.record(&pass(vec![]), &[], &[], &BTreeSet::new());
+        assert!(!first.has_changed().unwrap());
+        shared.leading.send_replace(Some(9));
+        shared.record(&pass(vec![]), &[], &[], &BTreeSet::new());
+        assert!(first.has_changed().unwrap());
+    }
 }

@@ -19,6 +19,7 @@ use super::status::{
 };
 use super::watch::full_name;
 use super::{FIELD_MANAGER, FINALIZER, Shared, Snapshot};
+use crate::alloc::plan::Plan;
 use crate::api::workload::WorkloadStatus;
 use crate::api::{ResourcePolicy, Workload};
 use crate::metrics::ControllerMetrics;
@@ -49,6 +50,8 @@ pub struct Context {
     noted: Mutex<HashMap<String, Noted>>,
     /// When each workload's status was last written.
     written: Mutex<HashMap<String, Instant>>,
+    /// By uid, the resource version a finalizer was added to, until the watch shows it.
+    finalized: Mutex<HashMap<Option<String>, Option<String>>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,6 +81,7 @@ impl Context {
             metrics,
             noted: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            finalized: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -155,6 +159,20 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
         // A standby writes nothing; the leader's first pass triggers every object.
         return Ok(Action::await_change());
     }
+    // The finalizer was added to this very version already, and the watch has not yet
+    // brought the object back with it: another try would fail its JSON-patch test. The
+    // update that brings it triggers the next reconcile.
+    let adding = workload.metadata.deletion_timestamp.is_none()
+        && !workload.finalizers().iter().any(|f| f == FINALIZER);
+    let version = (workload.uid(), workload.resource_version());
+    if adding
+        && ctx
+            .finalized
+            .lock()
+            .is_ok_and(|f| f.get(&version.0) == Some(&version.1))
+    {
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     ctx.metrics.reconciled("Workload");
     let namespace = workload.namespace().unwrap_or_else(|| "default".into());
@@ -167,6 +185,13 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(Error::from_finalizer);
+    if let Ok(mut finalized) = ctx.finalized.lock() {
+        if adding && result.is_ok() {
+            finalized.insert(version.0, version.1);
+        } else if !adding {
+            finalized.remove(&version.0);
+        }
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -202,6 +227,17 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
         .lock()
         .ok()
         .and_then(|p| p.get(&name).cloned());
+    // A new object the allocator has not seen yet: its first status would only say "not
+    // allocated yet", and the pass that follows triggers this again. One write less per
+    // object, which counts when thousands are applied at once.
+    let view = snapshot.view(&name);
+    let seen = workload.spec.replicas == 0
+        || view.placed
+        || !view.leases.is_empty()
+        || !view.pending.is_empty();
+    if workload.status.is_none() && problem.is_none() && !seen {
+        return Ok(Action::await_change());
+    }
     let status = status_of(workload, &snapshot, problem.as_deref());
     write_status(workload, &status, ctx, api).await?;
     announce(workload, &status, &snapshot, ctx).await;
@@ -238,23 +274,17 @@ async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Res
 /// still has a lease of it, or an agent of a registered node still reports it. `None` once
 /// it is gone everywhere.
 pub fn holding(name: &str, snapshot: &Snapshot) -> Option<String> {
-    if !snapshot.deleting.contains(name) {
+    let view = snapshot.view(name);
+    if !view.deleting {
         return Some("no allocation pass has seen the deletion yet".into());
     }
-    let leases = snapshot
-        .leases
-        .iter()
-        .filter(|l| l.key.workload() == name)
-        .count();
-    if leases > 0 {
-        return Some(format!("{leases} lease(s) not yet deleted"));
+    if !view.leases.is_empty() {
+        return Some(format!("{} lease(s) not yet deleted", view.leases.len()));
     }
-    let nodes: Vec<&str> = snapshot
+    let nodes: Vec<&str> = view
         .reports
         .iter()
-        .filter(|r| {
-            r.key.as_ref().is_some_and(|k| k.workload() == name) && snapshot.nodes.contains(&r.node)
-        })
+        .filter(|r| snapshot.nodes.contains(&r.node))
         .map(|r| r.node.as_str())
         .collect();
     if nodes.is_empty() {
@@ -268,10 +298,16 @@ pub fn holding(name: &str, snapshot: &Snapshot) -> Option<String> {
 }
 
 fn status_of(workload: &Workload, snapshot: &Snapshot, problem: Option<&str>) -> WorkloadStatus {
+    let view = snapshot.view(&full_name(workload));
+    // Only this workload's part of the plan: the status reads its pending replicas.
+    let plan = Plan {
+        pending: view.pending.clone(),
+        ..Plan::default()
+    };
     let observed = Observed {
-        plan: snapshot.plan.as_ref(),
-        leases: &snapshot.leases,
-        reports: &snapshot.reports,
+        plan: Some(&plan),
+        leases: &view.leases,
+        reports: &view.reports,
         registered: &snapshot.nodes,
     };
     workload_status(workload, &observed, problem, &now())
@@ -400,25 +436,22 @@ async fn announce(
 ) {
     let name = full_name(workload);
     let mut events = events_for(workload.status.as_ref(), status);
-    let drift: u64 = snapshot
+    let view = snapshot.view(&name);
+    let drift: u64 = view
         .reports
         .iter()
-        .filter(|r| r.key.as_ref().is_some_and(|k| k.workload() == name))
         .filter_map(|r| r.drift.as_ref())
         .map(|d| d.corrections)
         .sum();
-    let last_drift = snapshot
+    let last_drift = view
         .reports
         .iter()
-        .filter(|r| r.key.as_ref().is_some_and(|k| k.workload() == name))
         .filter_map(|r| Some((r.node.as_str(), r.drift.as_ref()?)))
         .map(|(node, d)| format!("on {node}: {}", d.last))
         .collect::<Vec<_>>();
-    let preemptions: Vec<String> = snapshot
-        .plan
+    let preemptions: Vec<String> = view
+        .preemptions
         .iter()
-        .flat_map(|p| &p.preemptions)
-        .filter(|p| p.workload == name)
         .map(|p| {
             format!(
                 "replica {} lost node {} to {} replica {} of higher priority",

@@ -141,9 +141,19 @@ impl KubeSource {
         policies.sort_by_key(ResourceExt::name_any);
         self.workloads = workloads;
         self.policies = policies;
+        // A Workload whose problem came or went shows it in its status: reconcile it, as
+        // its own event may have been handled before this read.
+        let mut changed = Vec::new();
         if let Ok(mut p) = self.shared.workload_problems.lock() {
+            changed = p
+                .keys()
+                .chain(workload_problems.keys())
+                .filter(|name| p.get(*name) != workload_problems.get(*name))
+                .cloned()
+                .collect();
             *p = workload_problems;
         }
+        self.shared.trigger(changed);
         if let Ok(mut p) = self.shared.policy_problems.lock() {
             *p = policy_problems;
         }
