@@ -250,6 +250,76 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "{message}"
     );
 
+    // An object corral cannot read at all, as the API server may hold after its CRD
+    // changed: it is reported, and the watch goes on for every other object.
+    let crd = get_json(&api, &["get", "crd/workloads.corral.dev"]);
+    let mut loose = crd.clone();
+    loose["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| k == "name");
+    loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["replicas"] = serde_json::json!({"x-kubernetes-int-or-string": true});
+    let applied = api.kubectl_stdin(&["replace", "-f", "-"], &loose.to_string());
+    assert!(applied.status.success(), "{applied:?}");
+    let garbled = web(1, "500m")
+        .replace("name: web", "name: garbled")
+        .replace("replicas: 1", "replicas: three");
+    let mut created = api.kubectl_stdin(&["create", "-f", "-"], &garbled);
+    for _ in 0..50 {
+        // The API server takes the new schema within a moment.
+        if created.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        created = api.kubectl_stdin(&["create", "-f", "-"], &garbled);
+    }
+    assert!(created.status.success(), "{created:?}");
+    api.kubectl_ok(&["apply", "-f", &format!("{CRDS}/workloads.corral.dev.yaml")]);
+    c.wait_for_log("c1", "cannot read the object", Duration::from_secs(30));
+    let small = web(1, "500m")
+        .replace("name: web", "name: after")
+        .replace("cpu: 300m", "cpu: 10m");
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &small);
+    assert!(applied.status.success(), "{applied:?}");
+    wait(
+        &api,
+        &c,
+        &["--for=condition=Ready", "-n", "shop", "workload/after"],
+    );
+    let log = c.log("c1");
+    assert!(
+        log.lines().any(|l| l.contains("cannot read the object")
+            && l.contains("shop/garbled")
+            && l.contains("spec.replicas")),
+        "{log}"
+    );
+    c.wait_until(
+        "the problem in corral status",
+        Duration::from_secs(30),
+        |c| {
+            c.try_status().is_ok_and(|s| {
+                s["controller"]["manifestProblems"]
+                    .as_array()
+                    .is_some_and(|p| {
+                        p.iter().any(|p| {
+                            p.as_str().is_some_and(|p| {
+                                p.starts_with("Workload shop/garbled: spec.replicas:")
+                            })
+                        })
+                    })
+            })
+        },
+    );
+    api.kubectl_ok(&[
+        "delete",
+        "-n",
+        "shop",
+        "workload/garbled",
+        "workload/after",
+        "--timeout=60s",
+    ]);
+
     // A workload that fits nowhere: pending, with the allocator's reason, as an event too.
     let big = web(1, "4")
         .replace("name: web", "name: big")
