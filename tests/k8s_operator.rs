@@ -311,6 +311,22 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             })
         },
     );
+    // Its status says so, for kubectl describe.
+    wait(
+        &api,
+        &c,
+        &[
+            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Unreadable",
+            "-n",
+            "shop",
+            "workload/garbled",
+        ],
+    );
+    let described = api.kubectl_ok(&["describe", "-n", "shop", "workload/garbled"]);
+    assert!(
+        described.contains("corral cannot read this object") && described.contains("spec.replicas"),
+        "{described}"
+    );
     api.kubectl_ok(&[
         "delete",
         "-n",

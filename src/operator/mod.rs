@@ -350,13 +350,23 @@ pub async fn run(
             }),
     );
     // Policy statuses after each pass, while leading.
+    // And the status of Workloads corral cannot read at all.
     let policy_status = tokio::spawn({
         let (ctx, policy_store) = (Arc::clone(&ctx), policy_store.clone());
+        let (unreadable, workloads) = (unreadable_workloads.clone(), workload_store.clone());
         let mut passes = shared.passes.subscribe();
         async move {
+            let mut written = BTreeMap::new();
             while passes.changed().await.is_ok() {
                 if ctx.shared.epoch().is_some() {
                     reconcile::policy_statuses(&policy_store.state(), &ctx).await;
+                    reconcile::unreadable_statuses(
+                        &unreadable.all(),
+                        &workloads,
+                        &mut written,
+                        &ctx,
+                    )
+                    .await;
                 }
             }
         }

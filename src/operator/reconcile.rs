@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalize, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -569,6 +570,54 @@ pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
             let error = Error::api("the status", e);
             ctx.metrics.error(error.category());
             tracing::warn!(policy = %name, %error, "cannot write the policy's status");
+        }
+    }
+}
+
+/// Writes the status of each Workload corral has never been able to read (one it could
+/// read once keeps that version, and its status says what is wrong now), once per
+/// problem: the typed controller never sees such an object.
+pub async fn unreadable_statuses(
+    unreadable: &BTreeMap<String, String>,
+    readable: &Store<Workload>,
+    written: &mut BTreeMap<String, String>,
+    ctx: &Context,
+) {
+    written.retain(|name, _| unreadable.contains_key(name));
+    for (name, problem) in unreadable {
+        let Some((namespace, object)) = name.split_once('/') else {
+            continue;
+        };
+        let key = ObjectRef::<Workload>::new(object).within(namespace);
+        if readable.get(&key).is_some() || written.get(name) == Some(problem) {
+            continue;
+        }
+        let resource = ApiResource::erase::<Workload>(&());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+        let status = super::status::unreadable_status(None, problem, &now());
+        // A merge patch, not server-side apply: apply needs the object to match its
+        // schema, and this one does not.
+        let patch = json!({ "status": status });
+        // Once per problem, written or not: a failure would only repeat.
+        written.insert(name.clone(), problem.clone());
+        match api
+            .patch_status(
+                object,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => ctx.metrics.status_written("Workload"),
+            Err(e) => {
+                let error = Error::api("the status", e);
+                ctx.metrics.error(error.category());
+                tracing::warn!(workload = %name, %error, "cannot write the status of an unreadable object");
+            }
         }
     }
 }

@@ -234,6 +234,27 @@ pub fn workload_status(
     }
 }
 
+/// The status of a Workload corral cannot read at all (`problem` says which field and
+/// why): nothing of it is used.
+pub fn unreadable_status(generation: Option<i64>, problem: &str, now: &Time) -> WorkloadStatus {
+    let message = format!("corral cannot read this object, so nothing of it runs: {problem}");
+    WorkloadStatus {
+        observed_generation: generation,
+        phase: WorkloadPhase::Pending,
+        conditions: stamp(
+            vec![
+                condition("Allocated", false, "Unreadable", &message),
+                condition("Enforced", false, "Unreadable", "see Allocated"),
+                condition("Ready", false, "Unreadable", "see Allocated"),
+            ],
+            &[],
+            generation,
+            now,
+        ),
+        ..WorkloadStatus::default()
+    }
+}
+
 /// The status of `policy`: nodes, capacity, allocation and pending replicas from the plan.
 /// `problem` is why the object is refused, when it is.
 pub fn policy_status(
@@ -604,6 +625,27 @@ mod tests {
         );
         assert!(same_workload_status(&second, &again));
         assert_eq!(again, second, "an unchanged status keeps its times");
+    }
+
+    #[test]
+    fn an_unreadable_object_says_which_field_and_that_nothing_runs() {
+        let status = unreadable_status(
+            Some(4),
+            "spec.replicas: invalid type: string \"three\"",
+            &at(100),
+        );
+        assert_eq!(status.phase, WorkloadPhase::Pending);
+        let allocated = find(&status, "Allocated");
+        assert_eq!(
+            (allocated.status.as_str(), allocated.reason.as_str()),
+            ("False", "Unreadable")
+        );
+        assert_eq!(
+            allocated.message,
+            "corral cannot read this object, so nothing of it runs: spec.replicas: invalid type: string \"three\""
+        );
+        assert_eq!(allocated.observed_generation, Some(4));
+        assert_eq!(find(&status, "Ready").reason, "Unreadable");
     }
 
     #[test]
