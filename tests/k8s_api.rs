@@ -684,6 +684,11 @@ fn invalid_cases() -> Vec<Case> {
             policy("  strategy: Fair\n  namespaces: [Team_A]\n"),
             "spec.namespaces[0]",
         ),
+        case(
+            "memory-high-ratio-zero",
+            policy("  strategy: Fair\n  cgroup: {memoryHighRatio: 0}\n"),
+            "spec.cgroup.memoryHighRatio",
+        ),
     ]
 }
 
@@ -751,17 +756,6 @@ fn known_disagreements() -> Vec<(Case, bool, &'static str)> {
             ),
             true,
             "the quantity pattern has no range",
-        ),
-        (
-            case(
-                "memory-high-ratio-zero",
-                policy("  strategy: Fair\n  cgroup: {memoryHighRatio: 0}\n"),
-                "spec.cgroup.memoryHighRatio",
-            ),
-            true,
-            "`minimum: 0.01` on a number: the server compares an integer value with the \
-             minimum truncated to an integer (0), so 0 passes while 0.001 fails; \
-             `exclusiveMinimum: true, minimum: 0` would say 'over 0' as documented",
         ),
         (
             case(

@@ -38,7 +38,28 @@ pub fn workload() -> CustomResourceDefinition {
 
 /// The ResourcePolicy CRD.
 pub fn policy() -> CustomResourceDefinition {
-    declare_name(ResourcePolicy::crd())
+    let mut crd = declare_name(ResourcePolicy::crd());
+    over_zero(&mut crd, &["spec", "cgroup", "memoryHighRatio"]);
+    crd
+}
+
+/// Makes the number at `path` exclusive of 0 (`minimum: 0, exclusiveMinimum: true`). A
+/// `minimum: 0.01` would not do: the API server compares an integer value with the
+/// minimum truncated to an integer, so it accepted 0.
+fn over_zero(crd: &mut CustomResourceDefinition, path: &[&str]) {
+    for version in &mut crd.spec.versions {
+        let mut node = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut());
+        for key in path {
+            node = node.and_then(|n| n.properties.as_mut()?.get_mut(*key));
+        }
+        if let Some(node) = node {
+            node.minimum = Some(0.0);
+            node.exclusive_minimum = Some(true);
+        }
+    }
 }
 
 /// Declares `metadata.name` (a string of at most 63 characters) in the schema. The apiserver

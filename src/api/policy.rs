@@ -287,7 +287,9 @@ pub struct CgroupSettings {
     /// Where `memory.high` sits between request and limit, as kubelet's memory throttling
     /// factor: `request + ratio × (limit − request)`. Over 0, at most 1; default 0.9.
     #[serde(default = "default_high_ratio")]
-    #[schemars(range(min = 0.01, max = 1.0))]
+    // Over 0: `exclusiveMinimum`, set in crate::api::crd (schemars writes it as a number,
+    // the API server wants OpenAPI 3.0's boolean).
+    #[schemars(range(max = 1.0))]
     pub memory_high_ratio: f64,
     /// How the request is protected from reclaim (cgroup v2): `Off`, `Low` (`memory.low`,
     /// best effort) or `Min` (`memory.min`, guaranteed). Default `Off`.

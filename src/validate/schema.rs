@@ -158,7 +158,16 @@ impl Checker<'_> {
             self.error(path, format!("{text} must not be negative"));
             return;
         }
+        let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && exclusive
+            && v <= min
+        {
+            self.error(
+                path,
+                format!("must be more than {}, not {value}", number(min)),
+            );
+        } else if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
             && v < min
         {
             self.error(
@@ -473,6 +482,18 @@ mod tests {
                 "spec.s: must not be empty",
             ]
         );
+    }
+
+    #[test]
+    fn an_exclusive_minimum_refuses_the_minimum_itself() {
+        let schema = object(json!({
+            "x": {"type": "number", "minimum": 0.0, "exclusiveMinimum": true, "maximum": 1.0},
+        }));
+        assert_eq!(
+            errors(schema.clone(), json!({"x": 0})),
+            ["spec.x: must be more than 0, not 0"]
+        );
+        assert!(errors(schema, json!({"x": 0.001})).is_empty());
     }
 
     #[test]
