@@ -12,6 +12,10 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const ABSOLUTE_PATH_PATTERN: &str =
     r"^(/([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)?)+$";
 
+/// The CRDs' pattern for text that must not hold a NUL byte (arguments, environment
+/// values): the kernel cannot pass one to a program.
+pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
+
 /// What a person is told when a path does not match [`ABSOLUTE_PATH_PATTERN`].
 pub fn absolute_path_problem(p: &str) -> String {
     if !p.starts_with('/') {

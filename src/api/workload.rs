@@ -118,10 +118,16 @@ pub enum PlacementMode {
 /// executes, so no part of it ever runs outside.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("size(self.args) == 0 || size(self.args[0]) > 0").message("args[0], the program, must not be empty").field_path(".args"),
+)]
 pub struct Command {
     /// The program and its arguments; the first is looked up in PATH when it has no `/`.
     /// Not run through a shell: use `["/bin/sh", "-c", "..."]` for one.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        inner(regex(pattern = crate::api::names::NO_NUL_PATTERN))
+    )]
     pub args: Vec<String>,
 
     /// Environment variables, added to a minimal environment (PATH, HOME, CORRAL_WORKLOAD,
@@ -151,6 +157,7 @@ pub struct EnvVar {
     pub name: String,
     /// The variable's value.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::api::names::NO_NUL_PATTERN))]
     pub value: String,
 }
 

@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 
 use super::FieldError;
 use crate::api::names::{
-    ABSOLUTE_PATH_PATTERN, DNS_LABEL_MESSAGE, DNS_LABEL_PATTERN, absolute_path_problem,
+    ABSOLUTE_PATH_PATTERN, DNS_LABEL_MESSAGE, DNS_LABEL_PATTERN, NO_NUL_PATTERN,
+    absolute_path_problem,
 };
 use crate::api::quantity::{QUANTITY_HINT, SCHEMA_QUANTITY_PATTERN};
 use crate::source::yaml::FieldPath;
@@ -211,6 +212,8 @@ impl Checker<'_> {
                 DNS_LABEL_MESSAGE.to_string()
             } else if pattern == ABSOLUTE_PATH_PATTERN {
                 absolute_path_problem(s)
+            } else if pattern == NO_NUL_PATTERN {
+                "must not contain a NUL byte".to_string()
             } else if pattern == SCHEMA_QUANTITY_PATTERN && s.trim_start().starts_with('-') {
                 format!("{} must not be negative", Value::from(s))
             } else if pattern == SCHEMA_QUANTITY_PATTERN {

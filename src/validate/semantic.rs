@@ -155,13 +155,6 @@ fn check_quantity(
 }
 
 fn check_command(command: &Command, path: &FieldPath, out: &mut Vec<FieldError>) {
-    if command.args.first().is_some_and(String::is_empty) {
-        push(
-            out,
-            &path.key("args").index(0),
-            "the program must not be empty",
-        );
-    }
     for (i, arg) in command.args.iter().enumerate() {
         if arg.contains('\0') {
             push(
@@ -309,7 +302,7 @@ mod tests {
         assert_eq!(
             workload_messages(spec),
             [
-                "spec.command.args[0]: the program must not be empty",
+                // An empty program is the CRD's CEL rule's to refuse (src/validate/cel.rs).
                 "spec.command.args[1]: must not contain a NUL byte",
                 "spec.command.workingDir: \"tmp\" must be an absolute path",
             ]
