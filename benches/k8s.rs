@@ -17,12 +17,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::apiserver::ApiServer;
-use common::cluster::Cluster;
+use common::cluster::{Cluster, free_addr, http_get};
 use common::zk::ZkCluster;
 use corral::api::{ResourcePolicy, Workload};
 use futures::StreamExt;
@@ -62,27 +60,8 @@ fn main() {
     c.agent_resync = "5";
     c.agent_capacity = "cpu=8,memory=16Gi,pids=100000";
     c.start_agents();
-    let metrics = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
-    let args = [
-        "controller",
-        "--source",
-        "kubernetes",
-        "--kubeconfig",
-        &api.kubeconfig().to_string_lossy(),
-        "--zookeeper",
-        &c.zk.connect_string(),
-        "--identity",
-        "c1",
-        "--metrics-addr",
-        &metrics,
-    ]
-    .map(String::from)
-    .to_vec();
-    c.add("c1", args, None);
-    c.start("c1");
+    let metrics = free_addr();
+    c.start_kube_controller("c1", api.kubeconfig(), "5", Some(&metrics));
     c.wait_for_log("c1", "leading epoch=", Duration::from_secs(30));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -158,7 +137,7 @@ fn main() {
             all_ready_after.as_secs_f64(),
             writes as f64 / burst as f64
         );
-        for line in metrics_text(&metrics).lines() {
+        for line in http_get(&metrics, "/metrics").1.lines() {
             if line.starts_with("corral_reconcile_errors_total")
                 || line.starts_with("corral_reconciles_total")
                 || line.starts_with("corral_allocation_passes_total")
@@ -228,30 +207,10 @@ where
     }
 }
 
-/// The controller's metrics text.
-fn metrics_text(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
-}
-
 /// `corral_status_writes_total{kind="Workload"}` of the controller.
 fn status_writes(addr: &str) -> u64 {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
+    http_get(addr, "/metrics")
+        .1
         .lines()
         .find_map(|l| l.strip_prefix("corral_status_writes_total{kind=\"Workload\"} "))
         .and_then(|n| n.trim().parse().ok())

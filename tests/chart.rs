@@ -488,15 +488,7 @@ impl Rendered {
             env(container)["POD_NAME"],
             json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         );
-        assert_eq!(
-            container["ports"],
-            json!([{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}])
-        );
-        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-        for probe in ["livenessProbe", "readinessProbe"] {
-            assert_eq!(container[probe]["httpGet"]["port"], "metrics");
-        }
+        check_metrics_port(container, 9090);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["securityContext"]["runAsUser"], 65532);
         assert_eq!(
@@ -538,12 +530,7 @@ impl Rendered {
             env(container)["CORRAL_NODE_NAME"],
             json!({"name": "CORRAL_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
         );
-        assert_eq!(
-            container["ports"],
-            json!([{"name": "metrics", "containerPort": 9091, "protocol": "TCP"}])
-        );
-        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        check_metrics_port(container, 9091);
 
         let security = &container["securityContext"];
         assert_eq!(security["runAsUser"], 0);
@@ -1304,4 +1291,17 @@ fn app_version_is_the_crate_version() {
             .unwrap();
     assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(chart_yaml["name"], "corral");
+}
+
+/// The container serves its metrics and probes on the port named `metrics`, `port`.
+fn check_metrics_port(container: &Value, port: u16) {
+    assert_eq!(
+        container["ports"],
+        json!([{"name": "metrics", "containerPort": port, "protocol": "TCP"}])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics");
+    }
 }

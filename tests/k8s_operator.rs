@@ -8,67 +8,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use common::apiserver::ApiServer;
-use common::cluster::{Cluster, gone, policy, quota, web};
+use common::cluster::{Cluster, free_addr, gone, http_get, policy, quota, web};
 use common::zk::ZkCluster;
 use serde_json::Value;
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-
-/// A free loopback address for a metrics server.
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// GET `path` from `addr`: the status line and the body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
-fn start_controller(c: &mut Cluster, api: &ApiServer, name: &str, metrics: &str) {
-    let args = [
-        "controller",
-        "--source",
-        "kubernetes",
-        "--kubeconfig",
-        &api.kubeconfig().to_string_lossy(),
-        "--zookeeper",
-        &c.zk.connect_string(),
-        "--session-timeout",
-        c.session_timeout,
-        "--identity",
-        name,
-        "--resync",
-        "1",
-        "--metrics-addr",
-        metrics,
-    ]
-    .map(String::from)
-    .to_vec();
-    c.add(name, args, None);
-    c.start(name);
-}
 
 fn get_json(api: &ApiServer, args: &[&str]) -> Value {
     let mut all = args.to_vec();
@@ -126,9 +74,9 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
 
     c.start_agent("n1");
     let (m1, m2) = (free_addr(), free_addr());
-    start_controller(&mut c, &api, "c1", &m1);
+    c.start_kube_controller("c1", api.kubeconfig(), "1", Some(&m1));
     c.wait_for_log("c1", "leading epoch=", Duration::from_secs(30));
-    start_controller(&mut c, &api, "c2", &m2);
+    c.start_kube_controller("c2", api.kubeconfig(), "1", Some(&m2));
 
     let applied = api.kubectl_stdin(
         &["apply", "-f", "-"],
@@ -565,25 +513,7 @@ fn the_chart_installs_and_the_controller_works_with_only_its_rbac() {
     )
     .unwrap();
     c.start_agent("n1");
-    let args = [
-        "controller",
-        "--source",
-        "kubernetes",
-        "--kubeconfig",
-        &kubeconfig.to_string_lossy(),
-        "--zookeeper",
-        &c.zk.connect_string(),
-        "--session-timeout",
-        c.session_timeout,
-        "--identity",
-        "sa",
-        "--resync",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    c.add("sa", args, None);
-    c.start("sa");
+    c.start_kube_controller("sa", &kubeconfig, "1", None);
     api.kubectl_ok(&["create", "namespace", "shop"]);
     let applied = api.kubectl_stdin(
         &["apply", "-f", "-"],

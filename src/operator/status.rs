@@ -379,14 +379,14 @@ fn stamp(
 
 /// True when `a` and `b` say the same, whatever their condition times.
 pub fn same_workload_status(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
-    let strip = |s: &WorkloadStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    same_conditions(&a.conditions, &b.conditions)
+        && WorkloadStatus {
+            conditions: Vec::new(),
+            ..a.clone()
+        } == WorkloadStatus {
+            conditions: Vec::new(),
+            ..b.clone()
         }
-        s
-    };
-    strip(a) == strip(b)
 }
 
 /// True when `a` and `b` differ at most in observed use (and condition times).
@@ -403,14 +403,25 @@ pub fn same_but_usage(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
 
 /// True when `a` and `b` say the same, whatever their condition times.
 pub fn same_policy_status(a: &ResourcePolicyStatus, b: &ResourcePolicyStatus) -> bool {
-    let strip = |s: &ResourcePolicyStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    same_conditions(&a.conditions, &b.conditions)
+        && ResourcePolicyStatus {
+            conditions: Vec::new(),
+            ..a.clone()
+        } == ResourcePolicyStatus {
+            conditions: Vec::new(),
+            ..b.clone()
         }
-        s
-    };
-    strip(a) == strip(b)
+}
+
+/// The same conditions, in order, whatever their transition times.
+fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            Condition {
+                last_transition_time: y.last_transition_time.clone(),
+                ..x.clone()
+            } == *y
+        })
 }
 
 #[cfg(test)]

@@ -206,6 +206,39 @@ impl Cluster {
         self.start(name);
     }
 
+    /// Starts `corral controller --source kubernetes` named `name`, with the API server of
+    /// `kubeconfig`, resyncing every `resync` seconds, serving metrics on `metrics`.
+    pub fn start_kube_controller(
+        &mut self,
+        name: &str,
+        kubeconfig: &Path,
+        resync: &str,
+        metrics: Option<&str>,
+    ) {
+        let mut args: Vec<String> = [
+            "controller",
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+            "--zookeeper",
+            &self.zk.connect_string(),
+            "--session-timeout",
+            self.session_timeout,
+            "--identity",
+            name,
+            "--resync",
+            resync,
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(addr) = metrics {
+            args.extend(["--metrics-addr".to_string(), addr.to_string()]);
+        }
+        self.add(name, args, None);
+        self.start(name);
+    }
+
     pub fn add(&mut self, name: &str, args: Vec<String>, root: Option<String>) {
         let log = self.dir.path().join(format!("{name}.log"));
         let old = self.members.insert(
@@ -619,4 +652,31 @@ pub fn session_trouble(log: &str) -> Vec<&str> {
                 || l.contains("fenced")
         })
         .collect()
+}
+
+/// A free loopback address, for a metrics server.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// GET `path` from `addr`: the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
