@@ -465,3 +465,72 @@ fn workloads_without_a_policy_get_the_default_on_unclaimed_nodes() {
             .starts_with("no ResourcePolicy governs this workload")
     );
 }
+
+/// A tenant's explicit zero requests cannot crowd a node: no more than
+/// `maxReplicasPerNode` (110 unless the policy says) run on one node.
+#[test]
+fn zero_requests_fill_a_node_only_up_to_max_replicas_per_node() {
+    let nodes = [mk_node("n1", 2000, 4096, &[])];
+    let zero = json!({"resources": {"requests": {"cpu": "0", "memory": "0"}}});
+    let workloads = [mk_workload("a", "swarm", 1000, 0, 0, zero)];
+    let plan = plan(&[mk_policy("p", json!({}))], &workloads, &nodes);
+    assert_eq!(placed(&plan)["a/swarm"], 110);
+    assert_eq!(plan.pending.len(), 890);
+    assert!(
+        plan.pending[0].reason.contains("maxReplicasPerNode"),
+        "{}",
+        plan.pending[0].reason
+    );
+    let tight = mk_policy("p", json!({"maxReplicasPerNode": 3}));
+    let plan = self::plan(&[tight], &workloads, &nodes);
+    assert_eq!(placed(&plan)["a/swarm"], 3);
+}
+
+/// Priority and replica counts are the tenant's policy's, whatever a Workload says.
+#[test]
+fn tenant_bounds_hold_in_the_allocator() {
+    let policy = mk_policy(
+        "p",
+        json!({"preemption": {"policy": "PreemptLowerPriority"},
+               "tenants": [{"namespace": "a", "maxPriority": 10, "maxReplicas": 2}]}),
+    );
+    let nodes = [mk_node("n1", 1000, 4096, &[])];
+    // b's service fills the node; a asks for a priority above its bound: refused, and so
+    // it preempts nothing.
+    let workloads = [
+        mk_workload("b", "critical", 1, 1000, 64, json!({"priority": 100})),
+        mk_workload(
+            "a",
+            "greedy",
+            1,
+            500,
+            64,
+            json!({"priority": 1_000_000_000}),
+        ),
+    ];
+    let plan = plan(std::slice::from_ref(&policy), &workloads, &nodes);
+    assert_eq!(where_is(&plan, "b/critical", 0).as_deref(), Some("n1"));
+    assert!(plan.preemptions.is_empty());
+    let refused = plan
+        .pending
+        .iter()
+        .find(|p| p.workload == "a/greedy")
+        .unwrap();
+    assert!(
+        refused
+            .reason
+            .starts_with("refused: spec.priority: 1000000000 is above 10"),
+        "{}",
+        refused.reason
+    );
+    // maxReplicas: two of five placed, the rest pending with the reason.
+    let nodes = [mk_node("n1", 8000, 8192, &[])];
+    let workloads = [mk_workload("a", "many", 5, 100, 16, json!({}))];
+    let plan = self::plan(&[policy], &workloads, &nodes);
+    assert_eq!(placed(&plan)["a/many"], 2);
+    assert!(
+        plan.pending[0].reason.contains("maxReplicas"),
+        "{}",
+        plan.pending[0].reason
+    );
+}

@@ -165,7 +165,7 @@ fn a_policy_reference_to_nothing() {
     assert_eq!(
         problems("w.yaml", &text),
         [
-            "w.yaml:1: Workload shop/web: spec.policyRef.name: ResourcePolicy \"silver\" is not defined in the manifests given"
+            "w.yaml:7: Workload shop/web: spec.policyRef.name: ResourcePolicy \"silver\" is not defined in the manifests given"
         ]
     );
 }
@@ -342,4 +342,25 @@ fn the_cli_reports_unreadable_paths_and_keeps_going() {
         "{stdout}"
     );
     assert_eq!(stdout.lines().count(), 1);
+}
+
+/// What a tenant may ask for is its policy's to say: each refusal names the workload's
+/// field and the policy's field that bounds it.
+#[test]
+fn a_tenant_gets_what_its_policy_allows_and_nothing_more() {
+    let policy = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata:\n  name: shared\nspec:\n  namespaces: [team-a]\n  tenantDefaults:\n    maxPriority: 100\n    maxWorkloads: 2\n  replicaBounds:\n    min: {cpu: 10m, memory: 4Mi}\n  tenants:\n  - namespace: team-a\n    security: {runAsUser: 2000, runAsGroup: 2000}\n---\napiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata:\n  name: open\nspec:\n  namespaces: [team-b]\n  nodeSelector: {matchLabels: {pool: b}}\n";
+    let workloads = "---\napiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: greedy, namespace: team-a}\nspec:\n  priority: 1000000000\n  resources:\n    requests: {cpu: \"0\", memory: \"0\"}\n  command:\n    args: [id]\n    securityContext: {runAsUser: 0}\n---\napiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: intruder, namespace: team-b}\nspec:\n  policyRef: {name: shared}\n  command: {args: [id]}\n---\napiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: adopter, namespace: team-a}\nspec:\n  adopt: {pidFile: /run/sshd.pid}\n---\napiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: zz-third, namespace: team-a}\nspec:\n  command: {args: [id]}\n";
+    let lines = problems("t.yaml", &format!("{policy}{workloads}"));
+    assert_eq!(
+        lines,
+        [
+            "t.yaml:28: Workload team-a/greedy: spec.priority: 1000000000 is above 100, the highest ResourcePolicy \"shared\" allows namespace team-a (spec.tenantDefaults.maxPriority)",
+            "t.yaml:30: Workload team-a/greedy: spec.resources.requests.cpu: 0 is below 10m, the least ResourcePolicy \"shared\" allows a replica (spec.replicaBounds.min.cpu)",
+            "t.yaml:30: Workload team-a/greedy: spec.resources.requests.memory: 0 is below 4Mi, the least ResourcePolicy \"shared\" allows a replica (spec.replicaBounds.min.memory)",
+            "t.yaml:33: Workload team-a/greedy: spec.command.securityContext.runAsUser: user 0 is root, which namespace team-a under ResourcePolicy \"shared\" may not use (allowRoot: true in the tenant's security allows it)",
+            "t.yaml:39: Workload team-b/intruder: spec.policyRef.name: names ResourcePolicy \"shared\", which governs only namespaces team-a (its spec.namespaces), not team-b",
+            "t.yaml:46: Workload team-a/adopter: spec.adopt: ResourcePolicy \"shared\" does not let namespace team-a adopt processes (an administrator enables it with security.adopt.enabled)",
+            "t.yaml:50: Workload team-a/zz-third: metadata.namespace: namespace team-a may have at most 2 Workload(s) under ResourcePolicy \"shared\" (spec.tenantDefaults.maxWorkloads), and has 3; the oldest are admitted first",
+        ]
+    );
 }

@@ -56,6 +56,17 @@ fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
             wanted.join(", ")
         );
     }
+    let max = p.max_per_node();
+    let matching: Vec<_> = matching
+        .into_iter()
+        .filter(|n| n.replicas.len() < max)
+        .collect();
+    if matching.is_empty() {
+        return format!(
+            "every matching node already runs {max} replica(s), the most ResourcePolicy {:?} allows on one node (maxReplicasPerNode)",
+            p.name
+        );
+    }
     let need = w.footprint;
     let largest = matching.iter().fold(Res::ZERO, |m, n| m.max(n.allocatable));
     if let Some(kind) = need.first_excess(&largest) {

@@ -1,10 +1,8 @@
 //! Which ResourcePolicy governs a workload, and which governs a node.
 
-use std::collections::BTreeMap;
-
 use crate::api::{ResourcePolicy, Workload};
 
-use super::selector;
+use super::admit;
 
 /// The policy that governs a workload.
 #[derive(Debug, PartialEq)]
@@ -15,13 +13,16 @@ pub enum Governing<'a> {
     Default,
     /// `spec.policyRef` names a policy that does not exist.
     Missing(&'a str),
+    /// `spec.policyRef` names a policy whose `namespaces` or `workloadSelector` do not take
+    /// in the workload: a tenant cannot reach a policy meant for others.
+    NotAdmitted(&'a ResourcePolicy),
     /// Several policies match with the same, highest precedence.
     Ambiguous(Vec<&'a ResourcePolicy>),
 }
 
-/// The policy that governs `workload`: the one its `policyRef` names, else the matching
-/// policy of highest precedence (matching: its namespaces include the workload's and its
-/// workload selector selects the workload's labels).
+/// The policy that governs `workload`: the one its `policyRef` names, provided that policy
+/// matches it, else the matching policy of highest precedence (matching: its namespaces
+/// include the workload's and its workload selector selects the workload's labels).
 pub fn workload_policy<'a>(
     workload: &'a Workload,
     policies: &[&'a ResourcePolicy],
@@ -31,19 +32,17 @@ pub fn workload_policy<'a>(
             .iter()
             .find(|p| p.metadata.name.as_deref() == Some(reference.name.as_str()))
             .map_or(Governing::Missing(&reference.name), |p| {
-                Governing::Policy(p)
+                if admit::admits(&p.spec, workload) {
+                    Governing::Policy(p)
+                } else {
+                    Governing::NotAdmitted(p)
+                }
             });
     }
-    let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
-    let empty = BTreeMap::new();
-    let labels = workload.metadata.labels.as_ref().unwrap_or(&empty);
     let matching: Vec<&ResourcePolicy> = policies
         .iter()
         .copied()
-        .filter(|p| {
-            (p.spec.namespaces.is_empty() || p.spec.namespaces.iter().any(|n| n == namespace))
-                && selector::matches(p.spec.workload_selector.as_ref(), labels)
-        })
+        .filter(|p| admit::admits(&p.spec, workload))
         .collect();
     highest(matching).map_or(Governing::Default, |mut top| {
         if top.len() == 1 {
@@ -91,6 +90,9 @@ mod tests {
             Governing::Policy(p) => p.metadata.name.clone().unwrap(),
             Governing::Default => "default".into(),
             Governing::Missing(n) => format!("missing {n}"),
+            Governing::NotAdmitted(p) => {
+                format!("not admitted by {}", p.metadata.name.clone().unwrap())
+            }
             Governing::Ambiguous(ps) => format!(
                 "ambiguous {}",
                 ps.iter()
@@ -146,6 +148,15 @@ mod tests {
                 &policies
             )),
             "all"
+        );
+        let elsewhere = json!({"command": {"args": ["x"]}, "policyRef": {"name": "gold"}});
+        assert_eq!(
+            name(&workload_policy(
+                &workload("b", json!({}), elsewhere),
+                &policies
+            )),
+            "not admitted by gold",
+            "a policy for namespace a cannot be named from namespace b"
         );
         let missing = json!({"command": {"args": ["x"]}, "policyRef": {"name": "nope"}});
         assert_eq!(

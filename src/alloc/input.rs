@@ -110,16 +110,22 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// Resolves a validated workload against its policy's defaults, as Kubernetes does for
-    /// containers: a missing request is the limit when one is given, else the policy's
-    /// default request, else zero; a missing limit is the policy's default limit, else none.
-    /// A limit below the resolved request is raised to it.
+    /// Resolves a validated workload against its policy, as Kubernetes resolves a container
+    /// against a LimitRange: a missing request is the limit when one is given, else the
+    /// policy's default request, else `replicaBounds.min`, else zero; a missing limit is the
+    /// policy's default limit, else `replicaBounds.max`, else none. A limit below the
+    /// resolved request is raised to it. The priority is capped at the tenant's
+    /// `maxPriority` (admission refuses a workload above it; this keeps anything that slipped
+    /// past from outranking its tenant's bound).
     pub fn resolve(workload: &Workload, policy: &ResourcePolicySpec) -> Demand {
         let spec = &workload.spec;
         let none = ResourceAmounts::default();
         let defaults = policy.defaults.as_ref();
+        let bounds = policy.replica_bounds.as_ref();
         let default_requests = defaults.and_then(|d| d.requests.as_ref()).unwrap_or(&none);
         let default_limits = defaults.and_then(|d| d.limits.as_ref()).unwrap_or(&none);
+        let bound_min = bounds.and_then(|b| b.min.as_ref()).unwrap_or(&none);
+        let bound_max = bounds.and_then(|b| b.max.as_ref()).unwrap_or(&none);
         let requests = spec.resources.requests.as_ref().unwrap_or(&none);
         let limits = spec.resources.limits.as_ref().unwrap_or(&none);
         let mut request = Res::ZERO;
@@ -129,18 +135,22 @@ impl Demand {
             let r = amount(requests, kind)
                 .or(own_limit)
                 .or_else(|| amount(default_requests, kind))
+                .or_else(|| amount(bound_min, kind))
                 .unwrap_or(0);
             let l = own_limit
                 .or_else(|| amount(default_limits, kind))
+                .or_else(|| amount(bound_max, kind))
                 .unwrap_or(i64::MAX);
             request.set(kind, r);
             limit.set(kind, l.max(r));
         }
+        let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+        let max_priority = super::admit::max_priority(policy, namespace);
         Demand {
             request,
             limit,
             replicas: u32::try_from(spec.replicas).unwrap_or(0),
-            priority: spec.priority,
+            priority: spec.priority.min(max_priority),
             node_selector: spec.placement.node_selector.clone(),
             mode: spec.placement.mode,
             io_weight: spec

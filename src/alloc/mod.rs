@@ -11,6 +11,7 @@
 //!   `Fair` by weighted DRF ([`fair`]); grants per node: [`grants`].
 //! - Reasons for pending replicas: [`explain`]; the result: [`plan`].
 
+pub mod admit;
 mod explain;
 mod fair;
 pub mod fixtures;

@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::admit;
 use super::govern::{self, Governing};
 use super::input::{Demand, NodeInfo, Observed, ReplicaKey, amounts_or};
 use super::resources::{Kind, Res};
@@ -74,6 +75,10 @@ pub(super) struct TenantState {
     pub limit: Option<Res>,
     /// Σ footprints of this tenant's placed replicas on the policy's nodes.
     pub allocated: Res,
+    /// Replicas of this tenant placed on the policy's nodes.
+    pub placed: usize,
+    /// The most replicas it may have placed (`maxReplicas`), if bounded.
+    pub max_replicas: Option<usize>,
 }
 
 impl TenantState {
@@ -287,11 +292,13 @@ impl Allocator {
                 })
                 .collect();
             let queue_priority = Reverse(demand.priority);
-            if let Ok(p) = policy {
-                let tenants = &mut self.policies[p].tenants;
-                if !tenants.contains_key(&key.0) {
-                    tenants.insert(key.0.clone(), TenantState::unlisted());
-                }
+            if let Ok(p) = policy
+                && !self.policies[p].tenants.contains_key(&key.0)
+            {
+                let max = admit::max_replicas(&self.policies[p].spec, &key.0);
+                self.policies[p]
+                    .tenants
+                    .insert(key.0.clone(), TenantState::unlisted(max));
             }
             let count = demand.replicas;
             self.workloads.insert(
@@ -335,23 +342,42 @@ impl Allocator {
         workload: &Workload,
         policies: &[&ResourcePolicy],
     ) -> Result<PolicyId, String> {
-        match govern::workload_policy(workload, policies) {
-            Governing::Policy(p) => Ok(self
+        let id = match govern::workload_policy(workload, policies) {
+            Governing::Policy(p) => self
                 .policy_objects
                 .iter()
                 .position(|o| std::ptr::eq(o, p))
-                .unwrap_or(self.policies.len() - 1)),
-            Governing::Default => Ok(self.policies.len() - 1),
-            Governing::Missing(name) => Err(format!(
-                "spec.policyRef names ResourcePolicy {name:?}, which does not exist"
-            )),
-            Governing::Ambiguous(tied) => Err(format!(
-                "governed by ResourcePolicies {} with the same precedence; set spec.policyRef",
-                tied.iter()
-                    .map(|p| format!("{:?}", p.metadata.name.as_deref().unwrap_or_default()))
+                .unwrap_or(self.policies.len() - 1),
+            Governing::Default => self.policies.len() - 1,
+            Governing::NotAdmitted(p) => return Err(not_admitted(p, workload)),
+            Governing::Missing(name) => {
+                return Err(format!(
+                    "spec.policyRef names ResourcePolicy {name:?}, which does not exist"
+                ));
+            }
+            Governing::Ambiguous(tied) => {
+                return Err(format!(
+                    "governed by ResourcePolicies {} with the same precedence; set spec.policyRef",
+                    tied.iter()
+                        .map(|p| format!("{:?}", p.metadata.name.as_deref().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ));
+            }
+        };
+        // Whatever slipped past validation: a workload its policy refuses runs nowhere.
+        let refused = admit::check(workload, &self.policies[id].name, &self.policies[id].spec);
+        if refused.is_empty() {
+            Ok(id)
+        } else {
+            Err(format!(
+                "refused: {}",
+                refused
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
                     .collect::<Vec<_>>()
-                    .join(" and ")
-            )),
+                    .join("; ")
+            ))
         }
     }
 
@@ -363,6 +389,7 @@ impl Allocator {
         if n.policy != Some(policy)
             || !labels_match(&w.demand.node_selector, &n.info.labels)
             || !w.footprint.fits_in(&n.free())
+            || n.replicas.len() >= self.policies[policy].max_per_node()
         {
             return false;
         }
@@ -487,6 +514,11 @@ impl Allocator {
         if let Some(t) = p.tenants.get_mut(&key.0) {
             let before = t.unmet();
             t.allocated = change(t.allocated, footprint);
+            t.placed = if add {
+                t.placed + 1
+            } else {
+                t.placed.saturating_sub(1)
+            };
             p.unmet = p.unmet.minus(before).plus(t.unmet());
         }
         self.dirty.insert(node);
@@ -517,9 +549,12 @@ impl Allocator {
         w: &WorkloadState,
         fits: impl Fn(&NodeState) -> bool,
     ) -> Option<NodeId> {
+        let max = p.max_per_node();
         let eligible = |id: NodeId| {
             let n = &self.nodes[id];
-            labels_match(&w.demand.node_selector, &n.info.labels) && fits(n)
+            n.replicas.len() < max
+                && labels_match(&w.demand.node_selector, &n.info.labels)
+                && fits(n)
         };
         match w.demand.mode {
             PlacementMode::Pack => p.by_free.iter().map(|(_, id)| *id).find(|id| eligible(*id)),
@@ -581,14 +616,18 @@ impl Allocator {
             candidates.sort_by(|a, b| (a.0, &a.1, Reverse(a.2)).cmp(&(b.0, &b.1, Reverse(b.2))));
             let mut free = n.free();
             let mut victims = Vec::new();
+            // Room for one more replica, in resources and in count.
+            let room = |free: &Res, victims: usize| {
+                w.footprint.fits_in(free) && n.replicas.len() - victims < p.max_per_node()
+            };
             for (victim_priority, victim_key, index) in candidates {
-                if w.footprint.fits_in(&free) {
+                if room(&free, victims.len()) {
                     break;
                 }
                 free = free.plus(self.workloads[victim_key].footprint);
                 victims.push((Reverse(*victim_priority), victim_key.clone(), *index));
             }
-            if victims.is_empty() || !w.footprint.fits_in(&free) {
+            if victims.is_empty() || !room(&free, victims.len()) {
                 continue;
             }
             let worst = victims.iter().map(|v| v.0.0).max().unwrap_or(i32::MIN);
@@ -607,6 +646,14 @@ impl Allocator {
         let Some(t) = self.policies[policy].tenants.get(&key.0) else {
             return Ok(());
         };
+        if let Some(max) = t.max_replicas
+            && t.placed >= max
+        {
+            return Err(format!(
+                "tenant {} already has {} replica(s) placed, the most ResourcePolicy {:?} allows it (maxReplicas)",
+                key.0, t.placed, self.policies[policy].name
+            ));
+        }
         let Some(limit) = t.limit else { return Ok(()) };
         match t.allocated.plus(footprint).first_excess(&limit) {
             None => Ok(()),
@@ -636,7 +683,29 @@ impl Allocator {
     }
 }
 
+/// Why a workload's `policyRef` cannot name `policy`.
+pub fn not_admitted(policy: &ResourcePolicy, workload: &Workload) -> String {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+    if !policy.spec.namespaces.is_empty() && !policy.spec.namespaces.iter().any(|n| n == namespace)
+    {
+        format!(
+            "spec.policyRef names ResourcePolicy {name:?}, which governs only namespaces {} (its spec.namespaces), not {namespace}",
+            policy.spec.namespaces.join(", ")
+        )
+    } else {
+        format!(
+            "spec.policyRef names ResourcePolicy {name:?}, whose spec.workloadSelector does not select this workload's labels"
+        )
+    }
+}
+
 impl PolicyState {
+    /// `maxReplicasPerNode`, as a count.
+    pub(super) fn max_per_node(&self) -> usize {
+        usize::try_from(self.spec.max_replicas_per_node.max(1)).unwrap_or(usize::MAX)
+    }
+
     fn new(name: String, spec: ResourcePolicySpec) -> Self {
         let tenants = spec
             .tenants
@@ -647,6 +716,9 @@ impl PolicyState {
                     guarantee: t.guarantee.as_ref().map(|g| amounts_or(Some(g), 0)),
                     limit: t.limit.as_ref().map(|l| amounts_or(Some(l), i64::MAX)),
                     allocated: Res::ZERO,
+                    placed: 0,
+                    max_replicas: admit::max_replicas(&spec, &t.namespace)
+                        .map(|m| usize::try_from(m).unwrap_or(0)),
                 };
                 (Arc::from(t.namespace.as_str()), state)
             })
@@ -691,12 +763,14 @@ impl PolicyState {
 
 impl TenantState {
     /// A namespace that has workloads under the policy but is not listed as a tenant.
-    fn unlisted() -> Self {
+    fn unlisted(max_replicas: Option<i32>) -> Self {
         TenantState {
             weight: 1,
             guarantee: None,
             limit: None,
             allocated: Res::ZERO,
+            placed: 0,
+            max_replicas: max_replicas.map(|m| usize::try_from(m).unwrap_or(0)),
         }
     }
 }

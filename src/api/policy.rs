@@ -100,10 +100,49 @@ pub struct ResourcePolicySpec {
     #[serde(default = "default_node_grace")]
     #[schemars(range(min = 5, max = 86_400))]
     pub node_grace_period_seconds: i32,
+
+    /// What every tenant (namespace) of this policy may do, unless its own entry in
+    /// `tenants` says otherwise, field by field: the users and groups its commands run as,
+    /// whether it may adopt processes, its highest priority and how many Workloads and
+    /// replicas it may have. Workloads cannot override any of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_defaults: Option<TenantSettings>,
+
+    /// Bounds on each replica's requests and limits, as a Kubernetes LimitRange: after
+    /// defaults are applied, every request must be at least `min` and every request and
+    /// limit at most `max`. A workload that omits a limit gets `defaults.limits`, else
+    /// `max`; one that omits a request gets its limit, `defaults.requests`, else `min`. An
+    /// explicit zero is checked like any other value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_bounds: Option<ReplicaBounds>,
+
+    /// The most replicas one node runs under this policy, 1 to 10000; default 110 (as the
+    /// kubelet's `maxPods`). Replicas beyond it stay pending.
+    #[serde(default = "default_max_replicas_per_node")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_replicas_per_node: i32,
+
+    /// The longest `terminationGracePeriodSeconds` a workload gets, 0 to 3600; default 30
+    /// (as Nomad's `max_kill_timeout`). A workload asking for more is stopped after this.
+    #[serde(default = "default_max_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub max_termination_grace_period_seconds: i32,
+
+    /// How each replica's output is kept on its node: rotated by size, a number of files.
+    #[serde(default)]
+    pub logs: LogSettings,
 }
 
 fn default_node_grace() -> i32 {
     40
+}
+
+fn default_max_replicas_per_node() -> i32 {
+    110
+}
+
+fn default_max_grace() -> i32 {
+    30
 }
 
 impl Default for ResourcePolicySpec {
@@ -125,6 +164,11 @@ impl Default for ResourcePolicySpec {
             usage: UsageSettings::default(),
             cgroup: CgroupSettings::default(),
             node_grace_period_seconds: default_node_grace(),
+            tenant_defaults: None,
+            replica_bounds: None,
+            max_replicas_per_node: default_max_replicas_per_node(),
+            max_termination_grace_period_seconds: default_max_grace(),
+            logs: LogSettings::default(),
         }
     }
 }
@@ -204,6 +248,166 @@ pub struct Tenant {
     /// the tenant's parent cgroup on each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<ResourceAmounts>,
+    /// The highest `spec.priority` this tenant's Workloads may have, 0 to 1000000000;
+    /// default `tenantDefaults.maxPriority`, else no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub max_priority: Option<i32>,
+    /// The most Workloads this tenant may have under the policy; default
+    /// `tenantDefaults.maxWorkloads`, else no bound. Beyond it, Workloads are refused, the
+    /// newest (then last by name) first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_workloads: Option<i32>,
+    /// The most replicas this tenant may have placed under the policy; default
+    /// `tenantDefaults.maxReplicas`, else no bound. Beyond it, replicas stay pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_replicas: Option<i32>,
+    /// Users, groups and adoption for this tenant; each field set here replaces the one in
+    /// `tenantDefaults.security`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<TenantSecurity>,
+}
+
+/// What every tenant of a policy may do unless its `tenants` entry says otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSettings {
+    /// The highest `spec.priority` a tenant's Workloads may have, 0 to 1000000000; no bound
+    /// when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub max_priority: Option<i32>,
+    /// The most Workloads a tenant may have under the policy; no bound when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_workloads: Option<i32>,
+    /// The most replicas a tenant may have placed under the policy; no bound when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_replicas: Option<i32>,
+    /// Users, groups and adoption for every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<TenantSecurity>,
+}
+
+/// Which users and groups a tenant's commands may run as, and what it may adopt.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSecurity {
+    /// The user a command runs as when its Workload names none; default 65534 (`nobody`).
+    /// Give each tenant its own: processes of the same user can signal and inspect each
+    /// other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub run_as_user: Option<i64>,
+    /// The primary group when the Workload names none; default 65534 (`nogroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub run_as_group: Option<i64>,
+    /// The user IDs a Workload may ask for, as ranges; default: only `runAsUser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub allowed_users: Option<Vec<IdRange>>,
+    /// The group IDs a Workload may ask for (primary and supplementary), as ranges;
+    /// default: only `runAsGroup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub allowed_groups: Option<Vec<IdRange>>,
+    /// Whether user 0 and group 0 (root) may be used at all; default false. Root keeps
+    /// neither capabilities nor the right to gain them, but owns root's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_root: Option<bool>,
+    /// Whether and what the tenant may adopt; by default nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptPermission>,
+}
+
+/// An inclusive range of user or group IDs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.max >= self.min").message("must be at least min").field_path(".max"),
+)]
+pub struct IdRange {
+    /// The first ID, 0 to 2147483647.
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub min: i64,
+    /// The last ID, at least `min`.
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub max: i64,
+}
+
+impl IdRange {
+    /// True when `id` is in the range.
+    pub fn contains(&self, id: i64) -> bool {
+        (self.min..=self.max).contains(&id)
+    }
+}
+
+/// Whether a tenant may adopt existing processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptPermission {
+    /// Whether the tenant's Workloads may use `adopt` at all; default false. A pid file or
+    /// command pattern then adopts only processes whose users the tenant may use (root
+    /// only with `allowRoot`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Cgroups (absolute, as in /proc/PID/cgroup) below which `adopt.cgroupPath` may
+    /// point; processes there are adopted whatever their user. None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = crate::api::names::ABSOLUTE_PATH_PATTERN), length(max = 4096))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub cgroup_prefixes: Vec<String>,
+}
+
+/// Each replica's request and limit bounds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaBounds {
+    /// The least each replica may request, per resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<ResourceAmounts>,
+    /// The most each replica may request or be limited to, per resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<ResourceAmounts>,
+}
+
+/// How replicas' output is rotated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogSettings {
+    /// The largest a log file grows before it is rotated, 4Ki to 1Gi; default `10Mi` (as
+    /// the kubelet's `containerLogMaxSize`).
+    #[serde(default = "default_log_size")]
+    pub max_size: Quantity,
+    /// How many files are kept per replica, the current one included, 1 to 100; default 5
+    /// (as the kubelet's `containerLogMaxFiles`).
+    #[serde(default = "default_log_files")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_files: i32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            max_size: default_log_size(),
+            max_files: default_log_files(),
+        }
+    }
+}
+
+fn default_log_size() -> Quantity {
+    Quantity::new("10Mi")
+}
+
+fn default_log_files() -> i32 {
+    5
 }
 
 fn default_weight() -> i32 {

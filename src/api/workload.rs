@@ -66,17 +66,21 @@ pub struct WorkloadSpec {
     pub command: Option<Command>,
 
     /// Existing processes to move into the replica's cgroup instead of starting a command.
-    /// Exactly one of `command` and `adopt`.
+    /// Exactly one of `command` and `adopt`. Only where the governing policy lets the
+    /// namespace adopt (`security.adopt`), and only processes of users the namespace may
+    /// use, or in cgroups below a prefix the policy names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<AdoptRule>,
 
     /// The ResourcePolicy that governs this workload. When omitted, the policy with the
-    /// highest precedence whose namespaces and workload selector match is used.
+    /// highest precedence whose namespaces and workload selector match is used. A policy
+    /// whose `namespaces` or `workloadSelector` do not admit the workload cannot be named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_ref: Option<PolicyReference>,
 
     /// Seconds between SIGTERM and SIGKILL when the workload's processes are stopped
-    /// (deletion, preemption, a move to another node). 0 to 3600; default 10.
+    /// (deletion, preemption, a move to another node). 0 to 3600; default 10. The
+    /// governing policy caps it (`maxTerminationGracePeriodSeconds`, 30 by default).
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: i32,
@@ -146,6 +150,34 @@ pub struct Command {
     /// 5 min. Default `Always`.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+
+    /// The user and groups the command runs as. Omitted values are the defaults the
+    /// governing ResourcePolicy sets for the namespace (`nobody`, 65534, unless it says
+    /// otherwise), and every value must be one the policy allows the namespace. Root (0)
+    /// only where the policy allows root explicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+/// Which user and groups a command runs as. Whatever they are, the command starts with
+/// `no_new_privs`, no capabilities (the bounding set is empty too) and corral's seccomp
+/// filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    /// The numeric user ID, 0 to 2147483647.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub run_as_user: Option<i64>,
+    /// The numeric primary group ID, 0 to 2147483647.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub run_as_group: Option<i64>,
+    /// Supplementary group IDs, at most 32; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(range(min = 0, max = 2_147_483_647)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub supplemental_groups: Vec<i64>,
 }
 
 /// One environment variable.
@@ -196,6 +228,23 @@ pub struct AdoptRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub command_pattern: Option<String>,
+
+    /// What deleting the workload (or moving the replica away) does to the adopted
+    /// processes: `Release` moves them back to the groups they came from and leaves them
+    /// running; `Stop` stops them (SIGTERM, then SIGKILL after the grace period). Default
+    /// `Release`.
+    #[serde(default)]
+    pub on_delete: AdoptOnDelete,
+}
+
+/// What happens to adopted processes when their replica goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AdoptOnDelete {
+    /// Move them back to the groups they were adopted from, and leave them running.
+    #[default]
+    Release,
+    /// Stop them: SIGTERM, then SIGKILL after the grace period.
+    Stop,
 }
 
 /// A reference to a cluster-scoped ResourcePolicy.

@@ -332,7 +332,7 @@ impl fmt::Display for FieldPath {
 }
 
 /// Line numbers by field path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LineIndex(HashMap<FieldPath, usize>);
 
 impl LineIndex {

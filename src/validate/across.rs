@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Kind, Manifests, ObjectRef, Problem};
+use crate::alloc::admit;
 use crate::alloc::govern::{self, Governing};
 use crate::alloc::selector;
+use crate::alloc::state::{DEFAULT_POLICY, not_admitted};
+use crate::api::ResourcePolicySpec;
 use crate::source::files::Origin;
 use crate::source::yaml::FieldPath;
 
@@ -29,6 +32,7 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
         .filter_map(|s| s.object.name.as_deref())
         .collect();
     let policies: Vec<_> = out.policies.iter().map(|p| &p.object).collect();
+    let default_spec = ResourcePolicySpec::default();
     let mut problems = Vec::new();
     for w in &out.workloads {
         let object = ObjectRef {
@@ -38,7 +42,7 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
         };
         let problem = |path: FieldPath, message: String| Problem {
             origin: w.origin.clone(),
-            line: w.line,
+            line: w.line_of(&path),
             object: Some(object.clone()),
             path,
             message,
@@ -49,6 +53,23 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
                 FieldPath::root().key("spec").key("policyRef").key("name"),
                 format!("ResourcePolicy {name:?} is not defined in the manifests given"),
             )),
+            Governing::NotAdmitted(policy) => problems.push(problem(
+                FieldPath::root().key("spec").key("policyRef").key("name"),
+                not_admitted(policy, &w.object)
+                    .trim_start_matches("spec.policyRef ")
+                    .to_string(),
+            )),
+            Governing::Policy(policy) => {
+                let name = policy.metadata.name.as_deref().unwrap_or_default();
+                for e in admit::check(&w.object, name, &policy.spec) {
+                    problems.push(problem(e.path, e.message));
+                }
+            }
+            Governing::Default => {
+                for e in admit::check(&w.object, DEFAULT_POLICY, &default_spec) {
+                    problems.push(problem(e.path, e.message));
+                }
+            }
             Governing::Ambiguous(tied) => {
                 let names: Vec<String> = tied
                     .iter()
@@ -63,7 +84,33 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
                     ),
                 ));
             }
-            _ => {}
+            Governing::Missing(_) => {}
+        }
+    }
+    let workloads: Vec<crate::api::Workload> =
+        out.workloads.iter().map(|w| w.object.clone()).collect();
+    let policy_objects: Vec<crate::api::ResourcePolicy> =
+        out.policies.iter().map(|p| p.object.clone()).collect();
+    for over in admit::over_quota(&admit::governed(&workloads, &policy_objects, &default_spec)) {
+        if let Some(w) = out.workloads.iter().find(|w| {
+            format!(
+                "{}/{}",
+                w.object.metadata.namespace.as_deref().unwrap_or("default"),
+                w.object.metadata.name.as_deref().unwrap_or_default()
+            ) == over.workload
+        }) {
+            let path = FieldPath::root().key("metadata").key("namespace");
+            problems.push(Problem {
+                origin: w.origin.clone(),
+                line: w.line_of(&path),
+                object: Some(ObjectRef {
+                    kind: Kind::Workload,
+                    namespace: w.object.metadata.namespace.clone(),
+                    name: w.object.metadata.name.clone(),
+                }),
+                path,
+                message: over.message,
+            });
         }
     }
     // Two policies with the same precedence and the same node selector govern the same nodes,

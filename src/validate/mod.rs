@@ -128,8 +128,20 @@ pub struct Sourced<T> {
     pub origin: Origin,
     /// The line its document starts on.
     pub line: usize,
+    /// The line of each field, for problems found across objects.
+    pub lines: std::sync::Arc<yaml::LineIndex>,
     /// The object.
     pub object: T,
+}
+
+impl<T> Sourced<T> {
+    /// The line of `path` in the object's document, else the document's first line.
+    pub fn line_of(&self, path: &FieldPath) -> usize {
+        match self.lines.line_of(path) {
+            0 => self.line,
+            line => line,
+        }
+    }
 }
 
 /// Everything read from a set of manifests.
@@ -283,6 +295,7 @@ impl Validator {
                             out.workloads.push(Sourced {
                                 origin: origin.clone(),
                                 line: start,
+                                lines: std::sync::Arc::new(doc.lines.clone()),
                                 object: *w,
                             });
                         }
@@ -291,6 +304,7 @@ impl Validator {
                             out.policies.push(Sourced {
                                 origin: origin.clone(),
                                 line: start,
+                                lines: std::sync::Arc::new(doc.lines.clone()),
                                 object: *p,
                             });
                         }

@@ -92,8 +92,92 @@ pub fn check_policy(spec: &ResourcePolicySpec) -> Vec<FieldError> {
     if let Some(defaults) = &spec.defaults {
         check_requirements(defaults, &path.key("defaults"), &mut out);
     }
+    if let Some(bounds) = &spec.replica_bounds {
+        let bounds_path = path.key("replicaBounds");
+        if let Some(min) = &bounds.min {
+            check_amounts(min, &bounds_path.key("min"), &mut out);
+        }
+        if let Some(max) = &bounds.max {
+            check_amounts(max, &bounds_path.key("max"), &mut out);
+        }
+        if let (Some(min), Some(max)) = (&bounds.min, &bounds.max) {
+            check_at_least(min, max, "min", &bounds_path.key("max"), &mut out);
+            if let (Some(floor), Some(ceiling)) = (min.pids, max.pids)
+                && ceiling < floor
+            {
+                push(
+                    &mut out,
+                    &bounds_path.key("max").key("pids"),
+                    "must be at least min.pids",
+                );
+            }
+        }
+    }
+    for (i, prefix) in spec
+        .tenant_defaults
+        .iter()
+        .filter_map(|d| d.security.as_ref()?.adopt.as_ref())
+        .flat_map(|a| a.cgroup_prefixes.iter())
+        .enumerate()
+    {
+        check_absolute(
+            prefix,
+            &path
+                .key("tenantDefaults")
+                .key("security")
+                .key("adopt")
+                .key("cgroupPrefixes")
+                .index(i),
+            &mut out,
+        );
+    }
+    for (t, tenant) in spec.tenants.iter().enumerate() {
+        let prefixes = tenant
+            .security
+            .as_ref()
+            .and_then(|s| s.adopt.as_ref())
+            .map(|a| a.cgroup_prefixes.as_slice())
+            .unwrap_or_default();
+        for (i, prefix) in prefixes.iter().enumerate() {
+            check_absolute(
+                prefix,
+                &path
+                    .key("tenants")
+                    .index(t)
+                    .key("security")
+                    .key("adopt")
+                    .key("cgroupPrefixes")
+                    .index(i),
+                &mut out,
+            );
+        }
+    }
+    let log_size = path.key("logs").key("maxSize");
+    match spec.logs.max_size.units() {
+        Ok(bytes) if (MIN_LOG_SIZE..=MAX_LOG_SIZE).contains(&bytes) => {}
+        Ok(_) => push(
+            &mut out,
+            &log_size,
+            format!(
+                "{:?} must be between 4Ki and 1Gi",
+                spec.logs.max_size.as_str()
+            ),
+        ),
+        Err(e) => push(
+            &mut out,
+            &log_size,
+            format!("{:?} {e}", spec.logs.max_size.as_str()),
+        ),
+    }
+    out.extend(crate::alloc::admit::check_policy(spec));
     out
 }
+
+/// The smallest log file size a policy may set: a rotation per few lines would cost more
+/// than it keeps.
+pub const MIN_LOG_SIZE: i64 = 4 << 10;
+/// The largest log file size a policy may set.
+pub const MAX_LOG_SIZE: i64 = 1 << 30;
 
 fn check_requirements(req: &ResourceRequirements, path: &FieldPath, out: &mut Vec<FieldError>) {
     if let Some(requests) = &req.requests {
