@@ -16,7 +16,7 @@ use corral::agent::node::{Agent, Pass, Trigger};
 use corral::alloc::fixtures::mk_workload;
 use corral::alloc::plan::{Allocation, Limits};
 use corral::alloc::{ReplicaKey, Res};
-use corral::api::policy::CgroupSettings;
+use corral::api::ResourcePolicySpec;
 use corral::cgroup::fs::Cgroupfs;
 use corral::cgroup::layout::Layout;
 use corral::cgroup::tree::GroupPath;
@@ -149,7 +149,7 @@ fn lease(
         },
         io_weight: None,
     };
-    Lease::new(&allocation, &workload, &CgroupSettings::default(), None, 1)
+    Lease::new(&allocation, &workload, &ResourcePolicySpec::default(), 1)
 }
 
 fn group(ns: &str, name: &str) -> GroupPath {

@@ -20,6 +20,7 @@ use corral::agent::process::{
     ProcessId, StopError, StopOutcome, launch, move_into, pid_from_file, pids_in_cgroup,
     pids_matching, procs, stop,
 };
+use corral::alloc::admit::RunAs;
 use nix::sys::signal::{SigHandler, Signal, kill, killpg, signal};
 use nix::unistd::{Pid, getsid};
 use regex::Regex;
@@ -160,6 +161,7 @@ fn spec(args: &[&str], group: &TestCgroup, dir: &TempDir) -> LaunchSpec {
         working_dir: None,
         log_file: dir.path().join("w.log"),
         join: group.procs_files(),
+        run_as: RunAs::default(),
     }
 }
 
@@ -330,6 +332,7 @@ fn launcher_helper() {
         working_dir: None,
         log_file: log.into(),
         join: vec![join.into()],
+        run_as: RunAs::default(),
     })
     .unwrap();
     println!("launched {} {}", launched.pid, launched.start_time);
@@ -758,4 +761,107 @@ fn process_id_recognises_its_process_and_sees_it_die() {
     assert_eq!(exit_of(&mut launched).to_string(), "killed by SIGKILL");
     assert!(!id.is_alive());
     assert_eq!(ProcessId::of(id.pid), None);
+}
+
+/// The fields of /proc/PID/status a sandboxed process is checked by.
+fn status_fields(pid: u32) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// A command runs as its user and groups, with no capability (not even in the bounding set),
+/// `no_new_privs` and the seccomp filter, whatever corral runs as.
+#[test]
+fn launched_process_runs_as_its_user_without_capabilities_under_seccomp() {
+    let group = TestCgroup::new(&["pids"]);
+    let dir = TempDir::new().unwrap();
+    let mut spec = spec(&["sleep", "30"], &group, &dir);
+    spec.run_as = RunAs {
+        uid: 4242,
+        gid: 4343,
+        groups: vec![4444, 4545],
+    };
+    let launched = Reaped(launch(&spec).unwrap().child);
+    let status = status_fields(launched.pid());
+    assert_eq!(status["Uid"], "4242 4242 4242 4242");
+    assert_eq!(status["Gid"], "4343 4343 4343 4343");
+    assert_eq!(status["Groups"], "4444 4545");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status[caps], "0000000000000000", "{caps}");
+    }
+    assert_eq!(status["NoNewPrivs"], "1");
+    assert_eq!(status["Seccomp"], "2");
+
+    // Root, where a policy allows it, is root without a capability.
+    spec.run_as = RunAs {
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+    };
+    let root = Reaped(launch(&spec).unwrap().child);
+    let status = status_fields(root.pid());
+    assert_eq!(status["Uid"], "0 0 0 0");
+    assert_eq!(status["CapEff"], "0000000000000000");
+    assert_eq!(status["CapBnd"], "0000000000000000");
+}
+
+/// What the filter refuses fails inside the process with EPERM, and what a process does
+/// every day still works.
+#[test]
+fn the_seccomp_filter_refuses_namespaces_and_mounts_only() {
+    // Without the filter, any user may make a user namespace on this kernel.
+    let control = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "true"])
+        .status()
+        .unwrap();
+    assert!(control.success(), "the control run failed: {control}");
+    let group = TestCgroup::new(&["pids"]);
+    let dir = TempDir::new().unwrap();
+    let script = "unshare --user true 2>/dev/null && echo unshare-allowed; \
+                  unshare --mount true 2>/dev/null && echo mount-ns-allowed; \
+                  mount -t tmpfs none /mnt 2>/dev/null && echo mount-allowed; \
+                  sh -c 'echo child-ok'; echo done";
+    let mut spec = spec(&["sh", "-c", script], &group, &dir);
+    spec.run_as = RunAs {
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+    };
+    let mut launched = launch(&spec).unwrap();
+    assert_eq!(exit_of(&mut launched), ExitStatusInfo::Exited { code: 0 });
+    assert_eq!(log_of(&spec), "child-ok\ndone\n");
+}
+
+/// A working directory the user cannot enter is an error naming the step and the user, and
+/// the program never runs.
+#[test]
+fn a_working_directory_the_user_cannot_reach_is_refused() {
+    let group = TestCgroup::new(&["pids"]);
+    let dir = TempDir::new().unwrap();
+    let private = TempDir::new().unwrap();
+    fs::set_permissions(
+        private.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let mut spec = spec(&["touch", "/tmp/never"], &group, &dir);
+    spec.working_dir = Some(private.path().to_owned());
+    let error = launch(&spec).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "cannot enter the working directory {} as user 65534",
+            private.path().display()
+        )) && error.contains("Permission denied"),
+        "{error}"
+    );
 }

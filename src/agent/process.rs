@@ -31,6 +31,9 @@ use nix::unistd::Pid;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::sandbox::{Sandbox, SandboxError, Step};
+use crate::alloc::admit::RunAs;
+
 /// `PATH` of every launched process, and where a bare program name is looked up.
 pub const LAUNCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -56,6 +59,8 @@ pub struct LaunchSpec {
     /// The `cgroup.procs` files of the cgroups the process runs in: one per v1 hierarchy, or
     /// the single file of the v2 group.
     pub join: Vec<PathBuf>,
+    /// The user and groups it runs as, in [`sandbox`](super::sandbox).
+    pub run_as: RunAs,
 }
 
 /// A process started by [`launch`].
@@ -117,6 +122,20 @@ pub enum LaunchError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The child could not drop to its user, capabilities and filter, so it never ran the
+    /// program.
+    #[error("cannot start `{program}`: cannot {step}: {source}")]
+    Sandbox {
+        /// What the child was doing.
+        step: String,
+        /// The program that was to run.
+        program: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The seccomp filter could not be built.
+    #[error(transparent)]
+    Filter(#[from] SandboxError),
     /// The process started but its start time could not be read; it was killed again.
     #[error("cannot read the start time of process {pid} (it was killed again): {source}")]
     StartTime {
@@ -138,7 +157,10 @@ pub enum LaunchError {
 /// - it starts with every signal at its default disposition and none blocked, whatever the
 ///   caller ignores or blocks;
 /// - its environment is `PATH` ([`LAUNCH_PATH`]), `HOME=/` and `spec.env`, nothing inherited;
-///   its working directory is `spec.working_dir` or `/`.
+///   its working directory is `spec.working_dir` or `/`, entered as its user;
+/// - after joining, and before exec, it becomes `spec.run_as` with no capabilities (none in
+///   the bounding set either), `no_new_privs` and the seccomp filter of
+///   [`sandbox`](super::sandbox); if any step fails the program is never executed.
 pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let program = spec.args.first().ok_or(LaunchError::EmptyArgs)?.clone();
     let spawn_error = |program: &str, source| LaunchError::Spawn {
@@ -175,6 +197,13 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|errno| spawn_error(&program, io::Error::from(errno)))?;
     let failed_join_fd = failed_join_write.as_raw_fd();
+    let working_dir = spec
+        .working_dir
+        .as_deref()
+        .unwrap_or(Path::new("/"))
+        .to_string_lossy()
+        .into_owned();
+    let sandbox = Sandbox::prepare(&spec.run_as, &working_dir)?;
 
     let mut command = Command::new(&program);
     command
@@ -183,26 +212,33 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         .env("PATH", LAUNCH_PATH)
         .env("HOME", "/")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.working_dir.as_deref().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_for_stderr);
     // SAFETY: the closure runs in the forked child, where only async-signal-safe functions
-    // may be called. It calls only setsid, rt_sigaction, open, write and close, and reads
-    // `join_paths` and `failed_join_fd`, which were prepared before the fork; it allocates
-    // nothing (`io::Error::last_os_error` and `from_raw_os_error` do not allocate).
+    // may be called. It calls only setsid, rt_sigaction, open, write, close and the system
+    // calls of `Sandbox::enter`, and reads `join_paths`, `failed_join_fd` and `sandbox`,
+    // which were prepared before the fork; it allocates nothing (`io::Error::last_os_error`
+    // and `from_raw_os_error` do not allocate).
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
             }
             reset_signal_dispositions();
+            let report = |code: u32| {
+                let code = code.to_ne_bytes();
+                libc::write(failed_join_fd, code.as_ptr().cast(), code.len());
+            };
             for (index, path) in join_paths.iter().enumerate() {
                 if let Err(errno) = join_self(path) {
-                    let index = u32::try_from(index).unwrap_or(u32::MAX).to_ne_bytes();
-                    libc::write(failed_join_fd, index.as_ptr().cast(), index.len());
+                    report(u32::try_from(index).unwrap_or(u32::MAX));
                     return Err(io::Error::from_raw_os_error(errno));
                 }
+            }
+            if let Err((step, errno)) = sandbox.enter() {
+                report(SANDBOX_STEP | step as u32);
+                return Err(io::Error::from_raw_os_error(errno));
             }
             Ok(())
         });
@@ -216,12 +252,25 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         Ok(child) => child,
         Err(source) => {
             return Err(match failed_join(failed_join_read) {
-                Some(index) if index < spec.join.len() => LaunchError::Join {
-                    path: spec.join[index].clone(),
-                    program,
-                    source,
+                Some(code) if code & SANDBOX_STEP != 0 => {
+                    match Step::from_code(code & !SANDBOX_STEP) {
+                        Some(step) => LaunchError::Sandbox {
+                            step: step.describe(&spec.run_as, &working_dir),
+                            program,
+                            source,
+                        },
+                        None => spawn_error(&program, source),
+                    }
+                }
+                Some(code) => match usize::try_from(code) {
+                    Ok(index) if index < spec.join.len() => LaunchError::Join {
+                        path: spec.join[index].clone(),
+                        program,
+                        source,
+                    },
+                    _ => spawn_error(&program, source),
                 },
-                _ => spawn_error(&program, source),
+                None => spawn_error(&program, source),
             });
         }
     };
@@ -300,11 +349,15 @@ fn join_self(procs_file: &CString) -> Result<(), i32> {
     }
 }
 
-/// The index of the cgroup the child failed to join, if it reported one.
-fn failed_join(read_end: OwnedFd) -> Option<usize> {
+/// Marks a failure code as a sandbox step rather than the index of a cgroup.
+const SANDBOX_STEP: u32 = 1 << 31;
+
+/// What the child reported before failing: the index of the cgroup it could not join, or
+/// [`SANDBOX_STEP`] with the step of the sandbox that failed.
+fn failed_join(read_end: OwnedFd) -> Option<u32> {
     let mut bytes = [0u8; 4];
     fs::File::from(read_end).read_exact(&mut bytes).ok()?;
-    usize::try_from(u32::from_ne_bytes(bytes)).ok()
+    Some(u32::from_ne_bytes(bytes))
 }
 
 /// A process, recognisable despite PID reuse: a later process with the same PID has a

@@ -269,6 +269,7 @@ impl Processes for ProcessOps<'_> {
             args,
             env,
             working_dir,
+            run_as,
             ..
         }) = self.desired.groups.get(group).and_then(|g| g.work.as_ref())
         else {
@@ -286,6 +287,7 @@ impl Processes for ProcessOps<'_> {
             working_dir: working_dir.as_ref().map(PathBuf::from),
             log_file: self.supervisor.log_file(&key),
             join: self.fs.procs_files(group),
+            run_as: run_as.clone(),
         };
         let launched = process::launch(&spec).map_err(|e| e.to_string())?;
         let record = self.supervisor.records.entry(key.clone()).or_default();
@@ -380,6 +382,7 @@ mod tests {
                     env: vec![],
                     working_dir: None,
                     restart,
+                    run_as: Default::default(),
                 }),
                 grace_seconds: 1,
             },

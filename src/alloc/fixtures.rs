@@ -82,8 +82,7 @@ pub fn mk_lease(node: &str, name: &str, index: u32, epoch: i64) -> crate::lease:
     crate::lease::Lease::new(
         &allocation,
         &workload,
-        &crate::api::policy::CgroupSettings::default(),
-        None,
+        &crate::api::ResourcePolicySpec::default(),
         epoch,
     )
 }

@@ -195,6 +195,7 @@ mod tests {
             env: vec![],
             working_dir: None,
             restart: RestartPolicy::Always,
+            run_as: Default::default(),
         }
     }
 

@@ -141,6 +141,10 @@ pub enum Work {
         working_dir: Option<String>,
         /// `Always`, `OnFailure` or `Never`.
         restart: crate::api::workload::RestartPolicy,
+        /// The user and groups it runs as; a lease written before corral knew users runs
+        /// as nobody.
+        #[serde(default)]
+        run_as: crate::alloc::admit::RunAs,
     },
     /// Existing processes corral moves in.
     Adopt(crate::api::workload::AdoptRule),

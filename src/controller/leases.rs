@@ -39,13 +39,7 @@ pub fn desired_leases(
                 .get(a.policy.as_str())
                 .copied()
                 .unwrap_or(&default_spec);
-            let tenant_limit = spec
-                .tenants
-                .iter()
-                .find(|t| t.namespace == a.tenant)
-                .and_then(|t| t.limit.as_ref())
-                .map(|l| crate::alloc::input::amounts_or(Some(l), i64::MAX));
-            Some(Lease::new(a, workload, &spec.cgroup, tenant_limit, epoch))
+            Some(Lease::new(a, workload, spec, epoch))
         })
         .collect()
 }

@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alloc::admit::{self, AdoptScope, RunAs, TenantRules};
 use crate::alloc::plan::{Allocation, Limits};
 use crate::alloc::{ReplicaKey, Res};
 use crate::api::Workload;
-use crate::api::policy::CgroupSettings;
+use crate::api::policy::{CgroupSettings, LogSettings, ResourcePolicySpec};
 use crate::cgroup::tree::Work;
 
 /// The version of the JSON written; a reader refuses a newer one.
@@ -62,19 +63,68 @@ pub struct Lease {
     /// The workload's `metadata.generation`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// For an adopt rule, which processes it may take, as the policy allows the tenant;
+    /// without it, nothing is adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_scope: Option<AdoptScope>,
+    /// How the replica's output is rotated.
+    #[serde(default)]
+    pub logs: LogLimits,
+}
+
+/// How one replica's output is kept: files of at most `max_bytes`, `max_files` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLimits {
+    /// The size at which the current file is rotated.
+    pub max_bytes: u64,
+    /// Files kept, the current one included.
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    /// 10 MiB × 5, the kubelet's defaults.
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+impl LogLimits {
+    /// The limits a policy sets.
+    pub fn of(settings: &LogSettings) -> LogLimits {
+        let default = LogLimits::default();
+        LogLimits {
+            max_bytes: settings
+                .max_size
+                .units()
+                .ok()
+                .and_then(|b| u64::try_from(b).ok())
+                .filter(|b| *b > 0)
+                .unwrap_or(default.max_bytes),
+            max_files: u32::try_from(settings.max_files)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(default.max_files),
+        }
+    }
 }
 
 impl Lease {
-    /// The lease for an allocation of `workload` under a policy with `settings` and a
-    /// tenant limit.
+    /// The lease for an allocation of `workload` under `policy` (named in the allocation):
+    /// the policy's cgroup settings, its tenant's limit, the user the command runs as and
+    /// what it may adopt, its log rotation, and the grace period capped by the policy.
     pub fn new(
         allocation: &Allocation,
         workload: &Workload,
-        settings: &CgroupSettings,
-        tenant_limit: Option<Res>,
+        policy: &ResourcePolicySpec,
         epoch: i64,
     ) -> Lease {
         let spec = &workload.spec;
+        let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+        let rules = TenantRules::of(&allocation.policy, policy, namespace);
         let work = match (&spec.command, &spec.adopt) {
             (_, Some(adopt)) => Work::Adopt(adopt.clone()),
             (Some(command), None) => Work::Command {
@@ -86,6 +136,9 @@ impl Lease {
                     .collect(),
                 working_dir: command.working_dir.clone(),
                 restart: command.restart_policy,
+                // The allocator places nothing the policy refuses; should a refused user
+                // reach here anyway, the command runs as nobody.
+                run_as: admit::run_as(workload, &rules).unwrap_or_default(),
             },
             // Validation requires one of them; a lease for neither runs nothing.
             (None, None) => Work::Command {
@@ -93,12 +146,22 @@ impl Lease {
                 env: Vec::new(),
                 working_dir: None,
                 restart: crate::api::workload::RestartPolicy::Never,
+                run_as: RunAs::default(),
             },
         };
+        let tenant_limit = policy
+            .tenants
+            .iter()
+            .find(|t| t.namespace == allocation.tenant)
+            .and_then(|t| t.limit.as_ref())
+            .map(|l| crate::alloc::input::amounts_or(Some(l), i64::MAX));
+        let grace = spec
+            .termination_grace_period_seconds
+            .min(policy.max_termination_grace_period_seconds);
         Lease {
             version: FORMAT_VERSION,
             key: ReplicaKey::new(
-                workload.metadata.namespace.as_deref().unwrap_or("default"),
+                namespace,
                 workload.metadata.name.as_deref().unwrap_or_default(),
                 allocation.replica,
             ),
@@ -110,11 +173,13 @@ impl Lease {
             request: allocation.request,
             limits: allocation.limits,
             io_weight: allocation.io_weight,
-            cgroup: settings.clone(),
+            cgroup: policy.cgroup.clone(),
             tenant_limit,
+            adopt_scope: spec.adopt.as_ref().map(|_| rules.adopt_scope()),
             work,
-            grace_seconds: u32::try_from(spec.termination_grace_period_seconds).unwrap_or(10),
+            grace_seconds: u32::try_from(grace).unwrap_or(10),
             generation: workload.metadata.generation,
+            logs: LogLimits::of(&policy.logs),
         }
     }
 
