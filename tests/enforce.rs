@@ -13,13 +13,17 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use corral::agent::node::{Agent, Pass, Trigger};
+use corral::alloc::admit::AdoptScope;
 use corral::alloc::fixtures::mk_workload;
 use corral::alloc::plan::{Allocation, Limits};
 use corral::alloc::{ReplicaKey, Res};
 use corral::api::ResourcePolicySpec;
+use corral::api::policy::IdRange;
+use corral::api::workload::{AdoptOnDelete, AdoptRule};
 use corral::cgroup::fs::Cgroupfs;
 use corral::cgroup::layout::Layout;
 use corral::cgroup::tree::GroupPath;
+use corral::cgroup::tree::Work;
 use corral::lease::Lease;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -447,37 +451,101 @@ fn hostile_names_never_leave_the_root() {
     }
 }
 
+/// A process that is killed and reaped when the test ends, however it ends.
+struct Outside(std::process::Child);
+
+impl Outside {
+    /// `sleep 60` named `marker`, as user `uid`.
+    fn spawn(marker: &str, uid: u32) -> Outside {
+        let child = std::process::Command::new("sleep")
+            .arg0(marker)
+            .arg("60")
+            .uid(uid)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let outside = Outside(child);
+        wait_until("the marker process to exec", Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains(marker))
+        });
+        outside
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn is_alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+    }
+
+    fn cpu_cgroup(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid()))
+            .unwrap()
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == "cpu"))
+            })
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn adopt_lease(name: &str, rule: AdoptRule, scope: Option<AdoptScope>) -> Lease {
+    let mut l = lease("ops", name, &["x"], json!({}), Some(300), None);
+    l.work = Work::Adopt(rule);
+    l.adopt_scope = scope;
+    l
+}
+
+fn users(uid: i64) -> AdoptScope {
+    AdoptScope {
+        users: vec![IdRange { min: uid, max: uid }],
+        ..AdoptScope::default()
+    }
+}
+
+/// A tenant adopts only processes of users its policy lets it use; deleting the workload
+/// moves them back where they came from, running (`onDelete: Release`, the default).
 #[test]
-fn adoption_moves_matching_processes_into_the_group() {
+fn adoption_takes_only_allowed_users_and_releases_them_on_delete() {
     let root = TestRoot::v1();
     let marker = format!("corral-adopt-{}", std::process::id());
-    let mut outside = std::process::Command::new("sleep")
-        .arg0(&marker)
-        .arg("60")
-        .spawn()
-        .unwrap();
-    struct Reap<'a>(&'a mut std::process::Child);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = outside.id();
-    let _reap = Reap(&mut outside);
-    wait_until("the marker process to exec", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains(&marker))
-    });
+    let mine = Outside::spawn(&marker, 4242);
+    let roots = Outside::spawn(&marker, 0);
+    let before = mine.cpu_cgroup();
     let mut agent = root.agent();
-    let mut adopted = lease("ops", "legacy", &["x"], json!({}), Some(300), None);
-    adopted.work = corral::cgroup::tree::Work::Adopt(corral::api::workload::AdoptRule {
+    let rule = AdoptRule {
         command_pattern: Some(format!("^{marker}")),
         ..Default::default()
-    });
-    agent.set_leases(vec![adopted]);
-    agent.pass(Trigger::Leases);
+    };
+    agent.set_leases(vec![adopt_lease("legacy", rule.clone(), Some(users(4242)))]);
+    let pass = agent.pass(Trigger::Leases);
     let g = group("ops", "legacy");
-    assert_eq!(root.fs().procs(&g).unwrap(), [pid]);
+    assert_eq!(
+        root.fs().procs(&g).unwrap(),
+        [mine.pid()],
+        "only user 4242's process"
+    );
+    let problems = &report_of(&pass, "legacy").problems;
+    assert!(
+        problems.iter().any(|p| p.contains(&format!(
+            "process {} runs as user 0, which this tenant may not use",
+            roots.pid()
+        ))),
+        "{problems:?}"
+    );
     let pass = agent.pass(Trigger::Resync);
     assert!(
         pass.ops.is_empty(),
@@ -485,6 +553,137 @@ fn adoption_moves_matching_processes_into_the_group() {
         pass.ops
     );
     assert_eq!(report_of(&pass, "legacy").process.state, "Adopted");
+
+    agent.set_leases(Vec::new());
+    let pass = agent.pass(Trigger::Leases);
+    assert!(
+        pass.outcome.failures.is_empty(),
+        "{:?}",
+        pass.outcome.failures
+    );
+    assert!(mine.is_alive(), "a released process keeps running");
+    assert_eq!(mine.cpu_cgroup(), before, "back in the group it came from");
+    assert!(
+        !root.fs().dirs(Some(&g))[0].exists(),
+        "the group is removed"
+    );
+}
+
+/// `onDelete: Stop` hands the processes over for good: deleting stops them.
+#[test]
+fn adoption_with_on_delete_stop_stops_the_processes() {
+    let root = TestRoot::v1();
+    let marker = format!("corral-adopt-stop-{}", std::process::id());
+    let mine = Outside::spawn(&marker, 4242);
+    let mut agent = root.agent();
+    let rule = AdoptRule {
+        command_pattern: Some(format!("^{marker}")),
+        on_delete: AdoptOnDelete::Stop,
+        ..Default::default()
+    };
+    agent.set_leases(vec![adopt_lease("legacy", rule, Some(users(4242)))]);
+    agent.pass(Trigger::Leases);
+    assert_eq!(
+        root.fs().procs(&group("ops", "legacy")).unwrap(),
+        [mine.pid()]
+    );
+    agent.set_leases(Vec::new());
+    agent.pass(Trigger::Leases);
+    wait_until(
+        "the adopted process to be stopped",
+        Duration::from_secs(5),
+        || !mine.is_alive(),
+    );
+}
+
+/// What no policy can hand a tenant: PID 1, this corral, a process in another corral
+/// root's groups, and anything at all without a scope in the lease.
+#[test]
+fn adoption_never_takes_pid_1_corral_or_another_roots_processes() {
+    let root = TestRoot::v1();
+    let other = TestRoot::v1();
+    let state = tempfile::tempdir().unwrap();
+    let pid_file = |name: &str, pid: u32| {
+        let path = state.path().join(name);
+        std::fs::write(&path, format!("{pid}\n")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    // A replica of another agent (another corral root on this machine), user 4242.
+    let mut other_agent = other.agent();
+    let mut theirs = lease("them", "svc", &["sleep", "60"], json!({}), None, None);
+    if let Work::Command { run_as, .. } = &mut theirs.work {
+        run_as.uid = 4242;
+    }
+    other_agent.set_leases(vec![theirs]);
+    other_agent.pass(Trigger::Leases);
+    let their_pid = other.fs().procs(&group("them", "svc")).unwrap()[0];
+    let loose = Outside::spawn(&format!("corral-loose-{}", std::process::id()), 4242);
+
+    let everyone = AdoptScope {
+        users: vec![IdRange {
+            min: 0,
+            max: 2_147_483_647,
+        }],
+        allow_root: true,
+        ..AdoptScope::default()
+    };
+    let by_file = |name: &str, pid: u32| AdoptRule {
+        pid_file: Some(pid_file(name, pid)),
+        ..Default::default()
+    };
+    let mut agent = root.agent();
+    agent.set_leases(vec![
+        adopt_lease("init", by_file("init.pid", 1), Some(everyone.clone())),
+        adopt_lease(
+            "me",
+            by_file("me.pid", std::process::id()),
+            Some(everyone.clone()),
+        ),
+        adopt_lease(
+            "theirs",
+            by_file("theirs.pid", their_pid),
+            Some(everyone.clone()),
+        ),
+        adopt_lease("unscoped", by_file("unscoped.pid", loose.pid()), None),
+    ]);
+    let pass = agent.pass(Trigger::Leases);
+    for (name, why) in [
+        ("init", "process 1 is PID 1".to_string()),
+        (
+            "me",
+            format!(
+                "process {} is corral or one of its ancestors",
+                std::process::id()
+            ),
+        ),
+        (
+            "theirs",
+            format!("process {their_pid} is in a corral root's groups"),
+        ),
+        (
+            "unscoped",
+            format!(
+                "process {} runs as user 4242, which this tenant may not use",
+                loose.pid()
+            ),
+        ),
+    ] {
+        let problems = &report_of(&pass, name).problems;
+        assert!(
+            problems.iter().any(|p| p.contains(&why)),
+            "{name}: {problems:?}"
+        );
+        assert!(
+            root.fs().procs(&group("ops", name)).unwrap().is_empty(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        other.fs().procs(&group("them", "svc")).unwrap(),
+        [their_pid]
+    );
+    other_agent.set_leases(Vec::new());
+    other_agent.pass(Trigger::Leases);
 }
 
 /// A v2 hierarchy laid out in a temporary directory: the agent writes cgroup v2 files
@@ -496,7 +695,7 @@ fn v2_files_on_a_directory_laid_out_like_a_v2_hierarchy() {
     let fs = root.fs();
     let mut agent = root.agent();
     let mut l = lease("shop", "api", &["x"], json!({}), Some(1500), Some(200));
-    l.work = corral::cgroup::tree::Work::Adopt(corral::api::workload::AdoptRule {
+    l.work = Work::Adopt(AdoptRule {
         pid_file: Some("/nonexistent/api.pid".into()),
         ..Default::default()
     });

@@ -701,6 +701,10 @@ fn pids_matching_finds_a_process_by_a_marker_in_its_command_line() {
     assert!(!pids_matching(&me, &[]).contains(&std::process::id()));
 }
 
+fn root_only(owner: u32) -> bool {
+    owner == 0
+}
+
 #[test]
 fn pid_from_file_reads_a_running_process_and_explains_failures() {
     let group = TestCgroup::new(&["pids"]);
@@ -709,15 +713,15 @@ fn pid_from_file_reads_a_running_process_and_explains_failures() {
     let pid_file = dir.path().join("sleep.pid");
 
     fs::write(&pid_file, format!("  {}\n", launched.pid)).unwrap();
-    assert_eq!(pid_from_file(&pid_file).unwrap(), launched.pid);
+    assert_eq!(pid_from_file(&pid_file, root_only).unwrap(), launched.pid);
 
     fs::write(&pid_file, "sleep\n").unwrap();
     assert!(
-        matches!(pid_from_file(&pid_file), Err(AdoptError::InvalidPidFile { path, .. }) if path == pid_file)
+        matches!(pid_from_file(&pid_file, root_only), Err(AdoptError::InvalidPidFile { path, .. }) if path == pid_file)
     );
 
     fs::write(&pid_file, format!("{}\n", impossible_pid())).unwrap();
-    let error = pid_from_file(&pid_file).unwrap_err();
+    let error = pid_from_file(&pid_file, root_only).unwrap_err();
     assert!(
         matches!(&error, AdoptError::NotRunning { pid, .. } if *pid == impossible_pid()),
         "{error:?}"
@@ -725,7 +729,7 @@ fn pid_from_file_reads_a_running_process_and_explains_failures() {
     assert!(error.to_string().contains(pid_file.to_str().unwrap()));
 
     let missing = dir.path().join("missing.pid");
-    match pid_from_file(&missing) {
+    match pid_from_file(&missing, root_only) {
         Err(AdoptError::ReadPidFile { path, source }) => {
             assert_eq!(path, missing);
             assert_eq!(source.kind(), io::ErrorKind::NotFound);
@@ -863,5 +867,61 @@ fn a_working_directory_the_user_cannot_reach_is_refused() {
             private.path().display()
         )) && error.contains("Permission denied"),
         "{error}"
+    );
+}
+
+/// A pid file is a tenant's input: it can name neither a secret (its content is never
+/// shown, a large file is not read), nor a FIFO or device that would stall or bloat the
+/// agent, nor a path through a symbolic link, nor a file of a user the tenant may not use.
+#[test]
+fn a_hostile_pid_file_is_refused_without_reading_or_echoing_it() {
+    let dir = TempDir::new().unwrap();
+    let refused = |path: &Path, allowed: fn(u32) -> bool| {
+        let started = Instant::now();
+        let error = pid_from_file(path, allowed).unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{} took {:?}",
+            path.display(),
+            started.elapsed()
+        );
+        error
+    };
+
+    let secret = dir.path().join("credentials");
+    fs::write(&secret, "corral:s3cr3t\n").unwrap();
+    let error = refused(&secret, root_only);
+    assert!(!error.contains("s3cr3t"), "the content leaked: {error}");
+    assert!(error.contains("does not hold a process ID"), "{error}");
+
+    let big = dir.path().join("big");
+    fs::write(&big, "1".repeat(4096)).unwrap();
+    assert!(refused(&big, root_only).contains("larger than 32 bytes"));
+
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(refused(&fifo, root_only).contains("not a regular file"));
+    assert!(refused(Path::new("/dev/zero"), root_only).contains("not a regular file"));
+
+    let link_dir = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link_dir).unwrap();
+    fs::write(
+        dir.path().join("real.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let through_link = link_dir.join("real.pid");
+    assert!(
+        refused(&through_link, root_only).contains("Too many levels of symbolic links"),
+        "a symbolic link in any component is refused"
+    );
+
+    let foreign = dir.path().join("foreign.pid");
+    fs::write(&foreign, format!("{}\n", std::process::id())).unwrap();
+    nix::unistd::chown(&foreign, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+    assert!(refused(&foreign, root_only).contains("belongs to user 4242"));
+    assert_eq!(
+        pid_from_file(&foreign, |owner| owner == 4242).unwrap(),
+        std::process::id()
     );
 }

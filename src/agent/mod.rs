@@ -6,6 +6,7 @@
 //! - [`process`]: launching into cgroups, stopping, adopting;
 //! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with.
 
+pub mod adopt;
 pub mod daemon;
 pub mod node;
 pub mod process;

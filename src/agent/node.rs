@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use regex::Regex;
 
+use super::adopt;
 use super::process;
 use super::supervisor::Supervisor;
 use crate::alloc::ReplicaKey;
@@ -180,6 +181,7 @@ impl Agent {
                 self.fill_adoptable(&desired, &mut observed, &mut problems_by_key);
                 for (group, found) in &mut observed.groups {
                     found.grace_seconds = self.graces.get(group).copied();
+                    found.release = group.key().is_some_and(|k| self.supervisor.releases(&k));
                 }
                 observed
             }
@@ -233,7 +235,9 @@ impl Agent {
         );
         self.account(trigger, &diff.ops, &observed, &outcome);
         let keep: BTreeSet<ReplicaKey> = self.leases.iter().map(|l| l.key.clone()).collect();
-        self.supervisor.retain(&keep);
+        let groups: BTreeSet<ReplicaKey> =
+            observed.groups.keys().filter_map(GroupPath::key).collect();
+        self.supervisor.retain(&keep, &groups);
         if let Err(e) = self.supervisor.save() {
             tracing::warn!(error = %e, "cannot save the supervisor's records");
         }
@@ -281,7 +285,7 @@ impl Agent {
         observed: &mut ObservedTree,
         problems: &mut HashMap<ReplicaKey, Vec<String>>,
     ) {
-        let ours: Vec<u32> = observed
+        let ours: BTreeSet<u32> = observed
             .groups
             .values()
             .flat_map(|g| g.pids.iter().copied())
@@ -290,42 +294,29 @@ impl Agent {
             let Some(Work::Adopt(rule)) = &want.work else {
                 continue;
             };
-            let key = group.key();
-            let found = if let Some(path) = &rule.cgroup_path {
-                let mount = self.fs.adopt_mount();
-                match mount {
-                    Some(mount) => process::pids_in_cgroup(&mount, path).map_err(|e| e.to_string()),
-                    None => Err("no cgroup hierarchy to adopt from".to_string()),
-                }
-            } else if let Some(file) = &rule.pid_file {
-                process::pid_from_file(Path::new(file))
-                    .map(|pid| vec![pid])
-                    .map_err(|e| e.to_string())
-            } else if let Some(pattern) = &rule.command_pattern {
-                let regex = self
-                    .patterns
+            let Some(key) = group.key() else { continue };
+            // A lease without a scope (written before corral knew scopes, or forged) adopts
+            // nothing.
+            let scope = self
+                .leases
+                .iter()
+                .find(|l| l.key == key)
+                .and_then(|l| l.adopt_scope.clone())
+                .unwrap_or_default();
+            let pattern = rule.command_pattern.as_ref().and_then(|pattern| {
+                self.patterns
                     .entry(pattern.clone())
-                    .or_insert_with(|| Regex::new(pattern).ok());
-                match regex {
-                    Some(regex) => Ok(process::pids_matching(regex, &ours)),
-                    None => Err(format!("adopt.commandPattern {pattern:?} does not compile")),
-                }
-            } else {
-                Ok(Vec::new())
-            };
-            match found {
-                Ok(pids) => {
-                    let pids: Vec<u32> = pids
-                        .into_iter()
-                        .filter(|p| !ours.contains(p) && *p != std::process::id())
-                        .collect();
-                    observed.adoptable.insert(group.clone(), pids);
-                }
-                Err(e) => {
-                    if let Some(key) = key {
-                        problems.entry(key).or_default().push(format!("adopt: {e}"));
+                    .or_insert_with(|| Regex::new(pattern).ok())
+                    .as_ref()
+            });
+            match adopt::find(rule, &scope, &self.fs, &ours, pattern) {
+                Ok(found) => {
+                    if let Some(line) = found.refusals() {
+                        problems.entry(key).or_default().push(line);
                     }
+                    observed.adoptable.insert(group.clone(), found.pids);
                 }
+                Err(e) => problems.entry(key).or_default().push(format!("adopt: {e}")),
             }
         }
     }

@@ -389,6 +389,33 @@ impl ProcessId {
     }
 }
 
+/// The most read of a `/proc/PID/stat` file (its name is at most 64 bytes, the rest numbers).
+const STAT_MAX: usize = 4096;
+/// The most of a command line a pattern is matched against.
+const CMDLINE_MAX: usize = 64 << 10;
+/// The most read of a `cgroup.procs` file: two million processes.
+const PROCS_MAX: usize = 16 << 20;
+/// The largest pid file accepted: a process ID is at most 7 digits, with room for spaces.
+pub const PID_FILE_MAX: u64 = 32;
+
+/// Reads at most `max` bytes of `path`, opened so that no file can stall or bloat the
+/// reader: a FIFO or device does not block the open (`O_NONBLOCK`), a terminal is not made
+/// the controlling one, and what is larger than `max` is cut, never read whole.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn read_bounded(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(max).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The fields of `/proc/PID/stat` this module uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stat {
@@ -405,7 +432,11 @@ impl Stat {
 }
 
 fn read_stat(pid: u32) -> io::Result<Stat> {
-    let contents = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let contents = String::from_utf8_lossy(&read_bounded(
+        Path::new(&format!("/proc/{pid}/stat")),
+        STAT_MAX,
+    )?)
+    .into_owned();
     parse_stat(&contents).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -431,7 +462,9 @@ fn parse_stat(contents: &str) -> Option<Stat> {
 /// The processes listed in a `cgroup.procs` file, sorted and without duplicates (the kernel
 /// guarantees neither). An empty file is an empty group.
 pub fn procs(cgroup_procs_file: &Path) -> io::Result<Vec<u32>> {
-    parse_procs(&fs::read_to_string(cgroup_procs_file)?).ok_or_else(|| {
+    let text = String::from_utf8(read_bounded(cgroup_procs_file, PROCS_MAX)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    parse_procs(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -698,13 +731,20 @@ pub enum AdoptError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The pid file does not hold a process ID.
-    #[error("pid file {path} does not hold a process ID: {contents:?}")]
+    /// The pid file does not hold a process ID. What it holds is never shown: it might be
+    /// another file's secret.
+    #[error("pid file {path} does not hold a process ID")]
     InvalidPidFile {
         /// The pid file.
         path: PathBuf,
-        /// Its contents (at most the first 64 characters).
-        contents: String,
+    },
+    /// The pid file is not one corral reads.
+    #[error("pid file {path} is refused: {reason}")]
+    RefusedPidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The pid file names a process that is not running.
     #[error("pid file {path} names process {pid}, which is not running (stale pid file?)")]
@@ -752,16 +792,53 @@ fn relative_cgroup_path(cgroup_path: &str) -> Result<&Path, &'static str> {
 }
 
 /// The process ID in the pid file at `path` (surrounding whitespace ignored), provided that
-/// process is running.
-pub fn pid_from_file(path: &Path) -> Result<u32, AdoptError> {
-    let contents = fs::read_to_string(path).map_err(|source| AdoptError::ReadPidFile {
+/// process is running. `owner_allowed` says which owners of the file are trusted (the
+/// tenant's users, or root).
+///
+/// The file is opened without following a symbolic link anywhere in its path (where the
+/// kernel offers `openat2`; else the last component only), without blocking on a FIFO or
+/// device, and must be a regular file of at most [`PID_FILE_MAX`] bytes: a pid file can be
+/// neither a way to read another file nor to stall the agent. Its content never appears in
+/// an error.
+///
+/// # Errors
+/// See [`AdoptError`].
+pub fn pid_from_file(path: &Path, owner_allowed: impl Fn(u32) -> bool) -> Result<u32, AdoptError> {
+    use std::os::unix::fs::MetadataExt;
+    let read_error = |source| AdoptError::ReadPidFile {
         path: path.to_owned(),
         source,
-    })?;
-    let pid = parse_pid(&contents).ok_or_else(|| AdoptError::InvalidPidFile {
+    };
+    let file = open_no_symlinks(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let refuse = |reason: String| AdoptError::RefusedPidFile {
         path: path.to_owned(),
-        contents: contents.chars().take(64).collect(),
-    })?;
+        reason,
+    };
+    if !meta.file_type().is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if meta.len() > PID_FILE_MAX {
+        return Err(refuse(format!(
+            "it is larger than {PID_FILE_MAX} bytes, more than a process ID"
+        )));
+    }
+    if !owner_allowed(meta.uid()) {
+        return Err(refuse(format!(
+            "it belongs to user {}, neither root nor a user the tenant may use",
+            meta.uid()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(PID_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    let pid = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(parse_pid)
+        .ok_or_else(|| AdoptError::InvalidPidFile {
+            path: path.to_owned(),
+        })?;
     if read_stat(pid).is_ok_and(|stat| !stat.has_exited()) {
         Ok(pid)
     } else {
@@ -770,6 +847,44 @@ pub fn pid_from_file(path: &Path) -> Result<u32, AdoptError> {
             pid,
         })
     }
+}
+
+/// Opens `path` for reading with no symbolic link followed in any component (`openat2` with
+/// `RESOLVE_NO_SYMLINKS`), falling back to `O_NOFOLLOW` on kernels before 5.6; never blocks.
+fn open_no_symlinks(path: &Path) -> io::Result<fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `open_how` is plain integers, for which all zeroes is valid (mode 0).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::try_from(flags).unwrap_or_default();
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: a valid path and `open_how` that outlive the call; the returned descriptor is
+    // owned by the File below and nowhere else.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the descriptor was just opened and is owned by nothing else.
+        return Ok(unsafe { fs::File::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) });
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(error);
+    }
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
 }
 
 /// A positive process ID surrounded by optional whitespace.
@@ -796,7 +911,7 @@ pub fn pids_matching(pattern: &Regex, exclude: &[u32]) -> Vec<u32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .filter(|pid| !skip.contains(pid))
         .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
+            read_bounded(Path::new(&format!("/proc/{pid}/cmdline")), CMDLINE_MAX)
                 .ok()
                 .and_then(|raw| command_line(&raw))
                 .is_some_and(|line| pattern.is_match(&line))
@@ -806,8 +921,48 @@ pub fn pids_matching(pattern: &Regex, exclude: &[u32]) -> Vec<u32> {
     pids
 }
 
+/// What adoption needs to know of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// A kernel thread (`PF_KTHREAD`).
+    pub kernel_thread: bool,
+    /// Its real, effective, saved and filesystem user IDs.
+    pub uids: Vec<u32>,
+    /// It runs the same executable as this process: another corral.
+    pub is_corral: bool,
+}
+
+/// What adoption needs to know of `pid`; `None` when it is gone or unreadable.
+pub fn facts(pid: u32) -> Option<Facts> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = String::from_utf8_lossy(
+        &read_bounded(Path::new(&format!("/proc/{pid}/stat")), STAT_MAX).ok()?,
+    )
+    .into_owned();
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Field 9, the flags; `rest` starts at field 3.
+    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+    let status = String::from_utf8_lossy(
+        &read_bounded(Path::new(&format!("/proc/{pid}/status")), STAT_MAX * 4).ok()?,
+    )
+    .into_owned();
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let own = fs::read_link("/proc/self/exe").ok();
+    Some(Facts {
+        kernel_thread: flags & PF_KTHREAD != 0,
+        uids,
+        is_corral: exe.is_some() && exe == own,
+    })
+}
+
 /// The calling process and every ancestor up to PID 1.
-fn self_and_ancestors() -> Vec<u32> {
+pub fn self_and_ancestors() -> Vec<u32> {
     let mut chain = vec![std::process::id()];
     while let Some(&pid) = chain.last() {
         match read_stat(pid) {

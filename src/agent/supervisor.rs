@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::{self, Backoff, ExitStatusInfo, LaunchSpec, ProcessId};
 use crate::alloc::ReplicaKey;
-use crate::api::workload::RestartPolicy;
+use crate::api::workload::{AdoptOnDelete, RestartPolicy};
 use crate::cgroup::exec::Processes;
 use crate::cgroup::fs::Cgroupfs;
 use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
@@ -37,6 +37,10 @@ struct Record {
     started_ms: u64,
     /// Processes adopted into the group.
     adopted: usize,
+    /// Where the adopted processes came from (a `cgroup.procs` file per hierarchy), to
+    /// move them back when the replica goes (`onDelete: Release`); empty for `Stop`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    release_to: Vec<PathBuf>,
 }
 
 /// The supervisor of one node's replicas.
@@ -194,9 +198,20 @@ impl Supervisor {
         })
     }
 
-    /// Forgets replicas that are no longer leased here.
-    pub fn retain(&mut self, keep: &BTreeSet<ReplicaKey>) {
-        self.records.retain(|k, _| keep.contains(k));
+    /// True when the adopted processes of `key` go back where they came from once its lease
+    /// is gone, rather than being stopped.
+    pub fn releases(&self, key: &ReplicaKey) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| !r.release_to.is_empty())
+    }
+
+    /// Forgets replicas that are no longer leased here, except adopted processes still to be
+    /// released from a group that exists (`groups`): a failed release is tried again, never
+    /// turned into a stop.
+    pub fn retain(&mut self, keep: &BTreeSet<ReplicaKey>, groups: &BTreeSet<ReplicaKey>) {
+        self.records
+            .retain(|k, r| keep.contains(k) || (!r.release_to.is_empty() && groups.contains(k)));
         self.children.retain(|k, _| keep.contains(k));
         self.backoffs.retain(|k, _| keep.contains(k));
     }
@@ -302,6 +317,19 @@ impl Processes for ProcessOps<'_> {
 
     fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String> {
         let join = self.fs.procs_files(group);
+        let release = matches!(
+            self.desired.groups.get(group).and_then(|g| g.work.as_ref()),
+            Some(Work::Adopt(rule)) if rule.on_delete == AdoptOnDelete::Release
+        );
+        if release
+            && let Some(key) = group.key()
+            && let Some(first) = pids.first()
+        {
+            let record = self.supervisor.records.entry(key).or_default();
+            if record.release_to.is_empty() {
+                record.release_to = self.fs.procs_files_of(*first).unwrap_or_default();
+            }
+        }
         let mut moved = 0;
         for pid in pids {
             match process::move_into(*pid, &join) {
@@ -314,6 +342,50 @@ impl Processes for ProcessOps<'_> {
         if let Some(key) = group.key() {
             self.supervisor.records.entry(key).or_default().adopted += moved;
         }
+        Ok(())
+    }
+
+    /// Moves each process of the group back to the groups the first adopted process came
+    /// from, or to each hierarchy's root where those are gone.
+    fn release(&mut self, group: &GroupPath) -> Result<(), String> {
+        let key = group
+            .key()
+            .ok_or("a tenant group holds no adopted process")?;
+        let origin = self
+            .supervisor
+            .records
+            .get(&key)
+            .map(|r| r.release_to.clone())
+            .unwrap_or_default();
+        let roots = self.fs.hierarchy_procs_files();
+        let target: Vec<PathBuf> = origin
+            .iter()
+            .zip(&roots)
+            .map(|(from, root)| {
+                if from.exists() {
+                    from.clone()
+                } else {
+                    root.clone()
+                }
+            })
+            .collect();
+        let target = if target.len() == roots.len() {
+            target
+        } else {
+            roots
+        };
+        let mut left = Vec::new();
+        for pid in self.fs.procs(group).map_err(|e| e.to_string())? {
+            match process::move_into(pid, &target) {
+                Ok(()) | Err(process::MoveError::Gone { .. }) => {}
+                Err(e) => left.push(e.to_string()),
+            }
+        }
+        if !left.is_empty() {
+            return Err(left.join("; "));
+        }
+        self.supervisor.records.remove(&key);
+        tracing::info!(group = %group, "released the adopted processes");
         Ok(())
     }
 

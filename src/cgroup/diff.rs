@@ -47,6 +47,11 @@ pub enum Op {
         /// Seconds between the two.
         grace_seconds: u32,
     },
+    /// Move the group's adopted processes back to the groups they came from, running.
+    Release {
+        /// The replica group.
+        group: GroupPath,
+    },
     /// Remove an empty group.
     Remove {
         /// The group.
@@ -70,6 +75,7 @@ impl fmt::Display for Op {
             } => {
                 write!(f, "stop the processes of {group} (grace {grace_seconds}s)")
             }
+            Op::Release { group } => write!(f, "release the adopted processes of {group}"),
             Op::Remove { group } => write!(f, "remove {group}"),
         }
     }
@@ -154,7 +160,14 @@ pub fn diff(
     // Every stop first, so the executor can run them together and a deletion waits one
     // grace period, not one per replica; then the removals, replicas before their tenants.
     for (group, found) in &stale {
-        if !found.pids.is_empty() {
+        if !found.pids.is_empty() && found.release {
+            out.ops.push(Op::Release {
+                group: (*group).clone(),
+            });
+        }
+    }
+    for (group, found) in &stale {
+        if !found.pids.is_empty() && !found.release {
             out.ops.push(Op::Stop {
                 group: (*group).clone(),
                 grace_seconds: found.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),

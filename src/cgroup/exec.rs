@@ -20,6 +20,11 @@ pub trait Processes {
     /// # Errors
     /// Why not, for a person.
     fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String>;
+    /// Moves a group's adopted processes back where they came from, leaving them running.
+    ///
+    /// # Errors
+    /// Processes are left in the group.
+    fn release(&mut self, group: &GroupPath) -> Result<(), String>;
     /// Stops every process in a group: SIGTERM, then SIGKILL after `grace`.
     ///
     /// # Errors
@@ -149,6 +154,10 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                     }
                 }
             }
+            Op::Release { group } => match processes.release(group) {
+                Ok(()) => outcome.done.push(op.to_string()),
+                Err(e) => outcome.fail(op, Some(group), &e),
+            },
             Op::Remove { group } => match fs.remove(group) {
                 Ok(()) => outcome.done.push(op.to_string()),
                 Err(e) => outcome.fail(op, Some(group), &e.to_string()),
@@ -199,6 +208,10 @@ mod tests {
         }
         fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String> {
             self.0.push(format!("adopt {pids:?} {group}"));
+            Ok(())
+        }
+        fn release(&mut self, group: &GroupPath) -> Result<(), String> {
+            self.0.push(format!("release {group}"));
             Ok(())
         }
         fn stop(&mut self, group: &GroupPath, _: Duration) -> Result<(), String> {

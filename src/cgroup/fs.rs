@@ -181,7 +181,8 @@ impl Cgroupfs {
             .collect()
     }
 
-    /// Creates the group in every hierarchy; an existing one is left as it is.
+    /// Creates the group in every hierarchy; an existing one is left as it is. The root is
+    /// marked as a corral root (see [`ROOT_MARK`]).
     ///
     /// # Errors
     /// A directory could not be created.
@@ -192,8 +193,71 @@ impl Cgroupfs {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(CgroupError::io("create", &dir, e)),
             }
+            if group.is_none() {
+                mark_root(&dir);
+            }
         }
         Ok(())
+    }
+
+    /// The `cgroup.procs` files of the groups process `pid` is in now, one per hierarchy in
+    /// the order of [`Cgroupfs::procs_files`]: where to move it back to.
+    ///
+    /// # Errors
+    /// `/proc/PID/cgroup` cannot be read, or lacks one of the hierarchies.
+    pub fn procs_files_of(&self, pid: u32) -> io::Result<Vec<PathBuf>> {
+        let paths = process_cgroups(pid)?;
+        self.mounts()
+            .into_iter()
+            .map(|mount| {
+                let path = if self.is_v2() {
+                    paths.get("")
+                } else {
+                    self.layout
+                        .v1
+                        .iter()
+                        .filter(|(_, m)| **m == mount)
+                        .find_map(|(c, _)| paths.get(c.v1_name()))
+                };
+                let path = path.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("/proc/{pid}/cgroup does not list {}", mount.display()),
+                    )
+                })?;
+                Ok(mount.join(path.trim_start_matches('/')).join(PROCS))
+            })
+            .collect()
+    }
+
+    /// The `cgroup.procs` file at the root of each hierarchy, in the order of
+    /// [`Cgroupfs::procs_files`]: where a process goes when its own group is gone.
+    pub fn hierarchy_procs_files(&self) -> Vec<PathBuf> {
+        self.mounts().into_iter().map(|m| m.join(PROCS)).collect()
+    }
+
+    /// True when process `pid` is in a group below a corral root (this corral's or another
+    /// agent's on the same machine), in any hierarchy: such a process is never adopted.
+    pub fn in_a_corral_root(&self, pid: u32) -> bool {
+        let Ok(files) = self.procs_files_of(pid) else {
+            return false;
+        };
+        let mounts = self.mounts();
+        files.iter().zip(&mounts).any(|(file, mount)| {
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                if d == mount.as_path() || !d.starts_with(mount) {
+                    break;
+                }
+                if is_marked_root(d) {
+                    return true;
+                }
+                dir = d.parent();
+            }
+            false
+        }) || files
+            .iter()
+            .any(|f| self.root_dirs().iter().any(|root| f.starts_with(root)))
     }
 
     /// Removes the group from every hierarchy; a missing one is fine. The group must be
@@ -406,6 +470,62 @@ fn read_at_start(file: &File) -> io::Result<String> {
         }
     }
     String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The extended attribute that marks a directory as a corral root. A `trusted.` attribute
+/// needs `CAP_SYS_ADMIN` to set or read, so no tenant can forge or remove it. Where the
+/// filesystem refuses attributes, only this corral's own root is recognised.
+pub const ROOT_MARK: &str = "trusted.corral.root";
+
+fn mark_root(dir: &Path) {
+    let (Ok(path), Ok(name)) = (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(ROOT_MARK),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings and a one-byte value that outlive the call.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if rc == -1 {
+        tracing::debug!(dir = %dir.display(), error = %io::Error::last_os_error(), "cannot mark the corral root");
+    }
+}
+
+fn is_marked_root(dir: &Path) -> bool {
+    let (Ok(path), Ok(name)) = (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(ROOT_MARK),
+    ) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated strings; a zero-size query writes nothing.
+    let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    size >= 0
+}
+
+/// The group of `pid` in each hierarchy, from `/proc/PID/cgroup`: by v1 controller name, and
+/// under `""` the v2 one.
+fn process_cgroups(pid: u32) -> io::Result<HashMap<String, String>> {
+    let text = String::from_utf8(crate::agent::process::read_bounded(
+        Path::new(&format!("/proc/{pid}/cgroup")),
+        64 << 10,
+    )?)
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if controllers.is_empty() {
+            out.insert(String::new(), path.to_string());
+        }
+        for controller in controllers.split(',').filter(|c| !c.is_empty()) {
+            out.insert(controller.to_string(), path.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Names of the subdirectories of `dir`; none when it does not exist.

@@ -179,6 +179,9 @@ pub struct ObservedGroup {
     pub pids: Vec<u32>,
     /// The grace period of the group's last lease, for stopping it once the lease is gone.
     pub grace_seconds: Option<u32>,
+    /// Its processes were adopted and go back where they came from, not stopped, once the
+    /// lease is gone (`adopt.onDelete: Release`).
+    pub release: bool,
 }
 
 /// corral's subtree as found.
