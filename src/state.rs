@@ -10,9 +10,15 @@
 //! <state>/status.json   pending replicas and counters, for `corral status`
 //! <state>/corral.log    corral's own log while the live table owns the terminal
 //! ```
+//!
+//! The directory holds tenants' environment values and output, so it is private: created
+//! 0700, refused when another user owns it or group or others may write it (they could
+//! plant a symbolic link corral would then write through), and every file is created
+//! 0600 and opened without following a symbolic link ([`private`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,10 +60,8 @@ impl StateDir {
     /// # Errors
     /// The file cannot be written.
     pub fn write_status(&self, status: &RunStatus) -> std::io::Result<()> {
-        let tmp = self.0.join(".status.json.tmp");
         let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.status_file())
+        private::write_atomic(&self.status_file(), text.as_bytes())
     }
 
     /// Reads the status summary; `None` when there is none.
@@ -71,15 +75,9 @@ impl StateDir {
     /// # Errors
     /// Another process holds it (the message names its PID), or the file cannot be opened.
     pub fn lock_run(&self) -> Result<RunLock, String> {
-        std::fs::create_dir_all(&self.0)
-            .map_err(|e| format!("cannot create {}: {e}", self.0.display()))?;
+        private::ensure_dir(&self.0, true).map_err(|e| e.to_string())?;
         let path = self.0.join("run.lock");
-        let mut file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
+        let mut file = private::open(&path, private::Mode::ReadWrite)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
@@ -101,7 +99,12 @@ impl StateDir {
     /// The PID of the `corral run` holding the lock, if one does.
     pub fn running_pid(&self) -> Option<u32> {
         let path = self.0.join("run.lock");
-        let file = File::options().read(true).write(true).open(&path).ok()?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ok()?;
         let mut holder = String::new();
         let _ = (&file).read_to_string(&mut holder);
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
@@ -120,6 +123,138 @@ impl StateDir {
 #[derive(Debug)]
 pub struct RunLock {
     _file: nix::fcntl::Flock<File>,
+}
+
+/// Private directories and files: the only way corral writes below a state directory.
+pub mod private {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
+
+    /// How a file is opened.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Mode {
+        /// Read and write, created if missing, never truncated.
+        ReadWrite,
+        /// Appended to, created if missing.
+        Append,
+    }
+
+    /// Creates `dir` with mode 0700 if it is missing, then checks it is a directory owned by
+    /// this user that neither group nor others may write. `top`: the state directory itself,
+    /// which may be reached through a symbolic link an administrator made; a directory
+    /// inside it may not be a link at all.
+    ///
+    /// # Errors
+    /// It cannot be created, or fails a check; the message names the path and what to do.
+    pub fn ensure_dir(dir: &Path, top: bool) -> io::Result<()> {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if top && e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir.parent().unwrap_or(Path::new("/")))?;
+                std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", dir.display()),
+                ));
+            }
+        }
+        let meta = if top {
+            std::fs::metadata(dir)?
+        } else {
+            std::fs::symlink_metadata(dir)?
+        };
+        let refuse = |why: String| {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing the state directory {}: {why}; it holds tenants' environment values and output",
+                    dir.display()
+                ),
+            ))
+        };
+        if !meta.is_dir() {
+            return refuse("it is not a directory (a symbolic link is refused inside it)".into());
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return refuse(format!(
+                "it belongs to user {}, not to this user ({me}); remove it or chown it",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return refuse(format!(
+                "group or others may write it (mode {:o}); chmod 700 it",
+                meta.mode() & 0o7777
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens a file in a checked directory: created 0600 if missing, never through a
+    /// symbolic link, never blocking on a FIFO.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or is a symbolic link.
+    pub fn open(path: &Path, mode: Mode) -> io::Result<File> {
+        let mut options = OpenOptions::new();
+        match mode {
+            Mode::ReadWrite => options.read(true).write(true),
+            Mode::Append => options.append(true),
+        };
+        options
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    }
+
+    /// Replaces `path` with `bytes` atomically: a new 0600 file beside it (created
+    /// exclusively, never through a link), synced, then renamed over it.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Makes an existing file private (0600), as older corrals left them 0644.
+    ///
+    /// # Errors
+    /// The mode cannot be changed.
+    pub fn tighten(path: &Path) -> io::Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() && meta.mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,5 +290,56 @@ mod tests {
         };
         state.write_status(&status).unwrap();
         assert_eq!(state.read_status(), Some(status));
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::private::{self, Mode};
+
+    #[test]
+    fn directories_are_created_private_and_refused_when_others_may_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        private::ensure_dir(&state, true).unwrap();
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = private::ensure_dir(&state, true).unwrap_err().to_string();
+        assert!(
+            error.contains("group or others may write it (mode 777)"),
+            "{error}"
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        nix::unistd::chown(&other, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        let error = private::ensure_dir(&other, true).unwrap_err().to_string();
+        assert!(error.contains("belongs to user 4242"), "{error}");
+        let link = state.join("logs");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        let error = private::ensure_dir(&link, false).unwrap_err().to_string();
+        assert!(error.contains("not a directory"), "{error}");
+    }
+
+    #[test]
+    fn files_are_private_and_never_written_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = tmp.path().join("run.lock");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(private::open(&planted, Mode::ReadWrite).is_err());
+        assert!(private::open(&planted, Mode::Append).is_err());
+        let tmp_link = tmp.path().join(".status.json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp_link).unwrap();
+        private::write_atomic(&tmp.path().join("status.json"), b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let status = std::fs::metadata(tmp.path().join("status.json")).unwrap();
+        assert_eq!(status.mode() & 0o777, 0o600);
+        let log = tmp.path().join("a.log");
+        private::open(&log, Mode::Append).unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o777, 0o600);
     }
 }

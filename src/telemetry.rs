@@ -29,12 +29,9 @@ pub fn init(output: Output<'_>, json: bool) -> std::io::Result<()> {
         (Output::Stderr, true) => builder.json().with_writer(std::io::stderr).try_init(),
         (Output::File(path), json) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                crate::state::private::ensure_dir(dir, true)?;
             }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let file = crate::state::private::open(path, crate::state::private::Mode::Append)?;
             let writer = std::sync::Mutex::new(file);
             if json {
                 builder

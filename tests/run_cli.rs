@@ -325,9 +325,11 @@ fn dry_run_shows_the_operations_and_changes_nothing() {
 fn without_root_run_says_so_and_suggests_dry_run() {
     let setup = Setup::new();
     let state = tempfile::tempdir().unwrap();
+    // A state directory of its own, as corral requires: private to the user running it.
+    nix::unistd::chown(state.path(), Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     std::fs::set_permissions(
         state.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
     std::fs::set_permissions(
@@ -426,4 +428,75 @@ fn stopping_several_stubborn_replicas_takes_one_grace_period() {
         took < Duration::from_secs(4),
         "stopped together, not one after another: {took:?}"
     );
+}
+
+/// The state directory holds tenants' environment values and output: it and everything in
+/// it is private, a directory others may write is refused before anything runs, and a
+/// link planted in it is never written through.
+#[test]
+fn the_state_directory_is_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let setup = Setup::new();
+    let output = setup.run_once();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let state = setup.state.path();
+    let mut checked = 0;
+    for entry in walk(state) {
+        let meta = std::fs::symlink_metadata(&entry).unwrap();
+        let mode = meta.mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", entry.display());
+        } else {
+            assert_eq!(mode, 0o600, "{} is {mode:o}", entry.display());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "leases, reports, records and a log: {checked} files"
+    );
+
+    // A link planted where corral writes: refused, and its target untouched.
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "precious").unwrap();
+    let lock = state.join("run.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(victim.path(), &lock).unwrap();
+    let output = setup.run_once();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("run.lock"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "precious");
+    std::fs::remove_file(&lock).unwrap();
+
+    // A state directory anyone may write is refused before anything is applied.
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = setup.run_once();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("group or others may write it (mode 777); chmod 700 it"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Every path below `dir`, depth first.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }

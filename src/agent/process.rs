@@ -18,6 +18,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sandbox::{Sandbox, SandboxError, Step};
 use crate::alloc::admit::RunAs;
+use crate::state::private;
 
 /// `PATH` of every launched process, and where a bare program name is looked up.
 pub const LAUNCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -294,9 +296,15 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
 
 fn open_log(path: &Path) -> io::Result<fs::File> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        private::ensure_dir(dir, false)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    private::open(path, private::Mode::Append)
 }
 
 /// Restores the default action of every signal. Ignored signals survive exec: a workload that

@@ -17,6 +17,7 @@ use crate::cgroup::exec::Processes;
 use crate::cgroup::fs::Cgroupfs;
 use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
 use crate::lease::ProcessReport;
+use crate::state::private;
 
 /// What is known of one replica's command across corral restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,13 +88,14 @@ impl Supervisor {
             return Ok(());
         }
         if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir)?;
+            if let Some(state) = dir.parent() {
+                private::ensure_dir(state, true)?;
+            }
+            private::ensure_dir(dir, false)?;
         }
         let list: Vec<(&ReplicaKey, &Record)> = self.records.iter().collect();
         let text = serde_json::to_string_pretty(&list).map_err(std::io::Error::other)?;
-        let tmp = self.state_file.with_extension("json.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.state_file)?;
+        private::write_atomic(&self.state_file, text.as_bytes())?;
         self.saved = self.records.clone();
         Ok(())
     }

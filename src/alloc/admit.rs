@@ -743,6 +743,32 @@ pub fn check_policy(spec: &ResourcePolicySpec) -> Vec<FieldError> {
     out
 }
 
+/// Every admission problem of `workload` under whichever of `policies` governs it: a
+/// `policyRef` to a policy that does not admit it, or what [`check`] finds. A missing or
+/// ambiguous policy is the allocator's to report. Paths below `spec`.
+pub fn check_governed(workload: &Workload, policies: &[&ResourcePolicy]) -> Vec<FieldError> {
+    use super::govern::Governing;
+    match super::govern::workload_policy(workload, policies) {
+        Governing::Policy(p) => check(
+            workload,
+            p.metadata.name.as_deref().unwrap_or_default(),
+            &p.spec,
+        ),
+        Governing::Default => check(
+            workload,
+            super::state::DEFAULT_POLICY,
+            &ResourcePolicySpec::default(),
+        ),
+        Governing::NotAdmitted(p) => vec![FieldError {
+            path: FieldPath::root().key("spec").key("policyRef").key("name"),
+            message: super::state::not_admitted(p, workload)
+                .trim_start_matches("spec.policyRef ")
+                .to_string(),
+        }],
+        Governing::Missing(_) | Governing::Ambiguous(_) => Vec::new(),
+    }
+}
+
 /// The governing policy's name and spec for each workload, as the allocator decides it
 /// (`None` when no single policy governs it).
 pub fn governed<'a>(

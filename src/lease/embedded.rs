@@ -9,7 +9,6 @@
 //! ```
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
+use crate::state::private;
 
 /// The store under `<state>/store`.
 #[derive(Debug)]
@@ -51,11 +51,21 @@ impl EmbeddedStore {
     /// The directory cannot be created.
     pub fn open(state_dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let dir = state_dir.join("store");
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io {
+                op: "use",
+                path,
+                source,
+            }
+        };
+        private::ensure_dir(state_dir, true).map_err(io(state_dir))?;
+        private::ensure_dir(&dir, false).map_err(io(&dir))?;
+        // Files an older corral left readable by anyone.
+        for name in ["leases.json", "reports.json", "nodes.json", ".lock"] {
+            let path = dir.join(name);
+            private::tighten(&path).map_err(io(&path))?;
+        }
         Ok(EmbeddedStore {
             dir,
             changes: watch::Sender::new(0),
@@ -172,25 +182,17 @@ impl EmbeddedStore {
 
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(name);
-        let tmp = self.path(&format!(".{name}.tmp"));
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
-        file.write_all(bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+        private::write_atomic(&path, bytes).map_err(|source| StoreError::Io {
+            op: "write",
+            path,
+            source,
+        })
     }
 
     fn lock(&self, exclusive: bool) -> Result<nix::fcntl::Flock<File>, StoreError> {
         let path = self.path(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StoreError::Io {
+        let file =
+            private::open(&path, private::Mode::ReadWrite).map_err(|source| StoreError::Io {
                 op: "open",
                 path: path.clone(),
                 source,

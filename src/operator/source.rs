@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::watch::{Unreadable, full_name};
-use crate::api::{ResourcePolicy, Workload};
+use crate::alloc::admit;
+use crate::api::{ResourcePolicy, ResourcePolicySpec, Workload};
 use crate::controller::ControllerPass;
 use crate::controller::cluster::Desired;
 use crate::lease::Report;
@@ -104,6 +105,7 @@ impl KubeSource {
         let mut workload_problems = self.unreadable_workloads.all();
         let mut workloads = Vec::new();
         let mut seen = BTreeMap::new();
+        let policy_refs: Vec<&ResourcePolicy> = policies.iter().collect();
         self.deleting.clear();
         for workload in self.workload_store.state() {
             let name = full_name(workload.as_ref());
@@ -112,7 +114,11 @@ impl KubeSource {
                 self.deleting.insert(name);
                 continue;
             }
-            let errors = check_workload(&workload.spec);
+            let mut errors = check_workload(&workload.spec);
+            if errors.is_empty() {
+                // What its tenant may ask for: a refused edit keeps the last admitted version.
+                errors = admit::check_governed(&workload, &policy_refs);
+            }
             if errors.is_empty() {
                 self.good_workloads
                     .insert(name.clone(), (*workload).clone());
@@ -127,6 +133,13 @@ impl KubeSource {
         }
         self.good_workloads
             .retain(|name, _| seen.contains_key(name));
+        // A tenant beyond its maxWorkloads: the newest are left out, with the reason.
+        let default_spec = ResourcePolicySpec::default();
+        let over = admit::over_quota(&admit::governed(&workloads, &policies, &default_spec));
+        for refused in &over {
+            workload_problems.insert(refused.workload.clone(), refused.message.clone());
+        }
+        workloads.retain(|w| !over.iter().any(|o| o.workload == full_name(w)));
         for (name, problem) in &policy_problems {
             problems.insert(format!("ResourcePolicy {name}"), problem.clone());
         }

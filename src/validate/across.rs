@@ -7,7 +7,6 @@ use super::{Kind, Manifests, ObjectRef, Problem};
 use crate::alloc::admit;
 use crate::alloc::govern::{self, Governing};
 use crate::alloc::selector;
-use crate::alloc::state::{DEFAULT_POLICY, not_admitted};
 use crate::api::ResourcePolicySpec;
 use crate::source::files::Origin;
 use crate::source::yaml::FieldPath;
@@ -53,20 +52,8 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
                 FieldPath::root().key("spec").key("policyRef").key("name"),
                 format!("ResourcePolicy {name:?} is not defined in the manifests given"),
             )),
-            Governing::NotAdmitted(policy) => problems.push(problem(
-                FieldPath::root().key("spec").key("policyRef").key("name"),
-                not_admitted(policy, &w.object)
-                    .trim_start_matches("spec.policyRef ")
-                    .to_string(),
-            )),
-            Governing::Policy(policy) => {
-                let name = policy.metadata.name.as_deref().unwrap_or_default();
-                for e in admit::check(&w.object, name, &policy.spec) {
-                    problems.push(problem(e.path, e.message));
-                }
-            }
-            Governing::Default => {
-                for e in admit::check(&w.object, DEFAULT_POLICY, &default_spec) {
+            Governing::NotAdmitted(_) | Governing::Policy(_) | Governing::Default => {
+                for e in admit::check_governed(&w.object, &policies) {
                     problems.push(problem(e.path, e.message));
                 }
             }
