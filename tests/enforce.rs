@@ -356,7 +356,13 @@ fn deleting_a_workload_stops_its_processes_and_removes_its_groups() {
     assert_eq!(pids.len(), 2);
     agent.set_leases(vec![]);
     let started = Instant::now();
-    let pass = agent.pass(Trigger::Leases);
+    agent.pass(Trigger::Leases);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a pass never waits out a grace period: {:?}",
+        started.elapsed()
+    );
+    let pass = agent.settle(Trigger::Leases);
     assert!(
         pass.outcome.failures.is_empty(),
         "{:?}",
@@ -837,4 +843,81 @@ fn the_real_v2_hierarchy_reports_the_knobs_it_lacks() {
     }
     let again = agent.pass(Trigger::Resync);
     assert!(again.ops.is_empty(), "{:?}", again.ops);
+}
+
+/// A tenant cannot hold up the agent: a process that ignores SIGTERM under the longest
+/// grace period, a FIFO as pid file, or /dev/zero as pid file delay no pass, and another
+/// tenant's drift is corrected at once.
+#[test]
+fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant() {
+    let root = TestRoot::v1();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.pid");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let stubborn = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+    let mut slow = lease("team-a", "stubborn", &stubborn, json!({}), None, None);
+    slow.grace_seconds = 30;
+    let adopt_from = |name: &str, path: &Path| {
+        adopt_lease(
+            name,
+            AdoptRule {
+                pid_file: Some(path.to_string_lossy().into_owned()),
+                ..Default::default()
+            },
+            Some(users(4242)),
+        )
+    };
+    let b = lease(
+        "team-b",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        Some(500),
+        None,
+    );
+    let mut agent = root.agent();
+    agent.set_leases(vec![slow, b.clone()]);
+    let pass = agent.pass(Trigger::Leases);
+    let stubborn_pid = report_of(&pass, "stubborn").process.pid.unwrap();
+
+    // team-a's workload is deleted (a 30 s grace starts), and it adopts from a FIFO and
+    // from /dev/zero; team-b's quota is changed behind corral's back.
+    agent.set_leases(vec![
+        b.clone(),
+        adopt_from("fifo", &fifo),
+        adopt_from("zero", Path::new("/dev/zero")),
+    ]);
+    let g = group("team-b", "api");
+    let quota = root.fs().knob_path(Some(&g), "cpu.cfs_quota_us").unwrap();
+    std::fs::write(&quota, "90000").unwrap();
+    let started = Instant::now();
+    let pass = agent.pass(Trigger::Resync);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "the pass took {took:?}");
+    assert_eq!(
+        root.knob(&g, "cpu.cfs_quota_us"),
+        "50000",
+        "team-b's drift is corrected"
+    );
+    for name in ["fifo", "zero"] {
+        let problems = &report_of(&pass, name).problems;
+        assert!(
+            problems.iter().any(|p| p.contains("not a regular file")),
+            "{name}: {problems:?}"
+        );
+    }
+    assert!(
+        Path::new(&format!("/proc/{stubborn_pid}")).exists(),
+        "still within its grace period"
+    );
+    // Ending the test without waiting 30 s: the stubborn process dies, the stop ends, and a
+    // pass removes its group.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stubborn_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent.set_leases(vec![b]);
+    agent.settle(Trigger::Processes);
+    assert!(!root.fs().dirs(Some(&group("team-a", "stubborn")))[0].exists());
 }

@@ -93,6 +93,12 @@ async fn enforce(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut child_exited = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    // A background stop that ended: a pass removes the emptied group.
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    agent.set_waker({
+        let stopped = stopped.clone();
+        Arc::new(move || stopped.notify_one())
+    });
     let mut have_leases = false;
     let mut reader_alive = true;
     loop {
@@ -114,6 +120,7 @@ async fn enforce(
             }
             _ = resync_timer.tick() => Trigger::Resync,
             _ = child_exited.recv() => Trigger::Processes,
+            () = stopped.notified() => Trigger::Processes,
             _ = tick.tick() => {
                 if !have_leases || !agent.restart_due(unix_now_ms()) {
                     continue;

@@ -161,10 +161,24 @@ impl Agent {
         let now_ms = unix_now_ms();
         self.stats.passes += 1;
         let mut problems_by_key: HashMap<ReplicaKey, Vec<String>> = HashMap::new();
+        let mut stop_failures = Vec::new();
         if !self.dry_run {
+            for (group, outcome) in self.supervisor.finished_stops() {
+                if let Err(error) = outcome {
+                    if let Some(key) = group.key() {
+                        problems_by_key.entry(key).or_default().push(error.clone());
+                    }
+                    stop_failures.push(exec::Failure {
+                        op: format!("stop every process in {group}"),
+                        group: Some(group),
+                        knob: None,
+                        error,
+                    });
+                }
+            }
             for key in self.supervisor.reap(now_ms) {
                 tracing::info!(replica = %key, "process exited");
-                self.clean_after_exit(&key, &mut problems_by_key);
+                self.clean_after_exit(&key);
             }
         }
         let (desired, refused) = desired_tree(
@@ -182,6 +196,7 @@ impl Agent {
                 for (group, found) in &mut observed.groups {
                     found.grace_seconds = self.graces.get(group).copied();
                     found.release = group.key().is_some_and(|k| self.supervisor.releases(&k));
+                    found.stopping = self.supervisor.is_stopping(group);
                 }
                 observed
             }
@@ -228,11 +243,12 @@ impl Agent {
                 outcome: Outcome::default(),
             };
         }
-        let outcome = exec::apply(
+        let mut outcome = exec::apply(
             &self.fs,
             &diff.ops,
             &mut self.supervisor.ops(&self.fs, &desired, now_ms),
         );
+        outcome.failures.extend(stop_failures);
         self.account(trigger, &diff.ops, &observed, &outcome);
         let keep: BTreeSet<ReplicaKey> = self.leases.iter().map(|l| l.key.clone()).collect();
         let groups: BTreeSet<ReplicaKey> =
@@ -255,13 +271,10 @@ impl Agent {
         }
     }
 
-    /// After a main process exited, stops what it left in its group, so that a restart
-    /// starts clean (as a container's processes go with its first one).
-    fn clean_after_exit(
-        &mut self,
-        key: &ReplicaKey,
-        problems: &mut HashMap<ReplicaKey, Vec<String>>,
-    ) {
+    /// After a main process exited, stops what it left in its group, in the background, so
+    /// that a restart starts clean (as a container's processes go with its first one); the
+    /// command starts again once the group is empty.
+    fn clean_after_exit(&mut self, key: &ReplicaKey) {
         let Ok(group) = GroupPath::replica(key) else {
             return;
         };
@@ -273,10 +286,33 @@ impl Agent {
             let grace = std::time::Duration::from_secs(u64::from(
                 self.graces.get(&group).copied().unwrap_or(10),
             ));
-            if let Err(e) = process::stop(&files, grace) {
-                problems.entry(key.clone()).or_default().push(e.to_string());
-            }
+            self.supervisor.stop_in_background(&group, files, grace);
         }
+    }
+
+    /// Calls `waker` whenever a background stop ends: a pass should then run, to remove the
+    /// emptied group or start the command again.
+    pub fn set_waker(&mut self, waker: super::supervisor::Waker) {
+        self.supervisor.set_waker(waker);
+    }
+
+    /// Passes until nothing is being stopped any more (each stop ends within its grace period
+    /// and 5 s): what a command that runs once (`corral down`, `corral run --once`) waits for.
+    /// Returns every operation asked for and done, and the last reports.
+    pub fn settle(&mut self, trigger: Trigger) -> Pass {
+        let mut all = self.pass(trigger);
+        while !self.dry_run && self.supervisor.any_stopping() {
+            self.supervisor
+                .wait_for_a_stop(std::time::Duration::from_secs(1));
+            let next = self.pass(Trigger::Processes);
+            all.ops.extend(next.ops);
+            all.outcome.writes += next.outcome.writes;
+            all.outcome.failures.extend(next.outcome.failures);
+            all.outcome.unavailable.extend(next.outcome.unavailable);
+            all.outcome.done.extend(next.outcome.done);
+            all.reports = next.reports;
+        }
+        all
     }
 
     fn fill_adoptable(

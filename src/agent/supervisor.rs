@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +55,14 @@ pub struct Supervisor {
     children: HashMap<ReplicaKey, Child>,
     backoffs: HashMap<ReplicaKey, Backoff>,
     saved: BTreeMap<ReplicaKey, Record>,
+    /// Groups being stopped in the background, so that no pass waits out a grace period.
+    stopping: HashMap<GroupPath, JoinHandle<Result<process::StopOutcome, String>>>,
+    /// Called when a background stop ends, to run a pass that removes the group.
+    waker: Option<Waker>,
 }
+
+/// Wakes whoever runs passes.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 impl Supervisor {
     /// The supervisor of `node`, with what an earlier corral recorded in `state_dir`.
@@ -71,6 +80,100 @@ impl Supervisor {
             records,
             children: HashMap::new(),
             backoffs: HashMap::new(),
+            stopping: HashMap::new(),
+            waker: None,
+        }
+    }
+
+    /// Sets what is called whenever a background stop ends.
+    pub fn set_waker(&mut self, waker: Waker) {
+        self.waker = Some(waker);
+    }
+
+    /// True while `group` is being stopped in the background.
+    pub fn is_stopping(&self, group: &GroupPath) -> bool {
+        self.stopping.contains_key(group)
+    }
+
+    /// True while any group is being stopped in the background.
+    pub fn any_stopping(&self) -> bool {
+        !self.stopping.is_empty()
+    }
+
+    /// Starts stopping `group` (its `procs_files`) in a thread of its own: SIGTERM, SIGKILL
+    /// after `grace`, and a process that even SIGKILL does not end within 5 s is reported,
+    /// never waited for. Nothing happens when the group is already being stopped.
+    pub fn stop_in_background(
+        &mut self,
+        group: &GroupPath,
+        procs_files: Vec<PathBuf>,
+        grace: Duration,
+    ) {
+        if self.stopping.contains_key(group) {
+            return;
+        }
+        let waker = self.waker.clone();
+        let name = group.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("stop {name}"))
+            .spawn(move || {
+                let outcome = process::stop(&procs_files, grace).map_err(|e| e.to_string());
+                if let Some(wake) = waker {
+                    wake();
+                }
+                outcome
+            });
+        match spawned {
+            Ok(handle) => {
+                self.stopping.insert(group.clone(), handle);
+            }
+            Err(e) => {
+                tracing::warn!(group = %name, error = %e, "cannot start a thread to stop the group")
+            }
+        }
+    }
+
+    /// The background stops that ended since the last call, with how each ended.
+    pub fn finished_stops(&mut self) -> Vec<(GroupPath, Result<process::StopOutcome, String>)> {
+        let done: Vec<GroupPath> = self
+            .stopping
+            .iter()
+            .filter(|(_, h)| h.is_finished())
+            .map(|(g, _)| g.clone())
+            .collect();
+        let mut out = Vec::new();
+        for group in done {
+            let Some(handle) = self.stopping.remove(&group) else {
+                continue;
+            };
+            let outcome = handle
+                .join()
+                .unwrap_or_else(|_| Err("stopping panicked".to_string()));
+            match &outcome {
+                Ok(o) => {
+                    tracing::info!(group = %group, terminated = o.terminated, killed = o.killed, "stopped")
+                }
+                Err(e) => tracing::warn!(group = %group, error = %e, "cannot stop"),
+            }
+            if let (Ok(_), Some(key)) = (&outcome, group.key()) {
+                // Reap what this corral started, so no zombie is left.
+                if let Some(mut child) = self.children.remove(&key) {
+                    let _ = child.try_wait();
+                }
+            }
+            out.push((group, outcome));
+        }
+        out
+    }
+
+    /// Waits until a background stop ends, or `timeout` passes.
+    pub fn wait_for_a_stop(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline
+            && !self.stopping.is_empty()
+            && !self.stopping.values().any(JoinHandle::is_finished)
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -395,44 +498,18 @@ impl Processes for ProcessOps<'_> {
         self.stop_all(&[(group.clone(), grace)]).remove(0)
     }
 
-    /// Stops the groups in parallel, one thread each, so that stopping many replicas takes
-    /// one grace period, not one per replica.
+    /// Starts stopping the groups, each in a thread of its own, and returns at once: no pass
+    /// waits out a grace period, and stopping many replicas takes one grace period, not one
+    /// per replica. The group is removed by a later pass, once it is empty.
     fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), String>> {
-        let files: Vec<Vec<PathBuf>> = groups.iter().map(|(g, _)| self.fs.procs_files(g)).collect();
-        let outcomes: Vec<Result<process::StopOutcome, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = files
-                .iter()
-                .zip(groups)
-                .map(|(files, (_, grace))| {
-                    scope.spawn(move || process::stop(files, *grace).map_err(|e| e.to_string()))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("stopping panicked".to_string()))
-                })
-                .collect()
-        });
         groups
             .iter()
-            .zip(outcomes)
-            .map(|((group, _), outcome)| {
-                let outcome = outcome?;
+            .map(|(group, grace)| {
+                let files = self.fs.procs_files(group);
+                self.supervisor.stop_in_background(group, files, *grace);
                 if let Some(key) = group.key() {
-                    // Reap what this corral started, so no zombie is left.
-                    if let Some(mut child) = self.supervisor.children.remove(&key) {
-                        let _ = child.try_wait();
-                    }
                     self.supervisor.records.remove(&key);
                 }
-                tracing::info!(
-                    group = %group,
-                    terminated = outcome.terminated,
-                    killed = outcome.killed,
-                    "stopped"
-                );
                 Ok(())
             })
             .collect()

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::tree::{DesiredTree, GroupPath, ObservedTree, Work};
+use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree, Work};
 use super::values;
 
 /// One step of reconciliation.
@@ -157,8 +157,9 @@ pub fn diff(
         .iter()
         .filter(|(g, _)| !desired.groups.contains_key(*g))
         .collect();
-    // Every stop first, so the executor can run them together and a deletion waits one
-    // grace period, not one per replica; then the removals, replicas before their tenants.
+    // Releases and stops first. A stop runs in the background (the supervisor's), so a
+    // group being stopped is neither stopped again nor removed: a later pass removes it
+    // once it is empty. A released group is empty at once.
     for (group, found) in &stale {
         if !found.pids.is_empty() && found.release {
             out.ops.push(Op::Release {
@@ -167,20 +168,31 @@ pub fn diff(
         }
     }
     for (group, found) in &stale {
-        if !found.pids.is_empty() && !found.release {
+        if !found.pids.is_empty() && !found.release && !found.stopping {
             out.ops.push(Op::Stop {
                 group: (*group).clone(),
                 grace_seconds: found.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
             });
         }
     }
-    for tenants_last in [false, true] {
-        for (group, _) in &stale {
-            if group.is_tenant() == tenants_last {
-                out.ops.push(Op::Remove {
-                    group: (*group).clone(),
-                });
-            }
+    let emptied =
+        |found: &ObservedGroup| !found.stopping && (found.pids.is_empty() || found.release);
+    // Replicas before their tenants; a tenant only once every group below it goes.
+    for (group, found) in &stale {
+        if !group.is_tenant() && emptied(found) {
+            out.ops.push(Op::Remove {
+                group: (*group).clone(),
+            });
+        }
+    }
+    for (group, found) in &stale {
+        let children_go = observed.groups.iter().all(|(g, f)| {
+            g.parent().as_ref() != Some(*group) || (!desired.groups.contains_key(g) && emptied(f))
+        });
+        if group.is_tenant() && emptied(found) && children_go {
+            out.ops.push(Op::Remove {
+                group: (*group).clone(),
+            });
         }
     }
     out
@@ -324,18 +336,27 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(
-            ops,
-            [
-                "stop the processes of gone/x.1 (grace 3s)",
-                "remove gone/x.1",
-                "remove gone"
-            ]
+        // The stop runs in the background; nothing is removed while processes are left.
+        assert_eq!(ops, ["stop the processes of gone/x.1 (grace 3s)"]);
+        let group = observed.groups.get_mut(&replica("gone", "x", 1)).unwrap();
+        group.stopping = true;
+        assert!(
+            diff(&desired(), &observed, &BTreeSet::new()).ops.is_empty(),
+            "a group being stopped is neither stopped again nor removed"
         );
+        let group = observed.groups.get_mut(&replica("gone", "x", 1)).unwrap();
+        group.stopping = false;
+        group.pids.clear();
+        let ops: Vec<String> = diff(&desired(), &observed, &BTreeSet::new())
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ops, ["remove gone/x.1", "remove gone"], "replicas first");
     }
 
     #[test]
-    fn every_stop_comes_before_any_removal() {
+    fn every_stop_is_asked_for_in_one_pass() {
         let mut observed = ObservedTree::default();
         for name in ["a", "b"] {
             observed.groups.insert(
@@ -356,8 +377,6 @@ mod tests {
             [
                 "stop the processes of gone/a.0 (grace 10s)",
                 "stop the processes of gone/b.0 (grace 10s)",
-                "remove gone/a.0",
-                "remove gone/b.0",
             ]
         );
     }

@@ -182,6 +182,8 @@ pub struct ObservedGroup {
     /// Its processes were adopted and go back where they came from, not stopped, once the
     /// lease is gone (`adopt.onDelete: Release`).
     pub release: bool,
+    /// Its processes are being stopped in the background.
+    pub stopping: bool,
 }
 
 /// corral's subtree as found.

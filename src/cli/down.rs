@@ -90,7 +90,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     // The agent stops a removed lease's processes with that lease's grace period.
     agent.set_leases(gone.clone());
     agent.set_leases(kept.iter().filter(|l| l.node == node).cloned().collect());
-    let pass = agent.pass(Trigger::Leases);
+    let pass = agent.settle(Trigger::Leases);
     runtime.block_on(store.write_reports(&node, &pass.reports))?;
     for op in &pass.outcome.done {
         eprintln!("{op}");

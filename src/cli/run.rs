@@ -182,7 +182,13 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         reported: Vec::new(),
     };
     run.control().await?;
-    let failures = run.enforce(&mut agent, Trigger::Leases).await?;
+    let failures = if args.once {
+        // Converge for good before exiting: stops run in the background otherwise.
+        run.enforce_with(&mut agent, |agent| agent.settle(Trigger::Leases))
+            .await?
+    } else {
+        run.enforce(&mut agent, Trigger::Leases).await?
+    };
     if args.once {
         print!("{}", run.table(&agent).await?);
         return Ok(u8::from(failures > 0));
@@ -286,6 +292,16 @@ impl Run {
 
     /// One agent pass; returns the number of failed operations.
     async fn enforce(&mut self, agent: &mut Agent, trigger: Trigger) -> anyhow::Result<usize> {
+        self.enforce_with(agent, |agent| agent.pass(trigger)).await
+    }
+
+    /// Passes as `passes` runs them, with the leases of the last controller pass; returns
+    /// the number of failed operations.
+    async fn enforce_with(
+        &mut self,
+        agent: &mut Agent,
+        passes: impl FnOnce(&mut Agent) -> crate::agent::node::Pass,
+    ) -> anyhow::Result<usize> {
         // This process is the store's only writer while it runs (the run lock), so the
         // leases of the last controller pass are the store's.
         let leases = match &self.last {
@@ -298,7 +314,7 @@ impl Run {
             None => self.store.node_leases(agent.node()).await?,
         };
         agent.set_leases(leases);
-        let pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        let pass = tokio::task::block_in_place(|| passes(agent));
         for failure in &pass.outcome.failures {
             tracing::warn!(op = %failure.op, error = %failure.error, "failed");
         }
@@ -368,6 +384,11 @@ impl Run {
         let mut child_exited =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
+        let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
+        agent.set_waker({
+            let stopped = stopped.clone();
+            std::sync::Arc::new(move || stopped.notify_one())
+        });
         loop {
             tokio::select! {
                 _ = signals.interrupt.recv() => break,
@@ -387,6 +408,9 @@ impl Run {
                     self.enforce(agent, Trigger::Resync).await?;
                 }
                 _ = child_exited.recv() => {
+                    self.enforce(agent, Trigger::Processes).await?;
+                }
+                () = stopped.notified() => {
                     self.enforce(agent, Trigger::Processes).await?;
                 }
                 _ = tick.tick() => {
