@@ -58,7 +58,19 @@ impl TestRoot {
     }
 
     fn agent(&self) -> Agent {
-        Agent::new("test-node", self.fs(), self.state.path(), false).unwrap()
+        let mut agent = Agent::new("test-node", self.fs(), self.state.path(), false).unwrap();
+        agent.set_log_pump(env!("CARGO_BIN_EXE_corral").into());
+        agent
+    }
+
+    /// Waits until replica `key`'s output holds `text`.
+    fn wait_for_output(&self, key: &str, text: &str) {
+        let log = self.state.path().join(format!("logs/{key}.log"));
+        wait_until(
+            &format!("{key} to write {text:?}"),
+            Duration::from_secs(5),
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text)),
+        );
     }
 
     fn knob(&self, group: &GroupPath, knob: &str) -> String {
@@ -108,6 +120,21 @@ fn remove_tree(dir: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// A command that ignores SIGTERM, and says so once it does.
+const STUBBORN: &str = "trap '' TERM; echo trapped; while :; do sleep 1; done";
+
+/// The processes of a group but its log pump (`corral log-pump`, which runs there too).
+fn workload_pids(fs: &Cgroupfs, group: &GroupPath) -> Vec<u32> {
+    fs.procs(group)
+        .unwrap()
+        .into_iter()
+        .filter(|pid| {
+            !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(8).any(|w| w == b"log-pump"))
+        })
+        .collect()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
@@ -346,7 +373,7 @@ fn deleting_a_workload_stops_its_processes_and_removes_its_groups() {
     let root = TestRoot::v1();
     let mut agent = root.agent();
     // One replica exits on SIGTERM, one ignores it and is killed after its grace.
-    let stubborn = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+    let stubborn = ["/bin/sh", "-c", STUBBORN];
     agent.set_leases(vec![
         lease("shop", "api", &["sleep", "60"], json!({}), None, None),
         lease("shop", "stubborn", &stubborn, json!({}), None, None),
@@ -354,6 +381,7 @@ fn deleting_a_workload_stops_its_processes_and_removes_its_groups() {
     let pass = agent.pass(Trigger::Leases);
     let pids: Vec<u32> = pass.reports.iter().filter_map(|r| r.process.pid).collect();
     assert_eq!(pids.len(), 2);
+    root.wait_for_output("shop.stubborn.0", "trapped");
     agent.set_leases(vec![]);
     let started = Instant::now();
     agent.pass(Trigger::Leases);
@@ -622,7 +650,7 @@ fn adoption_never_takes_pid_1_corral_or_another_roots_processes() {
     }
     other_agent.set_leases(vec![theirs]);
     other_agent.pass(Trigger::Leases);
-    let their_pid = other.fs().procs(&group("them", "svc")).unwrap()[0];
+    let their_pid = workload_pids(&other.fs(), &group("them", "svc"))[0];
     let loose = Outside::spawn(&format!("corral-loose-{}", std::process::id()), 4242);
 
     let everyone = AdoptScope {
@@ -685,7 +713,7 @@ fn adoption_never_takes_pid_1_corral_or_another_roots_processes() {
         );
     }
     assert_eq!(
-        other.fs().procs(&group("them", "svc")).unwrap(),
+        workload_pids(&other.fs(), &group("them", "svc")),
         [their_pid]
     );
     other_agent.set_leases(Vec::new());
@@ -821,7 +849,7 @@ fn the_real_v2_hierarchy_reports_the_knobs_it_lacks() {
         .pid
         .expect("the command runs in the v2 group");
     let g = group("shop", "api");
-    assert_eq!(root.fs().procs(&g).unwrap(), [pid]);
+    assert_eq!(workload_pids(&root.fs(), &g), [pid]);
     let offered: String = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap();
     if !offered.split_whitespace().any(|c| c == "cpu") {
         assert!(
@@ -854,7 +882,7 @@ fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant()
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.pid");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let stubborn = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+    let stubborn = ["/bin/sh", "-c", STUBBORN];
     let mut slow = lease("team-a", "stubborn", &stubborn, json!({}), None, None);
     slow.grace_seconds = 30;
     let adopt_from = |name: &str, path: &Path| {
@@ -879,6 +907,7 @@ fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant()
     agent.set_leases(vec![slow, b.clone()]);
     let pass = agent.pass(Trigger::Leases);
     let stubborn_pid = report_of(&pass, "stubborn").process.pid.unwrap();
+    root.wait_for_output("team-a.stubborn.0", "trapped");
 
     // team-a's workload is deleted (a 30 s grace starts), and it adopts from a FIFO and
     // from /dev/zero; team-b's quota is changed behind corral's back.

@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use corral::agent::logs::LogSink;
 use corral::agent::process::{
     AdoptError, ExitStatusInfo, LAUNCH_PATH, LaunchError, LaunchSpec, Launched, MoveError,
     ProcessId, StopError, StopOutcome, launch, move_into, pid_from_file, pids_in_cgroup,
     pids_matching, procs, stop,
 };
 use corral::alloc::admit::RunAs;
+use corral::lease::LogLimits;
 use nix::sys::signal::{SigHandler, Signal, kill, killpg, signal};
 use nix::unistd::{Pid, getsid};
 use regex::Regex;
@@ -159,14 +161,18 @@ fn spec(args: &[&str], group: &TestCgroup, dir: &TempDir) -> LaunchSpec {
         args: args.iter().map(|a| a.to_string()).collect(),
         env: Vec::new(),
         working_dir: None,
-        log_file: dir.path().join("w.log"),
+        log: LogSink {
+            path: dir.path().join("w.log"),
+            limits: LogLimits::default(),
+        },
+        log_pump: None,
         join: group.procs_files(),
         run_as: RunAs::default(),
     }
 }
 
 fn log_of(spec: &LaunchSpec) -> String {
-    fs::read_to_string(&spec.log_file).unwrap_or_default()
+    fs::read_to_string(&spec.log.path).unwrap_or_default()
 }
 
 fn wait_for_log(spec: &LaunchSpec, text: &str) -> String {
@@ -296,6 +302,7 @@ fn launched_process_is_detached_and_outlives_its_handle() {
         pid,
         start_time,
         child,
+        ..
     } = launch(&spec).unwrap();
     drop(child);
 
@@ -308,8 +315,8 @@ fn launched_process_is_detached_and_outlives_its_handle() {
     );
     let fd = |n: u32| fs::read_link(format!("/proc/{pid}/fd/{n}")).unwrap();
     assert_eq!(fd(0), Path::new("/dev/null"));
-    assert_eq!(fd(1), spec.log_file);
-    assert_eq!(fd(2), spec.log_file);
+    assert_eq!(fd(1), spec.log.path);
+    assert_eq!(fd(2), spec.log.path);
     assert_eq!(procs(&group.procs_file("pids")).unwrap(), [pid]);
 }
 
@@ -330,7 +337,11 @@ fn launcher_helper() {
         args: vec!["sleep".into(), "30".into()],
         env: Vec::new(),
         working_dir: None,
-        log_file: log.into(),
+        log: LogSink {
+            path: log.into(),
+            limits: LogLimits::default(),
+        },
+        log_pump: None,
         join: vec![join.into()],
         run_as: RunAs::default(),
     })
@@ -388,7 +399,7 @@ fn launched_process_gets_a_minimal_environment_and_its_working_directory() {
     let dir = TempDir::new().unwrap();
     let work = TempDir::new().unwrap();
     let mut spec = spec(&["env"], &group, &dir);
-    spec.log_file = dir.path().join("logs/deep/w.log");
+    spec.log.path = dir.path().join("logs/deep/w.log");
     spec.env = vec![
         ("FOO".into(), "bar".into()),
         ("HOME".into(), "/home/w".into()),
@@ -923,5 +934,53 @@ fn a_hostile_pid_file_is_refused_without_reading_or_echoing_it() {
     assert_eq!(
         pid_from_file(&foreign, |owner| owner == 4242).unwrap(),
         std::process::id()
+    );
+}
+
+/// A replica's output goes through `corral log-pump`, in the replica's own groups: however
+/// fast it writes, at most `max_bytes × max_files` stay on disk, and its last words are kept.
+#[test]
+fn output_through_the_pump_is_rotated_and_bounded() {
+    let group = TestCgroup::new(&["pids", "cpu"]);
+    let dir = TempDir::new().unwrap();
+    let mut spec = spec(
+        &["sh", "-c", "yes corral | head -c 3000000; echo last words"],
+        &group,
+        &dir,
+    );
+    spec.log = LogSink {
+        path: dir.path().join("logs/t.w.0.log"),
+        limits: LogLimits {
+            max_bytes: 64 << 10,
+            max_files: 3,
+        },
+    };
+    spec.log_pump = Some(env!("CARGO_BIN_EXE_corral").into());
+    let mut launched = launch(&spec).unwrap();
+    let pump = launched.pump.take().expect("a pump");
+    let pump_pid = pump.id();
+    let listed = fs::read_to_string(group.procs_file("pids")).unwrap();
+    assert!(
+        listed.lines().any(|l| l == pump_pid.to_string()),
+        "the pump runs in the replica's group: {listed}"
+    );
+    assert_eq!(exit_of(&mut launched), ExitStatusInfo::Exited { code: 0 });
+    let mut pump = Reaped(pump);
+    let status = pump.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the pump ends after the last writer: {status}"
+    );
+    let files = spec.log.files();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert!(total <= 3 * (64 << 10), "{total} bytes kept");
+    for file in &files {
+        assert!(fs::metadata(file).unwrap().len() <= 64 << 10);
+    }
+    let last = fs::read_to_string(&spec.log.path).unwrap();
+    assert!(
+        last.ends_with("corral\nlast words\n") || last.ends_with("last words\n"),
+        "{last:?}"
     );
 }

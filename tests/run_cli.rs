@@ -279,24 +279,29 @@ fn a_running_corral_follows_edits_keeps_the_last_valid_manifests_and_leaves_work
             .knob("cpu", "b", "cgroup.procs")
             .is_some_and(|p| !p.is_empty())
     });
-    let b_pid: u32 = setup
-        .knob("cpu", "b", "cgroup.procs")
-        .unwrap()
-        .parse()
-        .unwrap();
+    // The replica and its log pump.
+    let pids = |name: &str| -> Vec<u64> {
+        setup
+            .knob("cpu", name, "cgroup.procs")
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let b_pids = pids("b");
     std::fs::remove_file(setup.manifests.path().join("b.yaml")).unwrap();
     wait_until("b's group to go", Duration::from_secs(10), || {
         !setup.group_dir("cpu", "b").exists()
     });
-    assert!(gone(u64::from(b_pid)), "b's process is gone");
+    assert!(b_pids.iter().all(|p| gone(*p)), "b's processes are gone");
 
-    let a_pid = setup.knob("cpu", "a", "cgroup.procs").unwrap();
+    let a_pids = pids("a");
     let output = setup.stop();
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("1 replica(s) keep running"), "{stderr}");
     assert!(
-        !gone(a_pid.parse().unwrap()),
+        a_pids.iter().all(|p| !gone(*p)),
         "stopping corral leaves workloads running"
     );
 }
@@ -499,4 +504,66 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(path);
     }
     out
+}
+
+/// `corral logs` prints a replica's output from the state directory; the output goes with
+/// the workload.
+#[test]
+fn logs_show_a_replicas_output_and_go_with_the_workload() {
+    let setup = Setup::new();
+    setup.write(
+        "a.yaml",
+        &workload("a", "200m").replace(
+            "command: {args: [sleep, \"600\"]}",
+            "command: {args: [sh, -c, \"echo hello from a; exec sleep 600\"]}",
+        ),
+    );
+    let output = setup.run_once();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let logs = |extra: &[&str]| {
+        let mut args = vec![
+            "logs".to_string(),
+            "--state-dir".into(),
+            setup.state.path().to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(ToString::to_string));
+        Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = logs(&["test/a"]);
+        if String::from_utf8_lossy(&shown.stdout) == "hello from a\n" {
+            assert!(shown.status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{shown:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let missing = logs(&["test/a", "--replica", "3"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no output of replica 3 of test/a")
+            && String::from_utf8_lossy(&missing.stderr).contains("replicas here: 0"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let bad = logs(&["a"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not NAMESPACE/NAME"));
+
+    let down = setup.corral("down", &[]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let gone = logs(&["test/a"]);
+    assert!(!gone.status.success(), "the output went with the workload");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no output of test/a"));
 }

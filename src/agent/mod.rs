@@ -4,10 +4,12 @@
 //! - [`supervisor`]: each replica's command: start, exits, restart policy, backoff, and
 //!   what a later corral needs to take the processes over;
 //! - [`process`]: launching into cgroups, stopping, adopting;
+//! - [`logs`]: each replica's output, rotated by its pump;
 //! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with.
 
 pub mod adopt;
 pub mod daemon;
+pub mod logs;
 pub mod node;
 pub mod process;
 pub mod sandbox;

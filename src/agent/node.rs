@@ -249,6 +249,22 @@ impl Agent {
             &mut self.supervisor.ops(&self.fs, &desired, now_ms),
         );
         outcome.failures.extend(stop_failures);
+        // A replica's output goes with its group, as a pod's logs go with the pod.
+        for op in &diff.ops {
+            if let Op::Remove { group } = op
+                && let Some(key) = group.key()
+                && !outcome
+                    .failures
+                    .iter()
+                    .any(|f| f.group.as_ref() == Some(group))
+                && let Err(e) = self
+                    .supervisor
+                    .log_sink(&key, crate::lease::LogLimits::default())
+                    .remove()
+            {
+                tracing::warn!(replica = %key, error = %e, "cannot remove the replica's log files");
+            }
+        }
         self.account(trigger, &diff.ops, &observed, &outcome);
         let keep: BTreeSet<ReplicaKey> = self.leases.iter().map(|l| l.key.clone()).collect();
         let groups: BTreeSet<ReplicaKey> =
@@ -288,6 +304,12 @@ impl Agent {
             ));
             self.supervisor.stop_in_background(&group, files, grace);
         }
+    }
+
+    /// Starts `program log-pump` (corral's own executable) for each command's output, which
+    /// rotates it as the lease says. Without it, output is appended unrotated.
+    pub fn set_log_pump(&mut self, program: std::path::PathBuf) {
+        self.supervisor.set_log_pump(program);
     }
 
     /// Calls `waker` whenever a background stop ends: a pass should then run, to remove the

@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::logs::{self, LogSink};
 use super::sandbox::{Sandbox, SandboxError, Step};
 use crate::alloc::admit::RunAs;
 use crate::state::private;
@@ -56,8 +57,11 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; `/` when `None`.
     pub working_dir: Option<PathBuf>,
-    /// File that receives stdout and stderr, appended to; created with its parent directories.
-    pub log_file: PathBuf,
+    /// Where stdout and stderr go, and how they are rotated.
+    pub log: LogSink,
+    /// corral's executable, to start `corral log-pump` for the output; without it the
+    /// output is appended to `log.path` directly, unrotated (for tools and tests).
+    pub log_pump: Option<PathBuf>,
     /// The `cgroup.procs` files of the cgroups the process runs in: one per v1 hierarchy, or
     /// the single file of the v2 group.
     pub join: Vec<PathBuf>,
@@ -76,6 +80,8 @@ pub struct Launched {
     /// The handle to wait for its exit status with. Dropping it neither kills nor reaps the
     /// process: once the process exits it stays a zombie until someone waits for it.
     pub child: Child,
+    /// The log pump, when one was started; it ends after the last writer of the output.
+    pub pump: Option<Child>,
 }
 
 impl Launched {
@@ -170,14 +176,18 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         source,
     };
 
-    let log = open_log(&spec.log_file).map_err(|source| LaunchError::Log {
-        path: spec.log_file.clone(),
+    let log_error = |source| LaunchError::Log {
+        path: spec.log.path.clone(),
         source,
-    })?;
-    let log_for_stderr = log.try_clone().map_err(|source| LaunchError::Log {
-        path: spec.log_file.clone(),
-        source,
-    })?;
+    };
+    let (log, mut pump): (OwnedFd, Option<Child>) = match &spec.log_pump {
+        Some(program) => {
+            let started = logs::start_pump(program, &spec.log, &spec.join).map_err(log_error)?;
+            (started.input, Some(started.pump))
+        }
+        None => (open_log(&spec.log.path).map_err(log_error)?.into(), None),
+    };
+    let log_for_stderr = log.try_clone().map_err(log_error)?;
 
     // Everything the child touches between fork and exec is prepared here: after fork only
     // async-signal-safe calls are allowed, so no allocation.
@@ -248,11 +258,16 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
 
     let spawned = command.spawn();
     // The parent's copy of the write end must be closed before reading, or the read could
-    // wait on it.
+    // wait on it. Its copies of the output pipe went with `command`.
+    drop(command);
     drop(failed_join_write);
     let mut child = match spawned {
         Ok(child) => child,
         Err(source) => {
+            // No writer is left: the pump ends by itself; reap it.
+            if let Some(pump) = pump.as_mut() {
+                let _ = pump.wait();
+            }
             return Err(match failed_join(failed_join_read) {
                 Some(code) if code & SANDBOX_STEP != 0 => {
                     match Step::from_code(code & !SANDBOX_STEP) {
@@ -283,6 +298,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
             pid,
             start_time: stat.start_time,
             child,
+            pump,
         }),
         Err(source) => {
             // /proc is unavailable, or something reaped the child already (SIGCHLD ignored).

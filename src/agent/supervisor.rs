@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::logs::LogSink;
 use super::process::{self, Backoff, ExitStatusInfo, LaunchSpec, ProcessId};
 use crate::alloc::ReplicaKey;
 use crate::api::workload::{AdoptOnDelete, RestartPolicy};
@@ -59,6 +60,10 @@ pub struct Supervisor {
     stopping: HashMap<GroupPath, JoinHandle<Result<process::StopOutcome, String>>>,
     /// Called when a background stop ends, to run a pass that removes the group.
     waker: Option<Waker>,
+    /// corral's executable, to start `corral log-pump` for each command's output.
+    log_pump: Option<PathBuf>,
+    /// The log pumps started, reaped once they end.
+    pumps: Vec<Child>,
 }
 
 /// Wakes whoever runs passes.
@@ -82,6 +87,22 @@ impl Supervisor {
             backoffs: HashMap::new(),
             stopping: HashMap::new(),
             waker: None,
+            log_pump: None,
+            pumps: Vec::new(),
+        }
+    }
+
+    /// Starts `program log-pump` (corral's executable) for each command's output, which
+    /// rotates it; without it output goes to the log file directly, unrotated.
+    pub fn set_log_pump(&mut self, program: PathBuf) {
+        self.log_pump = Some(program);
+    }
+
+    /// The sink of a replica's output under `limits`.
+    pub fn log_sink(&self, key: &ReplicaKey, limits: crate::lease::LogLimits) -> LogSink {
+        LogSink {
+            path: self.log_file(key),
+            limits,
         }
     }
 
@@ -206,6 +227,8 @@ impl Supervisor {
     /// Notices main processes that exited since the last call, records how they ended and
     /// when they may start again; returns their replicas.
     pub fn reap(&mut self, now_ms: u64) -> Vec<ReplicaKey> {
+        self.pumps
+            .retain_mut(|pump| !matches!(pump.try_wait(), Ok(Some(_)) | Err(_)));
         let mut exited = Vec::new();
         for (key, record) in &mut self.records {
             let Some(main) = record.main else { continue };
@@ -405,7 +428,16 @@ impl Processes for ProcessOps<'_> {
             args: args.clone(),
             env,
             working_dir: working_dir.as_ref().map(PathBuf::from),
-            log_file: self.supervisor.log_file(&key),
+            log: LogSink {
+                path: self.supervisor.log_file(&key),
+                limits: self
+                    .desired
+                    .groups
+                    .get(group)
+                    .map(|g| g.logs)
+                    .unwrap_or_default(),
+            },
+            log_pump: self.supervisor.log_pump.clone(),
             join: self.fs.procs_files(group),
             run_as: run_as.clone(),
         };
@@ -416,6 +448,7 @@ impl Processes for ProcessOps<'_> {
         }
         record.main = Some(launched.process_id());
         record.started_ms = self.now_ms;
+        self.supervisor.pumps.extend(launched.pump);
         self.supervisor.children.insert(key, launched.child);
         Ok(())
     }
@@ -536,6 +569,7 @@ mod tests {
                     run_as: Default::default(),
                 }),
                 grace_seconds: 1,
+                logs: Default::default(),
             },
         );
         (desired, group)

@@ -51,6 +51,7 @@ pub fn desired_tree(
                 knobs: values::replica_knobs(v2, &amounts, &lease.cgroup, parent_quota, page_size),
                 work: Some(lease.work.clone()),
                 grace_seconds: lease.grace_seconds,
+                logs: lease.logs,
             },
         );
     }
@@ -67,6 +68,7 @@ pub fn desired_tree(
                 knobs,
                 work: None,
                 grace_seconds: 0,
+                logs: crate::lease::LogLimits::default(),
             },
         );
     }

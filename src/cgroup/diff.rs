@@ -232,6 +232,7 @@ mod tests {
                 knobs: BTreeMap::from([("cpu.shares", "512".to_string())]),
                 work: None,
                 grace_seconds: 0,
+                logs: Default::default(),
             },
         );
         tree.groups.insert(
@@ -243,6 +244,7 @@ mod tests {
                 ]),
                 work: Some(command()),
                 grace_seconds: 5,
+                logs: Default::default(),
             },
         );
         tree

@@ -159,6 +159,8 @@ pub struct DesiredGroup {
     pub work: Option<Work>,
     /// Seconds between SIGTERM and SIGKILL when its processes are stopped.
     pub grace_seconds: u32,
+    /// How its command's output is rotated.
+    pub logs: crate::lease::LogLimits,
 }
 
 /// corral's subtree as it should be.

@@ -72,7 +72,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     // One agent per state directory, and no `corral down` or `corral run` beside it.
     let state = crate::state::StateDir(args.state_dir.clone());
     let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
-    let agent = Agent::new(&args.node, fs, &args.state_dir, false)?;
+    let mut agent = Agent::new(&args.node, fs, &args.state_dir, false)?;
+    super::pump_logs(&mut agent);
     let registration = NodeRegistration {
         cgroup_mode: mode,
         ..registration

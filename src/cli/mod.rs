@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod down;
 pub mod live;
+pub mod logs;
 pub mod plan;
 pub mod run;
 pub mod status;
@@ -40,6 +41,11 @@ pub enum Command {
     Status(status::Args),
     /// Stop workloads on purpose and remove their cgroups.
     Down(down::Args),
+    /// Print a replica's output on this machine (rotated files first); --follow to go on.
+    Logs(logs::Args),
+    /// Started by corral beside each replica: writes its output to rotated files.
+    #[command(hide = true)]
+    LogPump(logs::PumpArgs),
     /// The cluster controller: allocates and writes leases in ZooKeeper, leader-elected.
     Controller(controller::Args),
     /// A node's agent: enforces its node's leases from ZooKeeper.
@@ -55,6 +61,17 @@ pub struct ManifestArgs {
     pub paths: Vec<PathBuf>,
 }
 
+/// Has `agent` start this executable's `corral log-pump` for each replica's output, so that
+/// the output is rotated as the policy says.
+pub fn pump_logs(agent: &mut crate::agent::node::Agent) {
+    match std::env::current_exe() {
+        Ok(exe) => agent.set_log_pump(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find corral's executable: replicas' output will not be rotated")
+        }
+    }
+}
+
 /// Runs the parsed command and returns the process exit code.
 ///
 /// # Errors
@@ -67,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Down(args) => down::run(&args),
+        Command::Logs(args) => logs::run(&args),
+        Command::LogPump(args) => logs::pump(&args),
         Command::Controller(args) => controller::run(&args),
         Command::Agent(args) => agent::run(&args),
     }

@@ -170,6 +170,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         })
         .await?;
     let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
+    super::pump_logs(&mut agent);
     let source = ManifestSource::new(&args.manifests.paths, manifests, !args.once)?;
     let mut run = Run {
         store,
@@ -449,7 +450,8 @@ async fn with_zookeeper(
         cgroup_mode: fs.mode().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
+    let mut agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
+    super::pump_logs(&mut agent);
     let source = ManifestSource::new(&args.manifests.paths, manifests, true)?;
     let store = crate::lease::zookeeper::ZkStore::connect(config).await?;
     let resync = Duration::from_secs_f64(args.resync.max(0.1));
