@@ -699,6 +699,36 @@ fn invalid_cases() -> Vec<Case> {
             workload("  command: {args: [\"a\\0b\"]}\n"),
             "spec.command.args[0]",
         ),
+        case(
+            "id-range-max-below-min",
+            policy("  tenantDefaults:\n    security: {allowedUsers: [{min: 10, max: 9}]}\n"),
+            "spec.tenantDefaults.security.allowedUsers[0].max",
+        ),
+        case(
+            "run-as-user-negative",
+            workload("  command:\n    args: [x]\n    securityContext: {runAsUser: -1}\n"),
+            "spec.command.securityContext.runAsUser",
+        ),
+        case(
+            "max-replicas-per-node-zero",
+            policy("  maxReplicasPerNode: 0\n"),
+            "spec.maxReplicasPerNode",
+        ),
+        case(
+            "log-files-zero",
+            policy("  logs: {maxFiles: 0}\n"),
+            "spec.logs.maxFiles",
+        ),
+        case(
+            "adopt-prefix-relative",
+            policy("  tenantDefaults:\n    security:\n      adopt: {enabled: true, cgroupPrefixes: [system.slice]}\n"),
+            "spec.tenantDefaults.security.adopt.cgroupPrefixes[0]",
+        ),
+        case(
+            "adopt-on-delete-unknown",
+            workload("  adopt: {pidFile: /run/x.pid, onDelete: Kill}\n"),
+            "spec.adopt.onDelete",
+        ),
     ]
 }
 
@@ -801,6 +831,20 @@ fn known_disagreements() -> Vec<(Case, bool, &'static str)> {
         ),
         (
             case(
+                "refused-by-its-policy",
+                format!(
+                    "{POLICY}  namespaces: [shop]\n  tenantDefaults: {{maxPriority: 10}}\n---\n{}",
+                    workload(&format!("  priority: 11\n{cmd}"))
+                ),
+                "spec.priority",
+            ),
+            true,
+            "by design: what a tenant may ask for is its policy's to say, and the server checks \
+             an object alone; the controller keeps the last admitted version and shows why in \
+             status (a ValidatingAdmissionPolicy could refuse it on the server)",
+        ),
+        (
+            case(
                 "selector-operator-unknown",
                 policy(
                     "  strategy: Fair\n  nodeSelector:\n    matchExpressions: [{key: zone, operator: Like, values: [a]}]\n",
@@ -834,7 +878,32 @@ fn valid_cases() -> Vec<Case> {
         ),
         case(
             "valid-adopting-workload",
-            workload("  replicas: 0\n  adopt: {cgroupPath: /system.slice/nginx.service}\n"),
+            format!(
+                "{POLICY}  namespaces: [shop]\n  tenantDefaults:\n    security:\n      \
+                 adopt: {{enabled: true, cgroupPrefixes: [/system.slice]}}\n---\n{}",
+                workload(
+                    "  replicas: 0\n  adopt: {cgroupPath: /system.slice/nginx.service, onDelete: Stop}\n"
+                )
+            ),
+            "",
+        ),
+        case(
+            "valid-tenant-settings",
+            format!(
+                "{POLICY}  namespaces: [shop]\n  maxReplicasPerNode: 10000\n  \
+                 maxTerminationGracePeriodSeconds: 0\n  logs: {{maxSize: 4Ki, maxFiles: 100}}\n  \
+                 replicaBounds:\n    min: {{cpu: 1m, memory: 1Mi, pids: 1}}\n    \
+                 max: {{cpu: \"4\", memory: 1Gi, pids: 4194304}}\n  \
+                 tenantDefaults:\n    maxPriority: 0\n    maxWorkloads: 0\n    maxReplicas: 1000000\n    \
+                 security: {{runAsUser: 2147483647, runAsGroup: 0, allowRoot: true, \
+                 allowedUsers: [{{min: 2147483647, max: 2147483647}}], allowedGroups: [{{min: 0, max: 0}}]}}\n  \
+                 tenants:\n  - namespace: shop\n    maxPriority: 1000000000\n    maxWorkloads: 1000000\n    \
+                 maxReplicas: 0\n    security: {{runAsUser: 1000, allowedUsers: [{{min: 0, max: 2147483647}}]}}\n---\n{}",
+                workload(
+                    "  command:\n    args: [x]\n    securityContext: {runAsUser: 0, runAsGroup: 0, \
+                     supplementalGroups: [0]}\n  resources:\n    requests: {cpu: 1m, memory: 1Mi}\n"
+                )
+            ),
             "",
         ),
         case(

@@ -198,6 +198,34 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "{message}"
     );
 
+    // A tenant asking for what its policy does not allow (root): refused with the field.
+    let root = web(1, "500m")
+        .replace("name: web", "name: rooted")
+        .replace(
+            "command: {args: [sleep, \"600\"]}",
+            "command: {args: [id], securityContext: {runAsUser: 0}}",
+        );
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &root);
+    assert!(applied.status.success(), "{applied:?}");
+    wait(
+        &api,
+        &c,
+        &[
+            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
+            "-n",
+            "shop",
+            "workload/rooted",
+        ],
+    );
+    let refused = get_json(&api, &["get", "-n", "shop", "workload/rooted"]);
+    let message = refused["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.starts_with("spec.command.securityContext.runAsUser: user 0 is root"),
+        "{message}"
+    );
+
     // An object corral cannot read at all, as the API server may hold after its CRD
     // changed: it is reported, and the watch goes on for every other object.
     let crd = get_json(&api, &["get", "crd/workloads.corral.dev"]);
