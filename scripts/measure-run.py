@@ -79,6 +79,7 @@ metadata:
   name: measure
 spec:
   strategy: Priority
+  maxReplicasPerNode: 1000
 """
 
 LATENCY_WORKLOAD = """\
@@ -124,6 +125,18 @@ def write_file(path, text):
 
 # ---------------------------------------------------------------------------------------
 # /proc helpers
+
+
+def proc_pss_kib(pid):
+    """Pss of a process in KiB (shared pages split among their users), 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
 
 
 def proc_stat(pid):
@@ -615,6 +628,13 @@ def measure_idle(s, replicas, idle_seconds, resync=5.0):
         notes.append(f"workload processes changed during the idle window: "
                      f"{len(set(s.seen) - workload_pids)} new pid(s)")
     d = {k: a1[k] - a0[k] for k in a0}
+    # The log pumps (corral log-pump, one beside each replica, in its groups): their
+    # proportional share of memory, shared pages split among them.
+    pumps, pumps_pss = 0, 0
+    for p in group_pids(s.root):
+        if "log-pump" in (proc_cmdline(p) or ""):
+            pumps += 1
+            pumps_pss += proc_pss_kib(p)
     if d["starts"]:
         notes.append(f"{d['starts']} process start(s) during the idle window")
     if d["failures"]:
@@ -634,6 +654,9 @@ def measure_idle(s, replicas, idle_seconds, resync=5.0):
         "hwm_mib": hwm / 1024,
         "threads": threads,
         "passes": d["passes"],
+        "pass_ms": (d.get("passMicros", 0) / d["passes"] / 1000) if d["passes"] else None,
+        "pumps": pumps,
+        "pumps_pss_mib": pumps_pss / 1024,
         "writes": d["writes"],
         "drift_corrections": d["driftCorrections"],
         "writes_per_resync": (d["writes"] / d["passes"]) if d["passes"] else None,
@@ -798,6 +821,11 @@ def main():
                   f"at or over {TARGET_LATENCY_MS:.0f} ms; {lat['passes']} agent passes and "
                   f"{lat['writes']} writes for {lat['edits']} edits")
         if idle:
+            if idle["pass_ms"] is not None:
+                print(f"idle: a pass over {idle['replicas']} replicas takes {idle['pass_ms']:.1f} ms "
+                      f"of wall time on average ({idle['passes']} passes)")
+            print(f"idle: {idle['pumps']} log pumps, {idle['pumps_pss_mib']:.1f} MiB PSS together "
+                  f"(charged to the replicas' groups)")
             if idle["passes"]:
                 per = idle["cpu_seconds"] / idle["passes"] * 1000
                 print(f"idle: {per:.0f} ms CPU per resync ({per * 1000 / idle['replicas']:.0f} us per "

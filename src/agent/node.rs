@@ -45,6 +45,9 @@ pub struct AgentStats {
     pub starts: u64,
     /// Operations that failed.
     pub failures: u64,
+    /// Wall time spent in passes, microseconds: with `passes`, the mean time of a pass.
+    #[serde(default)]
+    pub pass_micros: u64,
 }
 
 /// The result of one pass.
@@ -158,6 +161,16 @@ impl Agent {
 
     /// One pass: reconcile the node with its leases, and report.
     pub fn pass(&mut self, trigger: Trigger) -> Pass {
+        let started = Instant::now();
+        let pass = self.pass_once(trigger);
+        self.stats.pass_micros = self
+            .stats
+            .pass_micros
+            .saturating_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        pass
+    }
+
+    fn pass_once(&mut self, trigger: Trigger) -> Pass {
         let now_ms = unix_now_ms();
         self.stats.passes += 1;
         let mut problems_by_key: HashMap<ReplicaKey, Vec<String>> = HashMap::new();
