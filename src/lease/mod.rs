@@ -9,7 +9,9 @@
 //! /reports/<node>/<key>   the agent's applied values and observed use
 //! ```
 
+pub mod acl;
 pub mod embedded;
+pub mod identities;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
