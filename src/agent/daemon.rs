@@ -12,6 +12,9 @@
 //! A read or write that hangs (a paused server, a client that has not yet noticed its
 //! connection is gone) delays only itself, never the correction of drift or the restart
 //! of an exited process.
+//!
+//! With an identity of its own, an agent whose node has no znodes yet asks a controller to
+//! provision them (`/join/<node>`) and waits, changing nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::node::{Agent, Trigger, unix_now_ms};
 use crate::lease::zookeeper::ZkStore;
-use crate::lease::{Lease, LeaseStore, NodeRegistration, Report};
+use crate::lease::{Lease, LeaseStore, NodeRegistration, Report, StoreError};
 use crate::metrics::AgentMetrics;
 
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
@@ -34,6 +37,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node = registration.name.clone();
+    let mut waiting = false;
     let leases_changed = loop {
         let attempt = async {
             store.register_node(&registration).await?;
@@ -42,7 +46,11 @@ pub async fn run(
         match attempt.await {
             Ok(receiver) => break receiver,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
+                // Waiting to be provisioned is said once; other failures each time.
+                if !(waiting && matches!(e, StoreError::NotProvisioned { .. })) {
+                    tracing::warn!(error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
+                }
+                waiting = matches!(e, StoreError::NotProvisioned { .. });
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => return Ok(()),

@@ -9,16 +9,20 @@
 //! | chroot, `/nodes`, `/leases`, `/reports`, `/status` | ALL | | |
 //! | `/leader`, `/leader/c-…` | ALL | | READ (controller names, and the epoch) |
 //! | `/join` | ALL | | CREATE (a request to be provisioned) |
-//! | `/nodes/<node>` | ALL | CREATE, DELETE, READ | |
-//! | `/nodes/<node>/agent` (ephemeral, made by the agent) | ALL | ALL | |
+//! | `/nodes/<node>` (data: the agent's registration) | ALL | READ, WRITE, CREATE, DELETE | |
+//! | `/nodes/<node>/agent` (ephemeral, empty: the agent is alive) | | ALL | READ |
 //! | `/leases/<node>`, `/leases/<node>/<key>` | ALL | READ | |
-//! | `/reports/<node>`, `/reports/<node>/<key>` | ALL | ALL | |
+//! | `/reports/<node>` (data: the node's reports) | ALL | READ, WRITE | |
 //!
 //! Without identities ([`Policy::Open`], a development mode) anyone may do anything.
 //!
 //! ZooKeeper's ACLs have no wildcard: a node's rights are granted on its own znodes, which
-//! is why registrations live below a per-node `/nodes/<node>` the controller provisions
-//! rather than directly in a `/nodes` every agent could create in.
+//! is why registrations live in a per-node `/nodes/<node>` the controller provisions rather
+//! than directly in a `/nodes` every agent could create in. And an agent cannot name the
+//! controller in an ACL: ZooKeeper shows a digest id's hash only to whoever may administer
+//! the znode. So nothing an agent writes is a znode of its own that the controller must
+//! read: its registration and its reports are the data of znodes the controller made, and
+//! the ephemeral `agent` it creates holds nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -268,13 +272,6 @@ impl AclSet {
             set.grant([&id], Perms::from_zk(entry.permission()))
         })
     }
-
-    /// Every identity with every right: for a znode whose creator passes the rights of its
-    /// parent on whole (an agent's registration below `/nodes/<node>`).
-    #[must_use]
-    pub fn with_all(&self) -> AclSet {
-        AclSet(self.0.keys().map(|id| (id.clone(), Perms::ALL)).collect())
-    }
 }
 
 /// `world:anyone:r, digest:corral:<hash>:cdrwa`: ids elided as in [`AclId`]'s `Display`.
@@ -389,13 +386,15 @@ impl Policy {
         self.base(Base::Leader)
     }
 
-    /// The ACL of `/nodes/<node>`: the node's agent creates (and deletes) its registration
-    /// below, and nothing else.
+    /// The ACL of `/nodes/<node>`: the node's agent writes its registration there and
+    /// creates (and deletes) the ephemeral `agent` below, and nothing else.
     pub fn node_dir(&self, node_ids: &[AclId]) -> AclSet {
         match self {
             Policy::Open => Self::anyone_all(),
-            Policy::Secured { controller } => Self::controller_all(controller)
-                .grant(node_ids, Perms::CREATE | Perms::DELETE | Perms::READ),
+            Policy::Secured { controller } => Self::controller_all(controller).grant(
+                node_ids,
+                Perms::READ | Perms::WRITE | Perms::CREATE | Perms::DELETE,
+            ),
         }
     }
 
@@ -410,23 +409,29 @@ impl Policy {
         }
     }
 
-    /// The ACL of `/reports/<node>`: the node's agent writes its reports below, the
-    /// controller reads and removes them. Reports are created with this same ACL.
+    /// The ACL of `/reports/<node>`: the node's agent writes its reports there, the
+    /// controller reads them.
     pub fn reports(&self, node_ids: &[AclId]) -> AclSet {
         match self {
             Policy::Open => Self::anyone_all(),
             Policy::Secured { controller } => {
-                Self::controller_all(controller).grant(node_ids, Perms::ALL)
+                Self::controller_all(controller).grant(node_ids, Perms::READ | Perms::WRITE)
             }
         }
     }
 }
 
-/// The ACL of an agent's registration `/nodes/<node>/agent`, from that of its parent
-/// `/nodes/<node>` (the agent does not know the controller's identity, the parent's ACL
-/// names it): everyone the parent names gets every right.
-pub fn registration(parent: &AclSet) -> AclSet {
-    parent.with_all()
+/// The ACL of an agent's `/nodes/<node>/agent`, the ephemeral znode that says it is alive,
+/// made by an agent with `own` ids (none when open). It holds nothing: anyone may read it,
+/// so that the controller reads its stat with the others' in one request.
+pub fn registration(own: &[AclId]) -> AclSet {
+    if own.is_empty() {
+        Policy::anyone_all()
+    } else {
+        AclSet::default()
+            .grant(own, Perms::ALL)
+            .grant([&AclId::anyone()], Perms::READ)
+    }
 }
 
 /// The ACL of a join request `/join/<node>`, made by an agent with `own` ids (none when
@@ -541,16 +546,22 @@ mod tests {
         assert_eq!(leases.perms_of(node), Some(Perms::READ));
         assert_eq!(leases.perms_of(&controller()[0]), Some(Perms::ALL));
         assert_eq!(leases.perms_of(&AclId::anyone()), None);
-        assert_eq!(policy.reports(&node_a()).perms_of(node), Some(Perms::ALL));
+        assert_eq!(
+            policy.reports(&node_a()).perms_of(node),
+            Some(Perms::READ | Perms::WRITE)
+        );
+        let reports = policy.reports(&node_a());
+        assert!(!reports.perms_of(node).unwrap().has(Perms::ADMIN));
         let dir = policy.node_dir(&node_a());
         assert_eq!(
             dir.perms_of(node),
-            Some(Perms::CREATE | Perms::DELETE | Perms::READ)
+            Some(Perms::READ | Perms::WRITE | Perms::CREATE | Perms::DELETE)
         );
-        assert!(!dir.perms_of(node).unwrap().has(Perms::WRITE));
-        let registration = registration(&dir);
-        assert_eq!(registration.perms_of(node), Some(Perms::ALL));
-        assert_eq!(registration.perms_of(&controller()[0]), Some(Perms::ALL));
+        assert!(!dir.perms_of(node).unwrap().has(Perms::ADMIN));
+        let alive = registration(&node_a());
+        assert_eq!(alive.perms_of(node), Some(Perms::ALL));
+        assert_eq!(alive.perms_of(&AclId::anyone()), Some(Perms::READ));
+        assert_eq!(alive.perms_of(&controller()[0]), None);
     }
 
     #[test]
