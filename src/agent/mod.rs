@@ -3,9 +3,11 @@
 //! - [`node`]: the pass: leases → desired tree → observe → diff → apply → reports;
 //! - [`supervisor`]: each replica's command: start, exits, restart policy, backoff, and
 //!   what a later corral needs to take the processes over;
-//! - [`process`]: launching into cgroups, stopping, adopting.
+//! - [`process`]: launching into cgroups, stopping, adopting;
+//! - [`trust`]: which leases read from ZooKeeper the agent enforces.
 
 pub mod daemon;
 pub mod node;
 pub mod process;
 pub mod supervisor;
+pub mod trust;
