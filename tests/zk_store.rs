@@ -357,3 +357,20 @@ async fn leases_survive_a_restart_of_the_whole_ensemble() {
     read.sort_by_key(|l| l.key.index);
     assert_eq!(read, written, "nothing lost");
 }
+
+/// An agent's read of a lease directory that is gone fails: read as "no leases", it would
+/// stop every workload of the node; failed, the agent keeps enforcing what it read last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_lease_directory_is_an_error_for_the_agent_not_no_leases() {
+    let zk = ZkCluster::standalone();
+    let store = store(&zk).await;
+    let read = store.read_node_leases("gone").await;
+    assert!(
+        matches!(
+            &read,
+            Err(StoreError::Zk { source: zookeeper_client::Error::NoNode, path, .. })
+                if path == "/leases/gone"
+        ),
+        "{read:?}"
+    );
+}

@@ -825,7 +825,6 @@ impl ZkStore {
                 Err(e) => return Err(e),
             }
         }
-        changed |= self.ensure(&dir, &policy.node_dir(ids), fix).await? != Ensured::Kept;
         let leases = format!("/leases/{node}");
         let wanted = policy.leases(ids);
         match self.ensure(&leases, &wanted, fix).await? {
@@ -847,6 +846,8 @@ impl ZkStore {
                 self.delete_children(&reports).await?;
             }
         }
+        // Last: an agent registers once this exists, and must find the others there.
+        changed |= self.ensure(&dir, &policy.node_dir(ids), fix).await? != Ensured::Kept;
         if let Ok(mut provisioned) = self.provisioned.lock() {
             provisioned.insert(node.to_string(), ids.to_vec());
         }
@@ -1312,9 +1313,18 @@ impl ZkStore {
     /// lease does not hide the others.
     ///
     /// # Errors
-    /// ZooKeeper refused or did not answer.
+    /// ZooKeeper refused or did not answer, or `/leases/<node>` is gone: not "no leases",
+    /// which would stop every workload of the node, but something to wait out.
     pub async fn read_node_leases(&self, node: &str) -> Result<Vec<ReadLease>, StoreError> {
-        let paths = self.two_levels("/leases", Some(node)).await?;
+        let dir = format!("/leases/{node}");
+        let client = self.client();
+        let mut paths: Vec<String> = self
+            .timed("list", &dir, client.list_children(&dir))
+            .await?
+            .into_iter()
+            .map(|key| format!("{dir}/{key}"))
+            .collect();
+        paths.sort();
         Ok(self
             .read_all(&paths)
             .await?
