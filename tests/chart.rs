@@ -565,8 +565,10 @@ impl Rendered {
         self.check_zookeeper_client(daemonset);
     }
 
-    /// How a corral process finds ZooKeeper: hosts from the ConfigMap, and the credentials
-    /// file and TLS files only when there are some, mounted where the flags point.
+    /// How a corral process finds ZooKeeper: hosts from the ConfigMap, and every file its
+    /// flags or CORRAL_ZK_CREDENTIALS_FILE name mounted where they point. The agent never
+    /// sees the controller's identity: of the controller's Secrets it mounts `ca.crt` alone,
+    /// and its own identity comes from its node's disk or a Secret of its own.
     fn check_zookeeper_client(&self, workload: &Object) {
         let container = only_container(workload);
         let env = env(container);
@@ -579,51 +581,68 @@ impl Rendered {
             env["CORRAL_LOG"]["valueFrom"]["configMapKeyRef"],
             json!({"name": config.name(), "key": "log"})
         );
-        // The files of the projected volume, where the container sees them.
         let pod = workload.at("/spec/template/spec");
-        let zk_volume = pod["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["name"] == "zookeeper-client");
-        let mounted: BTreeSet<String> = zk_volume
-            .and_then(|v| v["projected"]["sources"].as_array())
-            .into_iter()
-            .flatten()
-            .flat_map(|s| s["secret"]["items"].as_array().cloned().unwrap_or_default())
-            .map(|item| format!("/etc/corral/zookeeper/{}", item["path"].as_str().unwrap()))
-            .collect();
-        if zk_volume.is_some() {
-            assert_eq!(
-                mounts(container)["/etc/corral/zookeeper"],
-                json!({"name": "zookeeper-client", "mountPath": "/etc/corral/zookeeper", "readOnly": true})
-            );
-        }
-        let credentials = "/etc/corral/zookeeper/credentials";
-        match env.get("CORRAL_ZK_CREDENTIALS_FILE") {
-            Some(file) => assert_eq!(file["value"], credentials),
-            None => assert!(
-                !mounted.contains(credentials),
-                "{}: {}: credentials mounted but CORRAL_ZK_CREDENTIALS_FILE unset",
-                self.file,
-                workload.name()
-            ),
-        }
-        let tls_flags = [
+        let (files, directories) = mounted_files(pod, container);
+        let flags = [
             "--zookeeper-tls-ca",
             "--zookeeper-tls-cert",
             "--zookeeper-tls-key",
+            "--agent-identities",
         ];
-        let files = flag_values(&args(container), &tls_flags).into_iter().chain(
-            env.contains_key("CORRAL_ZK_CREDENTIALS_FILE")
-                .then_some(credentials),
-        );
-        for file in files {
+        let credentials = env
+            .get("CORRAL_ZK_CREDENTIALS_FILE")
+            .map(|v| v["value"].as_str().expect("a file"));
+        for file in flag_values(&args(container), &flags)
+            .into_iter()
+            .chain(credentials)
+        {
             assert!(
-                mounted.contains(file),
-                "{}: {}: {file} is not mounted ({mounted:?})",
+                files.contains(file) || directories.iter().any(|d| file.starts_with(d.as_str())),
+                "{}: {}: {file} is not mounted ({files:?}, host directories {directories:?})",
                 self.file,
                 workload.name()
+            );
+        }
+        if files.iter().any(|f| f.ends_with("/credentials")) {
+            assert!(
+                credentials.is_some(),
+                "{}: {}: credentials mounted but CORRAL_ZK_CREDENTIALS_FILE unset",
+                self.file,
+                workload.name()
+            );
+        }
+        if workload.kind() == "DaemonSet" {
+            let client = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "zookeeper-client");
+            let keys: Vec<Value> = client
+                .and_then(|v| v["projected"]["sources"].as_array())
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["secret"]["items"].as_array().cloned().unwrap_or_default())
+                .map(|item| item["key"].clone())
+                .collect();
+            assert!(
+                keys.iter().all(|k| k == "ca.crt"),
+                "{}: the agent mounts {keys:?} of zookeeper.tls, more than the CA",
+                self.file
+            );
+            for secret in self.all("Secret") {
+                assert!(
+                    !workload
+                        .source
+                        .contains(&format!("name: {}", secret.name())),
+                    "{}: the agent mounts the controller's Secret {}",
+                    self.file,
+                    secret.name()
+                );
+            }
+            assert!(
+                !args(container).contains(&"--agent-identities"),
+                "{}: only the controller knows the agents' identities",
+                self.file
             );
         }
     }
@@ -734,6 +753,40 @@ fn mounts(container: &Value) -> BTreeMap<String, Value> {
     mounts
 }
 
+/// The files a container sees from Secrets and ConfigMaps (projected or not, with items),
+/// and the directories it mounts from the node, whose files the chart cannot know.
+fn mounted_files(pod: &Value, container: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut files = BTreeSet::new();
+    let mut directories = BTreeSet::new();
+    for (path, mount) in mounts(container) {
+        let name = mount["name"].as_str().unwrap();
+        let Some(volume) = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+        else {
+            panic!("{path}: no volume {name}");
+        };
+        if volume["hostPath"].is_object() {
+            directories.insert(format!("{path}/"));
+            continue;
+        }
+        let sources: Vec<Value> = match volume["projected"]["sources"].as_array() {
+            Some(sources) => sources.clone(),
+            None => vec![volume.clone()],
+        };
+        for source in sources {
+            for kind in ["secret", "configMap"] {
+                for item in source[kind]["items"].as_array().into_iter().flatten() {
+                    files.insert(format!("{path}/{}", item["path"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+    (files, directories)
+}
+
 fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
     pod["volumes"]
         .as_array()
@@ -790,6 +843,7 @@ fn values_files(dir: &str) -> Vec<PathBuf> {
 #[test]
 fn every_values_file_has_its_test() {
     let tested = [
+        "certificate-per-node.yaml",
         "embedded-zookeeper.yaml",
         "existing-secret-tls.yaml",
         "minimal.yaml",
@@ -954,17 +1008,76 @@ fn embedded_zookeeper_runs_one_server_and_corral_uses_it() {
         "Y29ycmFsOnMzY3JldDp3aXRoLWNvbG9u",
         "base64 of corral:s3cret:with-colon"
     );
+    let controller = r.controller();
+    let pod = controller.at("/spec/template/spec");
+    assert_eq!(
+        volume(pod, "zookeeper-client")["projected"]["sources"][0]["secret"]["name"],
+        secret.name(),
+        "the controller's identity"
+    );
+    // Each agent's digest comes from its node's disk; no TLS here, so insecure.
+    let agent = r.agent();
+    let pod = agent.at("/spec/template/spec");
+    let container = only_container(agent);
+    assert_eq!(
+        volume(pod, "zookeeper-identity")["hostPath"],
+        json!({"path": "/etc/corral/zookeeper", "type": "Directory"})
+    );
+    assert_eq!(
+        env(container)["CORRAL_ZK_CREDENTIALS_FILE"]["value"],
+        "/etc/corral/zookeeper-identity/credentials"
+    );
     for workload in [r.controller(), r.agent()] {
-        let pod = workload.at("/spec/template/spec");
-        assert_eq!(
-            volume(pod, "zookeeper-client")["projected"]["sources"][0]["secret"]["name"],
-            secret.name()
-        );
+        assert!(args(only_container(workload)).contains(&"--zookeeper-insecure"));
         assert!(
             !workload.source.contains("checksum/credentials"),
             "no hash of the password in an annotation"
         );
     }
+    assert_eq!(
+        r.configmap().at("/data/agent-identities.yaml"),
+        "node-a:\n- digest:node-a:IF6qvZgLcCNevwo5PBOP3aQ7rZU=\nnode-b:\n- digest:node-b:hPB9mxQJp65JScIgUUFMlcba4go=\n"
+    );
+
+    // Only corral's pods reach the server's client port.
+    let policy = r.one("NetworkPolicy", "zookeeper");
+    assert!(label_selector_matches(
+        policy.at("/spec/podSelector"),
+        server_pods
+    ));
+    assert_eq!(policy.at("/spec/policyTypes"), &json!(["Ingress"]));
+    let ingress = policy.at("/spec/ingress").as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "client", "protocol": "TCP"}])
+    );
+    let allowed = |labels: &Value| {
+        ingress[0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|peer| label_selector_matches(&peer["podSelector"], labels))
+    };
+    assert!(allowed(r.controller().at("/spec/template/metadata/labels")));
+    assert!(allowed(r.agent().at("/spec/template/metadata/labels")));
+    assert!(!allowed(server_pods));
+    assert!(!allowed(&json!({"app.kubernetes.io/name": "other"})));
+    assert_eq!(
+        container_port(only_container(server), "client"),
+        2181,
+        "the port the policy names"
+    );
+}
+
+fn container_port(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("no port {name}"))
 }
 
 #[test]
@@ -978,49 +1091,141 @@ fn existing_secret_and_tls_are_mounted_where_the_flags_point() {
             || o.kind() == "CustomResourceDefinition"),
         "fullnameOverride names everything"
     );
+    let controller = only_container(r.controller());
+    assert_eq!(
+        flag_values(
+            &args(controller),
+            &[
+                "--zookeeper-chroot",
+                "--session-timeout",
+                "--zookeeper-tls-ca",
+                "--zookeeper-tls-cert",
+                "--zookeeper-tls-key",
+                "--agent-identities"
+            ]
+        ),
+        [
+            "/corral-prod",
+            "20",
+            "/etc/corral/zookeeper/tls/ca.crt",
+            "/etc/corral/zookeeper/tls/tls.crt",
+            "/etc/corral/zookeeper/tls/tls.key",
+            "/etc/corral/zookeeper/agent-identities.yaml"
+        ]
+    );
+    assert_eq!(
+        volume(r.controller().at("/spec/template/spec"), "zookeeper-client")["projected"],
+        json!({
+            "defaultMode": 0o440,
+            "sources": [
+                {"secret": {"name": "corral-zk-identity",
+                            "items": [{"key": "credentials", "path": "credentials"}]}},
+                {"secret": {"name": "corral-zk-tls",
+                            "items": [{"key": "ca.crt", "path": "tls/ca.crt"},
+                                      {"key": "tls.crt", "path": "tls/tls.crt"},
+                                      {"key": "tls.key", "path": "tls/tls.key"}]}},
+                {"configMap": {"name": r.configmap().name(),
+                               "items": [{"key": "agent-identities.yaml",
+                                          "path": "agent-identities.yaml"}]}},
+            ],
+        })
+    );
+    // Every agent shares one digest identity, from a Secret of their own: the CA of
+    // zookeeper.tls, and no certificate.
+    let agent_pod = r.agent().at("/spec/template/spec");
+    let agent = only_container(r.agent());
+    assert_eq!(
+        flag_values(
+            &args(agent),
+            &[
+                "--zookeeper-tls-ca",
+                "--zookeeper-tls-cert",
+                "--zookeeper-tls-key"
+            ]
+        ),
+        ["/etc/corral/zookeeper/tls/ca.crt"]
+    );
+    assert_eq!(
+        volume(agent_pod, "zookeeper-identity")["secret"],
+        json!({"secretName": "corral-zk-agents", "defaultMode": 0o400,
+               "items": [{"key": "credentials", "path": "credentials"}]})
+    );
+    assert_eq!(
+        volume(agent_pod, "zookeeper-client")["projected"]["sources"],
+        json!([{"secret": {"name": "corral-zk-tls",
+                           "items": [{"key": "ca.crt", "path": "tls/ca.crt"}]}}])
+    );
     for workload in [r.controller(), r.agent()] {
         let container = only_container(workload);
         let args = args(container);
-        assert_eq!(
-            flag_values(
-                &args,
-                &[
-                    "--zookeeper-chroot",
-                    "--session-timeout",
-                    "--zookeeper-tls-ca",
-                    "--zookeeper-tls-cert",
-                    "--zookeeper-tls-key"
-                ]
-            ),
-            [
-                "/corral-prod",
-                "20",
-                "/etc/corral/zookeeper/tls/ca.crt",
-                "/etc/corral/zookeeper/tls/tls.crt",
-                "/etc/corral/zookeeper/tls/tls.key"
-            ]
-        );
         assert!(!args.contains(&"--log-json"), "logJson: false");
+        assert!(!args.contains(&"--zookeeper-insecure"), "TLS: no need");
         assert_eq!(container["imagePullPolicy"], "Always");
         assert_eq!(container["image"], "ghcr.io/corral-dev/corral:0.1.0-rc.1");
         let pod = workload.at("/spec/template/spec");
         assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
-        assert_eq!(
-            volume(pod, "zookeeper-client")["projected"],
-            json!({
-                "defaultMode": 0o440,
-                "sources": [
-                    {"secret": {"name": "corral-zk-identity",
-                                "items": [{"key": "credentials", "path": "credentials"}]}},
-                    {"secret": {"name": "corral-zk-tls",
-                                "items": [{"key": "ca.crt", "path": "tls/ca.crt"},
-                                          {"key": "tls.crt", "path": "tls/tls.crt"},
-                                          {"key": "tls.key", "path": "tls/tls.key"}]}},
-                ],
-            })
-        );
     }
     assert_eq!(r.configmap().at("/data/log"), "corral=debug,kube=info");
+}
+
+/// The recommended setup: the controller's identity is its certificate, and each agent's
+/// the certificate its node holds on disk, CN=<node>.
+#[test]
+fn a_certificate_per_node_comes_from_each_nodes_disk() {
+    let r = Rendered::new("certificate-per-node.yaml");
+    assert!(r.all("Secret").is_empty());
+    assert!(
+        r.all("NetworkPolicy").is_empty(),
+        "the ensemble is not the chart's"
+    );
+    let controller = only_container(r.controller());
+    assert_eq!(
+        flag_values(
+            &args(controller),
+            &[
+                "--zookeeper-tls-cert",
+                "--zookeeper-tls-key",
+                "--agent-identities"
+            ]
+        ),
+        [
+            "/etc/corral/zookeeper/tls/tls.crt",
+            "/etc/corral/zookeeper/tls/tls.key",
+            "/etc/corral/zookeeper/agent-identities.yaml"
+        ]
+    );
+    assert!(!env(controller).contains_key("CORRAL_ZK_CREDENTIALS_FILE"));
+    assert_eq!(
+        r.configmap().at("/data/agent-identities.yaml"),
+        "'*':\n- x509:CN={node},O=corral-agents\n"
+    );
+    let agent_pod = r.agent().at("/spec/template/spec");
+    let agent = only_container(r.agent());
+    assert_eq!(
+        flag_values(
+            &args(agent),
+            &[
+                "--zookeeper-tls-ca",
+                "--zookeeper-tls-cert",
+                "--zookeeper-tls-key"
+            ]
+        ),
+        [
+            "/etc/corral/zookeeper/tls/ca.crt",
+            "/etc/corral/zookeeper-identity/tls.crt",
+            "/etc/corral/zookeeper-identity/tls.key"
+        ]
+    );
+    assert!(!env(agent).contains_key("CORRAL_ZK_CREDENTIALS_FILE"));
+    assert_eq!(
+        volume(agent_pod, "zookeeper-identity")["hostPath"],
+        json!({"path": "/etc/corral/zookeeper", "type": "Directory"})
+    );
+    assert_eq!(
+        mounts(agent)["/etc/corral/zookeeper-identity"],
+        json!({"name": "zookeeper-identity", "mountPath": "/etc/corral/zookeeper-identity",
+               "readOnly": true})
+    );
 }
 
 #[test]

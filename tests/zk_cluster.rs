@@ -601,3 +601,207 @@ fn corral_run_with_zookeeper_runs_the_quickstart_and_status_shows_it() {
     }
     eprintln!("took {:?}", started.elapsed());
 }
+
+/// A bare ZooKeeper client below corral's chroot, authenticated as `user` (anonymous with
+/// `None`): what an attacker holding those credentials can do.
+async fn zk_client(hosts: &str, user: Option<&str>) -> zookeeper_client::Client {
+    let mut connector = zookeeper_client::Client::connector();
+    if let Some(user) = user {
+        connector = connector.with_auth("digest", format!("{user}:{user}{SECRET}").as_bytes());
+    }
+    connector
+        .connect(hosts)
+        .await
+        .unwrap()
+        .chroot("/corral")
+        .unwrap()
+}
+
+/// A lease for `node` like `template` (a real one, from `corral status`), for the replica
+/// `shop.<name>.0`, with `epoch`, that runs `sh -c "id > proof"`.
+fn forged_lease(template: &Value, node: &str, name: &str, epoch: i64, proof: &Path) -> Vec<u8> {
+    let mut lease = template.clone();
+    lease["node"] = node.into();
+    lease["key"]["name"] = name.into();
+    lease["key"]["index"] = 0.into();
+    lease["epoch"] = epoch.into();
+    lease["work"] = serde_json::json!({"command": {
+        "args": ["/bin/sh", "-c", format!("id > {}", proof.display())],
+        "env": [], "restart": "Never",
+    }});
+    serde_json::to_vec(&lease).unwrap()
+}
+
+/// The issue's attack, as a node would run it: with n2's own credentials, a lease for n1
+/// that runs `id` as root there, a fake node of huge capacity, a persistent
+/// `/leader/c-0000000000`, and reads of n1's leases. Every one is refused by ZooKeeper, and
+/// n1's replicas, the registrations and the leadership are untouched.
+#[test]
+fn with_an_identity_per_node_one_node_cannot_run_anything_on_another() {
+    let started = Instant::now();
+    let mut c = Cluster::on(common::zk::ZkCluster::standalone());
+    c.secure();
+    let manifests = c.manifests();
+    c.start_controller("c1", &manifests);
+    c.wait_for_log("c1", "leading epoch=", Duration::from_secs(20));
+    c.start_agents();
+    c.wait_until("3 replicas Running", Duration::from_secs(30), |c| {
+        c.try_status().is_ok_and(|s| all_running(&s, 3))
+    });
+    let before = c.status();
+    let placed = placement(&before);
+    let (_, epoch) = leader(&before);
+    let template = leases(&before)[0].clone();
+    let on_n1: Vec<String> = leases(&before)
+        .iter()
+        .filter(|l| l["node"] == "n1")
+        .map(|l| format!("shop.web.{}", l["key"]["index"]))
+        .collect();
+    assert!(!on_n1.is_empty(), "{before:#}");
+    let proof = c.path().join("pwned");
+    let hosts = c.zk.connect_string();
+    let evil = forged_lease(&template, "n1", "evil", epoch, &proof);
+    let huge = serde_json::json!({"version": 1, "name": "fake", "labels": {},
+        "capacity": {"cpu": 1_000_000, "memory": 1_i64 << 50, "pids": 1_000_000},
+        "cgroupMode": "v1", "agentVersion": "evil"});
+    let huge = serde_json::to_vec(&huge).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use zookeeper_client::{Acls, CreateMode, Error};
+        let n2 = zk_client(&hosts, Some("n2")).await;
+        let anyone = zk_client(&hosts, None).await;
+        let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let refused = |what: &str, result: Result<(), Error>| {
+            assert_eq!(result, Err(Error::NoAuth), "{what}");
+        };
+        let first = format!("/leases/n1/{}", on_n1[0]);
+        refused(
+            "n2 creates a lease for n1",
+            n2.create("/leases/n1/shop.evil.0", &evil, &persistent)
+                .await
+                .map(drop),
+        );
+        refused(
+            "n2 replaces a lease of n1",
+            n2.set_data(&first, &evil, None).await.map(drop),
+        );
+        refused(
+            "n2 registers a fake node",
+            n2.create("/nodes/fake", &huge, &persistent).await.map(drop),
+        );
+        refused(
+            "n2 changes n1's registration",
+            n2.set_data("/nodes/n1", &huge, None).await.map(drop),
+        );
+        refused(
+            "n2 jams the election",
+            n2.create("/leader/c-0000000000", b"evil", &persistent)
+                .await
+                .map(drop),
+        );
+        for client in [&n2, &anyone] {
+            refused(
+                "reading n1's lease",
+                client.get_data(&first).await.map(drop),
+            );
+            refused(
+                "reading n1's reports",
+                client.get_data("/reports/n1").await.map(drop),
+            );
+        }
+    });
+    // The issue saw the forged lease run within 3 s: give it as long to do anything.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!proof.exists(), "the forged lease ran");
+    let after = c.status();
+    assert_eq!(placement(&after), placed, "n1's replicas are untouched");
+    assert!(c.enforced(&placed, &quota(500)));
+    assert_eq!(registered(&after), ["n1", "n2"]);
+    assert_eq!(leader(&after), ("c1".to_string(), epoch));
+    assert!(
+        !c.log("n2").contains(SECRET) && !c.log("c1").contains(SECRET),
+        "credentials never reach the logs"
+    );
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// Without identities (open mode) anyone may write a lease, so the agent checks what it
+/// reads: a lease whose epoch is above that of every controller that ever led or stood by,
+/// or not older than its own write, is refused and reported, never run, and the other
+/// replicas are untouched.
+#[test]
+fn an_agent_refuses_a_lease_no_leader_wrote() {
+    let started = Instant::now();
+    let mut c = Cluster::up_with(Cluster::on(common::zk::ZkCluster::standalone()));
+    let before = c.status();
+    let placed = placement(&before);
+    let (_, epoch) = leader(&before);
+    let template = leases(&before)[0].clone();
+    // No controller removes what is not its own while the forged leases are read.
+    for controller in ["c2", "c1"] {
+        assert!(c.terminate(controller).success());
+    }
+    let proof = c.path().join("pwned");
+    let hosts = c.zk.connect_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use zookeeper_client::{Acls, CreateMode};
+        let anyone = zk_client(&hosts, None).await;
+        let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        // Above every election znode made so far, and still older than its own write: the
+        // zxid of a first version, unreadable (so refused too), that this one replaces.
+        let above = "/leases/n1/shop.above.0";
+        let (first, _) = anyone.create(above, b"{}", &persistent).await.unwrap();
+        assert!(first.mzxid > epoch);
+        let data = forged_lease(&template, "n1", "above", first.mzxid, &proof);
+        anyone.set_data(above, &data, None).await.unwrap();
+        // Newer than its own write: a leader that does not exist yet.
+        let data = forged_lease(&template, "n1", "future", 1 << 50, &proof);
+        anyone
+            .create("/leases/n1/shop.future.0", &data, &persistent)
+            .await
+            .unwrap();
+    });
+    let refusal = |s: &Value, name: &str| -> Option<String> {
+        s["replicas"].as_array()?.iter().find_map(|r| {
+            (r["workload"] == format!("shop/{name}")
+                && r["report"]["process"]["state"] == "Refused")
+                .then(|| {
+                    r["report"]["problems"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+        })
+    };
+    c.wait_until("both forged leases refused", Duration::from_secs(20), |c| {
+        c.try_status()
+            .is_ok_and(|s| refusal(&s, "above").is_some() && refusal(&s, "future").is_some())
+    });
+    let after = c.status();
+    let above = refusal(&after, "above").unwrap();
+    assert!(above.contains("above the current leader's"), "{above}");
+    let future = refusal(&after, "future").unwrap();
+    assert!(
+        future.contains("not older than the lease's own write"),
+        "{future}"
+    );
+    assert!(
+        c.log("n1").contains("lease refused, not enforced"),
+        "{}",
+        c.log("n1")
+    );
+    assert!(!proof.exists(), "a forged lease ran");
+    for name in ["above", "future"] {
+        assert!(
+            !c.group_dir("n1", "cpu", 0)
+                .with_file_name(format!("{name}.0"))
+                .exists()
+        );
+    }
+    assert_eq!(
+        placement(&after),
+        placed,
+        "the other replicas are untouched"
+    );
+    assert!(c.enforced(&placed, &quota(500)));
+    eprintln!("took {:?}", started.elapsed());
+}

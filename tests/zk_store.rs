@@ -1,6 +1,7 @@
 //! The ZooKeeper lease store against real servers and ensembles: leases and reports,
-//! registration, election and fencing, ACLs, watches, sessions that expire and ensembles
-//! that lose their leader, a paused server, or restart altogether.
+//! registration, election and fencing, watches, sessions that expire and ensembles that
+//! lose their leader, a paused server, or restart altogether. The ACLs by role are in
+//! tests/zk_acl.rs.
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::zk::ZkCluster;
 
 use corral::alloc::fixtures::mk_lease;
 use corral::alloc::{ReplicaKey, Res};
-use corral::lease::zookeeper::{Credentials, Session, ZkConfig, ZkStore};
+use corral::lease::zookeeper::{Session, ZkConfig, ZkStore};
 use corral::lease::{
     FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError,
 };
@@ -200,65 +201,6 @@ async fn a_leader_whose_election_node_is_gone_is_refused_by_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn acls_refuse_an_unauthenticated_writer() {
-    let zk = ZkCluster::standalone();
-    let mut authed = config(&zk);
-    authed.credentials = Some(Credentials::parse("corral:s3cret").unwrap());
-    let owner = ZkStore::connect(authed.clone()).await.unwrap();
-    let epoch = owner.campaign("owner").await.unwrap();
-    owner
-        .write_leases(epoch, &[put(lease("n1", "w", 0, epoch))])
-        .await
-        .unwrap();
-
-    let path = format!("{}/leases/n1/t.w.0", authed.chroot);
-    let stranger = zookeeper_client::Client::connect(&zk.connect_string())
-        .await
-        .unwrap();
-    let (data, _) = stranger.get_data(&path).await.unwrap();
-    assert!(!data.is_empty(), "anyone may read");
-    let write = stranger.set_data(&path, b"{}", None).await;
-    assert!(
-        matches!(write, Err(zookeeper_client::Error::NoAuth)),
-        "{write:?}"
-    );
-    let delete = stranger.delete(&path, None).await;
-    assert!(
-        matches!(delete, Err(zookeeper_client::Error::NoAuth)),
-        "{delete:?}"
-    );
-    // A wrong password is a different identity: refused too.
-    let mut wrong = authed.clone();
-    wrong.credentials = Some(Credentials::parse("corral:guess").unwrap());
-    let impostor = ZkStore::connect(wrong).await.unwrap();
-    assert_eq!(impostor.leases().await.unwrap().len(), 1, "it may read");
-    let write = impostor
-        .write_reports(
-            "n1",
-            &[Report {
-                key: Some(ReplicaKey::new("t", "w", 0)),
-                node: "n1".into(),
-                ..Report::default()
-            }],
-        )
-        .await;
-    assert!(
-        matches!(
-            write,
-            Err(StoreError::Zk {
-                source: zookeeper_client::Error::NoAuth,
-                ..
-            })
-        ),
-        "{write:?}"
-    );
-    assert!(
-        !format!("{:?}", authed.credentials).contains("s3cret"),
-        "credentials never print"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn registrations_are_ephemeral_and_watches_fire() {
     let zk = ZkCluster::standalone();
     let controller = store(&zk).await;
@@ -414,4 +356,21 @@ async fn leases_survive_a_restart_of_the_whole_ensemble() {
     let mut read = store.leases().await.unwrap();
     read.sort_by_key(|l| l.key.index);
     assert_eq!(read, written, "nothing lost");
+}
+
+/// An agent's read of a lease directory that is gone fails: read as "no leases", it would
+/// stop every workload of the node; failed, the agent keeps enforcing what it read last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_lease_directory_is_an_error_for_the_agent_not_no_leases() {
+    let zk = ZkCluster::standalone();
+    let store = store(&zk).await;
+    let read = store.read_node_leases("gone").await;
+    assert!(
+        matches!(
+            &read,
+            Err(StoreError::Zk { source: zookeeper_client::Error::NoNode, path, .. })
+                if path == "/leases/gone"
+        ),
+        "{read:?}"
+    );
 }

@@ -2,7 +2,8 @@
 //! trusts the server's CA and shows a client certificate connects, leads, writes and reads a
 //! lease (and so does `corral status` with the `--zookeeper-tls-*` options); a store that
 //! trusts another CA, one without a client certificate, and one that does not speak TLS at
-//! all are refused, and write nothing.
+//! all are refused, and write nothing. With a certificate per node, each node's znodes are
+//! bound to its certificate's subject: another node's certificate reads nothing there.
 //!
 //! Every test generates its own certificates with `openssl` (a test CA, a server certificate
 //! for 127.0.0.1 and localhost, a client certificate of the same CA, and an unrelated CA) and
@@ -25,8 +26,11 @@ use zookeeper_client::{Client, TlsOptions};
 
 use corral::alloc::Res;
 use corral::alloc::fixtures::mk_lease;
-use corral::lease::zookeeper::{TlsFiles, ZkConfig, ZkStore};
-use corral::lease::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration};
+use corral::controller::provision;
+use corral::lease::acl::AclId;
+use corral::lease::identities::AgentIdentities;
+use corral::lease::zookeeper::{Role, TlsFiles, ZkConfig, ZkStore};
+use corral::lease::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, StoreError};
 
 /// How long a refused connection may take: the store's operation timeout.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -166,6 +170,57 @@ impl Pki {
         pki
     }
 
+    /// Another client certificate of the test CA, with `subject` (e.g. `/O=corral/CN=x`);
+    /// returns its certificate and key.
+    fn client(&self, name: &str, subject: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ]);
+        self.openssl(&[
+            "req",
+            "-new",
+            "-config",
+            "openssl.cnf",
+            "-key",
+            &key,
+            "-subj",
+            subject,
+            "-out",
+            &csr,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            "client",
+            "-out",
+            &cert,
+        ]);
+        (self.path(&cert), self.path(&key))
+    }
+
     fn openssl(&self, args: &[&str]) {
         let output = Command::new("openssl")
             .args(args)
@@ -231,6 +286,7 @@ fn tls_server(pki: &Pki) -> ZkCluster {
             format!("ssl.trustStore.location={}", pki.ca().display()),
             "ssl.trustStore.type=PEM".into(),
             "ssl.clientAuth=need".into(),
+            "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider".into(),
         ],
         classpath: NETTY_JARS.iter().map(PathBuf::from).collect(),
         secure_client_port: true,
@@ -415,4 +471,113 @@ async fn plain_client_cannot_talk_to_the_secure_port() {
     let zk = tls_server(&pki);
     let error = assert_refused(&zk, &pki, "plain", None).await;
     assert!(error.contains("connect to"), "{error}");
+}
+
+/// A certificate per node: the controller knows the agents as `x509:CN={node},O=corral-agents`,
+/// provisions each node that asks for that node's subject, and another node's certificate
+/// can neither read its leases nor use znodes provisioned for a name it asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_per_node_binds_each_nodes_znodes_to_its_subject() {
+    let pki = Pki::generate();
+    let zk = tls_server(&pki);
+    let chroot = chroot("per-node");
+    let cert = |name: &str, subject: &str, role: Role| {
+        let mut config = config(&zk, &chroot, None);
+        config.tls = Some(TlsFiles {
+            ca: pki.ca(),
+            identity: Some(pki.client(name, subject)),
+        });
+        config.role = role;
+        config
+    };
+    let mut controller_config = cert(
+        "controller",
+        "/O=corral/CN=corral-controller",
+        Role::Controller,
+    );
+    controller_config.agents =
+        AgentIdentities::parse("ids.yaml", "\"*\": [\"x509:CN={node},O=corral-agents\"]").unwrap();
+    let controller = ZkStore::connect(controller_config).await.unwrap();
+    assert_eq!(
+        controller.identity(),
+        [AclId::parse("x509:CN=corral-controller,O=corral").unwrap()]
+    );
+    let epoch = controller.campaign("c1").await.unwrap();
+    let a_config = cert("node-a", "/O=corral-agents/CN=node-a", Role::Agent);
+    let a = ZkStore::connect(a_config.clone()).await.unwrap();
+    let b = ZkStore::connect(cert("node-b", "/O=corral-agents/CN=node-b", Role::Agent))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.identity(),
+        [AclId::parse("x509:CN=node-a,O=corral-agents").unwrap()],
+        "the subject as ZooKeeper writes it, most specific first"
+    );
+    for (store, node) in [(&a, "node-a"), (&b, "node-b"), (&b, "fake")] {
+        let asked = store.register_node(&registration(node)).await;
+        assert!(
+            matches!(asked, Err(StoreError::NotProvisioned { .. })),
+            "{asked:?}"
+        );
+    }
+    let requests = controller.join_requests().await.unwrap();
+    assert_eq!(requests, ["fake", "node-a", "node-b"]);
+    let plan = provision::plan_joins(&requests, controller.agent_identities(), false, 32);
+    let (_, failed) = controller.provision_nodes(&plan.serve).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    a.register_node(&registration("node-a")).await.unwrap();
+    b.register_node(&registration("node-b")).await.unwrap();
+    let fake = b.register_node(&registration("fake")).await;
+    assert!(
+        matches!(
+            &fake,
+            Err(StoreError::Zk {
+                source: zookeeper_client::Error::NoAuth,
+                ..
+            })
+        ),
+        "a forged request gave node-b nothing: {fake:?}"
+    );
+    let lease = mk_lease("node-a", "web", 0, epoch);
+    controller
+        .write_leases(epoch, &[LeaseChange::Put(Box::new(lease.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(a.node_leases("node-a").await.unwrap(), [lease]);
+    let other = b.node_leases("node-a").await;
+    assert!(
+        matches!(
+            &other,
+            Err(StoreError::Zk {
+                source: zookeeper_client::Error::NoAuth,
+                ..
+            })
+        ),
+        "{other:?}"
+    );
+    assert_eq!(
+        controller.nodes().await.unwrap(),
+        [registration("node-a"), registration("node-b")]
+    );
+
+    // What an admin runs to learn the id to put in the identities file.
+    let (cert, key) = a_config.tls.unwrap().identity.unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["zk", "whoami", "--zookeeper", &zk.secure_client_addr(1)])
+        .arg("--zookeeper-tls-ca")
+        .arg(pki.ca())
+        .arg("--zookeeper-tls-cert")
+        .arg(cert)
+        .arg("--zookeeper-tls-key")
+        .arg(key)
+        .env_remove("CORRAL_ZOOKEEPER")
+        .env_remove("CORRAL_ZK_CREDENTIALS")
+        .env_remove("CORRAL_ZK_CREDENTIALS_FILE")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "x509:CN=node-a,O=corral-agents\n"
+    );
 }

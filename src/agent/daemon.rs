@@ -7,12 +7,17 @@
 //! it changes nothing.
 //!
 //! Enforcement never waits on ZooKeeper. Three tasks share the work: a reader that reads
-//! the node's leases on every watch event (and each minute, as a safety net), and publishes
-//! them only when they differ; the enforcer, which runs passes; and a writer that sends the latest reports.
-//! A read or write that hangs (a paused server, a client that has not yet noticed its
-//! connection is gone) delays only itself, never the correction of drift or the restart
-//! of an exited process.
+//! the node's leases on every watch event (and each minute, as a safety net), vets them
+//! ([`super::trust`]: a lease no leader wrote is refused and reported, never enforced), and
+//! publishes them only when they differ; the enforcer, which runs passes; and a writer that
+//! sends the latest reports. A read or write that hangs (a paused server, a client that has
+//! not yet noticed its connection is gone) delays only itself, never the correction of
+//! drift or the restart of an exited process.
+//!
+//! With an identity of its own, an agent whose node has no znodes yet asks a controller to
+//! provision them (`/join/<node>`) and waits, changing nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +25,14 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::node::{Agent, Trigger, unix_now_ms};
+use super::trust::{self, Refusal};
 use crate::lease::zookeeper::ZkStore;
-use crate::lease::{Lease, LeaseStore, NodeRegistration, Report};
+use crate::lease::{Lease, LeaseStore, NodeRegistration, Report, StoreError, unix_now};
 use crate::metrics::AgentMetrics;
+
+/// What the reader publishes: the leases to enforce, and the refused ones with the Unix
+/// second each refusal was first seen.
+type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>);
 
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
 pub async fn run(
@@ -34,6 +44,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node = registration.name.clone();
+    let mut waiting = false;
     let leases_changed = loop {
         let attempt = async {
             store.register_node(&registration).await?;
@@ -42,7 +53,11 @@ pub async fn run(
         match attempt.await {
             Ok(receiver) => break receiver,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
+                // Waiting to be provisioned is said once; other failures each time.
+                if !(waiting && matches!(e, StoreError::NotProvisioned { .. })) {
+                    tracing::warn!(error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
+                }
+                waiting = matches!(e, StoreError::NotProvisioned { .. });
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -53,7 +68,7 @@ pub async fn run(
     tracing::info!(%node, "registered");
     metrics.readiness.ready();
 
-    let (leases_tx, mut leases_rx) = watch::channel::<Option<Vec<Lease>>>(None);
+    let (leases_tx, mut leases_rx) = watch::channel::<Option<Vetted>>(None);
     let (reports_tx, reports_rx) = watch::channel::<Option<Vec<Report>>>(None);
     let reader = tokio::spawn(read_leases(
         Arc::clone(&store),
@@ -64,6 +79,7 @@ pub async fn run(
     ));
     let writer = tokio::spawn(write_reports(Arc::clone(&store), node.clone(), reports_rx));
     let result = enforce(
+        &node,
         &mut agent,
         &mut leases_rx,
         &reports_tx,
@@ -80,8 +96,9 @@ pub async fn run(
 /// Runs passes: on new leases, on process exits and restarts, and on every resync, with
 /// whatever leases were read last.
 async fn enforce(
+    node: &str,
     agent: &mut Agent,
-    leases: &mut watch::Receiver<Option<Vec<Lease>>>,
+    leases: &mut watch::Receiver<Option<Vetted>>,
     reports: &watch::Sender<Option<Vec<Report>>>,
     resync: Duration,
     metrics: &AgentMetrics,
@@ -100,6 +117,7 @@ async fn enforce(
         Arc::new(move || stopped.notify_one())
     });
     let mut have_leases = false;
+    let mut refused = Vec::new();
     let mut reader_alive = true;
     loop {
         let trigger = tokio::select! {
@@ -110,8 +128,9 @@ async fn enforce(
                     continue;
                 }
                 match leases.borrow_and_update().clone() {
-                    Some(read) => {
+                    Some((read, refusals)) => {
                         agent.set_leases(read);
+                        refused = refusals;
                         have_leases = true;
                     }
                     None => continue,
@@ -132,7 +151,8 @@ async fn enforce(
         if !have_leases {
             continue;
         }
-        let pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        let mut pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        trust::report_refusals(node, &mut pass.reports, &refused);
         metrics.observe(&agent.stats);
         reports.send_if_modified(|current| {
             if current.as_ref() == Some(&pass.reports) {
@@ -150,17 +170,22 @@ async fn enforce(
 const LEASE_REREAD: Duration = Duration::from_secs(60);
 
 /// Reads the node's leases after every watch event, and at least every `LEASE_REREAD` (or
-/// `resync`, when longer), and publishes them when they differ from the last ones read.
+/// `resync`, when longer), vets them, and publishes them when they differ from the last
+/// ones published. The current leader's epoch is read again when a lease claims a higher
+/// one (a new leader may have been elected since); it only ever grows.
 async fn read_leases(
     store: Arc<ZkStore>,
     node: String,
     mut changed: watch::Receiver<u64>,
     resync: Duration,
-    out: watch::Sender<Option<Vec<Lease>>>,
+    out: watch::Sender<Option<Vetted>>,
 ) {
     let mut timer = tokio::time::interval(resync.max(LEASE_REREAD));
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut leader: Option<i64> = None;
+    let mut accepted: Vec<Lease> = Vec::new();
+    let mut refused_since: BTreeMap<(String, String), u64> = BTreeMap::new();
     loop {
         tokio::select! {
             result = changed.changed() => {
@@ -170,27 +195,51 @@ async fn read_leases(
             }
             _ = timer.tick() => {}
         }
-        match store.node_leases(&node).await {
-            Ok(read) => {
-                if failing {
-                    tracing::info!("leases read again");
-                    failing = false;
-                }
-                out.send_if_modified(|current| {
-                    if current.as_ref() == Some(&read) {
-                        return false;
-                    }
-                    *current = Some(read);
-                    true
-                });
-            }
+        let read = match store.read_node_leases(&node).await {
+            Ok(read) => read,
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "cannot read leases; enforcing the last ones read");
                 }
                 failing = true;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!("leases read again");
+            failing = false;
+        }
+        if trust::needs_leader(&read, leader) {
+            match store.leader_epoch().await {
+                Ok(now) => leader = leader.max(now),
+                Err(e) => tracing::warn!(error = %e, "cannot read the current leader's epoch"),
             }
         }
+        let vetted = trust::vet(&node, read, leader, &accepted);
+        accepted.clone_from(&vetted.leases);
+        let mut since = BTreeMap::new();
+        let refused: Vec<(Refusal, u64)> = vetted
+            .refused
+            .into_iter()
+            .map(|refusal| {
+                let id = (refusal.key.clone(), refusal.reason.clone());
+                let at = refused_since.get(&id).copied().unwrap_or_else(|| {
+                    tracing::warn!(key = %refusal.key, reason = %refusal.reason, "lease refused, not enforced");
+                    unix_now()
+                });
+                since.insert(id, at);
+                (refusal, at)
+            })
+            .collect();
+        refused_since = since;
+        let published = (vetted.leases, refused);
+        out.send_if_modified(|current| {
+            if current.as_ref() == Some(&published) {
+                return false;
+            }
+            *current = Some(published);
+            true
+        });
     }
 }
 

@@ -5,7 +5,8 @@
 //!   what a later corral needs to take the processes over;
 //! - [`process`]: launching into cgroups, stopping, adopting;
 //! - [`logs`]: each replica's output, rotated by its pump;
-//! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with.
+//! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with;
+//! - [`trust`]: which leases read from ZooKeeper the agent enforces.
 
 pub mod adopt;
 pub mod daemon;
@@ -14,3 +15,4 @@ pub mod node;
 pub mod process;
 pub mod sandbox;
 pub mod supervisor;
+pub mod trust;

@@ -15,7 +15,7 @@ use crate::api::Quantity;
 use crate::api::names::{check_label_key, check_label_value};
 use crate::cgroup::fs::Cgroupfs;
 use crate::cgroup::layout::Layout;
-use crate::lease::zookeeper::ZkStore;
+use crate::lease::zookeeper::{Role, ZkStore};
 use crate::lease::{FORMAT_VERSION, NodeRegistration};
 use crate::source::nodes;
 
@@ -62,9 +62,10 @@ pub struct Args {
 /// A bad option, no `--zookeeper`, or no permission to manage cgroups.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
-    let Some(config) = args.zk.config()? else {
+    let Some(mut config) = args.zk.config()? else {
         bail!("corral agent needs --zookeeper");
     };
+    config.role = Role::Agent;
     let registration = registration(args)?;
     let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
     let fs = Cgroupfs::new(layout, &args.cgroup_root)?;

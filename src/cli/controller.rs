@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::zk::ZkArgs;
-use crate::lease::zookeeper::ZkStore;
+use crate::lease::identities::AgentIdentities;
+use crate::lease::zookeeper::{ZkConfig, ZkStore};
 use crate::metrics::ControllerMetrics;
 use crate::source::{self, watch::ManifestSource};
 
@@ -26,6 +27,13 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub zk: ZkArgs,
+    /// YAML mapping each node's name, or "*" for any node, to the ZooKeeper ACL ids its
+    /// agent authenticates as ({node} stands for the name), e.g.
+    /// `"*": ["x509:CN={node},O=corral-agents"]` or `node-a: ["digest:node-a:HASH"]` (see
+    /// corral zk digest). Required with a ZooKeeper identity: the controller gives each
+    /// node's znodes to that node's ids.
+    #[arg(long, env = "CORRAL_AGENT_IDENTITIES", value_name = "FILE")]
+    pub agent_identities: Option<PathBuf>,
     /// This controller's name in the election; default: host name and process ID.
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
@@ -96,6 +104,37 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// The store's configuration with the agents' identities of `file`.
+///
+/// # Errors
+/// The file is malformed (every problem, with its line), or missing while the controller
+/// has a ZooKeeper identity: it would not know whom to give each node's znodes.
+pub fn with_agent_identities(
+    mut config: ZkConfig,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ZkConfig> {
+    match file {
+        Some(path) => {
+            config.agents = AgentIdentities::from_file(path)?;
+            if config.agents.shared() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the \"*\" entry gives every agent one identity: any agent may read every node's leases and register as any node; give each node its own"
+                );
+            }
+        }
+        None if config.has_identity() => bail!(
+            "--agent-identities is required with a ZooKeeper identity: the controller gives \
+             each node's znodes to the ACL ids of that node's agent, and without the file it \
+             knows none. Write e.g. '\"*\": [\"x509:CN={{node}},O=corral-agents\"]' for a \
+             certificate per node, or 'node-a: [\"digest:node-a:HASH\"]' with the HASH that \
+             corral zk digest prints"
+        ),
+        None => {}
+    }
+    Ok(config)
+}
+
 /// Runs until SIGINT or SIGTERM, then resigns. Returns 1 when the manifests are invalid at
 /// start (nothing is written then).
 ///
@@ -109,6 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             "corral controller needs --zookeeper; on one machine without ZooKeeper, use corral run"
         );
     };
+    let config = with_agent_identities(config, args.agent_identities.as_deref())?;
     let manifests = match &source {
         Source::Files(paths) => {
             let manifests = source::load(paths);

@@ -50,6 +50,8 @@ pub enum Command {
     Controller(controller::Args),
     /// A node's agent: enforces its node's leases from ZooKeeper.
     Agent(agent::Args),
+    /// ZooKeeper identities: the digest of user:password, the ids of a client certificate.
+    Zk(zk::Args),
 }
 
 /// Manifest paths, shared by the subcommands that read manifests.
@@ -88,5 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::LogPump(args) => logs::pump(&args),
         Command::Controller(args) => controller::run(&args),
         Command::Agent(args) => agent::run(&args),
+        Command::Zk(args) => zk::run(&args),
     }
 }

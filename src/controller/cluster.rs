@@ -3,9 +3,13 @@
 //! It reconciles when the manifests change, when a node registers or goes, when a missing
 //! node's grace period ends, and periodically (observed use feeds the `Usage` strategy).
 //!
+//! The leader also gives nodes their znodes in ZooKeeper ([`super::provision`]): every
+//! node it knows when it starts to lead, and each agent that asks to join.
+//!
 //! Guarantees: a controller that is not the leader never writes (the store refuses a write
 //! whose election znode is gone); on a lost session it stops writing and runs for
-//! leadership again; while disconnected it does nothing.
+//! leadership again; while disconnected it does nothing. It trusts a node's registration
+//! only from that node's own znode (see [`ZkStore::nodes`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::nodes::NodeTracker;
+use super::provision::{self, JOINS_PER_PASS};
 use super::{ControllerPass, UsageHistory, reconcile};
 use crate::alloc::plan::Pending;
 use crate::api::{ResourcePolicy, Workload};
@@ -112,6 +117,7 @@ pub async fn run<D: Desired>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut registrations = store.subscribe("/nodes").await?;
+    let mut joins = store.subscribe("/join").await?;
     let mut reports_changed = if source.follows_reports() {
         Some(store.subscribe("/reports").await?)
     } else {
@@ -138,6 +144,8 @@ pub async fn run<D: Desired>(
             _ = shutdown.changed() => return Ok(()),
         };
         tracing::info!(epoch, %identity, "leading");
+        provision_known(&store).await;
+        let mut more_joins = serve_joins(&store).await;
         source.catch_up();
         source.leading(Some(epoch));
         metrics.leader.set(1);
@@ -180,6 +188,14 @@ pub async fn run<D: Desired>(
                     }
                 }
                 _ = registrations.changed() => {}
+                _ = joins.changed() => {
+                    more_joins = serve_joins(&store).await;
+                    reports_only = true;
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)), if more_joins => {
+                    more_joins = serve_joins(&store).await;
+                    reports_only = true;
+                }
                 changed = async {
                     match reports_changed.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -205,6 +221,7 @@ pub async fn run<D: Desired>(
                     reports_only = true;
                 }
                 _ = resync_timer.tick() => {
+                    more_joins = serve_joins(&store).await;
                     match store.reports().await {
                         Ok(read) => {
                             usage.record(&read);
@@ -231,6 +248,65 @@ pub async fn run<D: Desired>(
             }
         }
     }
+}
+
+/// Provisions every node that has znodes or that the identities file names, with the ids
+/// the file gives it now: after a failover, a change of the file, or an upgrade from a
+/// layout with other ACLs. Failures are logged; the nodes concerned are tried again at the
+/// next leadership.
+async fn provision_known(store: &ZkStore) {
+    let known = match store.known_nodes().await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the provisioned nodes");
+            return;
+        }
+    };
+    let nodes = provision::known_nodes(known, store.agent_identities());
+    let (changed, failed) = store.provision_nodes(&nodes).await;
+    if !changed.is_empty() {
+        tracing::info!(nodes = ?changed, "nodes provisioned");
+    }
+    for (node, e) in failed {
+        tracing::warn!(%node, error = %e, "cannot provision the node");
+    }
+}
+
+/// Serves the agents' join requests: provisions each node the identities file gives ids,
+/// at most [`JOINS_PER_PASS`] of them, and removes their requests. Returns true when more
+/// wait.
+async fn serve_joins(store: &ZkStore) -> bool {
+    let requests = match store.join_requests().await {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the join requests");
+            return false;
+        }
+    };
+    if requests.is_empty() {
+        return false;
+    }
+    let plan = provision::plan_joins(
+        &requests,
+        store.agent_identities(),
+        store.identity().is_empty(),
+        JOINS_PER_PASS,
+    );
+    for (node, reason) in &plan.ignored {
+        tracing::debug!(%node, reason, "join request ignored");
+    }
+    let (_, failed) = store.provision_nodes(&plan.serve).await;
+    for (node, _) in &plan.serve {
+        if let Some((_, e)) = failed.iter().find(|(n, _)| n == node) {
+            tracing::warn!(%node, error = %e, "cannot provision the node that asked to join");
+            continue;
+        }
+        tracing::info!(%node, "node provisioned on its request");
+        if let Err(e) = store.finish_join(node).await {
+            tracing::warn!(%node, error = %e, "cannot remove the join request");
+        }
+    }
+    plan.deferred > 0
 }
 
 /// One pass: the nodes available now, the allocation, the leases written. Returns the pass

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod leases;
 pub mod nodes;
+pub mod provision;
 
 use crate::alloc::plan::Plan;
 use crate::alloc::{self, Input, NodeInfo};

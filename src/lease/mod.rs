@@ -9,7 +9,9 @@
 //! /reports/<node>/<key>   the agent's applied values and observed use
 //! ```
 
+pub mod acl;
 pub mod embedded;
+pub mod identities;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
@@ -349,6 +351,36 @@ pub enum StoreError {
     /// The store cannot be used now.
     #[error("{0}")]
     Unavailable(String),
+    /// Digest credentials without TLS, not allowed explicitly: they would cross the network
+    /// in clear text.
+    #[error(
+        "ZooKeeper digest credentials without TLS would cross the network in clear text: \
+         connect to a secureClientPort with --zookeeper-tls-ca (and a client certificate if \
+         you like), or accept the risk with --zookeeper-insecure (loopback, tests)"
+    )]
+    Insecure,
+    /// A znode's ACL is not the one corral sets there, and this identity may not set it.
+    #[error(
+        "{path}: its ACL is [{found}], not [{wanted}] as corral sets it, and this identity \
+         may not change it: someone else (or an older corral with another identity) created \
+         it; remove it with ZooKeeper's super user, or use another --zookeeper-chroot"
+    )]
+    Acl {
+        /// The znode.
+        path: String,
+        /// Its ACL, digest hashes elided.
+        found: String,
+        /// The ACL corral wants there.
+        wanted: String,
+    },
+    /// This agent's node has no znodes of its own yet: a controller provisions them.
+    #[error("node {node} is not provisioned yet: {detail}")]
+    NotProvisioned {
+        /// The node.
+        node: String,
+        /// What the agent did about it, or what is missing.
+        detail: String,
+    },
 }
 
 /// Where leases, reports and registrations are kept.

@@ -1,11 +1,18 @@
 //! The lease store in ZooKeeper, through zookeeper-client.
 //!
 //! ```text
-//! <chroot>/nodes/<node>          ephemeral   registration (capacity, labels, cgroup mode)
+//! <chroot>/nodes/<node>          persistent  provisioned for the node; data: the agent's
+//!                                            registration (capacity, labels, cgroup mode)
+//! <chroot>/nodes/<node>/agent    ephemeral   empty: the agent is alive
+//! <chroot>/join/<node>           ephemeral   an agent not yet provisioned asks to be
 //! <chroot>/leader/c-<seq>        ephemeral sequential: election; epoch = its czxid
+//! <chroot>/leases/<node>         persistent  the node's last registration (for the grace period)
 //! <chroot>/leases/<node>/<key>   persistent  allocation of one replica
-//! <chroot>/reports/<node>/<key>  persistent  the agent's applied values and observed use
+//! <chroot>/reports/<node>        persistent  the agent's reports: values applied, use observed
+//! <chroot>/status                persistent  the leader's summary
 //! ```
+//!
+//! Who may do what to each of them is decided in [`super::acl`].
 //!
 //! Guarantees:
 //! - every lease write is one `multi` (or one per 500 operations) that first checks the
@@ -13,8 +20,13 @@
 //! - every call has a timeout; none blocks for ever on a lost ensemble;
 //! - an expired session is final in zookeeper-client: the store builds a new client,
 //!   registers the node again and restores its watches, and says so to subscribers;
-//! - with credentials, every znode corral creates is writable only by the same digest
-//!   identity (readable by anyone); credentials never appear in logs or errors.
+//! - with an identity (digest credentials or a TLS client certificate), the controller's
+//!   znodes are writable by the controller's identity alone, a node's by that node's agent
+//!   as [`super::acl`] says, and nothing holding env values or output is readable by
+//!   anyone else; an agent never creates corral's layout, so it cannot take it over
+//!   before the controller first runs;
+//! - digest credentials are never sent without TLS unless [`ZkConfig::insecure`] says so;
+//!   credentials never appear in logs or errors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,15 +36,23 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use zookeeper_client::{
-    Acl, AddWatchMode, AuthId, Client, CreateMode, Error as ZkError, MultiWriteError, Permission,
-    SessionState, TlsOptions,
+    AddWatchMode, Client, CreateMode, Error as ZkError, MultiWriteError, SessionState, Stat,
+    TlsOptions,
 };
 
+use super::acl::{self, AclId, AclSet, Base, Policy};
+use super::identities::AgentIdentities;
 use super::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
 use crate::alloc::ReplicaKey;
 
 /// Most operations in one `multi`; ZooKeeper refuses requests over 1 MiB.
 const MULTI_BATCH: usize = 500;
+
+/// The name of an agent's registration in its node's directory: `/nodes/<node>/agent`.
+pub const REGISTRATION: &str = "agent";
+
+/// How many znodes the controller provisions or checks at once.
+const PROVISION_CONCURRENCY: usize = 16;
 
 /// A digest identity, `user:password`. Debug and Display never show the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -67,6 +87,11 @@ impl Credentials {
     pub fn user(&self) -> &str {
         &self.user
     }
+
+    /// The ACL id these credentials authenticate as: `digest:user:HASH`.
+    pub fn acl_id(&self) -> AclId {
+        AclId::digest(&self.user, &self.password)
+    }
 }
 
 /// TLS to ZooKeeper: the CA to trust, and an optional client identity.
@@ -76,6 +101,17 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     /// PEM certificate and key of this client, for servers that require one.
     pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// What a process does with corral's layout in ZooKeeper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Holds the controller's identity: creates the layout, sets its ACLs, provisions nodes.
+    /// `corral controller`, `corral run` and `corral status`.
+    Controller,
+    /// A node's agent: with an identity it creates nothing but its registration, its join
+    /// request and its reports.
+    Agent,
 }
 
 /// How to reach ZooKeeper.
@@ -93,10 +129,17 @@ pub struct ZkConfig {
     pub credentials: Option<Credentials>,
     /// TLS, if configured.
     pub tls: Option<TlsFiles>,
+    /// Allow digest credentials without TLS (they then cross the network in clear text).
+    pub insecure: bool,
+    /// What this process does with the layout.
+    pub role: Role,
+    /// The agents' identities, for a controller: whom it gives rights to a node's znodes.
+    pub agents: AgentIdentities,
 }
 
 impl ZkConfig {
-    /// Defaults for `hosts`: chroot `/corral`, a 15 s session, 10 s per call, no auth, no TLS.
+    /// Defaults for `hosts`: chroot `/corral`, a 15 s session, 10 s per call, no auth, no TLS,
+    /// the controller's role, no agent identities.
     pub fn new(hosts: &str) -> ZkConfig {
         ZkConfig {
             hosts: hosts.to_string(),
@@ -105,7 +148,16 @@ impl ZkConfig {
             operation_timeout: Duration::from_secs(10),
             credentials: None,
             tls: None,
+            insecure: false,
+            role: Role::Controller,
+            agents: AgentIdentities::default(),
         }
+    }
+
+    /// True when this process authenticates: digest credentials, or a TLS client
+    /// certificate.
+    pub fn has_identity(&self) -> bool {
+        self.credentials.is_some() || self.tls.as_ref().is_some_and(|t| t.identity.is_some())
     }
 }
 
@@ -120,10 +172,32 @@ pub enum Session {
     Expired,
 }
 
+/// One lease as an agent reads it: the znode's name, the zxid of its last write, and the
+/// lease, or why it could not be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadLease {
+    /// The znode's name, the replica's key as the path says it.
+    pub key: String,
+    /// The zxid of the znode's last write (`mzxid`).
+    pub written: i64,
+    /// The lease, or why its data is not one.
+    pub lease: Result<Lease, String>,
+}
+
+/// What [`ZkStore::ensure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ensured {
+    Created,
+    Fixed,
+    Kept,
+}
+
 /// The lease store in ZooKeeper.
 pub struct ZkStore {
     config: ZkConfig,
     client: RwLock<Client>,
+    /// The ids this process authenticated as; empty without an identity (open mode).
+    own: Vec<AclId>,
     /// The node this process registered, registered again after an expiry.
     registration: Mutex<Option<NodeRegistration>>,
     /// This controller's election node and epoch, while it leads.
@@ -133,6 +207,11 @@ pub struct ZkStore {
     session: watch::Sender<Session>,
     /// Lease znodes known to exist, so a put is a set rather than a create.
     known_leases: Mutex<BTreeSet<String>>,
+    /// The nodes this controller provisioned, with the ids it gave them.
+    provisioned: Mutex<BTreeMap<String, Vec<AclId>>>,
+    /// Znodes already warned about (ignored registrations, election impostors), so that a
+    /// pass does not repeat the warning.
+    warned: Mutex<BTreeSet<String>>,
     /// The task that follows the session, stopped with the store.
     keeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -142,6 +221,8 @@ impl fmt::Debug for ZkStore {
         f.debug_struct("ZkStore")
             .field("hosts", &self.config.hosts)
             .field("chroot", &self.config.chroot)
+            .field("role", &self.config.role)
+            .field("own", &self.own)
             .finish_non_exhaustive()
     }
 }
@@ -171,26 +252,138 @@ fn zk(op: &'static str, path: &str) -> impl FnOnce(ZkError) -> StoreError {
     move |source| StoreError::Zk { op, path, source }
 }
 
+fn is_zk(result: &StoreError, code: &ZkError) -> bool {
+    matches!(result, StoreError::Zk { source, .. } if source == code)
+}
+
+/// True for the name of a controller's election znode: `c-` and ZooKeeper's ten-digit
+/// sequence number.
+pub fn is_election_name(name: &str) -> bool {
+    name.strip_prefix("c-")
+        .is_some_and(|n| n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// With a timeout: `op` on `path`.
+async fn timed<T>(
+    timeout: Duration,
+    op: &'static str,
+    path: &str,
+    fut: impl Future<Output = Result<T, ZkError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(zk(op, path)),
+        Err(_) => Err(StoreError::Timeout {
+            op,
+            path: path.to_string(),
+        }),
+    }
+}
+
+/// Creates `path` with `wanted` unless it exists; with `fix`, sets the ACL of one that
+/// exists with another. Looks first: a process without the right to create may still use
+/// what exists (ZooKeeper checks the parent's ACL before it says a znode exists).
+async fn ensure_on(
+    client: &Client,
+    timeout: Duration,
+    path: &str,
+    wanted: &AclSet,
+    fix: bool,
+) -> Result<Ensured, StoreError> {
+    let exists = timed(timeout, "stat", path, client.check_stat(path))
+        .await?
+        .is_some();
+    if !exists {
+        let acl = wanted.to_zk();
+        let options = CreateMode::Persistent.with_acls(acl.as_slice().into());
+        match timed(timeout, "create", path, client.create(path, b"", &options)).await {
+            Ok(_) => return Ok(Ensured::Created),
+            Err(e) if is_zk(&e, &ZkError::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !fix {
+        return Ok(Ensured::Kept);
+    }
+    let found = match timed(timeout, "get the ACL of", path, client.get_acl(path)).await {
+        Ok((found, _)) => AclSet::from_zk(&found),
+        Err(e) if is_zk(&e, &ZkError::NoAuth) => {
+            return Err(StoreError::Acl {
+                path: path.to_string(),
+                found: "unreadable to this identity".into(),
+                wanted: wanted.to_string(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    if found == *wanted {
+        return Ok(Ensured::Kept);
+    }
+    match timed(
+        timeout,
+        "set the ACL of",
+        path,
+        client.set_acl(path, &wanted.to_zk(), None),
+    )
+    .await
+    {
+        Ok(_) => {
+            tracing::info!(%path, was = %found, now = %wanted, "ACL set");
+            Ok(Ensured::Fixed)
+        }
+        Err(e) if is_zk(&e, &ZkError::NoAuth) => Err(StoreError::Acl {
+            path: path.to_string(),
+            found: found.to_string(),
+            wanted: wanted.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 impl ZkStore {
-    /// Connects, creates corral's base znodes, and starts watching the session.
+    /// Connects, creates corral's layout where this process may (a controller, or anyone
+    /// without an identity), and starts watching the session. A controller also sets the
+    /// ACLs of the layout's base znodes where they differ from corral's.
     ///
     /// # Errors
-    /// The ensemble cannot be reached within the operation timeout, refuses the
-    /// credentials, or the TLS files cannot be read.
+    /// Digest credentials without TLS or [`ZkConfig::insecure`]; the ensemble cannot be
+    /// reached within the operation timeout, refuses the credentials, or gives a client
+    /// certificate no identity; the TLS files cannot be read; a base znode has an ACL this
+    /// identity may not set.
     pub async fn connect(config: ZkConfig) -> Result<Arc<ZkStore>, StoreError> {
-        let client = Self::new_client(&config).await?;
+        if config.credentials.is_some() && config.tls.is_none() {
+            if !config.insecure {
+                return Err(StoreError::Insecure);
+            }
+            tracing::warn!(
+                "ZooKeeper digest credentials without TLS (--zookeeper-insecure): they cross the network in clear text"
+            );
+        }
+        let (client, own) = Self::new_client(&config).await?;
+        if own.is_empty() {
+            tracing::warn!(
+                "no ZooKeeper identity: corral's znodes are readable and writable by anyone who reaches the ensemble"
+            );
+        }
         let store = Arc::new(ZkStore {
             client: RwLock::new(client),
+            own,
             registration: Mutex::new(None),
             leadership: Mutex::new(None),
             watches: Mutex::new(Vec::new()),
             session: watch::Sender::new(Session::Connected),
             known_leases: Mutex::new(BTreeSet::new()),
+            provisioned: Mutex::new(BTreeMap::new()),
+            warned: Mutex::new(BTreeSet::new()),
             keeper: Mutex::new(None),
             config,
         });
-        for dir in ["/nodes", "/leader", "/leases", "/reports"] {
-            store.mkdir(dir).await?;
+        if store.makes_layout() {
+            let policy = store.policy();
+            let fix = store.config.role == Role::Controller;
+            for base in Base::BELOW_CHROOT {
+                let path = base.path().unwrap_or("/");
+                store.ensure(path, &policy.base(base), fix).await?;
+            }
         }
         let keeper = tokio::spawn(Self::keep_session(Arc::downgrade(&store)));
         if let Ok(mut slot) = store.keeper.lock() {
@@ -199,7 +392,13 @@ impl ZkStore {
         Ok(store)
     }
 
-    async fn new_client(config: &ZkConfig) -> Result<Client, StoreError> {
+    /// True when this process creates corral's layout: a controller, or anyone in open mode.
+    fn makes_layout(&self) -> bool {
+        self.own.is_empty() || self.config.role == Role::Controller
+    }
+
+    /// A client connected to the ensemble's root, authenticated as `config` says.
+    async fn connect_root(config: &ZkConfig) -> Result<Client, StoreError> {
         let mut connector = Client::connector()
             .with_session_timeout(config.session_timeout)
             .with_connection_timeout(config.operation_timeout);
@@ -212,54 +411,126 @@ impl ZkStore {
         if let Some(tls) = &config.tls {
             connector = connector.with_tls(Self::tls_options(tls)?);
         }
+        if config.tls.is_some() {
+            connector.secure_connect(&config.hosts).await
+        } else {
+            connector.connect(&config.hosts).await
+        }
+        .map_err(zk("connect to", &config.hosts))
+    }
+
+    /// What a connection that does not answer in time means, for a person.
+    fn connect_timeout(config: &ZkConfig) -> StoreError {
+        match &config.tls {
+            // zookeeper-client retries a refused handshake until the deadline and says why
+            // only in its debug log: name the likely causes.
+            Some(_) => StoreError::Unavailable(format!(
+                "connect to {} over TLS: no answer from ZooKeeper in {:?}; besides an \
+                 unreachable server, a refused handshake looks like this: check that \
+                 --zookeeper-tls-ca signed the server's certificate, that the server \
+                 accepts --zookeeper-tls-cert, and that the port is the secure one",
+                config.hosts, config.operation_timeout
+            )),
+            None => StoreError::Timeout {
+                op: "connect to",
+                path: config.hosts.clone(),
+            },
+        }
+    }
+
+    /// A connected client below the chroot, and the ids it authenticated as.
+    async fn new_client(config: &ZkConfig) -> Result<(Client, Vec<AclId>), StoreError> {
+        let timeout = config.operation_timeout;
         let connect = async {
-            let root = if config.tls.is_some() {
-                connector.secure_connect(&config.hosts).await
-            } else {
-                connector.connect(&config.hosts).await
-            }
-            .map_err(zk("connect to", &config.hosts))?;
-            // Make the chroot itself, then work below it.
-            let acl = Self::acl_for(config.credentials.is_some());
-            let options = CreateMode::Persistent.with_acls(acl.as_slice().into());
-            let mut path = String::new();
-            for part in config.chroot.split('/').filter(|p| !p.is_empty()) {
-                path.push('/');
-                path.push_str(part);
-                if root
-                    .check_stat(&path)
-                    .await
-                    .map_err(zk("stat", &path))?
-                    .is_some()
-                {
-                    continue;
-                }
-                match root.create(&path, b"", &options).await {
-                    Ok(_) | Err(ZkError::NodeExists) => {}
-                    Err(e) => return Err(zk("create", &path)(e)),
+            let root = Self::connect_root(config).await?;
+            let own = Self::identify(&root, config).await?;
+            // Make the chroot itself, then work below it. An agent with an identity never
+            // does: whoever creates it owns it.
+            if own.is_empty() || config.role == Role::Controller {
+                let wanted = Policy::of(&own).base(Base::Chroot);
+                let mut path = String::new();
+                let parts: Vec<&str> = config.chroot.split('/').filter(|p| !p.is_empty()).collect();
+                for (i, part) in parts.iter().enumerate() {
+                    path.push('/');
+                    path.push_str(part);
+                    let fix = config.role == Role::Controller && i + 1 == parts.len();
+                    ensure_on(&root, timeout, &path, &wanted, fix).await?;
                 }
             }
-            root.chroot(config.chroot.clone()).map_err(|_| {
+            let client = root.chroot(config.chroot.clone()).map_err(|_| {
                 StoreError::Unavailable(format!("chroot {:?} is not a znode path", config.chroot))
-            })
+            })?;
+            Ok((client, own))
         };
-        tokio::time::timeout(config.operation_timeout, connect)
+        tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| match &config.tls {
-                // zookeeper-client retries a refused handshake until the deadline and
-                // says why only in its debug log: name the likely causes.
-                Some(_) => StoreError::Unavailable(format!(
-                    "connect to {} over TLS: no answer from ZooKeeper in {:?}; besides an \
-                     unreachable server, a refused handshake looks like this: check that \
-                     --zookeeper-tls-ca signed the server's certificate, that the server \
-                     accepts --zookeeper-tls-cert, and that the port is the secure one",
-                    config.hosts, config.operation_timeout
-                )),
-                None => StoreError::Timeout {
-                    op: "connect to",
-                    path: config.hosts.clone(),
-                },
-            })?
+            .map_err(|_| Self::connect_timeout(config))?
+    }
+
+    /// Connects as `config` says and returns the ids ZooKeeper knows the client by, of the
+    /// schemes corral grants rights to: the digest of its credentials (computed here:
+    /// `whoami` names a digest identity by its user alone), then a client certificate's
+    /// subject as the server's x509 provider writes it. Creates nothing.
+    ///
+    /// # Errors
+    /// As [`ZkStore::connect`]; ZooKeeper older than 3.7 has no `whoami`.
+    pub async fn whoami(config: &ZkConfig) -> Result<Vec<AclId>, StoreError> {
+        if config.credentials.is_some() && config.tls.is_none() && !config.insecure {
+            return Err(StoreError::Insecure);
+        }
+        let ask = async {
+            let root = Self::connect_root(config).await?;
+            let users = timed(
+                config.operation_timeout,
+                "ask whoami at",
+                &config.hosts,
+                root.list_auth_users(),
+            )
+            .await?;
+            let mut ids: Vec<AclId> = config.credentials.iter().map(Credentials::acl_id).collect();
+            // The schemes corral grants rights to; a digest one is named by its user alone.
+            ids.extend(
+                users
+                    .iter()
+                    .filter(|u| u.scheme() != "digest" && acl::SCHEMES.contains(&u.scheme()))
+                    .map(|u| AclId::new(u.scheme(), u.user())),
+            );
+            Ok(ids)
+        };
+        tokio::time::timeout(config.operation_timeout, ask)
+            .await
+            .map_err(|_| Self::connect_timeout(config))?
+    }
+
+    /// The ids this client authenticated as: the digest of its credentials, and the subject
+    /// of its client certificate as ZooKeeper's x509 provider names it (asked with
+    /// `whoami`, ZooKeeper 3.7 and later).
+    async fn identify(root: &Client, config: &ZkConfig) -> Result<Vec<AclId>, StoreError> {
+        let mut own: Vec<AclId> = config.credentials.iter().map(Credentials::acl_id).collect();
+        if config.tls.as_ref().is_some_and(|t| t.identity.is_some()) {
+            let users = timed(
+                config.operation_timeout,
+                "ask whoami at",
+                &config.hosts,
+                root.list_auth_users(),
+            )
+            .await?;
+            own.extend(
+                users
+                    .iter()
+                    .filter(|u| u.scheme() == "x509")
+                    .map(|u| AclId::new(u.scheme(), u.user())),
+            );
+            if own.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "ZooKeeper at {} gave the client certificate no identity: the server needs \
+                     ssl.clientAuth=need and \
+                     authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider",
+                    config.hosts
+                )));
+            }
+        }
+        Ok(own)
     }
 
     fn tls_options(tls: &TlsFiles) -> Result<TlsOptions, StoreError> {
@@ -285,27 +556,31 @@ impl ZkStore {
         Ok(options)
     }
 
-    /// With credentials, full rights for the authenticated identity that created a znode and
-    /// reading for everyone; without, anyone may do anything (say so in the logs).
-    fn acl_for(authenticated: bool) -> Vec<Acl> {
-        if authenticated {
-            vec![
-                Acl::new(Permission::ALL, AuthId::authed()),
-                Acl::new(Permission::READ, AuthId::anyone()),
-            ]
-        } else {
-            vec![Acl::new(Permission::ALL, AuthId::anyone())]
-        }
-    }
-
     fn client(&self) -> Client {
         self.client
             .read()
             .map_or_else(|p| p.into_inner().clone(), |c| c.clone())
     }
 
-    fn acl(&self) -> Vec<Acl> {
-        Self::acl_for(self.config.credentials.is_some())
+    /// The ids this process authenticated as; empty in open mode.
+    pub fn identity(&self) -> &[AclId] {
+        &self.own
+    }
+
+    /// Who gets rights, with this process as the controller.
+    fn policy(&self) -> Policy {
+        Policy::of(&self.own)
+    }
+
+    /// The agents' identities this controller was given.
+    pub fn agent_identities(&self) -> &AgentIdentities {
+        &self.config.agents
+    }
+
+    /// The ids the agents' identities give `node` (none in open mode, or when the file
+    /// names none for it: then only the controller's identity may use its znodes).
+    pub fn agent_ids(&self, node: &str) -> Vec<AclId> {
+        self.config.agents.ids_for(node).unwrap_or_default()
     }
 
     async fn timed<T>(
@@ -314,38 +589,29 @@ impl ZkStore {
         path: &str,
         fut: impl Future<Output = Result<T, ZkError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.operation_timeout, fut).await {
-            Ok(result) => result.map_err(zk(op, path)),
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                path: path.to_string(),
-            }),
-        }
+        timed(self.config.operation_timeout, op, path, fut).await
     }
 
-    /// Creates `path` unless it exists. Looks first: a reader without the right to create
-    /// may still use what exists.
-    async fn mkdir(&self, path: &str) -> Result<(), StoreError> {
-        let client = self.client();
-        if self
-            .timed("stat", path, client.check_stat(path))
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let acl = self.acl();
-        let options = CreateMode::Persistent.with_acls(acl.as_slice().into());
-        match self
-            .timed("create", path, client.create(path, b"", &options))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(StoreError::Zk {
-                source: ZkError::NodeExists,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e),
+    async fn ensure(&self, path: &str, wanted: &AclSet, fix: bool) -> Result<Ensured, StoreError> {
+        ensure_on(
+            &self.client(),
+            self.config.operation_timeout,
+            path,
+            wanted,
+            fix,
+        )
+        .await
+    }
+
+    /// Warns about `path` once.
+    fn warn_once(&self, path: &str, message: &str) {
+        let first = self
+            .warned
+            .lock()
+            .map(|mut w| w.len() < 10_000 && w.insert(path.to_string()))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(%path, "{message}");
         }
     }
 
@@ -361,12 +627,11 @@ impl ZkStore {
 
     /// A counter bumped on every change below `path` (`/leases/<node>`, `/nodes`), and once
     /// after a new session, when everything must be read again. The watch is restored after
-    /// a session expiry.
+    /// a session expiry. `path` need not exist yet.
     ///
     /// # Errors
     /// The watch could not be set.
     pub async fn subscribe(&self, path: &str) -> Result<watch::Receiver<u64>, StoreError> {
-        self.mkdir(path).await?;
         let counter = watch::Sender::new(0);
         let receiver = counter.subscribe();
         let task = self.start_watch(path, counter.clone()).await?;
@@ -491,7 +756,7 @@ impl ZkStore {
         let mut delay = Duration::from_millis(200);
         loop {
             match Self::new_client(&self.config).await {
-                Ok(client) => {
+                Ok((client, _)) => {
                     if let Ok(mut current) = self.client.write() {
                         *current = client;
                     }
@@ -518,16 +783,264 @@ impl ZkStore {
         tracing::info!("ZooKeeper session rebuilt");
     }
 
+    /// Gives `node` its znodes, with ACLs for the ids of its agent: `/nodes/<node>` (where
+    /// the agent registers), `/leases/<node>` and `/reports/<node>`. With `fix` (the
+    /// controller), an existing znode whose ACL differs is set, and so are the leases and
+    /// reports below it (one this identity may not set is deleted: the controller writes
+    /// leases again, the agent its reports); an older corral's registration, the ephemeral
+    /// `/nodes/<node>` itself, is replaced. Without `fix`, only what is missing is created.
+    /// Returns whether anything was written.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn provision_node(
+        &self,
+        node: &str,
+        ids: &[AclId],
+        fix: bool,
+    ) -> Result<bool, StoreError> {
+        let cached = self
+            .provisioned
+            .lock()
+            .is_ok_and(|p| p.get(node).is_some_and(|known| known == ids));
+        if fix && cached {
+            return Ok(false);
+        }
+        let policy = self.policy();
+        let client = self.client();
+        let dir = format!("/nodes/{node}");
+        let mut changed = false;
+        if let Some(stat) = self.timed("stat", &dir, client.check_stat(&dir)).await?
+            && stat.ephemeral_owner != 0
+        {
+            if !fix {
+                return Err(StoreError::Unavailable(format!(
+                    "{dir} is the registration of an older corral agent: its controller \
+                     replaces it once it runs this version"
+                )));
+            }
+            match self.timed("delete", &dir, client.delete(&dir, None)).await {
+                Ok(()) => changed = true,
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let leases = format!("/leases/{node}");
+        let wanted = policy.leases(ids);
+        match self.ensure(&leases, &wanted, fix).await? {
+            Ensured::Kept => {}
+            Ensured::Created => changed = true,
+            Ensured::Fixed => {
+                changed = true;
+                self.set_children_acl(&leases, &wanted).await?;
+            }
+        }
+        let reports = format!("/reports/{node}");
+        match self.ensure(&reports, &policy.reports(ids), fix).await? {
+            Ensured::Kept => {}
+            Ensured::Created => changed = true,
+            Ensured::Fixed => {
+                // An older corral kept one znode per report below: the agent writes them
+                // all again, as this znode's data.
+                changed = true;
+                self.delete_children(&reports).await?;
+            }
+        }
+        // Last: an agent registers once this exists, and must find the others there.
+        changed |= self.ensure(&dir, &policy.node_dir(ids), fix).await? != Ensured::Kept;
+        if let Ok(mut provisioned) = self.provisioned.lock() {
+            provisioned.insert(node.to_string(), ids.to_vec());
+        }
+        Ok(changed)
+    }
+
+    /// Sets the ACL of every child of `dir` to `wanted`; deletes a child whose ACL this
+    /// identity may not set (its writer writes it again).
+    async fn set_children_acl(&self, dir: &str, wanted: &AclSet) -> Result<(), StoreError> {
+        let client = self.client();
+        let children = self.timed("list", dir, client.list_children(dir)).await?;
+        let acl = wanted.to_zk();
+        for child in children {
+            let path = format!("{dir}/{child}");
+            match self
+                .timed("set the ACL of", &path, client.set_acl(&path, &acl, None))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                Err(e) if is_zk(&e, &ZkError::NoAuth) => {
+                    tracing::warn!(%path, "cannot set its ACL; deleting it, to be written again");
+                    match self
+                        .timed("delete", &path, client.delete(&path, None))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every child of `dir`.
+    async fn delete_children(&self, dir: &str) -> Result<(), StoreError> {
+        let client = self.client();
+        for child in self.timed("list", dir, client.list_children(dir)).await? {
+            let path = format!("{dir}/{child}");
+            match self
+                .timed("delete", &path, client.delete(&path, None))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node that has znodes of its own: below `/nodes`, `/leases` or `/reports`.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn known_nodes(&self) -> Result<BTreeSet<String>, StoreError> {
+        let client = self.client();
+        let mut nodes = BTreeSet::new();
+        for dir in ["/nodes", "/leases", "/reports"] {
+            nodes.extend(self.timed("list", dir, client.list_children(dir)).await?);
+        }
+        Ok(nodes)
+    }
+
+    /// Provisions each of `nodes` with the ids the agents' identities give it, several at a
+    /// time; returns the nodes where something was written, and those that failed.
+    pub async fn provision_nodes(
+        &self,
+        nodes: &[(String, Vec<AclId>)],
+    ) -> (Vec<String>, Vec<(String, StoreError)>) {
+        let mut results = Vec::with_capacity(nodes.len());
+        for chunk in nodes.chunks(PROVISION_CONCURRENCY) {
+            // Collected first: a lazy stream of closures over `&self` is not `Send` enough
+            // for tokio::spawn.
+            let pending: Vec<_> = chunk
+                .iter()
+                .map(|(node, ids)| self.provision_node(node, ids, true))
+                .collect();
+            let done = futures::future::join_all(pending).await;
+            results.extend(chunk.iter().map(|(node, _)| node.clone()).zip(done));
+        }
+        let mut changed = Vec::new();
+        let mut failed = Vec::new();
+        for (node, result) in results {
+            match result {
+                Ok(true) => changed.push(node),
+                Ok(false) => {}
+                Err(e) => failed.push((node, e)),
+            }
+        }
+        changed.sort();
+        (changed, failed)
+    }
+
+    /// The names below `/join`: agents asking to be provisioned.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn join_requests(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client();
+        let mut names = self
+            .timed("list", "/join", client.list_children("/join"))
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes the join request of `node`, served.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn finish_join(&self, node: &str) -> Result<(), StoreError> {
+        let path = format!("/join/{node}");
+        let client = self.client();
+        match self
+            .timed("delete", &path, client.delete(&path, None))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_zk(&e, &ZkError::NoNode) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure `node` has its znodes before its agent registers. In open mode, or for a
+    /// process holding the controller's identity, it creates what is missing; an agent with
+    /// its own identity asks instead (an ephemeral `/join/<node>`) and waits for a
+    /// controller to provision the node.
+    async fn ensure_provisioned(&self, node: &str) -> Result<(), StoreError> {
+        let dir = format!("/nodes/{node}");
+        let client = self.client();
+        let stat = self.timed("stat", &dir, client.check_stat(&dir)).await?;
+        if stat.is_some_and(|s| s.ephemeral_owner == 0) {
+            return Ok(());
+        }
+        if self.makes_layout() {
+            if self.own.is_empty() {
+                for base in Base::BELOW_CHROOT {
+                    let path = base.path().unwrap_or("/");
+                    self.ensure(path, &Policy::Open.base(base), false).await?;
+                }
+            }
+            self.provision_node(node, &[], false).await?;
+            return Ok(());
+        }
+        let path = format!("/join/{node}");
+        let acl = acl::join_request(&self.own).to_zk();
+        let options = CreateMode::Ephemeral.with_acls(acl.as_slice().into());
+        match self
+            .timed("create", &path, client.create(&path, b"", &options))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_zk(&e, &ZkError::NodeExists) => {}
+            Err(e) if is_zk(&e, &ZkError::NoNode) => {
+                return Err(StoreError::NotProvisioned {
+                    node: node.to_string(),
+                    detail: format!(
+                        "no controller has prepared {} yet (there is no /join to ask in)",
+                        self.config.chroot
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        Err(StoreError::NotProvisioned {
+            node: node.to_string(),
+            detail: format!(
+                "asked with {path}; the leading controller provisions a node that its \
+                 --agent-identities file gives ids to"
+            ),
+        })
+    }
+
     /// Runs for leadership among controllers: an ephemeral sequential znode under
-    /// `/leader`; the lowest leads, and each other candidate watches only the one just below
-    /// it (no herd when the leader goes). Returns once this process leads, with its epoch
-    /// (the czxid of its znode: higher for every later leader).
+    /// `/leader`; the earliest created leads, and each other candidate watches only the one
+    /// created just before it (no herd when the leader goes). Returns once this process
+    /// leads, with its epoch (the czxid of its znode: higher for every later leader).
+    ///
+    /// Children of `/leader` that are not candidates are ignored, with a warning: a name
+    /// that is not `c-` and ten digits, a znode that is not ephemeral, one created after
+    /// this one whatever its name says (sequence numbers follow creation, a forged name
+    /// does not), and, with an identity, one whose ACL is not the controller's.
     ///
     /// # Errors
     /// The session ended or ZooKeeper cannot be reached; run again once it can.
     pub async fn campaign(&self, identity: &str) -> Result<i64, StoreError> {
         let client = self.client();
-        let acl = self.acl();
+        let wanted = self.policy().election();
+        let acl = wanted.to_zk();
         let options = CreateMode::EphemeralSequential.with_acls(acl.as_slice().into());
         let (stat, sequence) = self
             .timed(
@@ -538,22 +1051,60 @@ impl ZkStore {
             .await?;
         let own = format!("c-{sequence}");
         loop {
-            let mut candidates = self
+            let children = self
                 .timed("list", "/leader", client.list_children("/leader"))
                 .await?;
-            candidates.sort_by_key(|c| sequence_of(c));
-            let Some(position) = candidates.iter().position(|c| *c == own) else {
+            if !children.contains(&own) {
                 return Err(StoreError::Unavailable(format!(
                     "election znode /leader/{own} is gone: the session ended"
                 )));
-            };
-            if position == 0 {
+            }
+            let mut ahead: Vec<(i64, String)> = Vec::new();
+            for child in children.into_iter().filter(|c| *c != own) {
+                let path = format!("/leader/{child}");
+                if !is_election_name(&child) {
+                    self.warn_once(&path, "not a candidate's name; ignored by the election");
+                    continue;
+                }
+                let Some(found) = self.timed("stat", &path, client.check_stat(&path)).await? else {
+                    continue;
+                };
+                if found.ephemeral_owner == 0 {
+                    self.warn_once(
+                        &path,
+                        "not ephemeral: not a candidate; ignored by the election",
+                    );
+                    continue;
+                }
+                if found.czxid >= stat.czxid {
+                    continue;
+                }
+                if !self.own.is_empty() {
+                    match self
+                        .timed("get the ACL of", &path, client.get_acl(&path))
+                        .await
+                    {
+                        Ok((acl, _)) if AclSet::from_zk(&acl) == wanted => {}
+                        Ok(_) => {
+                            self.warn_once(
+                                &path,
+                                "not created under the controller's identity; ignored by the election",
+                            );
+                            continue;
+                        }
+                        Err(e) if is_zk(&e, &ZkError::NoNode) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                ahead.push((found.czxid, child));
+            }
+            let Some((_, predecessor)) = ahead.into_iter().max() else {
                 if let Ok(mut leadership) = self.leadership.lock() {
                     *leadership = Some((format!("/leader/{own}"), stat.czxid));
                 }
                 return Ok(stat.czxid);
-            }
-            let predecessor = format!("/leader/{}", candidates[position - 1]);
+            };
+            let predecessor = format!("/leader/{predecessor}");
             let watched = self
                 .timed(
                     "watch",
@@ -572,6 +1123,28 @@ impl ZkStore {
                 }
             }
         }
+    }
+
+    /// The epoch of the current leader, as agents see it: the creation zxid of the earliest
+    /// ephemeral `c-<ten digits>` below `/leader`; `None` while no controller runs.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn leader_epoch(&self) -> Result<Option<i64>, StoreError> {
+        let client = self.client();
+        let children = self
+            .timed("list", "/leader", client.list_children("/leader"))
+            .await?;
+        let mut earliest: Option<i64> = None;
+        for child in children.into_iter().filter(|c| is_election_name(c)) {
+            let path = format!("/leader/{child}");
+            if let Some(stat) = self.timed("stat", &path, client.check_stat(&path)).await?
+                && stat.ephemeral_owner != 0
+            {
+                earliest = Some(earliest.map_or(stat.czxid, |e| e.min(stat.czxid)));
+            }
+        }
+        Ok(earliest)
     }
 
     /// The epoch this process leads with, if it leads.
@@ -595,11 +1168,8 @@ impl ZkStore {
                 .timed("delete", &path, client.delete(&path, None))
                 .await
             {
-                Ok(())
-                | Err(StoreError::Zk {
-                    source: ZkError::NoNode,
-                    ..
-                }) => {}
+                Ok(()) => {}
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -613,7 +1183,12 @@ impl ZkStore {
     /// ZooKeeper refused or did not answer.
     pub async fn remember_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
         let path = format!("/leases/{}", node.name);
-        self.mkdir(&path).await?;
+        self.ensure(
+            &path,
+            &self.policy().leases(&self.agent_ids(&node.name)),
+            false,
+        )
+        .await?;
         let client = self.client();
         let data = encode(node);
         let (current, _) = self.timed("read", &path, client.get_data(&path)).await?;
@@ -640,11 +1215,8 @@ impl ZkStore {
                 Ok((data, stat)) if stat.num_children > 0 && !data.is_empty() => {
                     out.push(decode(&path, &data)?)
                 }
-                Ok(_)
-                | Err(StoreError::Zk {
-                    source: ZkError::NoNode,
-                    ..
-                }) => {}
+                Ok(_) => {}
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -656,7 +1228,8 @@ impl ZkStore {
     /// # Errors
     /// ZooKeeper refused or did not answer.
     pub async fn write_status(&self, data: &[u8]) -> Result<(), StoreError> {
-        self.mkdir("/status").await?;
+        self.ensure("/status", &self.policy().base(Base::Status), false)
+            .await?;
         let client = self.client();
         self.timed("set", "/status", client.set_data("/status", data, None))
             .await?;
@@ -674,17 +1247,15 @@ impl ZkStore {
             .await
         {
             Ok((data, _)) if !data.is_empty() => Ok(Some(data)),
-            Ok(_)
-            | Err(StoreError::Zk {
-                source: ZkError::NoNode,
-                ..
-            }) => Ok(None),
+            Ok(_) => Ok(None),
+            Err(e) if is_zk(&e, &ZkError::NoNode) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Reads the data of `paths`, several per round trip; a znode gone meanwhile is skipped.
-    async fn read_all(&self, paths: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Reads the data and stat of `paths`, several per round trip; a znode gone meanwhile
+    /// is skipped.
+    async fn read_all(&self, paths: &[String]) -> Result<Vec<(String, Vec<u8>, Stat)>, StoreError> {
         let client = self.client();
         let mut out = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(MULTI_BATCH) {
@@ -694,8 +1265,8 @@ impl ZkStore {
             }
             let results = self.timed("read", &chunk[0], reader.commit()).await?;
             for (path, result) in chunk.iter().zip(results) {
-                if let zookeeper_client::MultiReadResult::Data { data, .. } = result {
-                    out.push((path.clone(), data));
+                if let zookeeper_client::MultiReadResult::Data { data, stat } = result {
+                    out.push((path.clone(), data, stat));
                 }
             }
         }
@@ -717,10 +1288,7 @@ impl ZkStore {
                 .await
             {
                 Ok(keys) => paths.extend(keys.into_iter().map(|k| format!("{parent}/{k}"))),
-                Err(StoreError::Zk {
-                    source: ZkError::NoNode,
-                    ..
-                }) => {}
+                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -731,7 +1299,7 @@ impl ZkStore {
     async fn read_leases(&self, only: Option<&str>) -> Result<Vec<Lease>, StoreError> {
         let paths = self.two_levels("/leases", only).await?;
         let mut leases = Vec::with_capacity(paths.len());
-        for (path, data) in self.read_all(&paths).await? {
+        for (path, data, _) in self.read_all(&paths).await? {
             leases.push(decode(&path, &data)?);
         }
         if let Ok(mut known) = self.known_leases.lock() {
@@ -740,26 +1308,57 @@ impl ZkStore {
         Ok(leases)
     }
 
-    /// Commits `ops` in batches, each first checking `fence` (this controller's election
-    /// znode) when given.
+    /// The leases of `node` as its agent reads them: each with its znode's name and the
+    /// zxid of its last write, and a lease that cannot be decoded as such, so that one bad
+    /// lease does not hide the others.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer, or `/leases/<node>` is gone: not "no leases",
+    /// which would stop every workload of the node, but something to wait out.
+    pub async fn read_node_leases(&self, node: &str) -> Result<Vec<ReadLease>, StoreError> {
+        let dir = format!("/leases/{node}");
+        let client = self.client();
+        let mut paths: Vec<String> = self
+            .timed("list", &dir, client.list_children(&dir))
+            .await?
+            .into_iter()
+            .map(|key| format!("{dir}/{key}"))
+            .collect();
+        paths.sort();
+        Ok(self
+            .read_all(&paths)
+            .await?
+            .into_iter()
+            .map(|(path, data, stat)| ReadLease {
+                key: path.rsplit('/').next().unwrap_or_default().to_string(),
+                written: stat.mzxid,
+                lease: decode(&path, &data).map_err(|e| e.to_string()),
+            })
+            .collect())
+    }
+
     /// Creates the nodes' lease directories, unless known to exist: a write of one lease
     /// then costs one round trip, not two. Known directories sit in `known_leases` too.
-    async fn ensure_node_dirs(&self, dirs: &[String]) -> Result<(), StoreError> {
-        for dir in dirs {
+    async fn ensure_node_dirs(&self, nodes: &[&str]) -> Result<(), StoreError> {
+        for node in nodes {
+            let dir = format!("/leases/{node}");
             let known = self
                 .known_leases
                 .lock()
-                .is_ok_and(|known| known.contains(dir));
+                .is_ok_and(|known| known.contains(&dir));
             if !known {
-                self.mkdir(dir).await?;
+                self.ensure(&dir, &self.policy().leases(&self.agent_ids(node)), false)
+                    .await?;
                 if let Ok(mut known) = self.known_leases.lock() {
-                    known.insert(dir.clone());
+                    known.insert(dir);
                 }
             }
         }
         Ok(())
     }
 
+    /// Commits `ops` in batches, each first checking `fence` (this controller's election
+    /// znode) when given.
     async fn commit(&self, fence: Option<&str>, ops: &[WriteOp]) -> Result<(), StoreError> {
         let client = self.client();
         for chunk in ops.chunks(MULTI_BATCH) {
@@ -769,11 +1368,13 @@ impl ZkStore {
                     .add_check_version(fence, 0)
                     .map_err(zk("check", fence))?;
             }
-            let acl = self.acl();
-            let options = CreateMode::Persistent.with_acls(acl.as_slice().into());
             for op in chunk {
                 match op {
-                    WriteOp::Create(path, data) => writer.add_create(path, data, &options),
+                    WriteOp::Create(path, data, acl) => {
+                        let acl = acl.to_zk();
+                        let options = CreateMode::Persistent.with_acls(acl.as_slice().into());
+                        writer.add_create(path, data, &options)
+                    }
                     WriteOp::Set(path, data) => writer.add_set_data(path, data, None),
                     WriteOp::Delete(path) => writer.add_delete(path, None),
                 }
@@ -810,12 +1411,24 @@ impl ZkStore {
         }
         Ok(())
     }
+
+    /// The ACL of a lease of `node`, as the controller creates it.
+    fn lease_acl(&self, node: &str) -> AclSet {
+        self.policy().leases(&self.agent_ids(node))
+    }
+}
+
+/// The data of `/reports/<node>`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NodeReports {
+    version: u32,
+    reports: Vec<Report>,
 }
 
 /// One write of a batch.
 #[derive(Debug)]
 enum WriteOp {
-    Create(String, Vec<u8>),
+    Create(String, Vec<u8>, AclSet),
     Set(String, Vec<u8>),
     Delete(String),
 }
@@ -823,16 +1436,9 @@ enum WriteOp {
 impl WriteOp {
     fn path(&self) -> &str {
         match self {
-            WriteOp::Create(p, _) | WriteOp::Set(p, _) | WriteOp::Delete(p) => p,
+            WriteOp::Create(p, ..) | WriteOp::Set(p, _) | WriteOp::Delete(p) => p,
         }
     }
-}
-
-fn sequence_of(name: &str) -> i64 {
-    name.rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(i64::MAX)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &str, data: &[u8]) -> Result<T, StoreError> {
@@ -868,44 +1474,52 @@ fn znode(dir: &str, node: &str, key: &ReplicaKey) -> String {
     format!("{dir}/{node}/{key}")
 }
 
+/// The node of a lease znode `/leases/<node>/<key>`.
+fn node_of(path: &str) -> &str {
+    path.split('/').nth(2).unwrap_or_default()
+}
+
 impl LeaseStore for ZkStore {
+    /// Registers the node: its registration as the data of `/nodes/<node>`, and the
+    /// ephemeral, empty `/nodes/<node>/agent` that says it is alive. A node not yet
+    /// provisioned is asked for first ([`StoreError::NotProvisioned`] until a controller
+    /// provisioned it).
     async fn register_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
-        let client = self.client();
-        let path = format!("/nodes/{}", node.name);
-        let data = encode(node);
-        let acl = self.acl();
-        let options = CreateMode::Ephemeral.with_acls(acl.as_slice().into());
         if let Ok(mut registration) = self.registration.lock() {
             *registration = Some(node.clone());
         }
+        self.ensure_provisioned(&node.name).await?;
+        let client = self.client();
+        let dir = format!("/nodes/{}", node.name);
+        let data = encode(node);
+        let (current, _) = self.timed("read", &dir, client.get_data(&dir)).await?;
+        if current != data {
+            self.timed("set", &dir, client.set_data(&dir, &data, None))
+                .await?;
+        }
+        let path = format!("{dir}/{REGISTRATION}");
+        let acl = acl::registration(&self.own).to_zk();
+        let options = CreateMode::Ephemeral.with_acls(acl.as_slice().into());
         for _ in 0..3 {
             match self
-                .timed("create", &path, client.create(&path, &data, &options))
+                .timed("create", &path, client.create(&path, b"", &options))
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Zk {
-                    source: ZkError::NodeExists,
-                    ..
-                }) => {
-                    // Ours from this session: refresh it. Left by an earlier session of this
-                    // node (a restart before the old session expired): replace it.
+                Err(e) if is_zk(&e, &ZkError::NodeExists) => {
+                    // Ours from this session: done. Left by an earlier session of this node
+                    // (a restart before the old session expired): replace it.
                     let stat = self.timed("stat", &path, client.check_stat(&path)).await?;
                     match stat {
                         Some(stat) if stat.ephemeral_owner == client.session_id().0 => {
-                            self.timed("set", &path, client.set_data(&path, &data, None))
-                                .await?;
                             return Ok(());
                         }
                         Some(_) => match self
                             .timed("delete", &path, client.delete(&path, None))
                             .await
                         {
-                            Ok(())
-                            | Err(StoreError::Zk {
-                                source: ZkError::NoNode,
-                                ..
-                            }) => {}
+                            Ok(()) => {}
+                            Err(e) if is_zk(&e, &ZkError::NoNode) => {}
                             Err(e) => return Err(e),
                         },
                         None => {}
@@ -919,18 +1533,39 @@ impl LeaseStore for ZkStore {
         )))
     }
 
+    /// The registered nodes: the registration in `/nodes/<node>` of each node whose
+    /// `/nodes/<node>/agent` is ephemeral, when it names its own node. Anything else is
+    /// ignored, with a warning: an `agent` that outlives its session, or a registration
+    /// that claims another node, is no registration.
     async fn nodes(&self) -> Result<Vec<NodeRegistration>, StoreError> {
         let client = self.client();
         let mut names = self
             .timed("list", "/nodes", client.list_children("/nodes"))
             .await?;
         names.sort();
-        let paths: Vec<String> = names.iter().map(|n| format!("/nodes/{n}")).collect();
-        self.read_all(&paths)
-            .await?
-            .into_iter()
-            .map(|(path, data)| decode(&path, &data))
-            .collect()
+        let alive: Vec<String> = names
+            .iter()
+            .map(|n| format!("/nodes/{n}/{REGISTRATION}"))
+            .collect();
+        let mut live = BTreeSet::new();
+        for (path, _, stat) in self.read_all(&alive).await? {
+            if stat.ephemeral_owner == 0 {
+                self.warn_once(&path, "not ephemeral, so not a live agent; ignored");
+            } else {
+                live.insert(node_of(&path).to_string());
+            }
+        }
+        let dirs: Vec<String> = live.iter().map(|n| format!("/nodes/{n}")).collect();
+        let mut nodes = Vec::with_capacity(dirs.len());
+        for (path, data, _) in self.read_all(&dirs).await? {
+            let name = node_of(&path);
+            match decode::<NodeRegistration>(&path, &data) {
+                Ok(registration) if registration.name == name => nodes.push(registration),
+                Ok(_) => self.warn_once(&path, "registration names another node; ignored"),
+                Err(e) => self.warn_once(&path, &format!("registration unreadable, ignored: {e}")),
+            }
+        }
+        Ok(nodes)
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
@@ -956,8 +1591,8 @@ impl LeaseStore for ZkStore {
                 LeaseChange::Delete { node, .. } => node.as_str(),
             })
             .collect();
-        let node_dirs: Vec<String> = nodes.iter().map(|n| format!("/leases/{n}")).collect();
-        self.ensure_node_dirs(&node_dirs).await?;
+        let nodes: Vec<&str> = nodes.into_iter().collect();
+        self.ensure_node_dirs(&nodes).await?;
         let known = self
             .known_leases
             .lock()
@@ -971,25 +1606,23 @@ impl LeaseStore for ZkStore {
                     if known.contains(&path) {
                         WriteOp::Set(path, encode(lease.as_ref()))
                     } else {
-                        WriteOp::Create(path, encode(lease.as_ref()))
+                        WriteOp::Create(path, encode(lease.as_ref()), self.lease_acl(&lease.node))
                     }
                 }
                 LeaseChange::Delete { node, key } => WriteOp::Delete(znode("/leases", node, key)),
             })
             .collect();
         let result = self.commit(Some(&fence), &ops).await;
-        if let Err(StoreError::Zk {
-            source: ZkError::NodeExists | ZkError::NoNode,
-            ..
-        }) = &result
+        if let Err(e) = &result
+            && (is_zk(e, &ZkError::NodeExists) || is_zk(e, &ZkError::NoNode))
         {
             // The cache of what exists was stale: read what does, and try once more.
             if let Ok(mut known) = self.known_leases.lock() {
-                for dir in &node_dirs {
-                    known.remove(dir);
+                for node in &nodes {
+                    known.remove(&format!("/leases/{node}"));
                 }
             }
-            self.ensure_node_dirs(&node_dirs).await?;
+            self.ensure_node_dirs(&nodes).await?;
             self.read_leases(None).await?;
             let known = self
                 .known_leases
@@ -999,11 +1632,12 @@ impl LeaseStore for ZkStore {
             let ops: Vec<WriteOp> = ops
                 .into_iter()
                 .filter_map(|op| match op {
-                    WriteOp::Create(path, data) | WriteOp::Set(path, data) => {
+                    WriteOp::Create(path, data, _) | WriteOp::Set(path, data) => {
                         Some(if known.contains(&path) {
                             WriteOp::Set(path, data)
                         } else {
-                            WriteOp::Create(path, data)
+                            let acl = self.lease_acl(node_of(&path));
+                            WriteOp::Create(path, data, acl)
                         })
                     }
                     WriteOp::Delete(path) => known.contains(&path).then_some(WriteOp::Delete(path)),
@@ -1024,41 +1658,54 @@ impl LeaseStore for ZkStore {
         Ok(())
     }
 
+    /// Every node's reports: the data of each `/reports/<node>`; a report there that
+    /// claims another node is ignored, with a warning.
     async fn reports(&self) -> Result<Vec<Report>, StoreError> {
-        let paths = self.two_levels("/reports", None).await?;
-        self.read_all(&paths)
-            .await?
-            .into_iter()
-            .map(|(path, data)| decode(&path, &data))
-            .collect()
+        let client = self.client();
+        let names = self
+            .timed("list", "/reports", client.list_children("/reports"))
+            .await?;
+        let paths: Vec<String> = names.iter().map(|n| format!("/reports/{n}")).collect();
+        let mut reports = Vec::new();
+        for (path, data, _) in self.read_all(&paths).await? {
+            if data.is_empty() {
+                continue;
+            }
+            let node = node_of(&path);
+            let written: NodeReports = decode(&path, &data)?;
+            for report in written.reports {
+                if report.node == node {
+                    reports.push(report);
+                } else {
+                    self.warn_once(&path, "holds a report of another node; ignored");
+                }
+            }
+        }
+        Ok(reports)
     }
 
+    /// Replaces the reports of `node`: one write of `/reports/<node>`, none when they are
+    /// unchanged.
     async fn write_reports(&self, node: &str, reports: &[Report]) -> Result<(), StoreError> {
-        let dir = format!("/reports/{node}");
-        self.mkdir(&dir).await?;
-        let existing: BTreeMap<String, Vec<u8>> = self
-            .read_all(&self.two_levels("/reports", Some(node)).await?)
-            .await?
-            .into_iter()
-            .collect();
-        let mut ops = Vec::new();
-        let mut wanted = BTreeSet::new();
-        for report in reports {
-            let Some(key) = &report.key else { continue };
-            let path = znode("/reports", node, key);
-            let data = encode(report);
-            match existing.get(&path) {
-                Some(current) if *current == data => {}
-                Some(_) => ops.push(WriteOp::Set(path.clone(), data)),
-                None => ops.push(WriteOp::Create(path.clone(), data)),
-            }
-            wanted.insert(path);
+        let path = format!("/reports/{node}");
+        if self.own.is_empty() {
+            self.ensure(&path, &Policy::Open.reports(&[]), false)
+                .await?;
         }
-        for path in existing.keys() {
-            if !wanted.contains(path) {
-                ops.push(WriteOp::Delete(path.clone()));
-            }
+        let data = encode(&NodeReports {
+            version: FORMAT_VERSION,
+            reports: reports
+                .iter()
+                .filter(|r| r.key.is_some())
+                .cloned()
+                .collect(),
+        });
+        let client = self.client();
+        let (current, _) = self.timed("read", &path, client.get_data(&path)).await?;
+        if current != data {
+            self.timed("set", &path, client.set_data(&path, &data, None))
+                .await?;
         }
-        self.commit(None, &ops).await
+        Ok(())
     }
 }

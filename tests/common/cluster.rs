@@ -2,7 +2,8 @@
 //! `corral controller` and `corral agent` processes (simulated nodes, each with its own
 //! cgroup root and state directory), their logs, and `corral status` to look at it all.
 //! Dropping a `Cluster`, also after a panic, kills every process it started and removes
-//! its cgroups.
+//! its cgroups. [`Cluster::secure`] gives the controllers and each agent a digest identity
+//! of their own.
 //!
 //! Needs root (cgroups), `java` and `/usr/share/java/zookeeper.jar`.
 
@@ -93,7 +94,13 @@ pub struct Cluster {
     pub session_timeout: &'static str,
     /// Each agent's `--capacity`; set before starting agents.
     pub agent_capacity: &'static str,
+    /// With [`Cluster::secure`]: digest identities, in credentials files, and the agents'
+    /// identities file.
+    secured: bool,
 }
+
+/// The password of every member's digest identity: its name and this.
+pub const SECRET: &str = "-s3cret";
 
 impl Cluster {
     /// A three-server ensemble, and the manifests (`shop/web`, 3 replicas, limit 500m) in
@@ -119,9 +126,59 @@ impl Cluster {
             agent_resync: AGENT_RESYNC,
             session_timeout: SESSION_TIMEOUT,
             agent_capacity: AGENT_CAPACITY,
+            secured: false,
         };
         cluster.manifest_dir("manifests");
         cluster
+    }
+
+    /// From now on every member authenticates with a digest identity of its own (plain TCP,
+    /// so with --zookeeper-insecure): `controller` for the controllers and `corral status`,
+    /// the node's name for each agent; the controllers know n1's and n2's from an identities
+    /// file. Agents then wait for a controller to provision their node before they register.
+    pub fn secure(&mut self) {
+        self.secured = true;
+        let ids: String = ["n1", "n2"]
+            .iter()
+            .map(|node| format!("{node}: [\"{}\"]\n", digest_id(node)))
+            .collect();
+        fs::write(self.identities_file(), ids).unwrap();
+    }
+
+    /// The identities file of the controllers, after [`Cluster::secure`].
+    pub fn identities_file(&self) -> PathBuf {
+        self.dir.path().join("agent-identities.yaml")
+    }
+
+    /// A credentials file for `user` (written on first use): `user:user-s3cret`.
+    pub fn credentials_file(&self, user: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("credentials-{user}"));
+        if !path.exists() {
+            fs::write(&path, format!("{user}:{user}{SECRET}\n")).unwrap();
+        }
+        path
+    }
+
+    /// The arguments that give a member the identity `user`, when secured.
+    fn identity_args(&self, user: &str) -> Vec<String> {
+        if !self.secured {
+            return Vec::new();
+        }
+        vec![
+            "--zookeeper-credentials-file".into(),
+            self.credentials_file(user).to_string_lossy().into_owned(),
+            "--zookeeper-insecure".into(),
+        ]
+    }
+
+    /// The arguments of a controller: its identity and the agents' identities file.
+    fn controller_identity_args(&self) -> Vec<String> {
+        let mut args = self.identity_args("controller");
+        if self.secured {
+            args.push("--agent-identities".into());
+            args.push(self.identities_file().to_string_lossy().into_owned());
+        }
+        args
     }
 
     /// Agents n1 and n2, both registered before controller c1 starts and leads, then c2;
@@ -184,6 +241,7 @@ impl Cluster {
             "--resync".into(),
             self.agent_resync.into(),
         ];
+        let args = [args, self.identity_args(node)].concat();
         self.add(node, args, Some(root));
         self.start(node);
     }
@@ -202,6 +260,7 @@ impl Cluster {
             "--resync".into(),
             "1".into(),
         ];
+        let args = [args, self.controller_identity_args()].concat();
         self.add(name, args, None);
         self.start(name);
     }
@@ -235,6 +294,7 @@ impl Cluster {
         if let Some(addr) = metrics {
             args.extend(["--metrics-addr".to_string(), addr.to_string()]);
         }
+        args.extend(self.controller_identity_args());
         self.add(name, args, None);
         self.start(name);
     }
@@ -435,6 +495,7 @@ impl Cluster {
         let output = Command::new(BIN)
             .args(["status", "-o", "json", "--zookeeper", &hosts])
             .args(["--session-timeout", self.session_timeout])
+            .args(self.identity_args("controller"))
             .env_remove("CORRAL_ZK_CREDENTIALS")
             .env_remove("CORRAL_ZK_CREDENTIALS_FILE")
             .output()
@@ -526,6 +587,11 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The digest ACL id of `user` with the password [`Cluster::credentials_file`] gives it.
+pub fn digest_id(user: &str) -> String {
+    corral::lease::acl::AclId::digest(user, &format!("{user}{SECRET}")).to_acl_string()
 }
 
 /// Kills what is left below `dir` and removes it, deepest first.
