@@ -540,7 +540,7 @@ impl Rendered {
         assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
         for capability in strings(&security["capabilities"]["add"]) {
             assert!(
-                ["KILL", "SETUID", "SETGID"].contains(&capability),
+                ["KILL", "SETUID", "SETGID", "SETPCAP"].contains(&capability),
                 "{}: the agent is given {capability}; the chart's README says which it needs",
                 self.file
             );
@@ -929,7 +929,7 @@ fn minimal_values_install_the_defaults() {
     assert!(pod["hostNetwork"].is_null());
     assert_eq!(
         container["securityContext"]["capabilities"],
-        json!({"drop": ["ALL"], "add": ["KILL"]})
+        json!({"drop": ["ALL"], "add": ["KILL", "SETUID", "SETGID", "SETPCAP"]})
     );
     assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
     assert_eq!(pod["priorityClassName"], "system-node-critical");
