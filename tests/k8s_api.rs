@@ -721,7 +721,9 @@ fn invalid_cases() -> Vec<Case> {
         ),
         case(
             "adopt-prefix-relative",
-            policy("  tenantDefaults:\n    security:\n      adopt: {enabled: true, cgroupPrefixes: [system.slice]}\n"),
+            policy(
+                "  tenantDefaults:\n    security:\n      adopt: {enabled: true, cgroupPrefixes: [system.slice]}\n",
+            ),
             "spec.tenantDefaults.security.adopt.cgroupPrefixes[0]",
         ),
         case(

@@ -199,12 +199,10 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     );
 
     // A tenant asking for what its policy does not allow (root): refused with the field.
-    let root = web(1, "500m")
-        .replace("name: web", "name: rooted")
-        .replace(
-            "command: {args: [sleep, \"600\"]}",
-            "command: {args: [id], securityContext: {runAsUser: 0}}",
-        );
+    let root = web(1, "500m").replace("name: web", "name: rooted").replace(
+        "command: {args: [sleep, \"600\"]}",
+        "command: {args: [id], securityContext: {runAsUser: 0}}",
+    );
     let applied = api.kubectl_stdin(&["apply", "-f", "-"], &root);
     assert!(applied.status.success(), "{applied:?}");
     wait(
