@@ -45,7 +45,11 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(first["key"], "team-a.api.0");
     assert_eq!(first["granted"]["cpu"], 250);
     assert_eq!(first["granted"]["memory"], 64 << 20);
-    assert_eq!(first["limits"]["pids"], Value::Null);
+    assert_eq!(
+        first["limits"]["pids"], 256,
+        "no pids limit given: the policy's replicaBounds.max is the limit"
+    );
+    assert_eq!(plan["allocations"][2]["limits"]["cpu"], 300);
     assert!(plan["pending"].as_array().unwrap().is_empty());
     let nodes = plan["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
