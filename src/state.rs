@@ -61,7 +61,11 @@ impl StateDir {
     /// The file cannot be written.
     pub fn write_status(&self, status: &RunStatus) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
-        private::write_atomic(&self.status_file(), text.as_bytes())
+        private::write_atomic(
+            &self.status_file(),
+            text.as_bytes(),
+            private::Durability::Atomic,
+        )
     }
 
     /// Reads the status summary; `None` when there is none.
@@ -217,12 +221,22 @@ pub mod private {
             .open(path)
     }
 
+    /// How much a write must survive.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Durability {
+        /// Synced to disk before the rename: it survives a crash of the machine (leases).
+        Synced,
+        /// Whole or not at all after a crash of corral, and cheap (summaries, records).
+        Atomic,
+    }
+
     /// Replaces `path` with `bytes` atomically: a new 0600 file beside it (created
-    /// exclusively, never through a link), synced, then renamed over it.
+    /// exclusively, never through a link), synced when `durability` asks, then renamed
+    /// over it.
     ///
     /// # Errors
     /// The file cannot be written.
-    pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         match std::fs::remove_file(&tmp) {
@@ -237,7 +251,9 @@ pub mod private {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     }
 
@@ -334,7 +350,12 @@ mod private_tests {
         assert!(private::open(&planted, Mode::Append).is_err());
         let tmp_link = tmp.path().join(".status.json.tmp");
         std::os::unix::fs::symlink(&victim, &tmp_link).unwrap();
-        private::write_atomic(&tmp.path().join("status.json"), b"{}").unwrap();
+        private::write_atomic(
+            &tmp.path().join("status.json"),
+            b"{}",
+            private::Durability::Atomic,
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         let status = std::fs::metadata(tmp.path().join("status.json")).unwrap();
         assert_eq!(status.mode() & 0o777, 0o600);

@@ -950,3 +950,39 @@ fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant()
     agent.settle(Trigger::Processes);
     assert!(!root.fs().dirs(Some(&group("team-a", "stubborn")))[0].exists());
 }
+
+/// Starting replicas under the smallest CPU quota (1 ms in 100) does not stall the agent:
+/// what runs in their groups before a pass returns is only the exec of the command, and the
+/// log pump starts outside them and joins them once started.
+#[test]
+fn starting_replicas_under_the_smallest_quota_takes_no_time_from_the_agent() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    let leases: Vec<Lease> = (0..10)
+        .map(|i| {
+            lease(
+                "tiny",
+                &format!("r{i}"),
+                &["sleep", "60"],
+                json!({}),
+                Some(1),
+                None,
+            )
+        })
+        .collect();
+    agent.set_leases(leases);
+    let started = Instant::now();
+    let pass = agent.pass(Trigger::Leases);
+    let took = started.elapsed();
+    assert_eq!(agent.stats.starts, 10, "{:?}", pass.outcome.failures);
+    assert!(took < Duration::from_secs(1), "ten starts took {took:?}");
+    for i in 0..10 {
+        let g = group("tiny", &format!("r{i}"));
+        assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "1000");
+        wait_until(
+            "the log pump to join its replica",
+            Duration::from_secs(10),
+            || root.fs().procs(&g).unwrap().len() == 2,
+        );
+    }
+}

@@ -959,10 +959,16 @@ fn output_through_the_pump_is_rotated_and_bounded() {
     let mut launched = launch(&spec).unwrap();
     let pump = launched.pump.take().expect("a pump");
     let pump_pid = pump.id();
-    let listed = fs::read_to_string(group.procs_file("pids")).unwrap();
-    assert!(
-        listed.lines().any(|l| l == pump_pid.to_string()),
-        "the pump runs in the replica's group: {listed}"
+    // The pump joins the replica's groups once it has started.
+    wait_until(
+        "the pump to join the replica's group",
+        Duration::from_secs(5),
+        || {
+            fs::read_to_string(group.procs_file("pids"))
+                .unwrap()
+                .lines()
+                .any(|l| l == pump_pid.to_string())
+        },
     );
     assert_eq!(exit_of(&mut launched), ExitStatusInfo::Exited { code: 0 });
     let mut pump = Reaped(pump);

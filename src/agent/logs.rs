@@ -10,11 +10,9 @@
 //! replica's last words are kept. It is executed rather than forked from corral, which would
 //! pin a copy of corral's memory per replica.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,16 +63,21 @@ impl LogSink {
         Ok(())
     }
 
-    /// The arguments of `corral log-pump` for this sink.
-    fn pump_args(&self) -> Vec<String> {
-        vec![
+    /// The arguments of `corral log-pump` for this sink, joining the groups of `join`.
+    fn pump_args(&self, join: &[PathBuf]) -> Vec<String> {
+        let mut args = vec![
             "log-pump".into(),
             "--max-bytes".into(),
             self.limits.max_bytes.to_string(),
             "--max-files".into(),
             self.limits.max_files.to_string(),
-            self.path.to_string_lossy().into_owned(),
-        ]
+        ];
+        for file in join {
+            args.push("--join".into());
+            args.push(file.to_string_lossy().into_owned());
+        }
+        args.push(self.path.to_string_lossy().into_owned());
+        args
     }
 }
 
@@ -94,12 +97,14 @@ pub struct Started {
     pub input: OwnedFd,
 }
 
-/// Starts `program log-pump` (`program` being corral's executable) for `sink`, in the
-/// groups of `join`, in a session of its own, ignoring SIGTERM, SIGINT and SIGHUP.
+/// Starts `program log-pump` (`program` being corral's executable) for `sink`, in a
+/// session of its own, ignoring SIGTERM, SIGINT and SIGHUP. The pump joins the groups of
+/// `join` itself once it has started ([`join`]): starting a program costs CPU that a
+/// replica's smallest quota (1 ms in 100) would stretch to seconds, and the agent waits
+/// for the start, not for what follows.
 ///
 /// # Errors
-/// The pipe, the log directory or the pump cannot be made; a pump that cannot join its
-/// groups does not start.
+/// The pipe, the log directory or the pump cannot be made.
 pub fn start_pump(program: &Path, sink: &LogSink, join: &[PathBuf]) -> io::Result<Started> {
     if let Some(dir) = sink.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -110,45 +115,39 @@ pub fn start_pump(program: &Path, sink: &LogSink, join: &[PathBuf]) -> io::Resul
         private::ensure_dir(dir, false)?;
     }
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let join: Vec<CString> = join
-        .iter()
-        .map(|p| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
-        })
-        .collect::<io::Result<_>>()?;
     let mut command = Command::new(program);
     command
-        .args(sink.pump_args())
+        .args(sink.pump_args(join))
         .env_clear()
         .stdin(Stdio::from(read))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: the closure runs between fork and exec and makes only system calls (setsid,
-    // signal, open, write, close) on strings prepared before the fork.
+    // signal).
     unsafe {
-        command.pre_exec(move || {
+        command.pre_exec(|| {
             libc::setsid();
             for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
                 libc::signal(signal, libc::SIG_IGN);
-            }
-            for path in &join {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let error = io::Error::last_os_error();
-                libc::close(fd);
-                if written != 1 {
-                    return Err(error);
-                }
             }
             Ok(())
         });
     }
     let pump = command.spawn()?;
     Ok(Started { pump, input: write })
+}
+
+/// Moves the calling process into the groups whose `cgroup.procs` files are `files`: the
+/// pump's first step, so that its work is charged to the replica.
+///
+/// # Errors
+/// A file cannot be written; the message names it.
+pub fn join(files: &[PathBuf]) -> io::Result<()> {
+    for file in files {
+        std::fs::write(file, "0")
+            .map_err(|e| io::Error::new(e.kind(), format!("joining {}: {e}", file.display())))?;
+    }
+    Ok(())
 }
 
 /// The pump's work, run by `corral log-pump`: copies `input` to `sink` until it ends,

@@ -219,7 +219,11 @@ impl Supervisor {
         }
         let list: Vec<(&ReplicaKey, &Record)> = self.records.iter().collect();
         let text = serde_json::to_string_pretty(&list).map_err(std::io::Error::other)?;
-        private::write_atomic(&self.state_file, text.as_bytes())?;
+        private::write_atomic(
+            &self.state_file,
+            text.as_bytes(),
+            private::Durability::Atomic,
+        )?;
         self.saved = self.records.clone();
         Ok(())
     }

@@ -44,6 +44,9 @@ pub struct PumpArgs {
     /// Keep this many files, the current one included.
     #[arg(long)]
     pub max_files: u32,
+    /// A `cgroup.procs` file to join first (the replica's groups); repeat for each.
+    #[arg(long, value_name = "FILE")]
+    pub join: Vec<PathBuf>,
     /// The current log file.
     pub path: PathBuf,
 }
@@ -113,6 +116,9 @@ pub fn pump(args: &PumpArgs) -> anyhow::Result<u8> {
             max_files: args.max_files,
         },
     };
+    // A pump that cannot be charged to its replica does not run: its work would be the
+    // agent's. The replica's writes then fail, and its group is being removed anyway.
+    logs::join(&args.join)?;
     logs::pump(std::io::stdin().lock(), &sink)
         .with_context(|| format!("writing {}", args.path.display()))?;
     Ok(0)

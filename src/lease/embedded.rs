@@ -182,10 +182,12 @@ impl EmbeddedStore {
 
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(name);
-        private::write_atomic(&path, bytes).map_err(|source| StoreError::Io {
-            op: "write",
-            path,
-            source,
+        private::write_atomic(&path, bytes, private::Durability::Synced).map_err(|source| {
+            StoreError::Io {
+                op: "write",
+                path,
+                source,
+            }
         })
     }
 

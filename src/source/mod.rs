@@ -13,5 +13,10 @@ use crate::validate::{Manifests, Validator};
 /// Reads and validates the manifests at `paths` (files, directories, `-` for stdin).
 pub fn load(paths: &[PathBuf]) -> Manifests {
     let (texts, unreadable) = files::read_all(paths);
-    Validator::new().check(&texts, &unreadable)
+    // Building the validator generates both CRDs and compiles their CEL rules: several
+    // milliseconds that every edit `corral run` follows would otherwise pay again.
+    thread_local! {
+        static VALIDATOR: Validator = Validator::new();
+    }
+    VALIDATOR.with(|v| v.check(&texts, &unreadable))
 }
