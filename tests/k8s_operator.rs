@@ -38,6 +38,30 @@ fn wait(api: &ApiServer, c: &Cluster, args: &[&str]) {
     );
 }
 
+/// Applies `manifest` (Workload `shop/<name>`), which the API server accepts and corral
+/// refuses: waits for its `Allocated` condition to say `Invalid`, with a message that
+/// starts with `message`.
+fn refused_with(api: &ApiServer, c: &Cluster, name: &str, manifest: &str, message: &str) {
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], manifest);
+    assert!(applied.status.success(), "{applied:?}");
+    let object = format!("workload/{name}");
+    wait(
+        api,
+        c,
+        &[
+            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
+            "-n",
+            "shop",
+            &object,
+        ],
+    );
+    let refused = get_json(api, &["get", "-n", "shop", &object]);
+    let said = refused["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(said.starts_with(message), "{said}");
+}
+
 fn events(api: &ApiServer, namespace: &str, name: &str) -> Vec<(String, String)> {
     let list = get_json(
         api,
@@ -177,25 +201,12 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             "command: {args: [sleep, \"600\"]}",
             "adopt: {commandPattern: \"(unclosed\"}",
         );
-    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &bad);
-    assert!(applied.status.success(), "{applied:?}");
-    wait(
+    refused_with(
         &api,
         &c,
-        &[
-            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
-            "-n",
-            "shop",
-            "workload/unclosed",
-        ],
-    );
-    let refused = get_json(&api, &["get", "-n", "shop", "workload/unclosed"]);
-    let message = refused["status"]["conditions"][0]["message"]
-        .as_str()
-        .unwrap();
-    assert!(
-        message.starts_with("spec.adopt.commandPattern: is not a valid regular expression"),
-        "{message}"
+        "unclosed",
+        &bad,
+        "spec.adopt.commandPattern: is not a valid regular expression",
     );
 
     // A tenant asking for what its policy does not allow (root): refused with the field.
@@ -203,25 +214,12 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "command: {args: [sleep, \"600\"]}",
         "command: {args: [id], securityContext: {runAsUser: 0}}",
     );
-    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &root);
-    assert!(applied.status.success(), "{applied:?}");
-    wait(
+    refused_with(
         &api,
         &c,
-        &[
-            "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Invalid",
-            "-n",
-            "shop",
-            "workload/rooted",
-        ],
-    );
-    let refused = get_json(&api, &["get", "-n", "shop", "workload/rooted"]);
-    let message = refused["status"]["conditions"][0]["message"]
-        .as_str()
-        .unwrap();
-    assert!(
-        message.starts_with("spec.command.securityContext.runAsUser: user 0 is root"),
-        "{message}"
+        "rooted",
+        &root,
+        "spec.command.securityContext.runAsUser: user 0 is root",
     );
 
     // An object corral cannot read at all, as the API server may hold after its CRD

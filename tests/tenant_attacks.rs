@@ -4,7 +4,11 @@
 //! its process running (not stopped), its secret unread, its cgroup values as corral wrote
 //! them. (The attacks on ZooKeeper are in the ZooKeeper tests.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::cluster::sweep;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -148,32 +152,6 @@ impl Drop for Setup {
             );
         }
     }
-}
-
-/// Kills what is left below `dir` and removes it, deepest first.
-fn sweep(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            sweep(&entry.path());
-        }
-    }
-    for _ in 0..100 {
-        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        if pids.trim().is_empty() {
-            break;
-        }
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Live (not zombie) processes whose real user is `uid`.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::input::{Demand, amounts_or};
 use super::resources::Kind;
 use super::selector;
-use crate::api::policy::{IdRange, ResourcePolicySpec, TenantSecurity};
+use crate::api::policy::{IdRange, ResourcePolicySpec, TenantSettings};
 use crate::api::workload::MAX_PRIORITY;
 use crate::api::{ResourcePolicy, Workload};
 use crate::source::yaml::FieldPath;
@@ -124,6 +124,35 @@ impl<T> Setting<T> {
     }
 }
 
+/// Where a tenant's settings are looked up: its own entry (with its path), then
+/// `tenantDefaults`.
+struct Levels<'a> {
+    own: Option<(&'a str, &'a TenantSettings)>,
+    shared: Option<&'a TenantSettings>,
+}
+
+impl Levels<'_> {
+    /// The first level that sets `field`, with the path it is at; `None` when neither does.
+    fn pick<T>(
+        &self,
+        field: &str,
+        get: impl Fn(&TenantSettings) -> Option<T>,
+    ) -> Option<Setting<T>> {
+        if let Some((path, settings)) = self.own
+            && let Some(value) = get(settings)
+        {
+            return Some(Setting {
+                value,
+                from: Some(format!("{path}.{field}")),
+            });
+        }
+        self.shared.and_then(&get).map(|value| Setting {
+            value,
+            from: Some(format!("spec.tenantDefaults.{field}")),
+        })
+    }
+}
+
 /// What one tenant (namespace) may do under one policy: its entry in `tenants` over
 /// `tenantDefaults`, over corral's defaults, field by field.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,149 +186,74 @@ pub struct TenantRules {
 impl TenantRules {
     /// The rules for `namespace` under the policy `name` with `spec`.
     pub fn of(name: &str, spec: &ResourcePolicySpec, namespace: &str) -> TenantRules {
-        let defaults = spec.tenant_defaults.as_ref();
-        let listed = spec
+        let own = spec
             .tenants
             .iter()
             .enumerate()
-            .find(|(_, t)| t.namespace == namespace);
-        let tenant_path = listed.map(|(i, _)| format!("spec.tenants[{i}]"));
-        let tenant = listed.map(|(_, t)| t);
-        // The tenant's own value, else the policy-wide one, else corral's.
-        let pick = |own: Option<(&str, Option<i32>)>, shared: Option<(&str, Option<i32>)>| {
-            if let (Some(path), Some((field, Some(v)))) = (&tenant_path, own) {
-                return Some(Setting {
-                    value: v,
-                    from: Some(format!("{path}.{field}")),
-                });
-            }
-            if let Some((field, Some(v))) = shared {
-                return Some(Setting {
-                    value: v,
-                    from: Some(format!("spec.tenantDefaults.{field}")),
-                });
-            }
-            None
+            .find(|(_, t)| t.namespace == namespace)
+            .map(|(i, t)| (format!("spec.tenants[{i}]"), &t.settings));
+        let levels = Levels {
+            own: own.as_ref().map(|(path, s)| (path.as_str(), *s)),
+            shared: spec.tenant_defaults.as_ref(),
         };
-        let max_priority = pick(
-            tenant.map(|t| ("maxPriority", t.max_priority)),
-            defaults.map(|d| ("maxPriority", d.max_priority)),
-        )
-        .unwrap_or_else(|| Setting::default_value(MAX_PRIORITY));
-        let max_workloads = pick(
-            tenant.map(|t| ("maxWorkloads", t.max_workloads)),
-            defaults.map(|d| ("maxWorkloads", d.max_workloads)),
-        )
-        .map_or_else(
-            || Setting::default_value(None),
-            |s| Setting {
-                value: Some(s.value),
-                from: s.from,
-            },
-        );
-        let max_replicas = pick(
-            tenant.map(|t| ("maxReplicas", t.max_replicas)),
-            defaults.map(|d| ("maxReplicas", d.max_replicas)),
-        )
-        .map_or_else(
-            || Setting::default_value(None),
-            |s| Setting {
-                value: Some(s.value),
-                from: s.from,
-            },
-        );
-
-        let own_security = tenant.and_then(|t| t.security.as_ref());
-        let shared_security = defaults.and_then(|d| d.security.as_ref());
-        let own_path = tenant_path.as_ref().map(|p| format!("{p}.security"));
-        // A security field: the tenant's, else tenantDefaults', else `fallback`.
-        fn field<T: Clone>(
-            own: Option<&TenantSecurity>,
-            own_path: Option<&String>,
-            shared: Option<&TenantSecurity>,
-            name: &str,
-            get: impl Fn(&TenantSecurity) -> Option<T>,
-        ) -> Option<Setting<T>> {
-            if let (Some(sec), Some(path)) = (own, own_path)
-                && let Some(v) = get(sec)
-            {
-                return Some(Setting {
-                    value: v,
-                    from: Some(format!("{path}.{name}")),
-                });
-            }
-            shared.and_then(get).map(|v| Setting {
-                value: v,
-                from: Some(format!("spec.tenantDefaults.security.{name}")),
+        let run_as_user = levels
+            .pick("security.runAsUser", |s| s.security.as_ref()?.run_as_user)
+            .unwrap_or_else(|| Setting::default_value(i64::from(NOBODY)));
+        let run_as_group = levels
+            .pick("security.runAsGroup", |s| s.security.as_ref()?.run_as_group)
+            .unwrap_or_else(|| Setting::default_value(i64::from(NOBODY)));
+        // By default a tenant may use only its default user and group.
+        let only = |id: &Setting<i64>| Setting {
+            value: vec![IdRange {
+                min: id.value,
+                max: id.value,
+            }],
+            from: id.from.clone(),
+        };
+        let allowed_users = levels
+            .pick("security.allowedUsers", |s| {
+                s.security.as_ref()?.allowed_users.clone()
             })
-        }
-        let sec = |name: &str, get: &dyn Fn(&TenantSecurity) -> Option<i64>| {
-            field(own_security, own_path.as_ref(), shared_security, name, get)
+            .unwrap_or_else(|| only(&run_as_user));
+        let allowed_groups = levels
+            .pick("security.allowedGroups", |s| {
+                s.security.as_ref()?.allowed_groups.clone()
+            })
+            .unwrap_or_else(|| only(&run_as_group));
+        let adopt = |s: &TenantSettings| s.security.as_ref()?.adopt.clone();
+        let max_priority = levels
+            .pick("maxPriority", |s| s.max_priority)
+            .unwrap_or_else(|| Setting::default_value(MAX_PRIORITY));
+        let bound = |field: &str, get: fn(&TenantSettings) -> Option<i32>| {
+            levels.pick(field, get).map_or_else(
+                || Setting::default_value(None),
+                |s| Setting {
+                    value: Some(s.value),
+                    from: s.from,
+                },
+            )
         };
-        let run_as_user = sec("runAsUser", &|s| s.run_as_user)
-            .unwrap_or_else(|| Setting::default_value(i64::from(NOBODY)));
-        let run_as_group = sec("runAsGroup", &|s| s.run_as_group)
-            .unwrap_or_else(|| Setting::default_value(i64::from(NOBODY)));
-        let only = |id: i64| vec![IdRange { min: id, max: id }];
-        let allowed_users = field(
-            own_security,
-            own_path.as_ref(),
-            shared_security,
-            "allowedUsers",
-            |s| s.allowed_users.clone(),
-        )
-        .unwrap_or_else(|| Setting {
-            value: only(run_as_user.value),
-            from: run_as_user.from.clone(),
-        });
-        let allowed_groups = field(
-            own_security,
-            own_path.as_ref(),
-            shared_security,
-            "allowedGroups",
-            |s| s.allowed_groups.clone(),
-        )
-        .unwrap_or_else(|| Setting {
-            value: only(run_as_group.value),
-            from: run_as_group.from.clone(),
-        });
-        let allow_root = field(
-            own_security,
-            own_path.as_ref(),
-            shared_security,
-            "allowRoot",
-            |s| s.allow_root,
-        )
-        .unwrap_or_else(|| Setting::default_value(false));
-        let adopt = field(
-            own_security,
-            own_path.as_ref(),
-            shared_security,
-            "adopt.enabled",
-            |s| s.adopt.as_ref().map(|a| a.enabled),
-        )
-        .unwrap_or_else(|| Setting::default_value(false));
-        let cgroup_prefixes = field(
-            own_security,
-            own_path.as_ref(),
-            shared_security,
-            "adopt.cgroupPrefixes",
-            |s| s.adopt.as_ref().map(|a| a.cgroup_prefixes.clone()),
-        )
-        .unwrap_or_else(|| Setting::default_value(Vec::new()));
         TenantRules {
             policy: name.to_string(),
             namespace: namespace.to_string(),
+            allow_root: levels
+                .pick("security.allowRoot", |s| s.security.as_ref()?.allow_root)
+                .unwrap_or_else(|| Setting::default_value(false)),
+            adopt: levels
+                .pick("security.adopt.enabled", |s| adopt(s).map(|a| a.enabled))
+                .unwrap_or_else(|| Setting::default_value(false)),
+            cgroup_prefixes: levels
+                .pick("security.adopt.cgroupPrefixes", |s| {
+                    adopt(s).map(|a| a.cgroup_prefixes)
+                })
+                .unwrap_or_else(|| Setting::default_value(Vec::new())),
             run_as_user,
             run_as_group,
             allowed_users,
             allowed_groups,
-            allow_root,
-            adopt,
-            cgroup_prefixes,
             max_priority,
-            max_workloads,
-            max_replicas,
+            max_workloads: bound("maxWorkloads", |s| s.max_workloads),
+            max_replicas: bound("maxReplicas", |s| s.max_replicas),
         }
     }
 
@@ -801,7 +755,7 @@ pub fn max_priority(policy: &ResourcePolicySpec, namespace: &str) -> i32 {
         .tenants
         .iter()
         .find(|t| t.namespace == namespace)
-        .and_then(|t| t.max_priority)
+        .and_then(|t| t.settings.max_priority)
         .or_else(|| policy.tenant_defaults.as_ref().and_then(|d| d.max_priority))
         .unwrap_or(MAX_PRIORITY)
 }
@@ -812,7 +766,7 @@ pub fn max_replicas(policy: &ResourcePolicySpec, namespace: &str) -> Option<i32>
         .tenants
         .iter()
         .find(|t| t.namespace == namespace)
-        .and_then(|t| t.max_replicas)
+        .and_then(|t| t.settings.max_replicas)
         .or_else(|| policy.tenant_defaults.as_ref().and_then(|d| d.max_replicas))
 }
 

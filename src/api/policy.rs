@@ -248,46 +248,34 @@ pub struct Tenant {
     /// the tenant's parent cgroup on each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<ResourceAmounts>,
-    /// The highest `spec.priority` this tenant's Workloads may have, 0 to 1000000000;
-    /// default `tenantDefaults.maxPriority`, else no bound.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000_000))]
-    pub max_priority: Option<i32>,
-    /// The most Workloads this tenant may have under the policy; default
-    /// `tenantDefaults.maxWorkloads`, else no bound. Beyond it, Workloads are refused, the
-    /// newest (then last by name) first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000))]
-    pub max_workloads: Option<i32>,
-    /// The most replicas this tenant may have placed under the policy; default
-    /// `tenantDefaults.maxReplicas`, else no bound. Beyond it, replicas stay pending.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000))]
-    pub max_replicas: Option<i32>,
-    /// Users, groups and adoption for this tenant; each field set here replaces the one in
-    /// `tenantDefaults.security`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security: Option<TenantSecurity>,
+    /// Its priority bound, counts, users, groups and adoption (`maxPriority`,
+    /// `maxWorkloads`, `maxReplicas`, `security`): each set here replaces `tenantDefaults`'.
+    #[serde(flatten)]
+    pub settings: TenantSettings,
 }
 
-/// What every tenant of a policy may do unless its `tenants` entry says otherwise.
+/// What a tenant may do: in `tenantDefaults` for every tenant of the policy, and in a
+/// `tenants` entry for that tenant, where each field set replaces the default's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSettings {
-    /// The highest `spec.priority` a tenant's Workloads may have, 0 to 1000000000; no bound
-    /// when omitted.
+    /// The highest `spec.priority` the tenant's Workloads may have, 0 to 1000000000; no
+    /// bound when neither the tenant's entry nor `tenantDefaults` sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000_000))]
     pub max_priority: Option<i32>,
-    /// The most Workloads a tenant may have under the policy; no bound when omitted.
+    /// The most Workloads the tenant may have under the policy; beyond it, Workloads are
+    /// refused, the newest (then last by name) first. No bound when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub max_workloads: Option<i32>,
-    /// The most replicas a tenant may have placed under the policy; no bound when omitted.
+    /// The most replicas the tenant may have placed under the policy; beyond it, replicas
+    /// stay pending. No bound when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub max_replicas: Option<i32>,
-    /// Users, groups and adoption for every tenant.
+    /// The users and groups the tenant's commands run as, and what it may adopt; each field
+    /// of a tenant's entry replaces the one of `tenantDefaults.security`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<TenantSecurity>,
 }

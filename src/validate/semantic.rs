@@ -133,6 +133,7 @@ pub fn check_policy(spec: &ResourcePolicySpec) -> Vec<FieldError> {
     }
     for (t, tenant) in spec.tenants.iter().enumerate() {
         let prefixes = tenant
+            .settings
             .security
             .as_ref()
             .and_then(|s| s.adopt.as_ref())
