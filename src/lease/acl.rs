@@ -179,30 +179,27 @@ impl Perms {
         self.0 & other.0 == other.0
     }
 
+    /// Each of corral's permissions beside ZooKeeper's.
+    const ZK: [(Perms, Permission); 5] = [
+        (Perms::READ, Permission::READ),
+        (Perms::WRITE, Permission::WRITE),
+        (Perms::CREATE, Permission::CREATE),
+        (Perms::DELETE, Permission::DELETE),
+        (Perms::ADMIN, Permission::ADMIN),
+    ];
+
     fn to_zk(self) -> Permission {
-        [
-            (Perms::READ, Permission::READ),
-            (Perms::WRITE, Permission::WRITE),
-            (Perms::CREATE, Permission::CREATE),
-            (Perms::DELETE, Permission::DELETE),
-            (Perms::ADMIN, Permission::ADMIN),
-        ]
-        .into_iter()
-        .filter(|(ours, _)| self.has(*ours))
-        .fold(Permission::NONE, |all, (_, zk)| all | zk)
+        Self::ZK
+            .into_iter()
+            .filter(|(ours, _)| self.has(*ours))
+            .fold(Permission::NONE, |all, (_, zk)| all | zk)
     }
 
     fn from_zk(permission: Permission) -> Perms {
-        [
-            (Perms::READ, Permission::READ),
-            (Perms::WRITE, Permission::WRITE),
-            (Perms::CREATE, Permission::CREATE),
-            (Perms::DELETE, Permission::DELETE),
-            (Perms::ADMIN, Permission::ADMIN),
-        ]
-        .into_iter()
-        .filter(|(_, zk)| permission.has(*zk))
-        .fold(Perms(0), |all, (ours, _)| all | ours)
+        Self::ZK
+            .into_iter()
+            .filter(|(_, zk)| permission.has(*zk))
+            .fold(Perms(0), |all, (ours, _)| all | ours)
     }
 }
 

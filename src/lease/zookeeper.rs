@@ -819,11 +819,7 @@ impl ZkStore {
                      replaces it once it runs this version"
                 )));
             }
-            match self.timed("delete", &dir, client.delete(&dir, None)).await {
-                Ok(()) => changed = true,
-                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                Err(e) => return Err(e),
-            }
+            changed |= self.delete_if_present(&dir).await?;
         }
         let leases = format!("/leases/{node}");
         let wanted = policy.leases(ids);
@@ -870,14 +866,7 @@ impl ZkStore {
                 Err(e) if is_zk(&e, &ZkError::NoNode) => {}
                 Err(e) if is_zk(&e, &ZkError::NoAuth) => {
                     tracing::warn!(%path, "cannot set its ACL; deleting it, to be written again");
-                    match self
-                        .timed("delete", &path, client.delete(&path, None))
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                        Err(e) => return Err(e),
-                    }
+                    self.delete_if_present(&path).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -885,19 +874,21 @@ impl ZkStore {
         Ok(())
     }
 
+    /// Deletes `path`; one already gone is fine. True when this call deleted it.
+    async fn delete_if_present(&self, path: &str) -> Result<bool, StoreError> {
+        let client = self.client();
+        match self.timed("delete", path, client.delete(path, None)).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_zk(&e, &ZkError::NoNode) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes every child of `dir`.
     async fn delete_children(&self, dir: &str) -> Result<(), StoreError> {
         let client = self.client();
         for child in self.timed("list", dir, client.list_children(dir)).await? {
-            let path = format!("{dir}/{child}");
-            match self
-                .timed("delete", &path, client.delete(&path, None))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                Err(e) => return Err(e),
-            }
+            self.delete_if_present(&format!("{dir}/{child}")).await?;
         }
         Ok(())
     }
@@ -963,16 +954,8 @@ impl ZkStore {
     /// # Errors
     /// ZooKeeper refused or did not answer.
     pub async fn finish_join(&self, node: &str) -> Result<(), StoreError> {
-        let path = format!("/join/{node}");
-        let client = self.client();
-        match self
-            .timed("delete", &path, client.delete(&path, None))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_zk(&e, &ZkError::NoNode) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.delete_if_present(&format!("/join/{node}")).await?;
+        Ok(())
     }
 
     /// Makes sure `node` has its znodes before its agent registers. In open mode, or for a
@@ -1163,15 +1146,7 @@ impl ZkStore {
     pub async fn resign(&self) -> Result<(), StoreError> {
         let own = self.leadership.lock().ok().and_then(|mut l| l.take());
         if let Some((path, _)) = own {
-            let client = self.client();
-            match self
-                .timed("delete", &path, client.delete(&path, None))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                Err(e) => return Err(e),
-            }
+            self.delete_if_present(&path).await?;
         }
         Ok(())
     }
@@ -1514,14 +1489,9 @@ impl LeaseStore for ZkStore {
                         Some(stat) if stat.ephemeral_owner == client.session_id().0 => {
                             return Ok(());
                         }
-                        Some(_) => match self
-                            .timed("delete", &path, client.delete(&path, None))
-                            .await
-                        {
-                            Ok(()) => {}
-                            Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                            Err(e) => return Err(e),
-                        },
+                        Some(_) => {
+                            self.delete_if_present(&path).await?;
+                        }
                         None => {}
                     }
                 }
