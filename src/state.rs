@@ -203,6 +203,21 @@ pub mod private {
         Ok(())
     }
 
+    /// Creates `dir` and what is missing above it, 0700, then checks it as [`ensure_dir`]
+    /// checks a directory inside the state directory.
+    ///
+    /// # Errors
+    /// It cannot be created, or fails a check.
+    pub fn create_dir(dir: &Path) -> io::Result<()> {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        ensure_dir(dir, false)
+    }
+
     /// Opens a file in a checked directory: created 0600 if missing, never through a
     /// symbolic link, never blocking on a FIFO.
     ///

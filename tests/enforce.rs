@@ -986,3 +986,27 @@ fn starting_replicas_under_the_smallest_quota_takes_no_time_from_the_agent() {
         );
     }
 }
+
+/// A replica this agent started and then stopped is reaped: no zombie of it is left while
+/// the agent runs on.
+#[test]
+fn a_stopped_replica_leaves_no_zombie() {
+    let root = TestRoot::v1();
+    let mut agent = root.agent();
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "60"],
+        json!({}),
+        None,
+        None,
+    )]);
+    let pass = agent.pass(Trigger::Leases);
+    let pid = report_of(&pass, "api").process.pid.unwrap();
+    agent.set_leases(vec![]);
+    agent.settle(Trigger::Leases);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} is left as a zombie"
+    );
+}

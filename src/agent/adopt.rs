@@ -85,12 +85,16 @@ pub fn find(
     } else {
         (Vec::new(), false)
     };
+    let corral = Corral {
+        ancestors: process::self_and_ancestors().into_iter().collect(),
+        exe: std::fs::read_link("/proc/self/exe").ok(),
+    };
     let mut found = Found::default();
     for pid in candidates {
         if ours.contains(&pid) {
             continue;
         }
-        match refusal(pid, scope, by_prefix, fs) {
+        match refusal(pid, scope, by_prefix, fs, &corral) {
             None => found.pids.push(pid),
             Some(why) => found.refused.push((pid, why)),
         }
@@ -98,9 +102,23 @@ pub fn find(
     Ok(found)
 }
 
+/// This corral, as adoption tells it apart: read once per rule, not per candidate.
+struct Corral {
+    /// This process and its ancestors.
+    ancestors: BTreeSet<u32>,
+    /// Its executable, which other corral processes (agents, log pumps) run too.
+    exe: Option<std::path::PathBuf>,
+}
+
 /// Why `pid` may not be adopted, or `None` when it may. `by_prefix`: it was found in a
 /// cgroup the policy delegated, so its user does not matter.
-pub fn refusal(pid: u32, scope: &AdoptScope, by_prefix: bool, fs: &Cgroupfs) -> Option<String> {
+fn refusal(
+    pid: u32,
+    scope: &AdoptScope,
+    by_prefix: bool,
+    fs: &Cgroupfs,
+    corral: &Corral,
+) -> Option<String> {
     if pid == 1 {
         return Some("is PID 1".into());
     }
@@ -110,10 +128,10 @@ pub fn refusal(pid: u32, scope: &AdoptScope, by_prefix: bool, fs: &Cgroupfs) -> 
     if facts.kernel_thread {
         return Some("is a kernel thread".into());
     }
-    if process::self_and_ancestors().contains(&pid) {
+    if corral.ancestors.contains(&pid) {
         return Some("is corral or one of its ancestors".into());
     }
-    if facts.is_corral {
+    if facts.exe.is_some() && facts.exe == corral.exe {
         return Some("is a corral process".into());
     }
     if fs.in_a_corral_root(pid) {

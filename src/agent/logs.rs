@@ -107,12 +107,7 @@ pub struct Started {
 /// The pipe, the log directory or the pump cannot be made.
 pub fn start_pump(program: &Path, sink: &LogSink, join: &[PathBuf]) -> io::Result<Started> {
     if let Some(dir) = sink.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                .recursive(true)
-                .create(dir)?;
-        }
-        private::ensure_dir(dir, false)?;
+        private::create_dir(dir)?;
     }
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut command = Command::new(program);

@@ -18,7 +18,6 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -312,13 +311,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
 
 fn open_log(path: &Path) -> io::Result<fs::File> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-        private::ensure_dir(dir, false)?;
+        private::create_dir(dir)?;
     }
     private::open(path, private::Mode::Append)
 }
@@ -952,8 +945,8 @@ pub struct Facts {
     pub kernel_thread: bool,
     /// Its real, effective, saved and filesystem user IDs.
     pub uids: Vec<u32>,
-    /// It runs the same executable as this process: another corral.
-    pub is_corral: bool,
+    /// The executable it runs, when readable.
+    pub exe: Option<PathBuf>,
 }
 
 /// What adoption needs to know of `pid`; `None` when it is gone or unreadable.
@@ -976,12 +969,10 @@ pub fn facts(pid: u32) -> Option<Facts> {
         .split_whitespace()
         .filter_map(|u| u.parse().ok())
         .collect();
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let own = fs::read_link("/proc/self/exe").ok();
     Some(Facts {
         kernel_thread: flags & PF_KTHREAD != 0,
         uids,
-        is_corral: exe.is_some() && exe == own,
+        exe: fs::read_link(format!("/proc/{pid}/exe")).ok(),
     })
 }
 

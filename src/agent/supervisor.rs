@@ -123,7 +123,9 @@ impl Supervisor {
 
     /// Starts stopping `group` (its `procs_files`) in a thread of its own: SIGTERM, SIGKILL
     /// after `grace`, and a process that even SIGKILL does not end within 5 s is reported,
-    /// never waited for. Nothing happens when the group is already being stopped.
+    /// never waited for. The thread also reaps the replica's main process when this corral
+    /// started it, so that no zombie is left. Nothing happens when the group is already
+    /// being stopped.
     pub fn stop_in_background(
         &mut self,
         group: &GroupPath,
@@ -133,12 +135,16 @@ impl Supervisor {
         if self.stopping.contains_key(group) {
             return;
         }
+        let mut main = group.key().and_then(|key| self.children.remove(&key));
         let waker = self.waker.clone();
         let name = group.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("stop {name}"))
             .spawn(move || {
                 let outcome = process::stop(&procs_files, grace).map_err(|e| e.to_string());
+                if let Some(child) = main.as_mut() {
+                    let _ = child.try_wait();
+                }
                 if let Some(wake) = waker {
                     wake();
                 }
@@ -175,12 +181,6 @@ impl Supervisor {
                     tracing::info!(group = %group, terminated = o.terminated, killed = o.killed, "stopped")
                 }
                 Err(e) => tracing::warn!(group = %group, error = %e, "cannot stop"),
-            }
-            if let (Ok(_), Some(key)) = (&outcome, group.key()) {
-                // Reap what this corral started, so no zombie is left.
-                if let Some(mut child) = self.children.remove(&key) {
-                    let _ = child.try_wait();
-                }
             }
             out.push((group, outcome));
         }
