@@ -1033,6 +1033,8 @@ impl ZkStore {
             )
             .await?;
         let own = format!("c-{sequence}");
+        // Said once, so that a person (and the tests) can tell a standby is up.
+        let mut standing_by = false;
         loop {
             let children = self
                 .timed("list", "/leader", client.list_children("/leader"))
@@ -1096,6 +1098,10 @@ impl ZkStore {
                 )
                 .await?;
             if let (Some(_), watcher) = watched {
+                if !standing_by {
+                    tracing::info!(candidate = %own, behind = %predecessor, "standing by");
+                    standing_by = true;
+                }
                 // Wait for the predecessor to go (or the session to end); no timeout here:
                 // waiting for leadership is not a call that may hang.
                 let event = watcher.changed().await;

@@ -193,6 +193,8 @@ impl Cluster {
         c.start_controller("c1", &manifests);
         c.wait_for_log("c1", "leading epoch=", Duration::from_secs(20));
         c.start_controller("c2", &manifests);
+        // A test may stop c2 at once: it must be past its start, with its signal handlers.
+        c.wait_for_log("c2", "standing by", Duration::from_secs(20));
         c.wait_until("3 replicas Running", Duration::from_secs(30), |c| {
             c.try_status().is_ok_and(|s| all_running(&s, 3))
         });
