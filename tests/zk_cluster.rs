@@ -632,10 +632,11 @@ fn forged_lease(template: &Value, node: &str, name: &str, epoch: i64, proof: &Pa
     serde_json::to_vec(&lease).unwrap()
 }
 
-/// The attack, as a node would run it: with n2's own credentials, a lease for n1
-/// that runs `id` as root there, a fake node of huge capacity, a persistent
-/// `/leader/c-0000000000`, and reads of n1's leases. Every one is refused by ZooKeeper, and
-/// n1's replicas, the registrations and the leadership are untouched.
+/// The attack, as a node would run it: with one node's own credentials, a lease for
+/// the other that runs `id` as root there, a fake node of huge capacity, a persistent
+/// `/leader/c-0000000000`, and reads of the other's leases. Every one is refused by
+/// ZooKeeper, and the victim's replicas, the registrations and the leadership are untouched.
+/// The victim is a node that holds replicas (the allocator may place all three on one).
 #[test]
 fn with_an_identity_per_node_one_node_cannot_run_anything_on_another() {
     let started = Instant::now();
@@ -652,60 +653,72 @@ fn with_an_identity_per_node_one_node_cannot_run_anything_on_another() {
     let placed = placement(&before);
     let (_, epoch) = leader(&before);
     let template = leases(&before)[0].clone();
-    let on_n1: Vec<String> = leases(&before)
+    let victim = template["node"].as_str().unwrap().to_string();
+    let attacker = if victim == "n1" { "n2" } else { "n1" };
+    let on_victim: Vec<String> = leases(&before)
         .iter()
-        .filter(|l| l["node"] == "n1")
+        .filter(|l| l["node"] == victim.as_str())
         .map(|l| format!("shop.web.{}", l["key"]["index"]))
         .collect();
-    assert!(!on_n1.is_empty(), "{before:#}");
     let proof = c.path().join("pwned");
     let hosts = c.zk.connect_string();
-    let evil = forged_lease(&template, "n1", "evil", epoch, &proof);
+    let evil = forged_lease(&template, &victim, "evil", epoch, &proof);
     let huge = serde_json::json!({"version": 1, "name": "fake", "labels": {},
         "capacity": {"cpu": 1_000_000, "memory": 1_i64 << 50, "pids": 1_000_000},
         "cgroupMode": "v1", "agentVersion": "evil"});
     let huge = serde_json::to_vec(&huge).unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use zookeeper_client::{Acls, CreateMode, Error};
-        let n2 = zk_client(&hosts, Some("n2")).await;
+        let evil_node = zk_client(&hosts, Some(attacker)).await;
         let anyone = zk_client(&hosts, None).await;
         let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
         let refused = |what: &str, result: Result<(), Error>| {
             assert_eq!(result, Err(Error::NoAuth), "{what}");
         };
-        let first = format!("/leases/n1/{}", on_n1[0]);
+        let first = format!("/leases/{victim}/{}", on_victim[0]);
         refused(
-            "n2 creates a lease for n1",
-            n2.create("/leases/n1/shop.evil.0", &evil, &persistent)
+            "a node creates a lease for another",
+            evil_node
+                .create(&format!("/leases/{victim}/shop.evil.0"), &evil, &persistent)
                 .await
                 .map(drop),
         );
         refused(
-            "n2 replaces a lease of n1",
-            n2.set_data(&first, &evil, None).await.map(drop),
+            "a node replaces a lease of another",
+            evil_node.set_data(&first, &evil, None).await.map(drop),
         );
         refused(
-            "n2 registers a fake node",
-            n2.create("/nodes/fake", &huge, &persistent).await.map(drop),
-        );
-        refused(
-            "n2 changes n1's registration",
-            n2.set_data("/nodes/n1", &huge, None).await.map(drop),
-        );
-        refused(
-            "n2 jams the election",
-            n2.create("/leader/c-0000000000", b"evil", &persistent)
+            "a node registers a fake node",
+            evil_node
+                .create("/nodes/fake", &huge, &persistent)
                 .await
                 .map(drop),
         );
-        for client in [&n2, &anyone] {
+        refused(
+            "a node changes another's registration",
+            evil_node
+                .set_data(&format!("/nodes/{victim}"), &huge, None)
+                .await
+                .map(drop),
+        );
+        refused(
+            "a node jams the election",
+            evil_node
+                .create("/leader/c-0000000000", b"evil", &persistent)
+                .await
+                .map(drop),
+        );
+        for client in [&evil_node, &anyone] {
             refused(
-                "reading n1's lease",
+                "reading another node's lease",
                 client.get_data(&first).await.map(drop),
             );
             refused(
-                "reading n1's reports",
-                client.get_data("/reports/n1").await.map(drop),
+                "reading another node's reports",
+                client
+                    .get_data(&format!("/reports/{victim}"))
+                    .await
+                    .map(drop),
             );
         }
     });
@@ -713,12 +726,18 @@ fn with_an_identity_per_node_one_node_cannot_run_anything_on_another() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!proof.exists(), "the forged lease ran");
     let after = c.status();
-    assert_eq!(placement(&after), placed, "n1's replicas are untouched");
+    assert_eq!(
+        placement(&after),
+        placed,
+        "the victim's replicas are untouched"
+    );
     assert!(c.enforced(&placed, &quota(500)));
     assert_eq!(registered(&after), ["n1", "n2"]);
     assert_eq!(leader(&after), ("c1".to_string(), epoch));
     assert!(
-        !c.log("n2").contains(SECRET) && !c.log("c1").contains(SECRET),
+        !c.log(attacker).contains(SECRET)
+            && !c.log(&victim).contains(SECRET)
+            && !c.log("c1").contains(SECRET),
         "credentials never reach the logs"
     );
     eprintln!("took {:?}", started.elapsed());
