@@ -9,6 +9,7 @@
 //! <state>/run.lock      held by the running `corral run`
 //! <state>/status.json   pending replicas and counters, for `corral status`
 //! <state>/corral.log    corral's own log while the live table owns the terminal
+//! <state>/cgroup-root.json  the cgroup root the last run or agent managed, for `down`
 //! ```
 //!
 //! The directory holds tenants' environment values and output, so it is private: created
@@ -120,6 +121,36 @@ impl StateDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Records the cgroup root a `corral run` or `corral agent` manages, so that
+    /// `corral down` finds it without being told (it may be `self`, the group of a unit).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn record_cgroup_root(&self, root: &crate::cgroup::root::Root) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(root).map_err(std::io::Error::other)?;
+        private::write_atomic(
+            &self.0.join("cgroup-root.json"),
+            &bytes,
+            private::Durability::Atomic,
+        )
+    }
+
+    /// The cgroup root recorded by the last `corral run` or `corral agent`.
+    pub fn recorded_cgroup_root(&self) -> Option<crate::cgroup::root::Root> {
+        let mut text = String::new();
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.0.join("cgroup-root.json"))
+            .ok()?
+            .take(4096)
+            .read_to_string(&mut text)
+            .ok()?;
+        let root: crate::cgroup::root::Root = serde_json::from_str(&text).ok()?;
+        crate::cgroup::root::check_name(&root.path).ok()?;
+        Some(root)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::cgroup::diff::{self, Op};
 use crate::cgroup::exec::{self, Outcome};
 use crate::cgroup::fs::{CgroupError, Cgroupfs};
 use crate::cgroup::observe::{self, Counters};
+use crate::cgroup::root::Missing;
 use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
 use crate::lease::{DriftNote, FORMAT_VERSION, Lease, Report, UsageSample, unix_now};
 
@@ -76,6 +77,8 @@ pub struct Agent {
     /// Drift restored in each replica's group.
     drift: HashMap<ReplicaKey, DriftNote>,
     dry_run: bool,
+    /// The controllers corral's groups cannot have, as of the last pass.
+    missing: Missing,
     /// Counts over the agent's life.
     pub stats: AgentStats,
 }
@@ -85,9 +88,17 @@ pub struct Agent {
 pub enum AgentError {
     /// corral's root group could not be created.
     #[error(
-        "{0}\ncorral needs root (or a delegated cgroup subtree) to manage cgroups; `corral run --dry-run` shows what it would do without changing anything"
+        "{0}\ncorral needs root (or a delegated cgroup subtree) to manage cgroups, and a cgroup filesystem mounted read-write (in a pod: the host's /sys/fs/cgroup and --host-cgroup-namespace, as the chart does); `corral run --dry-run` shows what it would do without changing anything"
     )]
     NoPermission(CgroupError),
+    /// corral could not move itself into the leaf of its own delegated group.
+    #[error("--cgroup-root self: moving corral into a leaf of {}: {error}", root.display())]
+    Leaf {
+        /// corral's root.
+        root: std::path::PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// Another cgroup error.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -106,6 +117,10 @@ impl Agent {
         dry_run: bool,
     ) -> Result<Agent, AgentError> {
         if !dry_run {
+            crate::cgroup::root::enter_leaf(&fs).map_err(|error| AgentError::Leaf {
+                root: fs.root_dirs().first().cloned().unwrap_or_default(),
+                error,
+            })?;
             fs.create(None).map_err(|e| {
                 if e.is_permission() {
                     AgentError::NoPermission(e)
@@ -114,9 +129,16 @@ impl Agent {
                 }
             })?;
         }
+        let supervisor = Supervisor::load(state_dir, node);
+        if !dry_run
+            && let Err(e) =
+                crate::state::StateDir(state_dir.to_path_buf()).record_cgroup_root(fs.root())
+        {
+            tracing::warn!(error = %e, "cannot record the cgroup root for `corral down`");
+        }
         Ok(Agent {
             node: node.to_string(),
-            supervisor: Supervisor::load(state_dir, node),
+            supervisor,
             fs,
             leases: Vec::new(),
             graces: HashMap::new(),
@@ -125,6 +147,7 @@ impl Agent {
             last_reports: HashMap::new(),
             drift: HashMap::new(),
             dry_run,
+            missing: Missing::default(),
             stats: AgentStats::default(),
         })
     }
@@ -194,6 +217,12 @@ impl Agent {
                 self.clean_after_exit(&key);
             }
         }
+        // Controllers first: a replica's knobs exist only once they reach its group.
+        let missing = if self.dry_run {
+            Missing::default()
+        } else {
+            crate::cgroup::root::enable_controllers(&self.fs)
+        };
         let (desired, refused) = desired_tree(
             &self.leases,
             self.fs.is_v2(),
@@ -203,16 +232,8 @@ impl Agent {
         for (key, reason) in refused {
             problems_by_key.entry(key).or_default().push(reason);
         }
-        let observed = match observe::observe(&self.fs, &desired) {
-            Ok(mut observed) => {
-                self.fill_adoptable(&desired, &mut observed, &mut problems_by_key);
-                for (group, found) in &mut observed.groups {
-                    found.grace_seconds = self.graces.get(group).copied();
-                    found.release = group.key().is_some_and(|k| self.supervisor.releases(&k));
-                    found.stopping = self.supervisor.is_stopping(group);
-                }
-                observed
-            }
+        let mut observed = match self.observe(&desired, &mut problems_by_key) {
+            Ok(observed) => observed,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the cgroup tree");
                 for lease in &self.leases {
@@ -233,25 +254,47 @@ impl Agent {
                 };
             }
         };
-        let start_now = self.supervisor.due(&desired, &observed, now_ms);
-        let diff = diff::diff(&desired, &observed, &start_now);
-        for (group, knob) in &diff.unavailable {
-            if let Some(key) = group.as_ref().and_then(GroupPath::key) {
-                problems_by_key
-                    .entry(key)
-                    .or_default()
-                    .push(format!("{knob} is not offered by this kernel"));
+        let mut start_now = self.supervisor.due(&desired, &observed, now_ms);
+        let mut diff = diff::diff(&desired, &observed, &start_now);
+        // Groups created and controllers enabled make new knob files: do that first, read
+        // the tree again, and so converge in one pass.
+        let structural: Vec<Op> = diff
+            .ops
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::Create { .. }
+                        | Op::Write {
+                            knob: "cgroup.subtree_control",
+                            ..
+                        }
+                )
+            })
+            .cloned()
+            .collect();
+        let mut early = Outcome::default();
+        if !self.dry_run && !structural.is_empty() {
+            early = exec::apply(&self.fs, &structural, &mut NoProcesses);
+            if let Ok(again) = self.observe(&desired, &mut HashMap::new()) {
+                observed = again;
+                start_now = self.supervisor.due(&desired, &observed, now_ms);
+                diff = diff::diff(&desired, &observed, &start_now);
             }
         }
+        self.missing = missing;
+        let unavailable_now: Vec<(Option<GroupPath>, String)> = diff
+            .unavailable
+            .iter()
+            .map(|(g, k)| (g.clone(), (*k).to_string()))
+            .collect();
         if self.dry_run {
+            let seen = Outcome {
+                unavailable: unavailable_now,
+                ..Outcome::default()
+            };
             return Pass {
-                reports: self.reports(
-                    &desired,
-                    &observed,
-                    &Outcome::default(),
-                    problems_by_key,
-                    now_ms,
-                ),
+                reports: self.reports(&desired, &observed, &seen, problems_by_key, now_ms),
                 ops: diff.ops,
                 outcome: Outcome::default(),
             };
@@ -262,6 +305,8 @@ impl Agent {
             &mut self.supervisor.ops(&self.fs, &desired, now_ms),
         );
         outcome.failures.extend(stop_failures);
+        outcome.merge_earlier(early);
+        outcome.unavailable.extend(unavailable_now);
         // A replica's output goes with its group, as a pod's logs go with the pod.
         for op in &diff.ops {
             if let Op::Remove { group } = op
@@ -348,6 +393,22 @@ impl Agent {
             all.reports = next.reports;
         }
         all
+    }
+
+    /// Reads the tree, with what only the agent knows about each group.
+    fn observe(
+        &mut self,
+        desired: &DesiredTree,
+        problems: &mut HashMap<ReplicaKey, Vec<String>>,
+    ) -> Result<ObservedTree, CgroupError> {
+        let mut observed = observe::observe(&self.fs, desired)?;
+        self.fill_adoptable(desired, &mut observed, problems);
+        for (group, found) in &mut observed.groups {
+            found.grace_seconds = self.graces.get(group).copied();
+            found.release = group.key().is_some_and(|k| self.supervisor.releases(&k));
+            found.stopping = self.supervisor.is_stopping(group);
+        }
+        Ok(observed)
     }
 
     fn fill_adoptable(
@@ -444,14 +505,27 @@ impl Agent {
                     .push(format!("{}: {}", failure.op, failure.error));
             }
         }
+        // A limit missing in a replica's group, or in its tenant's, leaves it unenforced.
+        let mut unenforced: BTreeSet<GroupPath> = BTreeSet::new();
         for (group, knob) in &outcome.unavailable {
+            if let Some(group) = group {
+                unenforced.insert(group.clone());
+            }
             if let Some(key) = group.as_ref().and_then(GroupPath::key) {
-                problems
-                    .entry(key)
-                    .or_default()
-                    .push(format!("{knob} is not offered by this kernel"));
+                let line = unavailable(&self.missing, knob);
+                let lines = problems.entry(key).or_default();
+                if !lines.contains(&line) {
+                    lines.push(line);
+                }
             }
         }
+        unenforced.extend(
+            outcome
+                .failures
+                .iter()
+                .filter(|f| f.knob.is_some())
+                .filter_map(|f| f.group.clone()),
+        );
         let now = Instant::now();
         let mut reports = Vec::with_capacity(self.leases.len());
         let leases = std::mem::take(&mut self.leases);
@@ -485,6 +559,12 @@ impl Agent {
             let usage = self.usage(&group, now);
             let work = desired.groups.get(&group).and_then(|g| g.work.as_ref());
             let pids = found.map_or(0, |f| f.pids.len());
+            let mut process = self.supervisor.report(&lease.key, work, pids, now_ms);
+            if unenforced.contains(&group)
+                || group.parent().is_some_and(|t| unenforced.contains(&t))
+            {
+                process.state = UNENFORCED.to_string();
+            }
             let mut report = Report {
                 version: FORMAT_VERSION,
                 key: Some(lease.key.clone()),
@@ -492,7 +572,7 @@ impl Agent {
                 lease_epoch: lease.epoch,
                 applied,
                 usage,
-                process: self.supervisor.report(&lease.key, work, pids, now_ms),
+                process,
                 problems: problems.remove(&lease.key).unwrap_or_default(),
                 drift: self.drift.get(&lease.key).cloned(),
                 changed_at: 0,
@@ -541,6 +621,37 @@ impl Agent {
             oom_kills: as_i64(counters.oom_kills),
             pids: as_i64(counters.pids),
         })
+    }
+}
+
+/// The state of a replica whose limits are not all in place: its command is not started
+/// (or, already running, is not reported Running) until they are.
+pub const UNENFORCED: &str = "Unenforced";
+
+/// What a person reads about a knob that has no file: the reason its controller is
+/// missing, with what to do, when corral knows it.
+fn unavailable(missing: &Missing, knob: &str) -> String {
+    match missing.reason_for(knob) {
+        Some(reason) => format!("{knob} cannot be applied: {reason}"),
+        None => format!("{knob} is not offered by this kernel"),
+    }
+}
+
+/// Processes for the structural operations of a pass, which hold none.
+struct NoProcesses;
+
+impl exec::Processes for NoProcesses {
+    fn start(&mut self, _: &GroupPath) -> Result<(), String> {
+        Err("not a structural operation".into())
+    }
+    fn adopt(&mut self, _: &GroupPath, _: &[u32]) -> Result<(), String> {
+        Err("not a structural operation".into())
+    }
+    fn release(&mut self, _: &GroupPath) -> Result<(), String> {
+        Err("not a structural operation".into())
+    }
+    fn stop(&mut self, _: &GroupPath, _: std::time::Duration) -> Result<(), String> {
+        Err("not a structural operation".into())
     }
 }
 

@@ -272,6 +272,43 @@ impl Sandbox {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// Drops capability `cap` from the calling thread for good: from its bounding set, and
+/// from its effective, permitted and inheritable sets. Capabilities are per thread, so
+/// call it before any other thread starts (threads started later inherit the sets).
+///
+/// # Errors
+/// The kernel refused.
+pub fn drop_capability(cap: u32) -> io::Result<()> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: prctl and capget/capset with a header and two data slots that outlive the
+    // calls, as the kernel's v3 interface wants.
+    unsafe {
+        if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        if libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let (slot, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        if let Some(d) = data.get_mut(slot) {
+            d.effective &= !bit;
+            d.permitted &= !bit;
+            d.inheritable &= !bit;
+        }
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[repr(C)]
 struct CapHeader {
     version: u32,

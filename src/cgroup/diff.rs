@@ -133,7 +133,14 @@ pub fn diff(
             }
         }
         let empty = found.is_none_or(|f| f.pids.is_empty());
+        // Nothing starts, and nothing is adopted, without every limit of its group and
+        // its tenant's in place.
+        let limited = !out
+            .unavailable
+            .iter()
+            .any(|(g, _)| g.as_ref() == Some(group) || *g == group.parent());
         match &want.work {
+            _ if !limited => {}
             Some(Work::Command { args, .. })
                 if !args.is_empty() && empty && start_now.contains(group) =>
             {
@@ -381,6 +388,37 @@ mod tests {
                 "stop the processes of gone/b.0 (grace 10s)",
             ]
         );
+    }
+
+    #[test]
+    fn nothing_starts_without_its_limits_or_its_tenants() {
+        let start = BTreeSet::from([replica("t", "w", 0)]);
+        let mut observed = applied();
+        observed
+            .groups
+            .get_mut(&replica("t", "w", 0))
+            .unwrap()
+            .pids
+            .clear();
+        assert!(
+            diff(&desired(), &observed, &start)
+                .ops
+                .contains(&Op::Start {
+                    group: replica("t", "w", 0)
+                })
+        );
+        for group in [replica("t", "w", 0), GroupPath::tenant("t").unwrap()] {
+            let mut observed = observed.clone();
+            observed
+                .groups
+                .get_mut(&group)
+                .unwrap()
+                .knobs
+                .insert("cpu.shares", None);
+            let d = diff(&desired(), &observed, &start);
+            assert!(d.ops.is_empty(), "{group}: {:?}", d.ops);
+            assert_eq!(d.unavailable, [(Some(group.clone()), "cpu.shares")]);
+        }
     }
 
     #[test]

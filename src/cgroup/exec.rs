@@ -1,7 +1,7 @@
 //! The executor: performs a diff's operations on the filesystem, and hands process
 //! operations to whoever supervises processes. Thin: every decision was made by the diff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::diff::Op;
@@ -71,10 +71,18 @@ pub struct Outcome {
 /// operation, in reverse order: v1 refuses a child's CPU quota above its parent's, so a
 /// parent lowered after its children (or a child raised after its parent) only succeeds in
 /// the second pass. A group that could not be created is skipped with its children.
+///
+/// A command is started, and processes adopted, only into a group whose limits (and its
+/// tenant's) are all in place: when a write is waiting for its retry, the start waits
+/// too; when a limit cannot be applied at all, the start fails and says which, so that no
+/// replica ever runs without its limits.
 pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outcome {
     let mut outcome = Outcome::default();
     let mut broken: BTreeSet<GroupPath> = BTreeSet::new();
     let mut retry: Vec<&Op> = Vec::new();
+    // Groups with a limit not in place yet, and the knobs.
+    let mut unapplied: BTreeMap<GroupPath, Vec<&'static str>> = BTreeMap::new();
+    let mut waiting: Vec<&Op> = Vec::new();
     let skip = |broken: &BTreeSet<GroupPath>, group: &GroupPath| {
         broken.contains(group) || group.parent().is_some_and(|p| broken.contains(&p))
     };
@@ -108,23 +116,28 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                         outcome
                             .unavailable
                             .push((group.clone(), (*knob).to_string()));
+                        if let Some(g) = group {
+                            unapplied.entry(g.clone()).or_default().push(knob);
+                        }
                     }
-                    Err(_) => retry.push(op),
+                    Err(_) => {
+                        if let Some(g) = group {
+                            unapplied.entry(g.clone()).or_default().push(knob);
+                        }
+                        retry.push(op);
+                    }
                 }
             }
-            Op::Start { group } => {
+            Op::Start { group } | Op::Adopt { group, .. } => {
                 if skip(&broken, group) {
                     continue;
                 }
-                match processes.start(group) {
-                    Ok(()) => outcome.done.push(op.to_string()),
-                    Err(e) => outcome.fail(op, Some(group), &e),
+                if limits_pending(&unapplied, group).is_some() {
+                    waiting.push(op);
+                    continue;
                 }
+                start_or_adopt(op, processes, &mut outcome);
             }
-            Op::Adopt { group, pids } => match processes.adopt(group, pids) {
-                Ok(()) => outcome.done.push(op.to_string()),
-                Err(e) => outcome.fail(op, Some(group), &e),
-            },
             Op::Stop { .. } => {
                 // Stop consecutive groups together.
                 let mut batch = vec![op];
@@ -170,15 +183,83 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                 Ok(_) => {
                     outcome.writes += 1;
                     outcome.done.push(op.to_string());
+                    if let Some(g) = group
+                        && let Some(knobs) = unapplied.get_mut(g)
+                    {
+                        knobs.retain(|k| k != knob);
+                    }
                 }
                 Err(e) => outcome.fail(op, group.as_ref(), &e.to_string()),
             }
         }
     }
+    for op in waiting {
+        let (Op::Start { group } | Op::Adopt { group, .. }) = op else {
+            continue;
+        };
+        match limits_pending(&unapplied, group) {
+            None => start_or_adopt(op, processes, &mut outcome),
+            Some(knobs) => outcome.fail(
+                op,
+                Some(group),
+                &format!(
+                    "not done, so that nothing runs without its limits: {} could not be applied",
+                    knobs.join(", ")
+                ),
+            ),
+        }
+    }
     outcome
 }
 
+/// The knobs of `group`, or of its tenant, that are not in place.
+fn limits_pending(
+    unapplied: &BTreeMap<GroupPath, Vec<&'static str>>,
+    group: &GroupPath,
+) -> Option<Vec<&'static str>> {
+    let knobs: Vec<&'static str> = [Some(group.clone()), group.parent()]
+        .iter()
+        .flatten()
+        .filter_map(|g| unapplied.get(g))
+        .flatten()
+        .copied()
+        .collect();
+    (!knobs.is_empty()).then_some(knobs)
+}
+
+fn start_or_adopt(op: &Op, processes: &mut impl Processes, outcome: &mut Outcome) {
+    let result = match op {
+        Op::Start { group } => processes.start(group).map(|()| group),
+        Op::Adopt { group, pids } => processes.adopt(group, pids).map(|()| group),
+        _ => return,
+    };
+    match result {
+        Ok(_) => outcome.done.push(op.to_string()),
+        Err(e) => {
+            let group = match op {
+                Op::Start { group } | Op::Adopt { group, .. } => Some(group),
+                _ => None,
+            };
+            outcome.fail(op, group, &e);
+        }
+    }
+}
+
 impl Outcome {
+    /// Takes in what an earlier application in the same pass did (the structural part):
+    /// its work counts, and its failures unless this one failed the same operation again.
+    pub fn merge_earlier(&mut self, earlier: Outcome) {
+        self.writes += earlier.writes;
+        let mut done = earlier.done;
+        done.append(&mut self.done);
+        self.done = done;
+        for failure in earlier.failures {
+            if !self.failures.iter().any(|f| f.op == failure.op) {
+                self.failures.push(failure);
+            }
+        }
+    }
+
     fn fail(&mut self, op: &Op, group: Option<&GroupPath>, error: &str) {
         self.failures.push(Failure {
             op: op.to_string(),
@@ -248,15 +329,22 @@ mod tests {
         ];
         let mut recorder = Recorder::default();
         let outcome = apply(&fs, &ops, &mut recorder);
-        // On a plain directory no knob file exists: it is reported, not written.
+        // On a plain directory no knob file exists: it is reported, not written, and the
+        // command is not started without it.
         assert_eq!(outcome.writes, 0);
         assert_eq!(
             outcome.unavailable,
             [(Some(replica.clone()), "cpu.weight".to_string())]
         );
-        assert_eq!(recorder.0, ["start t/w.0"]);
-        assert_eq!(outcome.failures.len(), 1);
-        assert_eq!(outcome.failures[0].error, "t would not stop");
+        assert!(recorder.0.is_empty(), "{:?}", recorder.0);
+        let errors: Vec<&str> = outcome.failures.iter().map(|f| f.error.as_str()).collect();
+        assert_eq!(
+            errors,
+            [
+                "t would not stop",
+                "not done, so that nothing runs without its limits: cpu.weight could not be applied"
+            ]
+        );
         assert!(tmp.path().join("corral/t/w.0").is_dir());
     }
 
@@ -285,5 +373,54 @@ mod tests {
             outcome.failures
         );
         assert!(recorder.0.is_empty());
+    }
+
+    #[test]
+    fn a_start_waits_for_a_retried_write_and_runs_once_it_lands() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
+        fs.create(None).unwrap();
+        let tenant = GroupPath::tenant("t").unwrap();
+        let replica = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        fs.create(Some(&tenant)).unwrap();
+        fs.create(Some(&replica)).unwrap();
+        // A knob the tenant's file refuses (a directory where the file should be): the
+        // write fails, its retry fails too, and the start never happens.
+        std::fs::create_dir(tmp.path().join("corral/t/memory.max")).unwrap();
+        std::fs::write(tmp.path().join("corral/t/w.0/cpu.weight"), "100").unwrap();
+        let ops = vec![
+            Op::Write {
+                group: Some(tenant.clone()),
+                knob: "memory.max",
+                value: "100".into(),
+            },
+            Op::Write {
+                group: Some(replica.clone()),
+                knob: "cpu.weight",
+                value: "50".into(),
+            },
+            Op::Start {
+                group: replica.clone(),
+            },
+        ];
+        let mut recorder = Recorder::default();
+        let outcome = apply(&fs, &ops, &mut recorder);
+        assert!(recorder.0.is_empty(), "{:?}", recorder.0);
+        assert_eq!(outcome.writes, 1);
+        assert!(
+            outcome
+                .failures
+                .iter()
+                .any(|f| f.op == "start the command of t/w.0"
+                    && f.error.contains("memory.max could not be applied")),
+            "{:?}",
+            outcome.failures
+        );
+        // Once the tenant's file takes the value, the same operations start the command.
+        std::fs::remove_dir(tmp.path().join("corral/t/memory.max")).unwrap();
+        std::fs::write(tmp.path().join("corral/t/memory.max"), "max").unwrap();
+        let outcome = apply(&fs, &ops, &mut recorder);
+        assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+        assert_eq!(recorder.0, ["start t/w.0"]);
     }
 }

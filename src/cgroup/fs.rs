@@ -15,20 +15,19 @@ use std::path::{Path, PathBuf};
 use super::layout::{Controller, Layout, Mode};
 use super::tree::GroupPath;
 use super::values;
-use crate::api::names::is_dns_label;
 
 /// A failed cgroup operation, with the file it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// The filesystem refused.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {reason}")]
     Io {
         /// What was attempted.
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// Why it failed.
-        source: io::Error,
+        /// Why it failed (shown in the message, so not a separate cause).
+        reason: io::Error,
     },
     /// A write succeeded but reading the file back gave something else.
     #[error("{path}: wrote {written:?} but read back {read:?}")]
@@ -50,8 +49,8 @@ pub enum CgroupError {
         group: String,
     },
     /// The root's name could form a path outside the cgroup mounts.
-    #[error("cgroup root {0:?} must be one or more DNS-1123 labels separated by '/'")]
-    BadRoot(String),
+    #[error(transparent)]
+    BadRoot(#[from] super::root::RootError),
 }
 
 impl CgroupError {
@@ -59,15 +58,15 @@ impl CgroupError {
         CgroupError::Io {
             op,
             path: path.to_path_buf(),
-            source,
+            reason: source,
         }
     }
 
     /// True when the error means "not allowed here" (no root, read-only filesystem).
     pub fn is_permission(&self) -> bool {
-        matches!(self, CgroupError::Io { source, .. }
-            if matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem)
-                || source.raw_os_error() == Some(libc::EROFS))
+        matches!(self, CgroupError::Io { reason, .. }
+            if matches!(reason.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem)
+                || reason.raw_os_error() == Some(libc::EROFS))
     }
 }
 
@@ -76,6 +75,7 @@ impl CgroupError {
 pub struct Cgroupfs {
     layout: Layout,
     root: PathBuf,
+    place: super::root::Root,
     page_size: i64,
     /// Open files of the knobs and counters read on every resync. Reading an open file
     /// again from offset 0 spares the path lookup that dominates a resync's cost.
@@ -94,20 +94,34 @@ pub const PROCS: &str = "cgroup.procs";
 
 impl Cgroupfs {
     /// corral's subtree `root` (e.g. `corral`, or `corral/node-a` for a second agent on
-    /// the same machine) in `layout`.
+    /// the same machine) in `layout`, with every ancestor corral's to write (as on a host
+    /// without systemd); see [`Cgroupfs::at`] for a resolved root.
     ///
     /// # Errors
-    /// [`CgroupError::BadRoot`] when `root` is not made of DNS-1123 labels.
+    /// [`CgroupError::BadRoot`] when `root` is not a path of cgroup names.
     pub fn new(layout: Layout, root: &str) -> Result<Cgroupfs, CgroupError> {
-        if root.is_empty() || !root.split('/').all(is_dns_label) {
-            return Err(CgroupError::BadRoot(root.to_string()));
-        }
-        Ok(Cgroupfs {
+        Ok(Cgroupfs::at(layout, super::root::Root::named(root)?))
+    }
+
+    /// corral's subtree at a resolved root (see [`super::root::resolve`]).
+    pub fn at(layout: Layout, place: super::root::Root) -> Cgroupfs {
+        Cgroupfs {
             layout,
-            root: PathBuf::from(root),
+            root: PathBuf::from(&place.path),
+            place,
             page_size: values::page_size(),
             open: std::sync::Arc::default(),
-        })
+        }
+    }
+
+    /// Where the root is and what corral may write around it.
+    pub fn root(&self) -> &super::root::Root {
+        &self.place
+    }
+
+    /// Where the hierarchies are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// How cgroups are mounted.
@@ -188,7 +202,14 @@ impl Cgroupfs {
     /// A directory could not be created.
     pub fn create(&self, group: Option<&GroupPath>) -> Result<(), CgroupError> {
         for dir in self.dirs(group) {
-            match std::fs::create_dir(&dir) {
+            // The root's missing ancestors too, where they are corral's to make (no
+            // systemd); a delegated group above it exists already.
+            let made = if group.is_none() && self.place.owned_from.is_empty() {
+                std::fs::create_dir_all(&dir)
+            } else {
+                std::fs::create_dir(&dir)
+            };
+            match made {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(CgroupError::io("create", &dir, e)),
@@ -225,7 +246,23 @@ impl Cgroupfs {
                         format!("/proc/{pid}/cgroup does not list {}", mount.display()),
                     )
                 })?;
-                Ok(mount.join(path.trim_start_matches('/')).join(PROCS))
+                // v2 paths are relative to this process's cgroup namespace; the mount may
+                // show a part of it only.
+                let path = if self.is_v2() {
+                    below(path, &self.layout.unified_root).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "process {pid}'s group {path} is not under {} (which shows {})",
+                                mount.display(),
+                                self.layout.unified_root
+                            ),
+                        )
+                    })?
+                } else {
+                    path.trim_start_matches('/')
+                };
+                Ok(mount.join(path).join(PROCS))
             })
             .collect()
     }
@@ -528,6 +565,16 @@ fn process_cgroups(pid: u32) -> io::Result<HashMap<String, String>> {
     Ok(out)
 }
 
+/// `path` relative to `top` (both `/`-rooted group paths), when it is at or below it.
+fn below<'a>(path: &'a str, top: &str) -> Option<&'a str> {
+    let top = top.trim_end_matches('/');
+    let rest = path.strip_prefix(top)?;
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return None;
+    }
+    Some(rest.trim_start_matches('/'))
+}
+
 /// Names of the subdirectories of `dir`; none when it does not exist.
 fn subdirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
     let entries = match std::fs::read_dir(dir) {
@@ -555,9 +602,19 @@ mod tests {
     }
 
     #[test]
-    fn roots_must_be_labels() {
+    fn group_paths_below_a_mounts_view() {
+        assert_eq!(below("/a/b", "/"), Some("a/b"));
+        assert_eq!(below("/k/p/c", "/k/p"), Some("c"));
+        assert_eq!(below("/k/p", "/k/p"), Some(""));
+        assert_eq!(below("/k/px", "/k/p"), None);
+        assert_eq!(below("/x", "/k"), None);
+    }
+
+    #[test]
+    fn roots_must_be_cgroup_names() {
         let layout = Layout::v1_at(Path::new("/sys/fs/cgroup"));
-        for bad in ["", "..", "a/../b", "/abs", "a//b", "A", "a/"] {
+        assert!(Cgroupfs::new(layout.clone(), "system.slice/corral.service").is_ok());
+        for bad in ["", "..", "a/../b", "/abs", "a//b", "a b", "a/"] {
             assert!(
                 matches!(
                     Cgroupfs::new(layout.clone(), bad),

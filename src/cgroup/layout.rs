@@ -99,35 +99,76 @@ pub struct Layout {
     pub v1: BTreeMap<Controller, PathBuf>,
     /// The cgroup2 mount point, if any.
     pub unified: Option<PathBuf>,
+    /// The group the cgroup2 mount shows at its mount point, as this process's cgroup
+    /// namespace sees it: `/` for a whole hierarchy, `/kubepods/…` for a container's view,
+    /// and `/..`, `/../..` when the mount's top is outside this process's cgroup namespace
+    /// (a pod with the host's `/sys/fs/cgroup` mounted, in a private namespace).
+    pub unified_root: String,
+}
+
+/// No cgroup filesystem at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// `/proc/self/mountinfo` could not be read.
+    #[error("reading /proc/self/mountinfo: {0}")]
+    Mountinfo(#[from] std::io::Error),
+    /// Nothing of type cgroup or cgroup2 is mounted.
+    #[error(
+        "no cgroup filesystem is mounted (/proc/self/mountinfo lists no cgroup or cgroup2 mount), so corral could neither limit nor track a process. Mount one (`mount -t cgroup2 none /sys/fs/cgroup`); in a network namespace, start corral with `nsenter --net=/run/netns/NAME`, because `ip netns exec` remounts /sys without the cgroup filesystems"
+    )]
+    NoCgroupFs,
 }
 
 impl Layout {
     /// Reads this process's mounts.
     ///
     /// # Errors
-    /// `/proc/self/mountinfo` cannot be read.
-    pub fn detect() -> std::io::Result<Layout> {
+    /// `/proc/self/mountinfo` cannot be read, or no cgroup filesystem is mounted.
+    pub fn detect() -> Result<Layout, LayoutError> {
         let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-        Ok(Layout::from_mountinfo(&text))
+        let layout = Layout::from_mountinfo(&text);
+        if layout.v1.is_empty() && layout.unified.is_none() {
+            return Err(LayoutError::NoCgroupFs);
+        }
+        Ok(layout)
+    }
+
+    /// True when the cgroup2 mount's top is outside this process's cgroup namespace: the
+    /// kernel then refuses (ENOENT) to move a process into its groups.
+    pub fn unified_outside_namespace(&self) -> bool {
+        self.unified.is_some() && self.unified_root.starts_with("/..")
     }
 
     /// The layout described by the text of a `mountinfo` file.
     pub fn from_mountinfo(text: &str) -> Layout {
         let mut v1 = BTreeMap::new();
-        let mut unified = None;
+        let mut unified: Option<(PathBuf, String)> = None;
         for line in text.lines() {
             // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
             let Some((before, after)) = line.split_once(" - ") else {
                 continue;
             };
-            let mount_point = before.split_whitespace().nth(4);
+            let mut fields = before.split_whitespace();
+            let root = fields.nth(3).map(unescape);
+            let mount_point = fields.next();
             let mut after = after.split_whitespace();
             let (fs_type, super_options) = (after.next(), after.nth(1));
             let Some(mount_point) = mount_point.map(unescape) else {
                 continue;
             };
             match fs_type {
-                Some("cgroup2") => unified = Some(PathBuf::from(mount_point)),
+                Some("cgroup2") => {
+                    // Of several cgroup2 mounts, the one that shows the most: the whole
+                    // hierarchy (`/`) over a container's own view; later mounts over
+                    // earlier ones otherwise, as the last one mounted hides the others.
+                    let root = root.unwrap_or_else(|| "/".to_string());
+                    let better = unified
+                        .as_ref()
+                        .is_none_or(|(_, was)| rank(&root) <= rank(was));
+                    if better {
+                        unified = Some((PathBuf::from(mount_point), root));
+                    }
+                }
                 Some("cgroup") => {
                     let options: Vec<&str> = super_options.unwrap_or_default().split(',').collect();
                     for controller in Controller::ALL {
@@ -145,7 +186,16 @@ impl Layout {
             (false, false) => Mode::V1,
             (true, _) => Mode::V2,
         };
-        Layout { mode, v1, unified }
+        let (unified, unified_root) = match unified {
+            Some((mount, root)) => (Some(mount), root),
+            None => (None, "/".to_string()),
+        };
+        Layout {
+            mode,
+            v1,
+            unified,
+            unified_root,
+        }
     }
 
     /// A v1 layout with every controller in `<root>/<name>`, for tests on a directory.
@@ -157,6 +207,7 @@ impl Layout {
                 .map(|c| (c, root.join(c.v1_name())))
                 .collect(),
             unified: None,
+            unified_root: "/".to_string(),
         }
     }
 
@@ -166,12 +217,26 @@ impl Layout {
             mode: Mode::V2,
             v1: BTreeMap::new(),
             unified: Some(root.to_path_buf()),
+            unified_root: "/".to_string(),
         }
     }
 
     /// True when resource controllers are driven through v2 files.
     pub fn is_v2(&self) -> bool {
         self.mode == Mode::V2
+    }
+}
+
+/// How much of the hierarchy a cgroup2 mount with this root shows, from this namespace:
+/// 0 for all of it, 1 for a part of it (a container's own view), 2 for a mount whose top
+/// is outside this namespace.
+fn rank(root: &str) -> u8 {
+    if root == "/" {
+        0
+    } else if root.starts_with("/..") {
+        2
+    } else {
+        1
     }
 }
 
@@ -239,6 +304,30 @@ mod tests {
         let layout = Layout::from_mountinfo(text);
         assert_eq!(layout.mode, Mode::V2);
         assert_eq!(layout.unified, Some(PathBuf::from("/sys/fs/cgroup x")));
+    }
+
+    #[test]
+    fn the_mount_that_shows_the_whole_hierarchy_wins() {
+        // A pod in a private cgroup namespace: the runtime's view of the pod's own group,
+        // and the host's hierarchy, whose top is outside the namespace.
+        let pod = "\
+40 30 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+41 30 0:26 /../../.. /host/cgroup rw - cgroup2 cgroup2 rw,nsdelegate
+";
+        let layout = Layout::from_mountinfo(pod);
+        assert_eq!(layout.unified, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert!(!layout.unified_outside_namespace());
+        // The same pod once in the host's cgroup namespace.
+        let joined = "\
+40 30 0:26 /kubepods/pod1/c1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+41 30 0:26 / /host/cgroup rw - cgroup2 cgroup2 rw,nsdelegate
+";
+        let layout = Layout::from_mountinfo(joined);
+        assert_eq!(layout.unified, Some(PathBuf::from("/host/cgroup")));
+        assert_eq!(layout.unified_root, "/");
+        let only_outside = "41 30 0:26 /../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let layout = Layout::from_mountinfo(only_outside);
+        assert!(layout.unified_outside_namespace());
     }
 
     #[test]

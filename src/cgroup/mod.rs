@@ -9,5 +9,6 @@ pub mod exec;
 pub mod fs;
 pub mod layout;
 pub mod observe;
+pub mod root;
 pub mod tree;
 pub mod values;

@@ -13,8 +13,6 @@ use crate::agent::node::Agent;
 use crate::alloc::Res;
 use crate::api::Quantity;
 use crate::api::names::{check_label_key, check_label_value};
-use crate::cgroup::fs::Cgroupfs;
-use crate::cgroup::layout::Layout;
 use crate::lease::zookeeper::{Role, ZkStore};
 use crate::lease::{FORMAT_VERSION, NodeRegistration};
 use crate::source::nodes;
@@ -27,9 +25,16 @@ pub struct Args {
     pub node: String,
     #[command(flatten)]
     pub zk: ZkArgs,
-    /// corral's cgroup subtree below each hierarchy's mount point.
+    /// corral's cgroup subtree below each hierarchy's mount point: a path of cgroup names
+    /// (`corral`, `system.slice/corral-agent.service`), or `self` for the delegated cgroup
+    /// corral runs in (a systemd unit with Delegate=yes).
     #[arg(long, default_value = "corral", value_name = "PATH")]
     pub cgroup_root: String,
+    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN: for a pod on
+    /// cgroup v2 that shares the host's PID namespace and mounts its /sys/fs/cgroup (the
+    /// Helm chart's agent).
+    #[arg(long, env = "CORRAL_HOST_CGROUP_NAMESPACE")]
+    pub host_cgroup_namespace: bool,
     /// State directory: process records and workload logs.
     #[arg(
         long,
@@ -61,14 +66,14 @@ pub struct Args {
 /// # Errors
 /// A bad option, no `--zookeeper`, or no permission to manage cgroups.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
+    super::join_host_cgroup_namespace(args.host_cgroup_namespace)?;
     crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
     let Some(mut config) = args.zk.config()? else {
         bail!("corral agent needs --zookeeper");
     };
     config.role = Role::Agent;
     let registration = registration(args)?;
-    let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
-    let fs = Cgroupfs::new(layout, &args.cgroup_root)?;
+    let fs = super::cgroupfs(Some(&args.cgroup_root), args.host_cgroup_namespace)?;
     let mode = fs.mode().to_string();
     // One agent per state directory, and no `corral down` or `corral run` beside it.
     let state = crate::state::StateDir(args.state_dir.clone());

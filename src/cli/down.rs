@@ -84,8 +84,17 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         Some(name) => name.clone(),
         None => nodes::this_machine()?.name,
     };
-    let fs = Cgroupfs::new(Layout::detect()?, &args.place.cgroup_root)?;
-    let root_dirs = fs.root_dirs();
+    // The root the last run or agent used, unless one is named.
+    let fs = match (&args.place.cgroup_root, state.recorded_cgroup_root()) {
+        (None, Some(recorded)) => Cgroupfs::at(Layout::detect()?, recorded),
+        (root, _) => super::cgroupfs(root.as_deref(), args.place.host_cgroup_namespace)?,
+    };
+    // corral's own delegated group (`self`) is the unit's, not corral's to remove.
+    let root_dirs = if fs.root().own {
+        Vec::new()
+    } else {
+        fs.root_dirs()
+    };
     let mut agent = Agent::new(&node, fs, &state.0, false)?;
     // The agent stops a removed lease's processes with that lease's grace period.
     agent.set_leases(gone.clone());

@@ -74,6 +74,58 @@ pub fn pump_logs(agent: &mut crate::agent::node::Agent) {
     }
 }
 
+/// Joins the host's cgroup namespace when `--host-cgroup-namespace` asks for it. Call it
+/// before any thread starts (before the runtime and the log output).
+///
+/// # Errors
+/// The kernel refused; the error says what is needed.
+pub fn join_host_cgroup_namespace(asked: bool) -> anyhow::Result<()> {
+    if asked {
+        let joined = crate::cgroup::root::join_host_namespace()
+            .map_err(|e| anyhow::anyhow!("--host-cgroup-namespace: {e}"))?;
+        if joined {
+            eprintln!("joined the host's cgroup namespace (PID 1's) and dropped CAP_SYS_ADMIN");
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup subtree a command manages: `--cgroup-root` resolved on this host (`corral`
+/// when `None`). Refuses a cgroup2 mount out of reach of this cgroup namespace, no cgroup
+/// filesystem at all, and, on a systemd host, a root nobody delegated.
+///
+/// # Errors
+/// Each says what to do.
+pub fn cgroupfs(
+    root: Option<&str>,
+    host_namespace: bool,
+) -> anyhow::Result<crate::cgroup::fs::Cgroupfs> {
+    use crate::cgroup::root;
+    let layout = crate::cgroup::layout::Layout::detect()?;
+    if layout.is_v2() && layout.unified_outside_namespace() {
+        let mount = layout.unified.clone().unwrap_or_default();
+        if host_namespace {
+            anyhow::bail!(
+                "{} shows a cgroup hierarchy whose top ({}) is outside corral's cgroup namespace even after --host-cgroup-namespace: PID 1 is not the host's init. Share the host's PID namespace (hostPID: true in a pod)",
+                mount.display(),
+                layout.unified_root
+            );
+        }
+        anyhow::bail!(
+            "corral runs in a private cgroup namespace (as a pod on cgroup v2 does), and {} shows a hierarchy whose top ({}) is outside it: the kernel would refuse to move any replica into its group. Pass --host-cgroup-namespace (it needs CAP_SYS_ADMIN, dropped right after, and the host's PID namespace; the Helm chart does this)",
+            mount.display(),
+            layout.unified_root
+        );
+    }
+    let resolved = root::resolve(
+        root.unwrap_or("corral"),
+        &layout,
+        &root::Host::detect(),
+        root::is_delegated,
+    )?;
+    Ok(crate::cgroup::fs::Cgroupfs::at(layout, resolved))
+}
+
 /// Runs the parsed command and returns the process exit code.
 ///
 /// # Errors

@@ -16,7 +16,6 @@ use crate::agent::node::{Agent, Trigger, unix_now_ms};
 use crate::alloc::NodeInfo;
 use crate::api::{ResourcePolicy, Workload};
 use crate::cgroup::fs::Cgroupfs;
-use crate::cgroup::layout::Layout;
 use crate::controller::{self, ControllerPass, UsageHistory};
 use crate::lease::embedded::EmbeddedStore;
 use crate::lease::{FORMAT_VERSION, LeaseStore, NodeRegistration, unix_now};
@@ -48,9 +47,16 @@ pub struct Where {
         value_name = "DIR"
     )]
     pub state_dir: PathBuf,
-    /// corral's cgroup subtree below each hierarchy's mount point.
-    #[arg(long, default_value = "corral", value_name = "PATH")]
-    pub cgroup_root: String,
+    /// corral's cgroup subtree below each hierarchy's mount point: a path of cgroup names
+    /// (`corral`, `system.slice/corral.service`), or `self` for the delegated cgroup corral
+    /// runs in (a systemd unit with Delegate=yes). Default: `corral`; for `down`, the root
+    /// the last run used.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<String>,
+    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN: for a pod on
+    /// cgroup v2 that shares the host's PID namespace and mounts its /sys/fs/cgroup.
+    #[arg(long, env = "CORRAL_HOST_CGROUP_NAMESPACE")]
+    pub host_cgroup_namespace: bool,
     /// This node's name; default: the host name.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
@@ -91,6 +97,9 @@ pub struct Args {
 /// # Errors
 /// The state directory, the cgroup root or the store cannot be used.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
+    if !args.dry_run {
+        super::join_host_cgroup_namespace(args.place.host_cgroup_namespace)?;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,8 +156,11 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         }
         node.name.clone_from(name);
     }
-    let layout = Layout::detect().context("reading /proc/self/mountinfo")?;
-    let fs = Cgroupfs::new(layout, &args.place.cgroup_root)?;
+    let fs = super::cgroupfs(
+        args.place.cgroup_root.as_deref(),
+        args.place.host_cgroup_namespace,
+    )?;
+    let root_dir = fs.root_dirs().first().cloned().unwrap_or_default();
     if args.dry_run {
         return dry_run(&state, fs, &node, &manifests).await;
     }
@@ -199,7 +211,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     let running = run.store.node_leases(&run.node.name).await?.len();
     eprintln!(
         "corral stopped. {running} replica(s) keep running in their cgroups under {}; `corral down` stops them and removes the groups.",
-        args.place.cgroup_root
+        root_dir.display()
     );
     Ok(0)
 }
@@ -327,7 +339,13 @@ impl Run {
         }
         self.usage.record(&pass.reports);
         self.publish(agent);
-        Ok(pass.outcome.failures.len())
+        // A replica without its limits is a failure too: `--once` must not exit 0 for it.
+        let unenforced = pass
+            .reports
+            .iter()
+            .filter(|r| r.process.state == crate::agent::node::UNENFORCED)
+            .count();
+        Ok(pass.outcome.failures.len() + unenforced)
     }
 
     /// Writes `status.json` for `corral status`.
@@ -450,6 +468,7 @@ async fn with_zookeeper(
         cgroup_mode: fs.mode().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    let root_dir = fs.root_dirs().first().cloned().unwrap_or_default();
     let mut agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
     super::pump_logs(&mut agent);
     let source = ManifestSource::new(&args.manifests.paths, manifests, true)?;
@@ -482,7 +501,8 @@ async fn with_zookeeper(
     agent.await??;
     eprintln!(
         "corral stopped. The workloads of node {} keep running in their cgroups under {}.",
-        node.name, args.place.cgroup_root
+        node.name,
+        root_dir.display()
     );
     Ok(0)
 }

@@ -257,7 +257,8 @@ pub struct UsageSample {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessReport {
     /// `Running`, `Starting`, `BackingOff`, `Exited`, `Adopted`, `Waiting` (adopt rule
-    /// matched nothing yet) or `None`.
+    /// matched nothing yet), `Unenforced` (a limit of its group or its tenant's is not in
+    /// place: its command is not started, and `problems` say why) or `None`.
     pub state: String,
     /// The main process, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
