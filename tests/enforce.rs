@@ -867,7 +867,11 @@ fn v2_reports_carry_pressure_and_memory_events() {
     let pressure = usage.pressure.expect("pressure on v2");
     let memory = pressure.memory.unwrap();
     assert_eq!(
-        (memory.some.avg10, memory.some.avg60, memory.some.total_micros),
+        (
+            memory.some.avg10,
+            memory.some.avg60,
+            memory.some.total_micros
+        ),
         (23.45, 10.0, 5_000_000)
     );
     assert_eq!(memory.full.map(|f| f.total_micros), Some(700_000));
