@@ -15,16 +15,21 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::agent::node::AgentStats;
+use crate::alloc::ReplicaKey;
+use crate::cgroup::pressure::Pressure;
 use crate::lease::zookeeper::Session;
+use crate::lease::{Report, UsageSample};
 
 /// A label naming a kind of object.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +50,116 @@ pub struct CategoryLabel {
 pub struct StateLabel {
     /// `connected`, `disconnected` or `expired`.
     pub state: String,
+}
+
+/// The labels of one replica's pressure series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PressureLabels {
+    namespace: String,
+    workload: String,
+    replica: u32,
+    /// `cpu`, `memory` or `io`.
+    resource: &'static str,
+    /// `some` or `full`.
+    kind: &'static str,
+}
+
+/// The labels of one replica's memory event counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    namespace: String,
+    workload: String,
+    replica: u32,
+    /// `high`, `max` or `oom_kill`.
+    event: &'static str,
+}
+
+/// The cgroup v2 use of each replica of the node, as of the agent's last pass, exposed as
+/// the kernel keeps it: read at scrape time from the last reports, so a replica that is
+/// gone has no series, and a replica on v1 has none either (absent, not zero).
+#[derive(Debug, Default)]
+struct ReplicaUse(Mutex<Vec<(ReplicaKey, UsageSample)>>);
+
+impl ReplicaUse {
+    fn samples(&self) -> Vec<(ReplicaKey, UsageSample)> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Writes one family, or nothing when it has no series.
+fn encode_family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, M)],
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in series {
+        metric.encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ReplicaUse {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut ratios = Vec::new();
+        let mut stalled = Vec::new();
+        let mut events = Vec::new();
+        for (key, usage) in self.samples() {
+            let resources: [(&'static str, Option<Pressure>); 3] = usage
+                .pressure
+                .map_or([("cpu", None), ("memory", None), ("io", None)], |p| {
+                    [("cpu", p.cpu), ("memory", p.memory), ("io", p.io)]
+                });
+            for (resource, pressure) in resources {
+                let Some(p) = pressure else { continue };
+                for (kind, stall) in [("some", Some(p.some)), ("full", p.full)] {
+                    let Some(stall) = stall else { continue };
+                    let labels = PressureLabels {
+                        namespace: key.namespace.clone(),
+                        workload: key.name.clone(),
+                        replica: key.index,
+                        resource,
+                        kind,
+                    };
+                    ratios.push((labels.clone(), ConstGauge::new(stall.avg10 / 100.0)));
+                    stalled.push((labels, ConstCounter::new(stall.total_micros as f64 / 1e6)));
+                }
+            }
+            if let Some(e) = usage.memory_events {
+                for (event, count) in [("high", e.high), ("max", e.max), ("oom_kill", e.oom_kill)] {
+                    let labels = EventLabels {
+                        namespace: key.namespace.clone(),
+                        workload: key.name.clone(),
+                        replica: key.index,
+                        event,
+                    };
+                    events.push((labels, ConstCounter::new(count)));
+                }
+            }
+        }
+        encode_family(
+            &mut encoder,
+            "corral_replica_pressure_avg10_ratio",
+            "Share of the last 10 s in which some (kind=some) or all (kind=full) of the replica's tasks were stalled on the resource (cgroup v2 PSI avg10 / 100)",
+            &ratios,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_pressure_stalled_seconds",
+            "Time some (kind=some) or all (kind=full) of the replica's tasks were stalled on the resource since its group was created (cgroup v2 PSI total)",
+            &stalled,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_memory_events",
+            "Times the replica's group went over memory.high (event=high), was about to go over memory.max (max), and processes the OOM killer killed in it (oom_kill), from cgroup v2 memory.events",
+            &events,
+        )
+    }
 }
 
 /// The process's readiness: `None` when ready, else why not.
@@ -267,6 +382,7 @@ pub struct AgentMetrics {
     starts: Counter,
     failures: Counter,
     last: Mutex<AgentStats>,
+    replicas: Arc<ReplicaUse>,
     /// The ZooKeeper session.
     pub session: SessionGauge,
     /// Readiness.
@@ -284,6 +400,7 @@ impl Default for AgentMetrics {
             starts: Counter::default(),
             failures: Counter::default(),
             last: Mutex::new(AgentStats::default()),
+            replicas: Arc::default(),
             session: SessionGauge::default(),
             readiness: Readiness::new("not registered with ZooKeeper yet"),
         };
@@ -308,6 +425,7 @@ impl Default for AgentMetrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        registry.register_collector(Box::new(Arc::clone(&m.replicas)));
         m.session.register(&mut registry);
         AgentMetrics { registry, ..m }
     }
@@ -330,6 +448,17 @@ impl AgentMetrics {
         self.failures
             .inc_by(stats.failures.saturating_sub(last.failures));
         *last = *stats;
+    }
+
+    /// Shows the use in the agent's latest reports, replacing what the previous ones
+    /// showed.
+    pub fn report(&self, reports: &[Report]) {
+        if let Ok(mut latest) = self.replicas.0.lock() {
+            *latest = reports
+                .iter()
+                .filter_map(|r| Some((r.key.clone()?, r.usage?)))
+                .collect();
+        }
     }
 }
 
@@ -464,6 +593,63 @@ mod tests {
             text.contains("corral_agent_drift_corrections_total 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn replica_pressure_and_memory_events_show_only_when_reported() {
+        use crate::cgroup::observe::MemoryEvents;
+        use crate::cgroup::pressure::{Pressures, Stall};
+        let m = AgentMetrics::default();
+        let report = |name: &str, usage: UsageSample| Report {
+            key: Some(ReplicaKey::new("team", name, 1)),
+            usage: Some(usage),
+            ..Report::default()
+        };
+        let v2 = UsageSample {
+            pressure: Some(Pressures {
+                memory: Some(Pressure {
+                    some: Stall {
+                        avg10: 12.5,
+                        avg60: 1.0,
+                        total_micros: 2_500_000,
+                    },
+                    full: Some(Stall::default()),
+                }),
+                ..Pressures::default()
+            }),
+            memory_events: Some(MemoryEvents {
+                high: 4,
+                max: 1,
+                oom_kill: 0,
+            }),
+            ..UsageSample::default()
+        };
+        m.report(&[report("api", v2), report("old", UsageSample::default())]);
+        let text = render(&m);
+        for needle in [
+            "# TYPE corral_replica_pressure_avg10_ratio gauge",
+            "corral_replica_pressure_avg10_ratio{namespace=\"team\",workload=\"api\",replica=\"1\",resource=\"memory\",kind=\"some\"} 0.125",
+            "corral_replica_pressure_avg10_ratio{namespace=\"team\",workload=\"api\",replica=\"1\",resource=\"memory\",kind=\"full\"} 0.0",
+            "# TYPE corral_replica_pressure_stalled_seconds counter",
+            "corral_replica_pressure_stalled_seconds_total{namespace=\"team\",workload=\"api\",replica=\"1\",resource=\"memory\",kind=\"some\"} 2.5",
+            "# TYPE corral_replica_memory_events counter",
+            "corral_replica_memory_events_total{namespace=\"team\",workload=\"api\",replica=\"1\",event=\"high\"} 4",
+            "corral_replica_memory_events_total{namespace=\"team\",workload=\"api\",replica=\"1\",event=\"oom_kill\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("resource=\"cpu\""),
+            "no cpu.pressure, no series: {text}"
+        );
+        assert!(
+            !text.contains("workload=\"old\""),
+            "a v1 replica has no series: {text}"
+        );
+        // The next pass replaces the series: a replica that is gone has none.
+        m.report(&[report("old", UsageSample::default())]);
+        let text = render(&m);
+        assert!(!text.contains("corral_replica_"), "{text}");
     }
 
     #[tokio::test]

@@ -286,7 +286,7 @@ fn usage_grants_the_observed_percentile_between_request_and_limit() {
     let samples = |cpu: Vec<i64>, memory_mib: Vec<i64>| Observed {
         cpu,
         memory: memory_mib.into_iter().map(|m| m << 20).collect(),
-        pids: vec![],
+        ..Observed::default()
     };
     let observed = HashMap::from([
         // p90 of 100..1500 by 100 is 1400m: clamped to the 1 cpu limit; memory p90 128Mi.

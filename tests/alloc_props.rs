@@ -124,11 +124,15 @@ fn arb_observed() -> impl Strategy<Value = HashMap<ReplicaKey, Observed>> {
         (
             prop::collection::vec(0i64..4000, 0..5),
             prop::collection::vec(0i64..(4 << 30), 0..5),
+            prop::option::of(0.0f64..=100.0),
+            prop::option::of(0i64..(8 << 30)),
         )
-            .prop_map(|(cpu, memory)| Observed {
+            .prop_map(|(cpu, memory, memory_pressure, memory_granted)| Observed {
                 cpu,
                 memory,
-                pids: vec![],
+                memory_pressure,
+                memory_granted,
+                ..Observed::default()
             }),
         0..8,
     )

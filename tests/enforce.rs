@@ -819,6 +819,74 @@ fn v2_files_on_a_directory_laid_out_like_a_v2_hierarchy() {
     }
 }
 
+/// On a v2 hierarchy (laid out in a temporary directory) a replica's report carries its
+/// pressure stall information and `memory.events`; a resource without a valid pressure
+/// file is absent, not zero.
+#[test]
+fn v2_reports_carry_pressure_and_memory_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = TestRoot::new(Layout::v2_at(tmp.path()));
+    let fs = root.fs();
+    let mut agent = root.agent();
+    let mut l = lease("shop", "api", &["x"], json!({}), Some(1500), Some(200));
+    l.work = Work::Adopt(AdoptRule {
+        pid_file: Some("/nonexistent/api.pid".into()),
+        ..Default::default()
+    });
+    agent.set_leases(vec![l]);
+    std::fs::write(
+        fs.root_dirs()[0].join("cgroup.controllers"),
+        "cpu io memory pids\n",
+    )
+    .unwrap();
+    agent.pass(Trigger::Leases);
+    let g = group("shop", "api");
+    let write = |knob: &str, text: &str| {
+        std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap();
+    };
+    write(
+        "memory.pressure",
+        "some avg10=23.45 avg60=10.00 avg300=2.00 total=5000000\n\
+         full avg10=3.00 avg60=1.00 avg300=0.25 total=700000\n",
+    );
+    write(
+        "cpu.pressure",
+        "some avg10=0.50 avg60=0.10 avg300=0.00 total=1234\n",
+    );
+    write("io.pressure", "some avg10=twelve\n");
+    write(
+        "memory.events",
+        "low 0\nhigh 42\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+    );
+    write("memory.current", "1048576\n");
+    agent.pass(Trigger::Resync);
+    let pass = agent.pass(Trigger::Resync);
+    let usage = report_of(&pass, "api")
+        .usage
+        .expect("a usage sample from the second observation on");
+    let pressure = usage.pressure.expect("pressure on v2");
+    let memory = pressure.memory.unwrap();
+    assert_eq!(
+        (
+            memory.some.avg10,
+            memory.some.avg60,
+            memory.some.total_micros
+        ),
+        (23.45, 10.0, 5_000_000)
+    );
+    assert_eq!(memory.full.map(|f| f.total_micros), Some(700_000));
+    let cpu = pressure.cpu.unwrap();
+    assert_eq!((cpu.some.total_micros, cpu.full), (1234, None));
+    assert_eq!(pressure.io, None, "a malformed file is absent");
+    let events = usage.memory_events.expect("memory.events on v2");
+    assert_eq!((events.high, events.max, events.oom_kill), (42, 5, 1));
+    assert_eq!((usage.oom_kills, usage.memory), (1, 1 << 20));
+    let json = serde_json::to_value(report_of(&pass, "api")).unwrap();
+    assert_eq!(json["usage"]["pressure"]["memory"]["some"]["avg10"], 23.45);
+    assert_eq!(json["usage"]["memoryEvents"]["high"], 42);
+    assert!(json["usage"]["pressure"].get("io").is_none());
+}
+
 /// The real v2 hierarchy of this machine offers no controller corral uses (only hugetlb):
 /// the replica's group is made, but its command never starts without its limits; it shows
 /// as Unenforced, and each missing knob names the file that says why.

@@ -78,6 +78,7 @@ const KEYS: &[&str] = &[
     "floorPercent",
     "usage",
     "percentile",
+    "memoryPressurePercent",
     "cgroup",
     "cpuPeriodMicros",
     "memoryHighRatio",

@@ -154,6 +154,7 @@ async fn enforce(
         let mut pass = tokio::task::block_in_place(|| agent.pass(trigger));
         trust::report_refusals(node, &mut pass.reports, &refused);
         metrics.observe(&agent.stats);
+        metrics.report(&pass.reports);
         reports.send_if_modified(|current| {
             if current.as_ref() == Some(&pass.reports) {
                 return false;

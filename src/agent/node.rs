@@ -620,6 +620,8 @@ impl Agent {
             throttled_seconds: counters.throttled_nanos as f64 / 1e9,
             oom_kills: as_i64(counters.oom_kills),
             pids: as_i64(counters.pids),
+            pressure: counters.pressure.any(),
+            memory_events: counters.memory_events,
         })
     }
 }

@@ -58,8 +58,8 @@ impl fmt::Display for ReplicaKey {
     }
 }
 
-/// Recent observations of one replica's use, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Recent observations of one replica's use, oldest first, and what it is granted now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     /// CPU in millicores, one sample per observation interval.
     #[serde(default)]
@@ -70,6 +70,13 @@ pub struct Observed {
     /// Processes.
     #[serde(default)]
     pub pids: Vec<i64>,
+    /// The latest `memory.pressure` `some avg10`, in percent; `None` where the node keeps
+    /// no pressure information (cgroup v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pressure: Option<f64>,
+    /// The memory its lease grants now, bytes; `None` without a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_granted: Option<i64>,
 }
 
 impl Observed {
@@ -87,6 +94,14 @@ impl Observed {
             Some(sorted[rank.clamp(1, n) - 1])
         };
         [p(&self.cpu), p(&self.memory), p(&self.pids)]
+    }
+
+    /// The memory grant the replica keeps: the one it has now, while its memory pressure
+    /// is at least `threshold` percent; `None` otherwise.
+    pub fn memory_hold(&self, threshold: f64) -> Option<i64> {
+        self.memory_pressure
+            .filter(|p| *p >= threshold)
+            .and(self.memory_granted)
     }
 }
 
@@ -224,11 +239,27 @@ mod tests {
             cpu: vec![50, 10, 40, 30, 20],
             memory: vec![],
             pids: vec![7],
+            ..Observed::default()
         };
         assert_eq!(o.percentile(100), [Some(50), None, Some(7)]);
         assert_eq!(o.percentile(50), [Some(30), None, Some(7)]);
         assert_eq!(o.percentile(1), [Some(10), None, Some(7)]);
         assert_eq!(o.percentile(95), [Some(50), None, Some(7)]);
+    }
+
+    #[test]
+    fn memory_is_held_at_or_above_the_threshold_and_only_with_a_grant() {
+        let o = |pressure: Option<f64>, granted: Option<i64>| Observed {
+            memory_pressure: pressure,
+            memory_granted: granted,
+            ..Observed::default()
+        };
+        assert_eq!(o(Some(10.0), Some(64)).memory_hold(10.0), Some(64));
+        assert_eq!(o(Some(55.5), Some(64)).memory_hold(10.0), Some(64));
+        assert_eq!(o(Some(9.99), Some(64)).memory_hold(10.0), None);
+        assert_eq!(o(None, Some(64)).memory_hold(10.0), None, "v1: no pressure");
+        assert_eq!(o(Some(50.0), None).memory_hold(10.0), None, "no lease yet");
+        assert_eq!(o(Some(f64::NAN), Some(64)).memory_hold(10.0), None);
     }
 
     #[test]

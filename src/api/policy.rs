@@ -453,18 +453,32 @@ pub struct UsageSettings {
     #[serde(default = "default_percentile")]
     #[schemars(range(min = 1, max = 100))]
     pub percentile: i32,
+    /// A replica whose `memory.pressure` (`some`, averaged over 10 s) is at least this
+    /// percentage keeps at least the memory it is granted now: its grant may grow, within
+    /// its limit and the node, but not shrink. Only cgroup v2 nodes report pressure.
+    /// 1 to 100; default 10.
+    #[serde(default = "default_memory_pressure_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub memory_pressure_percent: i32,
 }
 
 impl Default for UsageSettings {
     fn default() -> Self {
         UsageSettings {
             percentile: default_percentile(),
+            memory_pressure_percent: default_memory_pressure_percent(),
         }
     }
 }
 
 fn default_percentile() -> i32 {
     95
+}
+
+/// 10 %: well above the stalls of ordinary reclaim (senpai keeps workloads near 0.1 %),
+/// well below where systemd-oomd kills (60 %).
+fn default_memory_pressure_percent() -> i32 {
+    10
 }
 
 /// How grants become cgroup values.

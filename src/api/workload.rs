@@ -365,4 +365,62 @@ pub struct Usage {
     /// Processes and threads in the group now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+    /// Pressure stall information of the group (cgroup v2 only): how much of the recent
+    /// time its tasks waited for CPU, memory or IO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<ResourcePressure>,
+    /// How often the group met its memory bounds, from `memory.events` (cgroup v2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_events: Option<MemoryEventCounts>,
+}
+
+/// Pressure stall information per resource; a resource the node does not report is absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcePressure {
+    /// From `cpu.pressure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<PressureStatus>,
+    /// From `memory.pressure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<PressureStatus>,
+    /// From `io.pressure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<PressureStatus>,
+}
+
+/// One resource's pressure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PressureStatus {
+    /// Time at least one task waited.
+    pub some: StallStatus,
+    /// Time all tasks waited at once; absent where the kernel does not keep it (CPU before
+    /// Linux 5.13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<StallStatus>,
+}
+
+/// Stalled time of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StallStatus {
+    /// Percentage of the last 10 seconds stalled.
+    pub avg10: f64,
+    /// Percentage of the last 60 seconds stalled.
+    pub avg60: f64,
+    /// Seconds stalled since the group was created.
+    pub total_seconds: f64,
+}
+
+/// `memory.events` counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryEventCounts {
+    /// Times the group went over `memory.high` and was throttled.
+    pub high: i64,
+    /// Times the group's use was about to go over `memory.max`.
+    pub max: i64,
+    /// Processes of the group the OOM killer killed.
+    pub oom_kill: i64,
 }

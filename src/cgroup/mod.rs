@@ -1,7 +1,8 @@
-//! The cgroup layer: where the hierarchies are ([`layout`]), the values corral writes
-//! ([`values`]), the tree as desired ([`desired`], [`tree`]) and as found ([`observe`]),
-//! the pure diff between them ([`diff`]), the filesystem below corral's root ([`fs`]) and
-//! the executor that applies a diff ([`exec`]).
+//! The cgroup layer: where the hierarchies are ([`layout`]), which subtree corral owns and
+//! what it may write around it ([`root`]), the values corral writes ([`values`]), the tree
+//! as desired ([`desired`], [`tree`]) and as found ([`observe`]), the pure diff between
+//! them ([`diff`]), the filesystem below corral's root ([`fs`]), the executor that applies
+//! a diff ([`exec`]) and the v2 pressure files ([`pressure`]).
 
 pub mod desired;
 pub mod diff;
@@ -9,6 +10,7 @@ pub mod exec;
 pub mod fs;
 pub mod layout;
 pub mod observe;
+pub mod pressure;
 pub mod root;
 pub mod tree;
 pub mod values;

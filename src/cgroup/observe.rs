@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use super::fs::{CgroupError, Cgroupfs};
+use super::pressure::{Pressure, Pressures};
 use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree};
 
 /// Reads every corral group below the root; for the groups and knobs of `desired`, the
@@ -33,7 +36,7 @@ pub fn observe(fs: &Cgroupfs, desired: &DesiredTree) -> Result<ObservedTree, Cgr
 }
 
 /// Cumulative counters of one group, as the kernel keeps them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Counters {
     /// CPU time used, nanoseconds.
     pub cpu_nanos: u64,
@@ -47,12 +50,31 @@ pub struct Counters {
     pub oom_kills: u64,
     /// Processes and threads.
     pub pids: u64,
+    /// Pressure stall information; every resource `None` on v1.
+    pub pressure: Pressures,
+    /// `memory.events`; `None` on v1.
+    pub memory_events: Option<MemoryEvents>,
 }
 
-/// Reads a group's counters; a counter the kernel does not offer reads as 0.
+/// Counters of v2 `memory.events`: how often the group met its memory bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryEvents {
+    /// Times the group was throttled and reclaimed for going over `memory.high`.
+    pub high: u64,
+    /// Times the group's use was about to go over `memory.max`.
+    pub max: u64,
+    /// Processes of the group the OOM killer killed.
+    pub oom_kill: u64,
+}
+
+/// Reads a group's counters; a counter the kernel does not offer reads as 0, except the
+/// v2-only pressure and memory events, which are `None` without their file.
 ///
 /// # Errors
-/// A counter file exists but cannot be read.
+/// A counter file exists but cannot be read. A pressure file that cannot be read counts
+/// as missing: kernels before 6.1 with PSI disabled at boot refuse reads with
+/// `EOPNOTSUPP`.
 pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupError> {
     let g = Some(group);
     let number =
@@ -73,6 +95,13 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
     if fs.is_v2() {
         let cpu_stat = fs.read(g, "cpu.stat")?;
         let events = fs.read(g, "memory.events")?;
+        let pressure = |knob: &str| {
+            fs.read(g, knob)
+                .ok()
+                .flatten()
+                .as_deref()
+                .and_then(Pressure::parse)
+        };
         Ok(Counters {
             cpu_nanos: field(&cpu_stat, "usage_usec").saturating_mul(1000),
             throttled_nanos: field(&cpu_stat, "throttled_usec").saturating_mul(1000),
@@ -80,6 +109,16 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
             memory_peak: number(fs.read(g, "memory.peak")?),
             oom_kills: field(&events, "oom_kill"),
             pids: number(fs.read(g, "pids.current")?),
+            pressure: Pressures {
+                cpu: pressure("cpu.pressure"),
+                memory: pressure("memory.pressure"),
+                io: pressure("io.pressure"),
+            },
+            memory_events: events.is_some().then(|| MemoryEvents {
+                high: field(&events, "high"),
+                max: field(&events, "max"),
+                oom_kill: field(&events, "oom_kill"),
+            }),
         })
     } else {
         let cpu_stat = fs.read(g, "cpu.stat")?;
@@ -91,6 +130,8 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
             memory_peak: number(fs.read(g, "memory.max_usage_in_bytes")?),
             oom_kills: field(&oom, "oom_kill"),
             pids: number(fs.read(g, "pids.current")?),
+            pressure: Pressures::default(),
+            memory_events: None,
         })
     }
 }
@@ -133,6 +174,8 @@ mod tests {
                 memory_peak: 2 << 20,
                 oom_kills: 3,
                 pids: 4,
+                pressure: Pressures::default(),
+                memory_events: None,
             }
         );
     }
@@ -164,5 +207,73 @@ mod tests {
             ),
             (1_500_000, 20_000, 4096, 0, 1, 0)
         );
+        assert_eq!(c.pressure, Pressures::default(), "no pressure files: none");
+        assert_eq!(
+            c.memory_events,
+            Some(MemoryEvents {
+                high: 0,
+                max: 1,
+                oom_kill: 1
+            })
+        );
+    }
+
+    #[test]
+    fn v2_pressure_and_memory_events_are_read_and_malformed_files_are_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
+        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
+        let write = |knob: &str, text: &str| {
+            std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
+        };
+        write(
+            "memory.pressure",
+            "some avg10=12.34 avg60=5.00 avg300=1.00 total=987654\n\
+             full avg10=2.00 avg60=1.00 avg300=0.50 total=12345\n",
+        );
+        write(
+            "cpu.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=42\n",
+        );
+        write("io.pressure", "some avg10=banana\n");
+        write(
+            "memory.events",
+            "low 0\nhigh 17\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n",
+        );
+        let c = counters(&fs, &g).unwrap();
+        let memory = c.pressure.memory.unwrap();
+        assert_eq!(
+            (memory.some.avg10, memory.some.total_micros),
+            (12.34, 987_654)
+        );
+        assert_eq!(memory.full.map(|f| f.total_micros), Some(12_345));
+        let cpu = c.pressure.cpu.unwrap();
+        assert_eq!((cpu.some.total_micros, cpu.full), (42, None));
+        assert_eq!(c.pressure.io, None, "a malformed file is absent, not zero");
+        assert_eq!(
+            c.memory_events,
+            Some(MemoryEvents {
+                high: 17,
+                max: 3,
+                oom_kill: 2
+            })
+        );
+        assert_eq!(c.oom_kills, 2);
+    }
+
+    #[test]
+    fn an_unreadable_pressure_file_is_absent_and_the_rest_still_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
+        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
+        std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
+        // A directory where the file should be: reading fails (EISDIR), as a kernel with
+        // PSI disabled fails reads with EOPNOTSUPP.
+        std::fs::create_dir(fs.knob_path(Some(&g), "memory.pressure").unwrap()).unwrap();
+        std::fs::write(fs.knob_path(Some(&g), "memory.current").unwrap(), "4096\n").unwrap();
+        let c = counters(&fs, &g).unwrap();
+        assert_eq!((c.pressure.memory, c.memory), (None, 4096));
+        assert_eq!(c.memory_events, None, "no memory.events: none, not zeros");
     }
 }

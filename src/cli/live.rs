@@ -10,7 +10,7 @@ use super::plan::human;
 use crate::alloc::ReplicaKey;
 use crate::alloc::plan::Pending;
 use crate::alloc::resources::Kind;
-use crate::lease::{Lease, Report};
+use crate::lease::{Lease, Report, UsageSample};
 
 /// One row: a replica with its lease and its latest report.
 #[derive(Clone, Debug, Serialize)]
@@ -84,9 +84,10 @@ pub fn render(rows: &[Row]) -> String {
             || "-".to_string(),
             |u| {
                 format!(
-                    "{} cpu, {}",
+                    "{} cpu, {}{}",
                     human(Kind::Cpu, u.cpu),
-                    human(Kind::Memory, u.memory)
+                    human(Kind::Memory, u.memory),
+                    pressure(&u)
                 )
             },
         );
@@ -103,6 +104,21 @@ pub fn render(rows: &[Row]) -> String {
         .to_string()
         .lines()
         .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// `, mem PSI 12%` for each resource whose `some avg10` rounds to at least 1 %; empty
+/// otherwise, and on cgroup v1.
+fn pressure(u: &UsageSample) -> String {
+    let Some(p) = u.pressure else {
+        return String::new();
+    };
+    [("cpu", p.cpu), ("mem", p.memory), ("io", p.io)]
+        .into_iter()
+        .filter_map(|(name, p)| {
+            let percent = p?.some.avg10.round();
+            (percent >= 1.0).then(|| format!(", {name} PSI {percent:.0}%"))
+        })
         .collect()
 }
 
@@ -136,4 +152,66 @@ pub fn state(row: &Row) -> String {
         text.push_str(&format!("; {}", report.problems.join("; ")));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::fixtures::mk_lease;
+    use crate::cgroup::pressure::{Pressure, Pressures, Stall};
+
+    fn some(avg10: f64) -> Option<Pressure> {
+        Some(Pressure {
+            some: Stall {
+                avg10,
+                ..Stall::default()
+            },
+            full: None,
+        })
+    }
+
+    fn table_with(usage: UsageSample) -> String {
+        let lease = mk_lease("n1", "web", 0, 1);
+        let report = Report {
+            key: Some(lease.key.clone()),
+            node: lease.node.clone(),
+            lease_epoch: 1,
+            usage: Some(usage),
+            ..Report::default()
+        };
+        render(&rows(&[lease], &[report], &[]))
+    }
+
+    #[test]
+    fn the_usage_column_names_pressure_only_when_there_is_some() {
+        let base = UsageSample {
+            cpu: 250,
+            memory: 64 << 20,
+            ..UsageSample::default()
+        };
+        let v1 = table_with(base);
+        assert!(v1.contains("250m cpu, 64Mi"), "{v1}");
+        assert!(!v1.contains("PSI"), "{v1}");
+        let calm = table_with(UsageSample {
+            pressure: Some(Pressures {
+                cpu: some(0.0),
+                memory: some(0.49),
+                io: some(0.0),
+            }),
+            ..base
+        });
+        assert!(!calm.contains("PSI"), "under 1 % says nothing: {calm}");
+        let pressed = table_with(UsageSample {
+            pressure: Some(Pressures {
+                cpu: None,
+                memory: some(12.34),
+                io: some(3.5),
+            }),
+            ..base
+        });
+        assert!(
+            pressed.contains("250m cpu, 64Mi, mem PSI 12%, io PSI 4%"),
+            "{pressed}"
+        );
+    }
 }

@@ -139,13 +139,27 @@ impl UsageHistory {
                     series.remove(0);
                 }
             }
+            // Pressure is a state, not a series: the latest report's counts.
+            entry.memory_pressure = usage.pressure.and_then(|p| p.memory).map(|m| m.some.avg10);
         }
         self.samples.retain(|k, _| seen.contains(k));
     }
 
-    /// The samples, as the allocator takes them.
+    /// The samples.
     pub fn observed(&self) -> &HashMap<ReplicaKey, Observed> {
         &self.samples
+    }
+
+    /// The samples with each replica's memory grant from `leases` (the larger, should a
+    /// replica have two), as the allocator takes them.
+    pub fn observed_under(&self, leases: &[Lease]) -> HashMap<ReplicaKey, Observed> {
+        let mut observed = self.samples.clone();
+        for lease in leases {
+            if let Some(o) = observed.get_mut(&lease.key) {
+                o.memory_granted = o.memory_granted.max(Some(lease.granted.memory));
+            }
+        }
+        observed
     }
 }
 
@@ -257,5 +271,44 @@ mod tests {
         );
         history.record(&[]);
         assert!(history.observed().is_empty());
+    }
+
+    #[test]
+    fn usage_history_keeps_the_latest_memory_pressure_and_takes_grants_from_leases() {
+        use crate::alloc::fixtures::mk_lease;
+        use crate::cgroup::pressure::{Pressure, Pressures, Stall};
+        let mut history = UsageHistory::new(5);
+        let report = |pressure: Option<f64>| Report {
+            key: Some(ReplicaKey::new("t", "w", 0)),
+            usage: Some(UsageSample {
+                pressure: pressure.map(|avg10| Pressures {
+                    memory: Some(Pressure {
+                        some: Stall {
+                            avg10,
+                            ..Stall::default()
+                        },
+                        full: None,
+                    }),
+                    ..Pressures::default()
+                }),
+                ..UsageSample::default()
+            }),
+            ..Report::default()
+        };
+        let key = ReplicaKey::new("t", "w", 0);
+        history.record(&[report(Some(30.0))]);
+        history.record(&[report(Some(12.5))]);
+        assert_eq!(history.observed()[&key].memory_pressure, Some(12.5));
+        assert_eq!(history.observed()[&key].memory_granted, None);
+        let leases = [mk_lease("n1", "w", 0, 1), mk_lease("n1", "other", 0, 1)];
+        let observed = history.observed_under(&leases);
+        assert_eq!(observed[&key].memory_granted, Some(10 << 20));
+        assert_eq!(observed.len(), 1, "no samples, no entry");
+        history.record(&[report(None)]);
+        assert_eq!(
+            history.observed()[&key].memory_pressure,
+            None,
+            "a report without pressure (v1) clears it"
+        );
     }
 }

@@ -43,7 +43,7 @@ pub async fn reconcile<S: LeaseStore>(
         policies,
         workloads,
         nodes,
-        observed: usage.observed(),
+        observed: &usage.observed_under(&current),
         current: &placement,
     });
     let desired = leases::desired_leases(&plan, workloads, policies, epoch);

@@ -23,6 +23,8 @@ use crate::alloc::plan::{Allocation, Limits};
 use crate::alloc::{ReplicaKey, Res};
 use crate::api::Workload;
 use crate::api::policy::{CgroupSettings, LogSettings, ResourcePolicySpec};
+use crate::cgroup::observe::MemoryEvents;
+use crate::cgroup::pressure::Pressures;
 use crate::cgroup::tree::Work;
 
 /// The version of the JSON written; a reader refuses a newer one.
@@ -250,6 +252,13 @@ pub struct UsageSample {
     pub oom_kills: i64,
     /// Processes and threads now.
     pub pids: i64,
+    /// Pressure stall information, cgroup v2 only: absent on v1 and where the kernel keeps
+    /// none (so a report from before it existed reads the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<Pressures>,
+    /// `memory.events` counters, cgroup v2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_events: Option<MemoryEvents>,
 }
 
 /// The state of a replica's processes.
@@ -416,4 +425,69 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::pressure::{Pressure, Stall};
+    use serde_json::json;
+
+    #[test]
+    fn a_report_from_before_pressure_still_reads_and_a_v1_sample_writes_as_before() {
+        let old = json!({"version": 1, "key": null, "node": "n", "leaseEpoch": 3,
+            "applied": {}, "process": {"state": "Running", "pids": 1, "restarts": 0},
+            "changedAt": 5,
+            "usage": {"cpu": 10, "memory": 20, "memoryPeak": 30, "throttledSeconds": 0.5,
+                "oomKills": 0, "pids": 1}});
+        let report: Report = serde_json::from_value(old.clone()).unwrap();
+        let usage = report.usage.unwrap();
+        assert_eq!((usage.pressure, usage.memory_events), (None, None));
+        assert_eq!(serde_json::to_value(&report).unwrap(), old);
+    }
+
+    #[test]
+    fn a_v2_sample_carries_pressure_and_memory_events() {
+        let stall = |avg10: f64, total_micros: u64| Stall {
+            avg10,
+            avg60: 1.5,
+            total_micros,
+        };
+        let sample = UsageSample {
+            pressure: Some(Pressures {
+                memory: Some(Pressure {
+                    some: stall(12.5, 1_000),
+                    full: Some(stall(2.0, 10)),
+                }),
+                cpu: Some(Pressure {
+                    some: stall(0.0, 7),
+                    full: None,
+                }),
+                io: None,
+            }),
+            memory_events: Some(MemoryEvents {
+                high: 4,
+                max: 2,
+                oom_kill: 1,
+            }),
+            ..UsageSample::default()
+        };
+        let value = serde_json::to_value(sample).unwrap();
+        assert_eq!(
+            value["pressure"],
+            json!({
+                "memory": {"some": {"avg10": 12.5, "avg60": 1.5, "totalMicros": 1000},
+                           "full": {"avg10": 2.0, "avg60": 1.5, "totalMicros": 10}},
+                "cpu": {"some": {"avg10": 0.0, "avg60": 1.5, "totalMicros": 7}}
+            })
+        );
+        assert_eq!(
+            value["memoryEvents"],
+            json!({"high": 4, "max": 2, "oomKill": 1})
+        );
+        assert_eq!(
+            serde_json::from_value::<UsageSample>(value).unwrap(),
+            sample
+        );
+    }
 }

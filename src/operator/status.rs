@@ -22,9 +22,12 @@ use crate::alloc::plan::Plan;
 use crate::api::policy::{ResourcePolicy, ResourcePolicyStatus, ResourceTotals};
 use crate::api::quantity::Quantity;
 use crate::api::workload::{
-    Granted, ReplicaStatus, Usage, Workload, WorkloadPhase, WorkloadStatus,
+    Granted, MemoryEventCounts, PressureStatus, ReplicaStatus, ResourcePressure, StallStatus,
+    Usage, Workload, WorkloadPhase, WorkloadStatus,
 };
-use crate::lease::{Lease, Report};
+use crate::cgroup::observe::MemoryEvents;
+use crate::cgroup::pressure::{Pressure, Pressures, Stall};
+use crate::lease::{Lease, Report, UsageSample};
 
 /// What the statuses are computed from.
 #[derive(Clone, Debug, Default)]
@@ -107,14 +110,7 @@ pub fn workload_status(
         };
         if let Some(report) = report {
             row.applied.clone_from(&report.applied);
-            row.usage = report.usage.map(|u| Usage {
-                cpu: Some(Quantity::from_millis(u.cpu)),
-                memory: Some(Quantity::from_bytes(u.memory)),
-                memory_peak: Some(Quantity::from_bytes(u.memory_peak)),
-                throttled_seconds: Some(u.throttled_seconds),
-                oom_kills: Some(u.oom_kills),
-                pids: Some(u.pids),
-            });
+            row.usage = report.usage.as_ref().map(usage);
             for p in &report.problems {
                 failures.push(format!("replica {index} on {}: {p}", report.node));
             }
@@ -310,6 +306,40 @@ pub fn policy_status(
     }
 }
 
+/// A report's usage sample as the status shows it.
+fn usage(u: &UsageSample) -> Usage {
+    let stall = |s: Stall| StallStatus {
+        avg10: s.avg10,
+        avg60: s.avg60,
+        total_seconds: s.total_micros as f64 / 1e6,
+    };
+    let pressure = |p: Option<Pressure>| {
+        p.map(|p| PressureStatus {
+            some: stall(p.some),
+            full: p.full.map(stall),
+        })
+    };
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Usage {
+        cpu: Some(Quantity::from_millis(u.cpu)),
+        memory: Some(Quantity::from_bytes(u.memory)),
+        memory_peak: Some(Quantity::from_bytes(u.memory_peak)),
+        throttled_seconds: Some(u.throttled_seconds),
+        oom_kills: Some(u.oom_kills),
+        pids: Some(u.pids),
+        pressure: u.pressure.map(|p: Pressures| ResourcePressure {
+            cpu: pressure(p.cpu),
+            memory: pressure(p.memory),
+            io: pressure(p.io),
+        }),
+        memory_events: u.memory_events.map(|e: MemoryEvents| MemoryEventCounts {
+            high: count(e.high),
+            max: count(e.max),
+            oom_kill: count(e.oom_kill),
+        }),
+    }
+}
+
 fn granted(res: &Res) -> Granted {
     Granted {
         cpu: Quantity::from_millis(res.cpu),
@@ -484,6 +514,72 @@ mod tests {
         assert_eq!(status.replicas[1].node.as_deref(), Some("n2"));
         assert_eq!(status.replicas[1].lease_epoch, Some(7));
         assert_eq!(status.replicas[0].applied["cpu.shares"], "102");
+    }
+
+    #[test]
+    fn usage_shows_pressure_and_memory_events_when_reported_and_nothing_more_on_v1() {
+        let workload = mk_workload("t", "web", 2, 100, 10, json!({}));
+        let leases = [mk_lease("n1", "web", 0, 7), mk_lease("n1", "web", 1, 7)];
+        let mut reports: Vec<Report> = leases.iter().map(running).collect();
+        let v1 = UsageSample {
+            cpu: 250,
+            memory: 64 << 20,
+            ..UsageSample::default()
+        };
+        reports[0].usage = Some(v1);
+        reports[1].usage = Some(UsageSample {
+            pressure: Some(Pressures {
+                memory: Some(Pressure {
+                    some: Stall {
+                        avg10: 12.5,
+                        avg60: 4.0,
+                        total_micros: 2_500_000,
+                    },
+                    full: None,
+                }),
+                io: Some(Pressure::default()),
+                cpu: None,
+            }),
+            memory_events: Some(MemoryEvents {
+                high: 7,
+                max: 2,
+                oom_kill: u64::MAX,
+            }),
+            ..v1
+        });
+        let observed = Observed {
+            leases: &leases,
+            reports: &reports,
+            registered: &["n1".to_string()],
+            ..Observed::default()
+        };
+        let status = workload_status(&workload, &observed, None, &at(100));
+        let on_v1 = status.replicas[0].usage.as_ref().unwrap();
+        assert_eq!((&on_v1.pressure, &on_v1.memory_events), (&None, &None));
+        let on_v2 = status.replicas[1].usage.as_ref().unwrap();
+        let pressure = on_v2.pressure.as_ref().unwrap();
+        let memory = pressure.memory.as_ref().unwrap();
+        assert_eq!((memory.some.avg10, memory.some.avg60), (12.5, 4.0));
+        assert_eq!(memory.some.total_seconds, 2.5);
+        assert_eq!((&memory.full, &pressure.cpu), (&None, &None));
+        assert_eq!(pressure.io.as_ref().unwrap().some.avg10, 0.0);
+        assert_eq!(
+            on_v2.memory_events,
+            Some(MemoryEventCounts {
+                high: 7,
+                max: 2,
+                oom_kill: i64::MAX
+            })
+        );
+        let json = serde_json::to_value(on_v2).unwrap();
+        assert_eq!(json["pressure"]["memory"]["some"]["totalSeconds"], 2.5);
+        assert_eq!(json["memoryEvents"]["oomKill"], i64::MAX);
+        assert!(
+            serde_json::to_value(on_v1)
+                .unwrap()
+                .get("pressure")
+                .is_none()
+        );
     }
 
     #[test]
