@@ -509,7 +509,17 @@ impl Rendered {
         let daemonset = self.agent();
         let pod = daemonset.at("/spec/template/spec");
         let container = only_container(daemonset);
-        let args = args(container);
+        let mut args = args(container);
+        // Joining the node's cgroup namespace (v2) comes with SYS_ADMIN, and only then.
+        let joins = args.contains(&"--host-cgroup-namespace");
+        args.retain(|a| *a != "--host-cgroup-namespace");
+        let added = strings(&container["securityContext"]["capabilities"]["add"]);
+        assert_eq!(
+            added.contains(&"SYS_ADMIN"),
+            joins,
+            "{}: SYS_ADMIN is added exactly when the agent joins the node's cgroup namespace",
+            self.file
+        );
         assert_eq!(
             &args[..9],
             [
@@ -540,7 +550,7 @@ impl Rendered {
         assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
         for capability in strings(&security["capabilities"]["add"]) {
             assert!(
-                ["KILL", "SETUID", "SETGID", "SETPCAP"].contains(&capability),
+                ["KILL", "SETUID", "SETGID", "SETPCAP", "SYS_ADMIN"].contains(&capability),
                 "{}: the agent is given {capability}; the chart's README says which it needs",
                 self.file
             );
@@ -916,6 +926,7 @@ fn minimal_values_install_the_defaults() {
             "/var/lib/corral",
             "--cgroup-root",
             "corral",
+            "--host-cgroup-namespace",
             "--metrics-addr",
             "0.0.0.0:9091",
             "--zookeeper-chroot",
@@ -929,7 +940,7 @@ fn minimal_values_install_the_defaults() {
     assert!(pod["hostNetwork"].is_null());
     assert_eq!(
         container["securityContext"]["capabilities"],
-        json!({"drop": ["ALL"], "add": ["KILL", "SETUID", "SETGID", "SETPCAP"]})
+        json!({"drop": ["ALL"], "add": ["KILL", "SETUID", "SETGID", "SETPCAP", "SYS_ADMIN"]})
     );
     assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
     assert_eq!(pod["priorityClassName"], "system-node-critical");
@@ -1254,7 +1265,7 @@ fn monitoring_and_custom_agent_settings_are_honoured() {
     assert_eq!(
         container["securityContext"]["capabilities"],
         json!({"drop": ["ALL"]}),
-        "capabilities: [] adds none"
+        "capabilities: [] and hostCgroupNamespace: false add none"
     );
     let args = args(container);
     assert_eq!(

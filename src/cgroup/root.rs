@@ -231,7 +231,7 @@ fn has_xattr(dir: &Path, name: &str) -> bool {
 
 /// Joins the cgroup namespace of PID 1 (the host's init, when the host's PID namespace is
 /// shared, as the chart's agent has it), then drops `CAP_SYS_ADMIN`, which only that
-/// needed. A pod on cgroup v2 gets a private cgroup namespace, and the kernel refuses to
+/// needed (also when corral already was in that namespace). A pod on cgroup v2 gets a private cgroup namespace, and the kernel refuses to
 /// move a process into a group outside it (ENOENT); in the host's namespace, corral's
 /// groups are in reach. Returns false when corral already was in PID 1's namespace.
 /// Namespaces and capabilities are per thread: call it before any other thread starts.
@@ -259,21 +259,21 @@ pub fn join_host_namespace() -> Result<bool, String> {
             return Err(format!("reading /proc/{{self,1}}/ns/cgroup: {e}"));
         }
     };
-    if own == host {
-        return Ok(false);
+    if own != host {
+        let file = std::fs::File::open("/proc/1/ns/cgroup")
+            .map_err(|e| format!("opening /proc/1/ns/cgroup: {e}"))?;
+        // SAFETY: setns on a descriptor that stays open for the call.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWCGROUP) } == -1 {
+            return Err(format!(
+                "joining the cgroup namespace of PID 1 (/proc/1/ns/cgroup): {}; it needs CAP_SYS_ADMIN (the chart's agent adds it, and corral drops it right after)",
+                io::Error::last_os_error()
+            ));
+        }
     }
-    let file = std::fs::File::open("/proc/1/ns/cgroup")
-        .map_err(|e| format!("opening /proc/1/ns/cgroup: {e}"))?;
-    // SAFETY: setns on a descriptor that stays open for the call.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWCGROUP) } == -1 {
-        return Err(format!(
-            "joining the cgroup namespace of PID 1 (/proc/1/ns/cgroup): {}; it needs CAP_SYS_ADMIN (the chart's agent adds it, and corral drops it right after)",
-            io::Error::last_os_error()
-        ));
-    }
+    // Dropped either way: on a v1 node the runtime shares the host's namespace already.
     crate::agent::sandbox::drop_capability(CAP_SYS_ADMIN)
-        .map_err(|e| format!("dropping CAP_SYS_ADMIN after joining: {e}"))?;
-    Ok(true)
+        .map_err(|e| format!("dropping CAP_SYS_ADMIN: {e}"))?;
+    Ok(own != host)
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
