@@ -142,7 +142,9 @@ impl Layout {
     /// The layout described by the text of a `mountinfo` file.
     pub fn from_mountinfo(text: &str) -> Layout {
         let mut v1 = BTreeMap::new();
-        let mut unified: Option<(PathBuf, String)> = None;
+        // Each cgroup2 mount point with the root of the mount seen there: a later mount on
+        // the same point hides the earlier one (a pod's hostPath over the runtime's view).
+        let mut unified_mounts: Vec<(PathBuf, String)> = Vec::new();
         for line in text.lines() {
             // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
             let Some((before, after)) = line.split_once(" - ") else {
@@ -158,16 +160,9 @@ impl Layout {
             };
             match fs_type {
                 Some("cgroup2") => {
-                    // Of several cgroup2 mounts, the one that shows the most: the whole
-                    // hierarchy (`/`) over a container's own view; later mounts over
-                    // earlier ones otherwise, as the last one mounted hides the others.
-                    let root = root.unwrap_or_else(|| "/".to_string());
-                    let better = unified
-                        .as_ref()
-                        .is_none_or(|(_, was)| rank(&root) <= rank(was));
-                    if better {
-                        unified = Some((PathBuf::from(mount_point), root));
-                    }
+                    let point = PathBuf::from(mount_point);
+                    unified_mounts.retain(|(p, _)| *p != point);
+                    unified_mounts.push((point, root.unwrap_or_else(|| "/".to_string())));
                 }
                 Some("cgroup") => {
                     let options: Vec<&str> = super_options.unwrap_or_default().split(',').collect();
@@ -179,6 +174,18 @@ impl Layout {
                     }
                 }
                 _ => {}
+            }
+        }
+        // Of the visible cgroup2 mounts, the one that shows the most: the whole hierarchy
+        // (`/`) over a container's own view, and either over a mount whose top is out of
+        // this namespace; the last mounted among equals.
+        let mut unified: Option<(PathBuf, String)> = None;
+        for (point, root) in unified_mounts {
+            if unified
+                .as_ref()
+                .is_none_or(|(_, was)| rank(&root) <= rank(was))
+            {
+                unified = Some((point, root));
             }
         }
         let mode = match (v1.is_empty(), unified.is_some()) {
@@ -325,6 +332,14 @@ mod tests {
         let layout = Layout::from_mountinfo(joined);
         assert_eq!(layout.unified, Some(PathBuf::from("/host/cgroup")));
         assert_eq!(layout.unified_root, "/");
+        // The chart's hostPath mounted over the runtime's view at the same point: only the
+        // later one is visible there.
+        let hidden = "\
+40 30 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+41 40 0:26 /../../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate
+";
+        let layout = Layout::from_mountinfo(hidden);
+        assert!(layout.unified_outside_namespace());
         let only_outside = "41 30 0:26 /../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let layout = Layout::from_mountinfo(only_outside);
         assert!(layout.unified_outside_namespace());
