@@ -278,8 +278,9 @@ pub fn join_host_namespace() -> Result<bool, String> {
 
 const CAP_SYS_ADMIN: u32 = 21;
 
-/// In `self` mode, moves every process of the root group (corral first) into [`LEAF`], so
-/// that the root may enable controllers for its children. Nothing to do otherwise.
+/// In `self` mode, moves every process of the root group (corral first, when it runs
+/// there) into [`LEAF`], so that the root may enable controllers for its children.
+/// Nothing to do otherwise; a `corral down` started from a shell stays where it is.
 ///
 /// # Errors
 /// The leaf cannot be created, or corral cannot move itself.
@@ -287,6 +288,11 @@ pub fn enter_leaf(fs: &Cgroupfs) -> io::Result<()> {
     if !fs.root().own {
         return Ok(());
     }
+    let shown = fs.layout().unified_root.trim_end_matches('/').to_string();
+    let inside = Host::detect().own_cgroup.is_some_and(|own| {
+        let own = own.strip_prefix(&shown).unwrap_or(&own).trim_start_matches('/');
+        own == fs.root().path || own == format!("{}/{LEAF}", fs.root().path)
+    });
     for dir in fs.root_dirs() {
         let leaf = dir.join(LEAF);
         match std::fs::create_dir(&leaf) {
@@ -295,7 +301,9 @@ pub fn enter_leaf(fs: &Cgroupfs) -> io::Result<()> {
             Err(e) => return Err(annotate(e, &leaf)),
         }
         let procs = leaf.join("cgroup.procs");
-        std::fs::write(&procs, "0").map_err(|e| annotate(e, &procs))?;
+        if inside {
+            std::fs::write(&procs, "0").map_err(|e| annotate(e, &procs))?;
+        }
         let left = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in left.lines().map(str::trim).filter(|p| !p.is_empty()) {
             // A process may exit meanwhile; what stays is named by the controller check.
