@@ -155,7 +155,16 @@ pub fn resolve(
     delegated: impl Fn(&Path) -> bool,
 ) -> Result<Root, RootError> {
     let mount = layout.unified.clone().filter(|_| layout.is_v2());
-    if spec == SELF {
+    // Naming the group corral runs in is asking for `self`: corral must leave it for a
+    // leaf before the group can hand controllers down.
+    let named_own = mount.is_some()
+        && host.own_cgroup.as_deref().is_some_and(|own| {
+            let own = own.strip_suffix(&format!("/{LEAF}")).unwrap_or(own);
+            let shown = layout.unified_root.trim_end_matches('/');
+            own.strip_prefix(shown)
+                .is_some_and(|rest| rest.trim_start_matches('/') == spec)
+        });
+    if spec == SELF || named_own {
         let Some(mount) = mount else {
             return Err(RootError::SelfNeedsV2(layout.mode.to_string()));
         };
@@ -290,7 +299,10 @@ pub fn enter_leaf(fs: &Cgroupfs) -> io::Result<()> {
     }
     let shown = fs.layout().unified_root.trim_end_matches('/').to_string();
     let inside = Host::detect().own_cgroup.is_some_and(|own| {
-        let own = own.strip_prefix(&shown).unwrap_or(&own).trim_start_matches('/');
+        let own = own
+            .strip_prefix(&shown)
+            .unwrap_or(&own)
+            .trim_start_matches('/');
         own == fs.root().path || own == format!("{}/{LEAF}", fs.root().path)
     });
     for dir in fs.root_dirs() {
@@ -559,6 +571,26 @@ mod tests {
             ),
             Err(RootError::SelfNeedsV2(_))
         ));
+    }
+
+    #[test]
+    fn naming_the_group_corral_runs_in_is_self() {
+        let root = resolve(
+            "system.slice/corral.service",
+            &v2(),
+            &host(false, "/system.slice/corral.service"),
+            |_| false,
+        )
+        .unwrap();
+        assert!(root.own);
+        let other = resolve(
+            "system.slice/other.service",
+            &v2(),
+            &host(false, "/system.slice/corral.service"),
+            |_| false,
+        )
+        .unwrap();
+        assert!(!other.own);
     }
 
     #[test]
