@@ -307,7 +307,7 @@ select_tests() {
 }
 
 main() {
-  cd "$(dirname "$0")/.."
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/corral-target}"
   [ "$(id -u)" = 0 ] || die "run as root: it installs qemu and the tests manage cgroups"
   make_workdir
