@@ -1,0 +1,1191 @@
+//! corral's enforcement on a real cgroup v2 kernel, with real processes: the values of the
+//! README's formulas in `cpu.weight`, `cpu.max`, `memory.max`, `memory.high`,
+//! `memory.min`, `memory.low`, `pids.max` and `io.weight`, enforced by the kernel (an OOM
+//! kill, a capped fork bomb, a throttled busy loop), edits, drift, restarts, adoption, and
+//! `corral run` and `corral down` as a person runs them.
+//!
+//! Each test needs a pure v2 system and asserts it first, so none can pass vacuously. They
+//! are ignored by default; `scripts/v2-vm.sh` boots a v2 kernel under qemu and runs them
+//! there with `--ignored`. Test names decide the VM phase that runs them: a name starting
+//! with `bare_`, `delegated_` or `pod_` belongs to a phase of that cgroup layout; every other
+//! test runs in the `systemd-layout` phase (controllers enabled in the root, init in a leaf).
+//!
+//! Expected values are computed here from the manifests' numbers with the formulas the
+//! README states (kubelet's and runc's), not by calling `corral::cgroup::values`.
+//!
+//! Every test owns a uniquely named root below the v2 mount; a guard kills whatever runs in
+//! it and removes it, also when the test fails.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use corral::agent::node::{Agent, Pass, Trigger};
+use corral::alloc::Res;
+use corral::alloc::admit::AdoptScope;
+use corral::alloc::fixtures::{mk_policy, mk_workload};
+use corral::alloc::plan::{Allocation, Limits};
+use corral::api::policy::IdRange;
+use corral::api::workload::AdoptRule;
+use corral::cgroup::layout::{Layout, Mode};
+use corral::cgroup::tree::Work;
+use corral::lease::Lease;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+const MIB: i64 = 1 << 20;
+
+/// The v2 mount, after asserting that this is a pure cgroup v2 system.
+fn pure_v2() -> PathBuf {
+    let layout = Layout::detect().expect("reading /proc/self/mountinfo");
+    assert_eq!(
+        layout.mode,
+        Mode::V2,
+        "not a pure cgroup v2 system ({layout:?}): scripts/v2-vm.sh runs these tests in a VM"
+    );
+    layout.unified.expect("a v2 layout has its mount")
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's formulas, written out again here.
+
+/// kubelet's `MilliCPUToShares`.
+fn shares(millicores: i64) -> u64 {
+    (millicores as u64 * 1024 / 1000).clamp(2, 262_144)
+}
+
+/// runc's `ConvertCPUSharesToCgroupV2Value` (≥ 1.3): 2 → 1, 1024 → 100, 262144 → 10000.
+fn weight(shares: u64) -> u64 {
+    let l = (shares as f64).log2();
+    10f64.powf((l * l + 125.0 * l) / 612.0 - 7.0 / 34.0).ceil() as u64
+}
+
+/// `cpu.weight` for a grant in millicores.
+fn cpu_weight(millicores: i64) -> String {
+    weight(shares(millicores)).to_string()
+}
+
+/// `cpu.max` for a limit in millicores over the default 100 ms period (kubelet's
+/// `MilliCPUToQuota`, at least 1 ms).
+fn cpu_max(limit: Option<i64>) -> String {
+    match limit {
+        Some(m) => format!("{} 100000", (m * 100_000 / 1000).max(1000)),
+        None => "max 100000".to_string(),
+    }
+}
+
+fn page() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert!(size > 0, "the page size");
+    size as i64
+}
+
+/// `memory.high = request + ratio × (limit − request)`, on a page (kubelet's MemoryQoS).
+fn memory_high(request: i64, limit: i64, ratio: f64) -> String {
+    let high = (request as f64 + ratio * (limit - request) as f64) as i64;
+    (high / page() * page()).to_string()
+}
+
+#[track_caller]
+fn check_formulas() {
+    assert_eq!(cpu_weight(1000), "100", "runc: 1024 shares is weight 100");
+    assert_eq!(cpu_weight(250), "35", "runc: 256 shares is weight 35");
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent on the real v2 hierarchy.
+
+/// A root of the test's own below the v2 mount, removed with everything in it on drop.
+struct TestRoot {
+    mount: PathBuf,
+    name: String,
+    state: tempfile::TempDir,
+}
+
+impl TestRoot {
+    fn new() -> TestRoot {
+        TestRoot {
+            mount: pure_v2(),
+            name: unique("corral-v2-test"),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn fs(&self) -> corral::cgroup::fs::Cgroupfs {
+        corral::cgroup::fs::Cgroupfs::new(Layout::v2_at(&self.mount), &self.name).unwrap()
+    }
+
+    fn agent(&self) -> Agent {
+        let mut agent = Agent::new("test-node", self.fs(), self.state.path(), false).unwrap();
+        agent.set_log_pump(env!("CARGO_BIN_EXE_corral").into());
+        agent
+    }
+
+    /// The directory of `group` (`tenant` or `tenant/name.index`; "" for the root).
+    fn dir(&self, group: &str) -> PathBuf {
+        self.mount.join(&self.name).join(group)
+    }
+
+    fn knob(&self, group: &str, knob: &str) -> String {
+        read(&self.dir(group).join(knob))
+    }
+
+    /// Waits until replica `key`'s output holds `text`.
+    fn wait_for_output(&self, key: &str, text: &str) {
+        let log = self.state.path().join(format!("logs/{key}.log"));
+        wait_until(
+            &format!("{key} to write {text:?}"),
+            Duration::from_secs(20),
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text)),
+        );
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        remove_tree(&self.mount.join(&self.name));
+    }
+}
+
+/// A file's text, trimmed; panics with the path.
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// The value of `key` in a flat-keyed file such as `memory.events`.
+fn field(path: &Path, key: &str) -> u64 {
+    read(path)
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
+}
+
+/// Kills every process below `dir` and removes the directories, deepest first.
+fn remove_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = procs(dir);
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The processes in a group's `cgroup.procs`; none when it is gone.
+fn procs(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The processes of a group but its log pump (`corral log-pump` runs there too).
+fn workload_pids(dir: &Path) -> Vec<u32> {
+    procs(dir)
+        .into_iter()
+        .filter(|pid| {
+            !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(8).any(|w| w == b"log-pump"))
+        })
+        .collect()
+}
+
+/// The v2 group of a process, as `/proc/PID/cgroup` says (`/corral/t/w.0`).
+fn cgroup_of(pid: u32) -> String {
+    read(Path::new(&format!("/proc/{pid}/cgroup")))
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_else(|| panic!("process {pid} has no v2 group"))
+}
+
+/// True when the process is gone, or a zombie whose parent has not reaped it yet.
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a replica is granted, requests and is limited to, for [`lease`].
+#[derive(Clone, Copy)]
+struct Grant {
+    cpu: i64,
+    memory_mib: i64,
+    cpu_limit: Option<i64>,
+    memory_limit_mib: Option<i64>,
+    pids_limit: Option<i64>,
+    io_weight: Option<i32>,
+}
+
+/// 250m and 16 MiB granted and requested, 64 pids, no other limit.
+const SMALL: Grant = Grant {
+    cpu: 250,
+    memory_mib: 16,
+    cpu_limit: None,
+    memory_limit_mib: None,
+    pids_limit: Some(64),
+    io_weight: None,
+};
+
+/// A lease for replica 0 of `ns/name` running `args`, with `extra` merged into the
+/// workload's spec and the policy's `cgroup` settings.
+fn lease(ns: &str, name: &str, args: &[&str], extra: Value, grant: Grant, cgroup: Value) -> Lease {
+    let mut spec = json!({"command": {"args": args}, "terminationGracePeriodSeconds": 1});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    let workload = mk_workload(ns, name, 1, grant.cpu, grant.memory_mib, spec);
+    let policy = mk_policy("p", json!({"cgroup": cgroup}));
+    let amounts = Res::new(grant.cpu, grant.memory_mib * MIB, 0);
+    let allocation = Allocation {
+        workload: format!("{ns}/{name}"),
+        replica: 0,
+        key: format!("{ns}.{name}.0"),
+        node: "test-node".into(),
+        policy: "p".into(),
+        tenant: ns.into(),
+        priority: 0,
+        granted: amounts,
+        request: amounts,
+        limits: Limits {
+            cpu: grant.cpu_limit,
+            memory: grant.memory_limit_mib.map(|m| m * MIB),
+            pids: grant.pids_limit,
+        },
+        io_weight: grant.io_weight,
+    };
+    Lease::new(&allocation, &workload, &policy.spec, 1)
+}
+
+fn report_of<'a>(pass: &'a Pass, name: &str) -> &'a corral::lease::Report {
+    pass.reports
+        .iter()
+        .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
+        .unwrap_or_else(|| panic!("no report for {name}: {:?}", pass.reports))
+}
+
+#[track_caller]
+fn assert_no_failures(pass: &Pass) {
+    assert!(
+        pass.outcome.failures.is_empty(),
+        "{:?}",
+        pass.outcome.failures
+    );
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn agent_writes_the_v2_files_and_a_second_pass_writes_nothing() {
+    check_formulas();
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        cpu_limit: Some(1500),
+        memory_limit_mib: Some(64),
+        ..SMALL
+    };
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "600"],
+        json!({}),
+        grant,
+        json!({}),
+    )]);
+    let first = agent.pass(Trigger::Leases);
+    assert_no_failures(&first);
+    let report = report_of(&first, "api");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    for (knob, want) in [
+        ("cpu.weight", cpu_weight(250)),
+        ("cpu.max", cpu_max(Some(1500))),
+        ("memory.max", (64 * MIB).to_string()),
+        ("memory.high", memory_high(16 * MIB, 64 * MIB, 0.9)),
+        ("memory.min", "0".to_string()),
+        ("memory.low", "0".to_string()),
+        ("pids.max", "64".to_string()),
+    ] {
+        assert_eq!(root.knob("shop/api.0", knob), want, "{knob}");
+        assert_eq!(report.applied.get(knob), Some(&want), "reported {knob}");
+    }
+    // The tenant's group: the sum of its replicas' grants, no limit, controllers for them.
+    assert_eq!(root.knob("shop", "cpu.weight"), cpu_weight(250));
+    assert_eq!(root.knob("shop", "cpu.max"), cpu_max(None));
+    assert_eq!(root.knob("shop", "memory.max"), "max");
+    assert_eq!(root.knob("shop", "pids.max"), "max");
+    for group in ["", "shop"] {
+        let enabled = root.knob(group, "cgroup.subtree_control");
+        for controller in ["cpu", "memory", "pids", "io"] {
+            assert!(
+                enabled.split_whitespace().any(|c| c == controller),
+                "{controller} is not enabled below {:?}: {enabled:?}",
+                root.dir(group)
+            );
+        }
+    }
+    let pid = report.process.pid.expect("the command runs");
+    assert_eq!(
+        cgroup_of(pid),
+        format!("/{}/shop/api.0", root.name),
+        "the command runs in its group"
+    );
+    assert_eq!(workload_pids(&root.dir("shop/api.0")), [pid]);
+
+    let writes = agent.stats.writes;
+    let second = agent.pass(Trigger::Resync);
+    assert!(second.ops.is_empty(), "{:?}", second.ops);
+    assert_eq!(
+        agent.stats.writes, writes,
+        "the same state twice writes nothing"
+    );
+    assert_eq!(report_of(&second, "api").process.pid, Some(pid));
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn a_memory_hog_is_oom_killed_under_memory_max() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    // dd's buffer is 200 MiB, touched as it reads: far above the 64 MiB limit. dd is the
+    // main process, so its end is the replica's.
+    let hog = [
+        "/bin/sh",
+        "-c",
+        "exec dd if=/dev/zero of=/dev/null bs=200M count=1",
+    ];
+    let grant = Grant {
+        memory_limit_mib: Some(64),
+        ..SMALL
+    };
+    agent.set_leases(vec![lease(
+        "lab",
+        "hog",
+        &hog,
+        json!({"command": {"args": hog, "restartPolicy": "Never"}}),
+        grant,
+        json!({}),
+    )]);
+    let first = agent.pass(Trigger::Leases);
+    assert_no_failures(&first);
+    let dir = root.dir("lab/hog.0");
+    assert_eq!(root.knob("lab/hog.0", "memory.max"), (64 * MIB).to_string());
+    wait_until("the hog to be killed", Duration::from_secs(120), || {
+        field(&dir.join("memory.events"), "oom_kill") >= 1
+    });
+    // Its log pump included, which ends after the last write.
+    wait_until("the hog's group to empty", Duration::from_secs(30), || {
+        procs(&dir).is_empty()
+    });
+    let pass = agent.pass(Trigger::Processes);
+    let report = report_of(&pass, "hog");
+    assert_eq!(
+        report.process.last_exit.as_deref(),
+        Some("killed by SIGKILL"),
+        "{report:?}"
+    );
+    assert!(
+        report.usage.is_some_and(|u| u.oom_kills >= 1),
+        "the report counts the OOM kill: {report:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn a_busy_loop_under_a_20_percent_cpu_max_uses_about_20_percent() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        cpu_limit: Some(200),
+        ..SMALL
+    };
+    agent.set_leases(vec![lease(
+        "lab",
+        "spin",
+        &["/bin/sh", "-c", "while :; do :; done"],
+        json!({}),
+        grant,
+        json!({}),
+    )]);
+    assert_no_failures(&agent.pass(Trigger::Leases));
+    assert_eq!(root.knob("lab/spin.0", "cpu.max"), "20000 100000");
+    let stat = root.dir("lab/spin.0").join("cpu.stat");
+    std::thread::sleep(Duration::from_millis(500));
+    let (start, before) = (Instant::now(), field(&stat, "usage_usec"));
+    std::thread::sleep(Duration::from_secs(5));
+    let used = (field(&stat, "usage_usec") - before) as f64;
+    let share = used / start.elapsed().as_micros() as f64;
+    assert!(
+        (0.12..=0.25).contains(&share),
+        "used {:.1}% of a core under a 20% quota",
+        share * 100.0
+    );
+    assert!(field(&stat, "nr_throttled") > 0, "{}", read(&stat));
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn drift_in_cpu_max_is_restored_by_a_resync_and_counted() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        cpu_limit: Some(500),
+        ..SMALL
+    };
+    agent.set_leases(vec![lease(
+        "shop",
+        "api",
+        &["sleep", "600"],
+        json!({}),
+        grant,
+        json!({}),
+    )]);
+    assert_no_failures(&agent.pass(Trigger::Leases));
+    let file = root.dir("shop/api.0").join("cpu.max");
+    assert_eq!(read(&file), "50000 100000");
+    std::fs::write(&file, "90000 100000").unwrap();
+    assert_eq!(read(&file), "90000 100000");
+    let pass = agent.pass(Trigger::Resync);
+    assert_no_failures(&pass);
+    assert_eq!(read(&file), "50000 100000", "restored");
+    assert_eq!(agent.stats.drift_corrections, 1);
+    let drift = report_of(&pass, "api").drift.clone();
+    assert!(
+        drift.as_ref().is_some_and(|d| d.corrections == 1),
+        "the report says so: {drift:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn commands_restart_by_policy() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let failing = ["/bin/sh", "-c", "exit 3"];
+    let succeeding = ["/bin/sh", "-c", "exit 0"];
+    agent.set_leases(vec![
+        lease("lab", "always", &failing, json!({}), SMALL, json!({})),
+        lease(
+            "lab",
+            "onfailure",
+            &succeeding,
+            json!({"command": {"args": succeeding, "restartPolicy": "OnFailure"}}),
+            SMALL,
+            json!({}),
+        ),
+        lease(
+            "lab",
+            "never",
+            &failing,
+            json!({"command": {"args": failing, "restartPolicy": "Never"}}),
+            SMALL,
+            json!({}),
+        ),
+    ]);
+    assert_no_failures(&agent.pass(Trigger::Leases));
+    // Their log pumps included, which end after the last write.
+    wait_until("all three groups to empty", Duration::from_secs(20), || {
+        ["always", "onfailure", "never"]
+            .iter()
+            .all(|n| procs(&root.dir(&format!("lab/{n}.0"))).is_empty())
+    });
+    let pass = agent.pass(Trigger::Processes);
+    let always = report_of(&pass, "always");
+    assert_eq!(always.process.state, "BackingOff", "{always:?}");
+    assert_eq!(
+        always.process.last_exit.as_deref(),
+        Some("exited with code 3")
+    );
+    assert_eq!(
+        report_of(&pass, "onfailure").process.state,
+        "Exited",
+        "a success is not restarted under OnFailure"
+    );
+    assert_eq!(report_of(&pass, "never").process.state, "Exited");
+    // The first backoff is 1 s.
+    wait_until("the backoff to pass", Duration::from_secs(10), || {
+        agent.restart_due(corral::agent::node::unix_now_ms())
+    });
+    let pass = agent.pass(Trigger::Processes);
+    assert_eq!(report_of(&pass, "always").process.restarts, 1);
+    assert_eq!(report_of(&pass, "onfailure").process.restarts, 0);
+    assert_eq!(report_of(&pass, "never").process.restarts, 0);
+}
+
+/// A process group that is killed and reaped when the test ends, however it ends.
+struct Outside(Child);
+
+impl Outside {
+    /// A shell that waits on `sleep 600`, as user `uid`, with `marker` as its last argument
+    /// (busybox's applets cannot be renamed by their `argv[0]`).
+    fn spawn(marker: &str, uid: u32) -> Outside {
+        let child = Command::new("/bin/sh")
+            .args(["-c", "sleep 600 & wait", marker])
+            .uid(uid)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let outside = Outside(child);
+        wait_until("the marker process to run", Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains(marker))
+        });
+        outside
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn an_existing_process_is_adopted_and_released_where_it_came_from() {
+    let root = TestRoot::new();
+    let marker = unique("corral-v2-adopt");
+    let outside = Outside::spawn(&marker, 4242);
+    let before = cgroup_of(outside.pid());
+    let mut adopt = lease("ops", "legacy", &["x"], json!({}), SMALL, json!({}));
+    adopt.work = Work::Adopt(AdoptRule {
+        command_pattern: Some(format!(" {marker}$")),
+        ..Default::default()
+    });
+    adopt.adopt_scope = Some(AdoptScope {
+        users: vec![IdRange {
+            min: 4242,
+            max: 4242,
+        }],
+        ..AdoptScope::default()
+    });
+    let mut agent = root.agent();
+    agent.set_leases(vec![adopt]);
+    let pass = agent.pass(Trigger::Leases);
+    assert_no_failures(&pass);
+    let report = report_of(&pass, "legacy");
+    assert_eq!(
+        procs(&root.dir("ops/legacy.0")),
+        [outside.pid()],
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        cgroup_of(outside.pid()),
+        format!("/{}/ops/legacy.0", root.name)
+    );
+    assert_eq!(report.process.state, "Adopted");
+    assert_eq!(agent.stats.starts, 0, "adopted, not started");
+
+    agent.set_leases(Vec::new());
+    let pass = agent.pass(Trigger::Leases);
+    assert_no_failures(&pass);
+    assert!(!gone(outside.pid()), "a released process keeps running");
+    assert_eq!(cgroup_of(outside.pid()), before, "back where it came from");
+    assert!(!root.dir("ops/legacy.0").exists(), "the group is removed");
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn io_weight_is_written_as_the_default_weight() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        io_weight: Some(500),
+        ..SMALL
+    };
+    agent.set_leases(vec![lease(
+        "shop",
+        "io",
+        &["sleep", "600"],
+        json!({}),
+        grant,
+        json!({}),
+    )]);
+    let pass = agent.pass(Trigger::Leases);
+    assert_no_failures(&pass);
+    let report = report_of(&pass, "io");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let weight = root.knob("shop/io.0", "io.weight");
+    assert_eq!(
+        weight.lines().next(),
+        Some("default 500"),
+        "io.weight: {weight:?}"
+    );
+    let again = agent.pass(Trigger::Resync);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+}
+
+/// `memoryHighRatio` places `memory.high`, and the kernel throttles a process above it
+/// without killing it; `memoryProtection` writes the request to `memory.min` or
+/// `memory.low`.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn memory_high_throttles_and_memory_protection_writes_min_or_low() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        memory_limit_mib: Some(64),
+        ..SMALL
+    };
+    // 44 MiB: above memory.high (16 + 0.5 × 48 = 40 MiB), below memory.max.
+    let over_high = [
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=44M count=1 && echo done && exec sleep 600",
+    ];
+    agent.set_leases(vec![
+        lease(
+            "mem",
+            "min",
+            &over_high,
+            json!({}),
+            grant,
+            json!({"memoryHighRatio": 0.5, "memoryProtection": "Min"}),
+        ),
+        lease(
+            "mem",
+            "low",
+            &["sleep", "600"],
+            json!({}),
+            grant,
+            json!({"memoryProtection": "Low"}),
+        ),
+        lease("mem", "off", &["sleep", "600"], json!({}), grant, json!({})),
+    ]);
+    let pass = agent.pass(Trigger::Leases);
+    assert_no_failures(&pass);
+    let protected = (16 * MIB).to_string();
+    for (group, high, min, low) in [
+        (
+            "mem/min.0",
+            memory_high(16 * MIB, 64 * MIB, 0.5),
+            &*protected,
+            "0",
+        ),
+        (
+            "mem/low.0",
+            memory_high(16 * MIB, 64 * MIB, 0.9),
+            "0",
+            &*protected,
+        ),
+        ("mem/off.0", memory_high(16 * MIB, 64 * MIB, 0.9), "0", "0"),
+    ] {
+        assert_eq!(root.knob(group, "memory.high"), high, "{group}");
+        assert_eq!(root.knob(group, "memory.min"), min, "{group}");
+        assert_eq!(root.knob(group, "memory.low"), low, "{group}");
+        assert_eq!(root.knob(group, "memory.max"), (64 * MIB).to_string());
+    }
+    root.wait_for_output("mem.min.0", "done");
+    let events = root.dir("mem/min.0").join("memory.events");
+    assert!(
+        field(&events, "high") >= 1,
+        "above memory.high the kernel throttles: {}",
+        read(&events)
+    );
+    assert_eq!(field(&events, "oom_kill"), 0, "{}", read(&events));
+    assert_eq!(workload_pids(&root.dir("mem/min.0")).len(), 1, "it runs on");
+}
+
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn pids_max_caps_a_fork_bomb() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        pids_limit: Some(16),
+        ..SMALL
+    };
+    // Bounded, so that a missing limit ends the test rather than the machine. The shell
+    // may give up at its first refused fork; what it started stays.
+    let bomb = [
+        "/bin/sh",
+        "-c",
+        "i=0; while [ $i -lt 200 ]; do sleep 600 & i=$((i+1)); done; wait",
+    ];
+    agent.set_leases(vec![lease(
+        "lab",
+        "bomb",
+        &bomb,
+        json!({"command": {"args": bomb, "restartPolicy": "Never"}}),
+        grant,
+        json!({}),
+    )]);
+    assert_no_failures(&agent.pass(Trigger::Leases));
+    let dir = root.dir("lab/bomb.0");
+    assert_eq!(read(&dir.join("pids.max")), "16");
+    wait_until("a fork to be refused", Duration::from_secs(60), || {
+        field(&dir.join("pids.events"), "max") >= 1
+    });
+    let current: u64 = read(&dir.join("pids.current")).parse().unwrap();
+    assert!(current <= 16, "pids.current is {current}");
+    assert!(
+        current >= 10,
+        "the bomb filled its slots: pids.current is {current}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The CLI, as a person runs it.
+
+/// A manifest directory, a state directory and a cgroup root of the test's own; on drop,
+/// any `corral run` it started is killed and `corral down` (then a forced sweep) cleans up.
+struct Cli {
+    mount: PathBuf,
+    manifests: tempfile::TempDir,
+    state: tempfile::TempDir,
+    root: String,
+    run: Option<Child>,
+}
+
+const POLICY: &str = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {name: local}\nspec: {strategy: Priority}\n";
+
+fn workload(name: &str, cpu_limit: &str, memory_limit: &str) -> String {
+    format!(
+        "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: test}}\n\
+         spec:\n  resources:\n    requests: {{cpu: 10m, memory: 8Mi}}\n    \
+         limits: {{cpu: {cpu_limit}, memory: {memory_limit}}}\n  \
+         terminationGracePeriodSeconds: 2\n  command: {{args: [sleep, \"600\"]}}\n"
+    )
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            mount: pure_v2(),
+            manifests: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            root: unique("corral-v2-cli"),
+            run: None,
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        // As editors do: a new file renamed over the old one.
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.path().join(name)).unwrap();
+    }
+
+    fn args(&self, command: &str) -> Vec<String> {
+        vec![
+            command.to_string(),
+            "--state-dir".into(),
+            self.state.path().to_string_lossy().into_owned(),
+            "--cgroup-root".into(),
+            self.root.clone(),
+        ]
+    }
+
+    fn corral(&self, command: &str, extra: &[&str]) -> Output {
+        let mut args = self.args(command);
+        args.extend(extra.iter().map(ToString::to_string));
+        Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(&args)
+            .output()
+            .unwrap()
+    }
+
+    /// `corral run --once -f DIR`, which must succeed.
+    #[track_caller]
+    fn run_once(&self, dir: &Path) -> String {
+        let dir = dir.to_string_lossy().into_owned();
+        let output = self.corral("run", &["-f", &dir, "--once", "--ui", "log"]);
+        assert!(
+            output.status.success(),
+            "corral run --once failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn start(&mut self) {
+        let mut args = self.args("run");
+        args.extend([
+            "-f".into(),
+            self.manifests.path().to_string_lossy().into_owned(),
+            "--ui".into(),
+            "log".into(),
+            "--resync".into(),
+            "30".into(),
+        ]);
+        self.run = Some(
+            Command::new(env!("CARGO_BIN_EXE_corral"))
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn stop(&mut self) -> Output {
+        let child = self.run.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let output = self.corral("status", &["-o", "json"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn dir(&self, group: &str) -> PathBuf {
+        self.mount.join(&self.root).join(group)
+    }
+
+    fn knob(&self, group: &str, knob: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir(group).join(knob))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// `corral down`, which must succeed and leave nothing: no group, no process.
+    #[track_caller]
+    fn down_removes_everything(&self, pids: &[u32]) {
+        let down = self.corral("down", &[]);
+        assert!(
+            down.status.success(),
+            "{}",
+            String::from_utf8_lossy(&down.stderr)
+        );
+        assert!(
+            !self.dir("").exists(),
+            "{} is still there",
+            self.dir("").display()
+        );
+        for pid in pids {
+            assert!(gone(*pid), "process {pid} still runs");
+        }
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.run.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.corral("down", &[]);
+        remove_tree(&self.mount.join(&self.root));
+    }
+}
+
+/// Each replica's main process (from `corral status`), by `namespace/name.index`.
+fn replica_pids(status: &Value) -> Vec<(String, u32)> {
+    status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let name = format!(
+                "{}.{}",
+                r["workload"].as_str().unwrap(),
+                r["replica"].as_u64().unwrap()
+            );
+            let pid = r["report"]["process"]["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name} has no process: {r}"));
+            (name, pid as u32)
+        })
+        .collect()
+}
+
+/// Asserts that no replica's report names a problem (a knob the kernel lacks, a failure).
+#[track_caller]
+fn assert_no_problems(status: &Value) {
+    for r in status["replicas"].as_array().unwrap() {
+        let problems = &r["report"]["problems"];
+        assert!(
+            problems.as_array().is_none_or(Vec::is_empty),
+            "{} replica {}: {problems}",
+            r["workload"],
+            r["replica"]
+        );
+    }
+}
+
+fn examples(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(set)
+}
+
+/// One replica of a manifest as its numbers say: requests (millicores, MiB) and limits.
+struct Replica {
+    group: &'static str,
+    cpu: i64,
+    memory: i64,
+    cpu_limit: Option<i64>,
+    memory_limit: Option<i64>,
+    pids: i64,
+}
+
+impl Replica {
+    fn new(
+        group: &'static str,
+        cpu: i64,
+        memory: i64,
+        cpu_limit: Option<i64>,
+        memory_limit: Option<i64>,
+        pids: i64,
+    ) -> Replica {
+        Replica {
+            group,
+            cpu,
+            memory,
+            cpu_limit,
+            memory_limit,
+            pids,
+        }
+    }
+}
+
+/// The quickstart as the README runs it: `corral run --once`, then `corral down`.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn quickstart_runs_once_with_the_readme_values_and_down_removes_it() {
+    check_formulas();
+    let cli = Cli::new();
+    let table = cli.run_once(&examples("quickstart"));
+    assert!(table.contains("demo/spin-small"), "{table}");
+    let status = cli.status();
+    assert_no_problems(&status);
+    let pids = replica_pids(&status);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    for (name, pid) in &pids {
+        let group = name.trim_start_matches("demo/");
+        assert_eq!(
+            cgroup_of(*pid),
+            format!("/{}/demo/{group}", cli.root),
+            "{name} runs in its group"
+        );
+    }
+    // From examples/quickstart: requests (cpu, memory) and limits (cpu, memory, pids),
+    // with policy.yaml's defaults (requests 100m and 32Mi, pids limit 64) where a
+    // workload names none.
+    for Replica {
+        group,
+        cpu,
+        memory,
+        cpu_limit,
+        memory_limit,
+        pids,
+    } in [
+        Replica::new("spin-small.0", 250, 32, Some(500), None, 64),
+        Replica::new("spin-large.0", 500, 32, Some(1000), None, 64),
+        Replica::new("memory-capped.0", 50, 48, Some(100), Some(64), 16),
+    ] {
+        let g = format!("demo/{group}");
+        let knob = |k: &str| {
+            cli.knob(&g, k)
+                .unwrap_or_else(|| panic!("{g}/{k} is missing"))
+        };
+        assert_eq!(knob("cpu.weight"), cpu_weight(cpu), "{g}");
+        assert_eq!(knob("cpu.max"), cpu_max(cpu_limit), "{g}");
+        let (max, high) = match memory_limit {
+            Some(l) => (
+                (l * MIB).to_string(),
+                memory_high(memory * MIB, l * MIB, 0.9),
+            ),
+            None => ("max".to_string(), "max".to_string()),
+        };
+        assert_eq!(knob("memory.max"), max, "{g}");
+        assert_eq!(knob("memory.high"), high, "{g}");
+        assert_eq!(knob("memory.min"), "0", "{g}: the policy protects nothing");
+        assert_eq!(knob("memory.low"), "0", "{g}");
+        assert_eq!(knob("pids.max"), pids.to_string(), "{g}");
+    }
+    // The tenant: the sum of its replicas' grants; no tenant limit in this policy.
+    assert_eq!(cli.knob("demo", "cpu.weight").unwrap(), cpu_weight(800));
+    assert_eq!(cli.knob("demo", "cpu.max").unwrap(), cpu_max(None));
+    assert_eq!(cli.knob("demo", "memory.max").unwrap(), "max");
+    let pids: Vec<u32> = pids.into_iter().map(|(_, p)| p).collect();
+    cli.down_removes_everything(&pids);
+}
+
+/// The tenants example: each team's limit on its parent group, each replica as its team's
+/// user.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn tenants_example_puts_each_teams_limit_on_its_parent_group() {
+    let cli = Cli::new();
+    cli.run_once(&examples("tenants"));
+    let status = cli.status();
+    assert_no_problems(&status);
+    let pids = replica_pids(&status);
+    assert_eq!(pids.len(), 5, "{pids:?}");
+    for (tenant, cpu_limit, memory_limit_mib, granted) in [
+        ("team-a", 1500, 1024, 2 * 250),
+        ("team-b", 1000, 512, 3 * 200),
+    ] {
+        let knob = |k: &str| cli.knob(tenant, k).unwrap();
+        assert_eq!(knob("cpu.max"), cpu_max(Some(cpu_limit)), "{tenant}");
+        assert_eq!(
+            knob("memory.max"),
+            (memory_limit_mib * MIB).to_string(),
+            "{tenant}"
+        );
+        assert_eq!(knob("cpu.weight"), cpu_weight(granted), "{tenant}");
+    }
+    for (name, pid) in &pids {
+        let (tenant, cpu, memory, cpu_limit, memory_limit, uid) = if name.starts_with("team-a/") {
+            ("team-a", 250, 64, 500, 128, 10101)
+        } else {
+            ("team-b", 200, 32, 300, 64, 10200)
+        };
+        let group = format!("{tenant}/{}", name.split_once('/').unwrap().1);
+        assert_eq!(cgroup_of(*pid), format!("/{}/{group}", cli.root));
+        let knob = |k: &str| cli.knob(&group, k).unwrap();
+        assert_eq!(knob("cpu.weight"), cpu_weight(cpu), "{group}");
+        assert_eq!(knob("cpu.max"), cpu_max(Some(cpu_limit)), "{group}");
+        assert_eq!(knob("memory.max"), (memory_limit * MIB).to_string());
+        assert_eq!(
+            knob("memory.high"),
+            memory_high(memory * MIB, memory_limit * MIB, 0.9),
+            "{group}"
+        );
+        // No pids limit in the workloads: policy.yaml's replicaBounds.max.pids, as a
+        // LimitRange's max.
+        assert_eq!(knob("pids.max"), "256", "{group}");
+        let uid_line = read(Path::new(&format!("/proc/{pid}/status")))
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(str::to_string)
+            .unwrap();
+        assert_eq!(
+            uid_line.split_whitespace().nth(1),
+            Some(uid.to_string().as_str()),
+            "{name}: {uid_line}"
+        );
+    }
+    let pids: Vec<u32> = pids.into_iter().map(|(_, p)| p).collect();
+    cli.down_removes_everything(&pids);
+}
+
+/// A running `corral run` follows an edit into the v2 files without restarting the process.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn an_edit_changes_the_files_without_restarting_the_process() {
+    let mut cli = Cli::new();
+    cli.write("policy.yaml", POLICY);
+    cli.write("a.yaml", &workload("a", "200m", "32Mi"));
+    cli.start();
+    wait_until("the first cpu.max", Duration::from_secs(60), || {
+        cli.knob("test/a.0", "cpu.max").as_deref() == Some("20000 100000")
+    });
+    wait_until("a to run", Duration::from_secs(20), || {
+        !workload_pids(&cli.dir("test/a.0")).is_empty()
+    });
+    let before = workload_pids(&cli.dir("test/a.0"));
+    cli.write("a.yaml", &workload("a", "300m", "48Mi"));
+    wait_until("the edited cpu.max", Duration::from_secs(20), || {
+        cli.knob("test/a.0", "cpu.max").as_deref() == Some("30000 100000")
+    });
+    wait_until("the edited memory.max", Duration::from_secs(20), || {
+        cli.knob("test/a.0", "memory.max") == Some((48 * MIB).to_string())
+    });
+    assert_eq!(
+        workload_pids(&cli.dir("test/a.0")),
+        before,
+        "the same process"
+    );
+    assert_eq!(cli.status()["run"]["agent"]["starts"], 1);
+    let output = cli.stop();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("1 replica(s) keep running"), "{stderr}");
+    assert!(!gone(before[0]), "stopping corral leaves workloads running");
+}
+
+/// `corral down` stops every workload, one that ignores SIGTERM included, and removes every
+/// group and corral's root.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn down_stops_every_workload_and_removes_the_groups() {
+    let cli = Cli::new();
+    cli.write("policy.yaml", POLICY);
+    cli.write("a.yaml", &workload("a", "200m", "32Mi"));
+    let stubborn = "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: stubborn, namespace: other}\n\
+         spec:\n  replicas: 2\n  resources:\n    requests: {cpu: 10m, memory: 8Mi}\n  terminationGracePeriodSeconds: 2\n  \
+         command: {args: [/bin/sh, -c, \"trap '' TERM; while :; do sleep 1; done\"]}\n";
+    cli.write("stubborn.yaml", stubborn);
+    cli.run_once(cli.manifests.path());
+    let status = cli.status();
+    let pids = replica_pids(&status);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let mut all: Vec<u32> = Vec::new();
+    for group in ["test/a.0", "other/stubborn.0", "other/stubborn.1"] {
+        let found = procs(&cli.dir(group));
+        assert!(!found.is_empty(), "{group} holds its processes");
+        all.extend(found);
+    }
+    cli.down_removes_everything(&all);
+    let after = cli.status();
+    assert_eq!(
+        after["replicas"].as_array().map(Vec::len),
+        Some(0),
+        "{after}"
+    );
+}
