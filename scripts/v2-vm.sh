@@ -22,6 +22,9 @@ set -euo pipefail
 PHASES=(
   # name            tests                              libtest arguments
   "systemd-layout   !^(bare|delegated|pod)_            --test-threads=1"
+  "bare             ^bare_                             --test-threads=1"
+  "delegated        ^delegated_                        --test-threads=1"
+  "pod              ^pod_                              --test-threads=1"
 )
 
 # Each phase's set-up: busybox shell run by the guest's init with cgroup2 mounted on
@@ -36,6 +39,31 @@ mkdir /sys/fs/cgroup/init.scope
 echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs
 echo '+cpu +memory +pids +io' > /sys/fs/cgroup/cgroup.subtree_control
 EOF
+}
+
+# A container's or another init's layout: nothing enabled in the top group, and init in it.
+guest_setup_bare() {
+  cat <<'EOF'
+: nothing to do
+EOF
+}
+
+# A systemd host: the systemd layout, /run/systemd/system (how corral tells a systemd host,
+# as sd_booted() does), and system.slice handing the controllers on. Each test makes its
+# unit's group and marks it delegated (trusted.delegate), as systemd does for Delegate=yes.
+guest_setup_delegated() {
+  guest_setup_systemd_layout
+  cat <<'EOF'
+mkdir -p /run/systemd/system
+mkdir /sys/fs/cgroup/system.slice
+echo '+cpu +memory +pids +io' > /sys/fs/cgroup/system.slice/cgroup.subtree_control
+EOF
+}
+
+# A Kubernetes node: the systemd layout; each test makes its kubepods-like groups and the
+# pod's private cgroup namespace itself.
+guest_setup_pod() {
+  guest_setup_systemd_layout
 }
 
 # ---- Machinery ----------------------------------------------------------------------------
