@@ -1676,3 +1676,65 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
     .unwrap();
     assert!(run.wait().unwrap().success());
 }
+
+/// What only v2 offers reaches the report: a replica that keeps allocating above its
+/// `memory.high` is throttled, so its `memory.pressure` grows and `memory.events` counts
+/// `high`; every pressure file is read; no OOM kill happens below `memory.max`.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn pressure_and_memory_events_reach_the_report() {
+    let root = TestRoot::new();
+    let mut agent = root.agent();
+    let grant = Grant {
+        memory_limit_mib: Some(64),
+        ..SMALL
+    };
+    // 44 MiB over and over: above memory.high (16 + 0.5 × 48 = 40 MiB), below memory.max.
+    let churn = [
+        "/bin/sh",
+        "-c",
+        "while :; do dd if=/dev/zero of=/dev/null bs=44M count=1 2>/dev/null; done",
+    ];
+    agent.set_leases(vec![lease(
+        "psi",
+        "churn",
+        &churn,
+        json!({}),
+        grant,
+        json!({"memoryHighRatio": 0.5}),
+    )]);
+    assert_no_failures(&agent.pass(Trigger::Leases));
+    let mut last = None;
+    wait_until(
+        "memory pressure and high events in the report",
+        Duration::from_secs(60),
+        || {
+            std::thread::sleep(Duration::from_millis(500));
+            let pass = agent.pass(Trigger::Resync);
+            let usage = report_of(&pass, "churn").usage.clone();
+            let seen = usage.as_ref().is_some_and(|u| {
+                u.pressure
+                    .and_then(|p| p.memory)
+                    .is_some_and(|m| m.some.total_micros > 0)
+                    && u.memory_events.is_some_and(|e| e.high > 0)
+            });
+            last = usage;
+            seen
+        },
+    );
+    let usage = last.unwrap();
+    let pressure = usage.pressure.unwrap();
+    assert!(
+        pressure.cpu.is_some() && pressure.io.is_some(),
+        "{pressure:?}"
+    );
+    let memory = pressure.memory.unwrap();
+    assert!(
+        memory.full.is_some(),
+        "memory.pressure has a full line: {memory:?}"
+    );
+    let events = usage.memory_events.unwrap();
+    assert_eq!(events.oom_kill, 0, "{events:?}");
+    let file = root.dir("psi/churn.0").join("memory.events");
+    assert!(field(&file, "high") >= events.high, "{}", read(&file));
+}
