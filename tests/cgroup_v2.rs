@@ -1738,3 +1738,69 @@ fn pressure_and_memory_events_reach_the_report() {
     let file = root.dir("psi/churn.0").join("memory.events");
     assert!(field(&file, "high") >= events.high, "{}", read(&file));
 }
+
+/// A read-only cgroup filesystem (as a container runtime mounts it for a container):
+/// corral refuses to start, names the directory it could not make and says it needs the
+/// hierarchy read-write; nothing is written and nothing runs.
+#[test]
+#[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
+fn a_read_only_cgroup_filesystem_is_refused_with_what_to_do() {
+    let cli = Cli::new();
+    one_replica(&cli);
+    let dir = cli.manifests.path().to_string_lossy().into_owned();
+    let mut args = cli.args("run");
+    args.extend(["-f".into(), dir, "--once".into()]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command.args(&args);
+    // SAFETY: only system calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let none = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return failed(1);
+            }
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            ) != 0
+            {
+                return failed(2);
+            }
+            if libc::mount(
+                c"/sys/fs/cgroup".as_ptr(),
+                c"/sys/fs/cgroup".as_ptr(),
+                none,
+                libc::MS_BIND,
+                none.cast(),
+            ) != 0
+            {
+                return failed(3);
+            }
+            if libc::mount(
+                none,
+                c"/sys/fs/cgroup".as_ptr(),
+                none,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                none.cast(),
+            ) != 0
+            {
+                return failed(4);
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let root = pure_v2().join(&cli.root);
+    assert!(
+        stderr.contains(&format!("create {}", root.display()))
+            && stderr.contains("Read-only file system")
+            && stderr.contains("mounted read-write"),
+        "{stderr}"
+    );
+    assert!(!root.exists(), "nothing was written");
+}

@@ -567,3 +567,84 @@ fn logs_show_a_replicas_output_and_go_with_the_workload() {
     assert!(!gone.status.success(), "the output went with the workload");
     assert!(String::from_utf8_lossy(&gone.stderr).contains("no output of test/a"));
 }
+
+/// `corral ARGS…` in a mount namespace of its own where `unmount` (a path below which
+/// every cgroup mount goes) is detached first: what `ip netns exec` leaves (no cgroup
+/// filesystem at all), or a v1 controller that is not mounted.
+fn corral_without(unmount: &str, args: &[String]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let target = std::ffi::CString::new(unmount).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command.args(args);
+    // SAFETY: only system calls between fork and exec, on a string built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let none = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    none.cast(),
+                ) != 0
+                || libc::umount2(target.as_ptr(), libc::MNT_DETACH) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+/// No cgroup filesystem at all (as `ip netns exec` leaves /sys): `corral run --once` starts
+/// nothing and `corral down` stops nothing, and both say why and what to do, exit 2.
+#[test]
+fn without_a_cgroup_filesystem_run_and_down_refuse_and_say_what_to_do() {
+    let s = Setup::new();
+    let dir = s.manifests.path().to_string_lossy().into_owned();
+    for command in ["run", "down"] {
+        let mut args = s.args(command);
+        if command == "run" {
+            args.extend(["-f".into(), dir.clone(), "--once".into()]);
+        }
+        let out = corral_without("/sys/fs/cgroup", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("no cgroup filesystem is mounted") && stderr.contains("nsenter --net="),
+            "{command}: {stderr}"
+        );
+    }
+    let status = s.status();
+    assert!(pids(&status).is_empty(), "nothing started: {status:#}");
+}
+
+/// A v1 controller that is not mounted: the replica is made in the other hierarchies but
+/// never started without its memory limit; it is Unenforced, says which mount is missing
+/// and how to mount it, and `--once` exits 1.
+#[test]
+fn a_controller_that_is_not_mounted_leaves_the_replica_unenforced() {
+    let layout = corral::cgroup::layout::Layout::detect().unwrap();
+    let Some(memory) = layout.v1.get(&corral::cgroup::layout::Controller::Memory) else {
+        panic!("this test needs the v1 memory hierarchy this machine mounts");
+    };
+    let s = Setup::new();
+    let mut args = s.args("run");
+    let dir = s.manifests.path().to_string_lossy().into_owned();
+    args.extend(["-f".into(), dir, "--once".into()]);
+    let out = corral_without(&memory.to_string_lossy(), &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let status = s.status();
+    let report = &status["replicas"][0]["report"];
+    assert_eq!(report["process"]["state"], "Unenforced", "{status:#}");
+    assert!(report["process"]["pid"].is_null(), "{status:#}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("memory.limit_in_bytes cannot be applied: no cgroup v1 hierarchy has the memory controller")
+            && problems.contains("mount -t cgroup -o memory"),
+        "{problems}"
+    );
+}
