@@ -28,7 +28,9 @@ measure() {
   yardsticks="$("$bench" --yardsticks)"
   host_loop="$(sed -n 's/.*cpu loop \([0-9.]*\) ms.*/\1/p' <<<"$yardsticks")"
   host_files="$(sed -n 's/.*file reads \([0-9.]*\) ms.*/\1/p' <<<"$yardsticks")"
-  [ -n "$host_loop" ] && [ -n "$host_files" ] || die "no yardsticks from $bench: $yardsticks"
+  if [ -z "$host_loop" ] || [ -z "$host_files" ]; then
+    die "no yardsticks from $bench: $yardsticks"
+  fi
   log "on the host: $yardsticks"
 
   mkdir -p "$WORK/root/phases"
