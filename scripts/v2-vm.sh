@@ -8,7 +8,8 @@
 #
 # CARGO_TARGET_DIR   build cache (default /var/tmp/corral-target)
 # CORRAL_VM_CACHE    kernel and busybox, downloaded once (default /var/tmp/corral-vm)
-# CORRAL_VM_ACCEL    tcg (default), or kvm where nested KVM works (it aborts on the CI host)
+# CORRAL_VM_ACCEL    tcg (default), or kvm where nested KVM works (on the CI host the
+#                    guest hangs before printing anything)
 # CORRAL_VM_TIMEOUT  seconds a phase may take, boot included (default 600)
 #
 # scripts/v2-measure.sh sources this file for its functions.
@@ -18,7 +19,9 @@ set -euo pipefail
 # One line per phase: its name; the tests it runs, an extended regular expression over the
 # test names of tests/cgroup_v2.rs (a leading ! takes the names it does not match); and
 # libtest's arguments. The guest's init runs the phase's set-up, guest_setup_<name> below
-# (dashes as underscores), before the tests. To add a phase, add a line and a set-up.
+# (dashes as underscores), before the tests. To add a phase, add a line and a set-up; a
+# phase that leaves the root bare (no controller enabled for its children) would be
+#   "bare-root   ^bare_   --test-threads=1"   and   guest_setup_bare_root() { echo true; }
 PHASES=(
   # name            tests                              libtest arguments
   "systemd-layout   !^(bare|delegated|pod)_            --test-threads=1"
@@ -110,7 +113,7 @@ candidate() {
     apt-get update -qq >&2
     version="$(apt-cache policy "$1" | awk '/Candidate:/ {print $2}')"
   fi
-  [ -n "$version" ] && [ "$version" != "(none)" ] || die "apt knows no package $1"
+  if [ -z "$version" ] || [ "$version" = "(none)" ]; then die "apt knows no package $1"; fi
   echo "$version"
 }
 
@@ -153,7 +156,7 @@ vm_assets() {
       >"$WORK/assets"
   ) 9>"$CACHE/.lock"
   { read -r KERNEL; read -r BUSYBOX; } <"$WORK/assets"
-  [ -f "$KERNEL" ] && [ -x "$BUSYBOX" ] || die "kernel or busybox missing in $CACHE"
+  if [ ! -f "$KERNEL" ] || [ ! -x "$BUSYBOX" ]; then die "kernel or busybox missing in $CACHE"; fi
 }
 
 # The executable of test or bench target $2 (kind $1: test or bench) from cargo's JSON
@@ -367,7 +370,6 @@ main() {
     tests="$(select_tests "$test_bin" "$selection" | xargs)"
     [ -n "$tests" ] || die "phase $name selects no test of tests/cgroup_v2.rs"
     "$setup" >"$WORK/root/phases/$name.setup"
-    # shellcheck disable=SC2086 # libtest arguments and test names are words
     printf 'exec %q --ignored --exact %s %s\n' "$test_bin" "$args" "$tests" \
       >"$WORK/root/phases/$name.sh"
     chosen+=("$name")
