@@ -19,9 +19,7 @@ set -euo pipefail
 # One line per phase: its name; the tests it runs, an extended regular expression over the
 # test names of tests/cgroup_v2.rs (a leading ! takes the names it does not match); and
 # libtest's arguments. The guest's init runs the phase's set-up, guest_setup_<name> below
-# (dashes as underscores), before the tests. To add a phase, add a line and a set-up; a
-# phase that leaves the root bare (no controller enabled for its children) would be
-#   "bare-root   ^bare_   --test-threads=1"   and   guest_setup_bare_root() { echo true; }
+# (dashes as underscores), before the tests. To add a phase, add a line and a set-up.
 PHASES=(
   # name            tests                              libtest arguments
   "systemd-layout   !^(bare|delegated|pod)_            --test-threads=1"
