@@ -1711,7 +1711,7 @@ fn pressure_and_memory_events_reach_the_report() {
         || {
             std::thread::sleep(Duration::from_millis(500));
             let pass = agent.pass(Trigger::Resync);
-            let usage = report_of(&pass, "churn").usage.clone();
+            let usage = report_of(&pass, "churn").usage;
             let seen = usage.as_ref().is_some_and(|u| {
                 u.pressure
                     .and_then(|p| p.memory)
