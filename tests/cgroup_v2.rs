@@ -1247,27 +1247,92 @@ fn delegate(dir: &Path) {
     );
 }
 
-/// `corral ARGS…` started in the group `dir` (the forked child moves itself there before
-/// exec, as systemd starts a unit's process in the unit's group).
-fn corral_in(dir: &Path, args: &[&str]) -> Command {
-    let procs =
-        std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
-    command.args(args);
-    // SAFETY: only system calls between fork and exec, on a string built before the fork.
-    unsafe {
-        command.pre_exec(move || {
+/// Steps a forked child takes before exec (system calls only, on strings built before the
+/// fork). A failed step's error is errno plus 1000 × `step`, so that the parent's error
+/// (only an errno crosses back from the child) says which step failed.
+mod child {
+    use std::ffi::CStr;
+    use std::io;
+
+    fn failed(step: i32) -> io::Result<()> {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        Err(io::Error::from_raw_os_error(step * 1000 + errno))
+    }
+
+    /// Moves the calling process into the group whose `cgroup.procs` is `procs`.
+    pub fn join(step: i32, procs: &CStr) -> io::Result<()> {
+        // SAFETY: open, write and close of a borrowed path and buffer.
+        unsafe {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
-                return Err(std::io::Error::last_os_error());
+                return failed(step);
             }
             let written = libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
             if written != 1 {
-                return Err(std::io::Error::last_os_error());
+                return failed(step);
             }
-            Ok(())
-        });
+        }
+        Ok(())
+    }
+
+    /// unshare(2) of `flags`; with a new mount namespace, every mount made private, so
+    /// that what the child mounts stays its own.
+    pub fn unshare(step: i32, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: unshare and mount with static strings and null pointers.
+        unsafe {
+            if libc::unshare(flags) != 0 {
+                return failed(step);
+            }
+            if flags & libc::CLONE_NEWNS != 0 {
+                let none = std::ptr::null();
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                if libc::mount(none, c"/".as_ptr(), none, private, none.cast()) != 0 {
+                    return failed(step);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bind-mounts `source` on `target`, read-only with `read_only` (a bind mount of the
+    /// same superblock, then a read-only remount of it, as runtimes do).
+    pub fn bind(step: i32, source: &CStr, target: &CStr, read_only: bool) -> io::Result<()> {
+        let none = std::ptr::null();
+        // SAFETY: mount with borrowed strings and null pointers.
+        unsafe {
+            if libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                none,
+                libc::MS_BIND,
+                none.cast(),
+            ) != 0
+            {
+                return failed(step);
+            }
+            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+            if read_only && libc::mount(none, target.as_ptr(), none, flags, none.cast()) != 0 {
+                return failed(step);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// `corral ARGS…` started in the group `dir` (the forked child moves itself there before
+/// exec, as systemd starts a unit's process in the unit's group).
+fn corral_in(dir: &Path, args: &[&str]) -> Command {
+    let procs = c_path(&dir.join("cgroup.procs"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command.args(args);
+    // SAFETY: only system calls between fork and exec (`child`).
+    unsafe {
+        command.pre_exec(move || child::join(1, &procs));
     }
     command
 }
@@ -1509,88 +1574,25 @@ fn delegated_only_a_delegated_subtree_is_written_and_unit_names_are_roots() {
 /// private cgroup namespace rooted there, with the runtime's own read-only view of
 /// /sys/fs/cgroup and the host's hierarchy mounted over it (the chart's hostPath).
 fn corral_in_a_pod(agent: &Path, aside: &Path, args: &[&str]) -> Command {
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let procs = c(&agent.join("cgroup.procs"));
-    let view = c(&aside.join(agent.strip_prefix(pure_v2()).unwrap()));
-    let (aside, cgroup) = (c(aside), c(Path::new("/sys/fs/cgroup")));
+    let procs = c_path(&agent.join("cgroup.procs"));
+    let view = c_path(&aside.join(agent.strip_prefix(pure_v2()).unwrap()));
+    let (aside, cgroup) = (c_path(aside), c_path(Path::new("/sys/fs/cgroup")));
     let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
     command.args(args);
-    // SAFETY: only system calls between fork and exec, on strings built before the fork.
+    // SAFETY: only system calls between fork and exec (`child`).
     unsafe {
         command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return failed(1); // moving into the pod's group
-            }
-            libc::close(fd);
-            if libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) != 0 {
-                return failed(2); // unshare
-            }
-            let none = std::ptr::null();
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                none.cast(),
-            ) != 0
-            {
-                return failed(3); // making mounts private
-            }
-            // The host's hierarchy, aside, before the runtime's view covers it.
-            if libc::mount(
-                cgroup.as_ptr(),
-                aside.as_ptr(),
-                none,
-                libc::MS_BIND,
-                none.cast(),
-            ) != 0
-            {
-                return failed(4); // binding the host's hierarchy aside
-            }
-            // The runtime's view: the pod's own group (the namespace's top), read-only.
-            if libc::mount(
-                view.as_ptr(),
-                cgroup.as_ptr(),
-                none,
-                libc::MS_BIND,
-                none.cast(),
-            ) != 0
-            {
-                return failed(5); // mounting the runtime's view
-            }
-            if libc::mount(
-                none,
-                cgroup.as_ptr(),
-                none,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                none.cast(),
-            ) != 0
-            {
-                return failed(6); // making the runtime's view read-only
-            }
-            // The chart's hostPath over it.
-            if libc::mount(
-                aside.as_ptr(),
-                cgroup.as_ptr(),
-                none,
-                libc::MS_BIND,
-                none.cast(),
-            ) != 0
-            {
-                return failed(7); // mounting the host's hierarchy over it
-            }
-            Ok(())
+            child::join(1, &procs)?;
+            child::unshare(2, libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS)?;
+            // The host's hierarchy aside, before the runtime's view covers it; the runtime's
+            // view, the pod's own group (the namespace's top), read-only; the chart's
+            // hostPath over it.
+            child::bind(3, &cgroup, &aside, false)?;
+            child::bind(4, &view, &cgroup, true)?;
+            child::bind(5, &aside, &cgroup, false)
         });
     }
     command
-}
-
-/// The error of a child's set-up step: errno plus 1000 × the step's number, so that the
-/// parent's error (only an errno crosses back from the child) says which step failed.
-fn failed(step: i32) -> std::io::Result<()> {
-    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    Err(std::io::Error::from_raw_os_error(step * 1000 + errno))
 }
 
 fn cap_bit(pid: u32, field: &str, bit: u32) -> bool {
@@ -1750,46 +1752,14 @@ fn a_read_only_cgroup_filesystem_is_refused_with_what_to_do() {
     let dir = cli.manifests.path().to_string_lossy().into_owned();
     let mut args = cli.args("run");
     args.extend(["-f".into(), dir, "--once".into()]);
+    let cgroup = c_path(Path::new("/sys/fs/cgroup"));
     let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
     command.args(&args);
-    // SAFETY: only system calls between fork and exec.
+    // SAFETY: only system calls between fork and exec (`child`).
     unsafe {
-        command.pre_exec(|| {
-            let none = std::ptr::null();
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return failed(1);
-            }
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                none.cast(),
-            ) != 0
-            {
-                return failed(2);
-            }
-            if libc::mount(
-                c"/sys/fs/cgroup".as_ptr(),
-                c"/sys/fs/cgroup".as_ptr(),
-                none,
-                libc::MS_BIND,
-                none.cast(),
-            ) != 0
-            {
-                return failed(3);
-            }
-            if libc::mount(
-                none,
-                c"/sys/fs/cgroup".as_ptr(),
-                none,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                none.cast(),
-            ) != 0
-            {
-                return failed(4);
-            }
-            Ok(())
+        command.pre_exec(move || {
+            child::unshare(1, libc::CLONE_NEWNS)?;
+            child::bind(2, &cgroup, &cgroup, true)
         });
     }
     let out = command.output().unwrap();
