@@ -529,9 +529,14 @@ fn mark_root(dir: &Path) {
 }
 
 fn is_marked_root(dir: &Path) -> bool {
+    has_xattr(dir, ROOT_MARK)
+}
+
+/// True when `dir` carries the extended attribute `name` (false when it cannot be read).
+pub(super) fn has_xattr(dir: &Path, name: &str) -> bool {
     let (Ok(path), Ok(name)) = (
         std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new(ROOT_MARK),
+        std::ffi::CString::new(name),
     ) else {
         return false;
     };

@@ -223,19 +223,7 @@ pub fn resolve(
 pub fn is_delegated(dir: &Path) -> bool {
     ["trusted.delegate", "user.delegate"]
         .iter()
-        .any(|name| has_xattr(dir, name))
-}
-
-fn has_xattr(dir: &Path, name: &str) -> bool {
-    let (Ok(path), Ok(name)) = (
-        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated strings; a zero-size query writes nothing.
-    let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-    size >= 0
+        .any(|name| super::fs::has_xattr(dir, name))
 }
 
 /// Joins the cgroup namespace of PID 1 (the host's init, when the host's PID namespace is
