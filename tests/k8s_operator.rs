@@ -330,7 +330,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         .collect();
     assert!(
         pending.iter().any(
-            |(_, note)| note.starts_with("1 of 1 replicas pending: replica 0: ")
+            |(_, note)| note.starts_with("1 of 1 replica pending: replica 0: ")
                 && note.contains("cpu")
         ),
         "{pending:?}"

@@ -273,7 +273,7 @@ async fn status_is_applied_under_corrals_field_manager_with_an_event() {
     assert!(event.is("POST", EVENTS_PATH), "{event:?}");
     assert_eq!(event.body["reason"], "Allocated");
     assert_eq!(event.body["type"], "Normal");
-    assert_eq!(event.body["note"], "1 of 1 replicas have a node; 1 on n1");
+    assert_eq!(event.body["note"], "1 of 1 replica has a node; 1 on n1");
     assert_eq!(event.body["regarding"]["name"], "web");
     assert_eq!(event.body["regarding"]["kind"], "Workload");
     assert_eq!(event.body["reportingController"], "corral-controller");
@@ -449,6 +449,7 @@ async fn pending_preempted_and_drift_are_announced_once() {
     let mut mock = Mock::new(Some(7));
     let mut plan = Plan::default();
     plan.pending.push(corral::alloc::plan::Pending {
+        stalled: false,
         workload: "t/web".into(),
         replica: 0,
         reason: "needs 4 cpu; the most free on matching nodes is 1.5".into(),
@@ -474,7 +475,7 @@ async fn pending_preempted_and_drift_are_announced_once() {
             (
                 "Warning".to_string(),
                 "Pending".to_string(),
-                "1 of 1 replicas pending: replica 0: needs 4 cpu; the most free on matching nodes is 1.5"
+                "1 of 1 replica pending: replica 0: needs 4 cpu; the most free on matching nodes is 1.5"
                     .to_string()
             ),
             (
@@ -537,7 +538,7 @@ async fn a_new_workload_gets_no_status_until_the_allocator_has_seen_it() {
     let allocated = condition(&calls[0].body["status"], "Allocated");
     assert_eq!(
         allocated["message"],
-        "1 of 1 replicas pending: replica 0: not allocated yet"
+        "1 of 1 replica pending: replica 0: not allocated yet"
     );
     assert!(
         events(&calls).is_empty(),

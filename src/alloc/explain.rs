@@ -26,6 +26,20 @@ pub(super) fn still_failing(a: &Allocator, key: &WKey) -> Option<String> {
         .map(|(_, reason)| reason.clone())
 }
 
+/// True when a replica of `key` needs more than any node offers that the policy governs
+/// and the workload selects, even with nothing else on it: only a new node, or a change to
+/// the spec or the policy, places it. False without such nodes (it waits for one).
+pub(super) fn never_fits(a: &Allocator, policy: PolicyId, key: &WKey) -> bool {
+    let (p, w) = (&a.policies[policy], &a.workloads[key]);
+    p.nodes
+        .iter()
+        .map(|id| &a.nodes[*id])
+        .filter(|n| labels_match(&w.demand.node_selector, &n.info.labels))
+        .map(|n| n.allocatable)
+        .reduce(|m, n| m.max(n))
+        .is_some_and(|largest| w.footprint.first_excess(&largest).is_some())
+}
+
 fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
     let p = &a.policies[policy];
     let w = &a.workloads[key];

@@ -88,6 +88,11 @@ pub struct Pending {
     pub replica: u32,
     /// Why, for a person.
     pub reason: String,
+    /// Nothing short of a change to the spec, the policy or the nodes places it: the
+    /// workload is refused, or one replica needs more than any matching node offers even
+    /// empty. Otherwise it waits for room (a stop, a new node) and may be placed any time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
 }
 
 /// One preemption.
@@ -177,6 +182,8 @@ impl Allocator {
         let mut policy_pending = vec![0usize; self.policies.len()];
         for (key, w) in &self.workloads {
             let workload = format!("{}/{}", key.0, key.1);
+            // Its replicas are alike: whether one can never fit is asked once.
+            let mut never_fits: Option<bool> = None;
             for (index, replica) in w.replicas.iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 match (replica.node, &w.policy) {
@@ -201,17 +208,23 @@ impl Allocator {
                         if let Ok(p) = policy {
                             policy_pending[*p] += 1;
                         }
-                        let reason = match policy {
-                            Err(reason) => reason.clone(),
-                            Ok(_) => replica
-                                .reason
-                                .clone()
-                                .unwrap_or_else(|| "not yet allocated".to_string()),
+                        let (reason, stalled) = match policy {
+                            Err(reason) => (reason.clone(), true),
+                            Ok(p) => (
+                                replica
+                                    .reason
+                                    .clone()
+                                    .unwrap_or_else(|| "not yet allocated".to_string()),
+                                *never_fits.get_or_insert_with(|| {
+                                    super::explain::never_fits(self, *p, key)
+                                }),
+                            ),
                         };
                         plan.pending.push(Pending {
                             workload: workload.clone(),
                             replica: index,
                             reason,
+                            stalled,
                         });
                     }
                 }

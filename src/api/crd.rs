@@ -33,13 +33,43 @@ pub fn all() -> Vec<GeneratedCrd> {
 
 /// The Workload CRD.
 pub fn workload() -> CustomResourceDefinition {
-    declare_name(Workload::crd())
+    not_yet_seen(declare_name(Workload::crd()))
 }
 
 /// The ResourcePolicy CRD.
 pub fn policy() -> CustomResourceDefinition {
-    let mut crd = declare_name(ResourcePolicy::crd());
+    let mut crd = not_yet_seen(declare_name(ResourcePolicy::crd()));
     over_zero(&mut crd, &["spec", "cgroup", "memoryHighRatio"]);
+    crd
+}
+
+/// The status an object has before corral writes one: the API server fills it in on
+/// every read while `status` is absent, so that kstatus (Flux, Helm's `--wait`) reads a
+/// new object as InProgress until corral has seen it, and forever when no controller
+/// runs, rather than as Current.
+fn not_yet_seen(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let default = serde_json::json!({"conditions": [{
+        "type": "Reconciling",
+        "status": "True",
+        "reason": "NotYetSeen",
+        "message": "corral has not read this object yet",
+        "lastTransitionTime": "1970-01-01T00:00:00Z",
+    }]});
+    for version in &mut crd.spec.versions {
+        if let Some(status) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+        {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    default.clone(),
+                ),
+            );
+        }
+    }
     crd
 }
 

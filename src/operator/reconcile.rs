@@ -236,7 +236,13 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
         || view.placed
         || !view.leases.is_empty()
         || !view.pending.is_empty();
-    if workload.status.is_none() && problem.is_none() && !seen {
+    // The CRD's default status (Reconciling: NotYetSeen) counts as none.
+    let unwritten = workload.status.as_ref().is_none_or(|s| {
+        s.observed_generation.is_none()
+            && !s.conditions.is_empty()
+            && s.conditions.iter().all(|c| c.reason == "NotYetSeen")
+    });
+    if unwritten && problem.is_none() && !seen {
         return Ok(Action::await_change());
     }
     let status = status_of(workload, &snapshot, problem.as_deref());

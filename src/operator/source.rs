@@ -94,7 +94,10 @@ impl KubeSource {
             } else {
                 policy_problems.insert(
                     name.clone(),
-                    refused(&errors, self.good_policies.contains_key(&name)),
+                    refused(
+                        &errors,
+                        self.good_policies.get(&name).map(|p| p.metadata.generation),
+                    ),
                 );
                 self.good_policies.get(&name).cloned()
             };
@@ -126,7 +129,12 @@ impl KubeSource {
             } else {
                 workload_problems.insert(
                     name.clone(),
-                    refused(&errors, self.good_workloads.contains_key(&name)),
+                    refused(
+                        &errors,
+                        self.good_workloads
+                            .get(&name)
+                            .map(|w| w.metadata.generation),
+                    ),
                 );
                 workloads.extend(self.good_workloads.get(&name).cloned());
             }
@@ -173,17 +181,20 @@ impl KubeSource {
     }
 }
 
-/// The problem text for a refused spec.
-fn refused(errors: &[FieldError], has_good: bool) -> String {
+/// The problem text for a refused spec; `good` is the last accepted version's generation,
+/// when there is one.
+fn refused(errors: &[FieldError], good: Option<Option<i64>>) -> String {
     let mut text = errors
         .iter()
         .map(|e| format!("{}: {}", e.path, e.message))
         .collect::<Vec<_>>()
         .join("; ");
-    text.push_str(if has_good {
-        " (the last accepted version stays in use)"
-    } else {
-        " (not used until corrected)"
+    text.push_str(&match good {
+        Some(Some(generation)) => {
+            format!(" (generation {generation}, the last accepted, stays in use)")
+        }
+        Some(None) => " (the last accepted version stays in use)".to_string(),
+        None => " (not used until corrected)".to_string(),
     });
     text
 }

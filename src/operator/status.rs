@@ -77,13 +77,13 @@ pub fn workload_status(
                 .then_some((key.index, r))
         })
         .collect();
-    let pending: BTreeMap<u32, &str> = observed
+    let pending: BTreeMap<u32, (&str, bool)> = observed
         .plan
         .map(|p| {
             p.pending
                 .iter()
                 .filter(|p| p.workload == name)
-                .map(|p| (p.replica, p.reason.as_str()))
+                .map(|p| (p.replica, (p.reason.as_str(), p.stalled)))
                 .collect()
         })
         .unwrap_or_default();
@@ -92,6 +92,17 @@ pub fn workload_status(
     let mut not_enforced = Vec::new();
     let mut failures = Vec::new();
     let mut not_ready = Vec::new();
+    // What no waiting mends: each with its condition reason.
+    let mut stalled: Vec<(&str, String)> = Vec::new();
+    if let Some(problem) = problem {
+        stalled.push((
+            "SpecRefused",
+            format!(
+                "generation {} is refused: {problem}",
+                generation.unwrap_or_default()
+            ),
+        ));
+    }
     let mut ready = 0;
     for index in 0..replicas {
         let lease = leases.get(&index).copied();
@@ -105,7 +116,7 @@ pub fn workload_status(
             node: lease.map(|l| l.node.clone()),
             granted: lease.map(|l| granted(&l.granted)),
             lease_epoch: lease.map(|l| l.epoch),
-            pending_reason: pending.get(&index).map(|r| (*r).to_string()),
+            pending_reason: pending.get(&index).map(|(r, _)| (*r).to_string()),
             ..ReplicaStatus::default()
         };
         if let Some(report) = report {
@@ -113,6 +124,16 @@ pub fn workload_status(
             row.usage = report.usage.as_ref().map(usage);
             for p in &report.problems {
                 failures.push(format!("replica {index} on {}: {p}", report.node));
+            }
+            if report.process.state == crate::agent::node::UNENFORCED {
+                stalled.push((
+                    "LimitsNotApplied",
+                    format!(
+                        "replica {index} on {}: its limits cannot be applied, so it is not started: {}",
+                        report.node,
+                        report.problems.first().map_or("see the node's report", String::as_str)
+                    ),
+                ));
             }
             if READY_STATES.contains(&report.process.state.as_str()) {
                 ready += 1;
@@ -130,7 +151,15 @@ pub fn workload_status(
             ));
             not_ready.push(format!("replica {index}: not reported"));
         } else {
-            not_ready.push(format!("replica {index}: pending"));
+            match pending.get(&index) {
+                Some((reason, never)) => {
+                    if *never {
+                        stalled.push(("CannotBePlaced", format!("replica {index}: {reason}")));
+                    }
+                    not_ready.push(format!("replica {index}: pending: {reason}"));
+                }
+                None => not_ready.push(format!("replica {index}: not allocated yet")),
+            }
         }
         rows.push(row);
     }
@@ -143,13 +172,17 @@ pub fn workload_status(
             "Allocated",
             true,
             "AllReplicasAllocated",
-            &format!("{replicas} of {replicas} replicas have a node"),
+            &format!(
+                "{} {} a node",
+                of(replicas, replicas, "replica"),
+                if replicas == 1 { "has" } else { "have" }
+            ),
         )
     } else {
         let reasons: Vec<String> = (0..replicas)
             .filter(|i| !leases.contains_key(i))
             .map(|i| match pending.get(&i) {
-                Some(reason) => format!("replica {i}: {reason}"),
+                Some((reason, _)) => format!("replica {i}: {reason}"),
                 None => format!("replica {i}: not allocated yet"),
             })
             .collect();
@@ -158,8 +191,8 @@ pub fn workload_status(
             false,
             "ReplicasPending",
             &format!(
-                "{} of {replicas} replicas pending: {}",
-                replicas - allocated,
+                "{} pending: {}",
+                of(replicas - allocated, replicas, "replica"),
                 listed(&reasons)
             ),
         )
@@ -173,30 +206,77 @@ pub fn workload_status(
             "WaitingForAgents",
             &listed(&not_enforced),
         )
+    } else if allocated == 0 && replicas > 0 {
+        condition(
+            "Enforced",
+            false,
+            "NothingAllocated",
+            "no replica has a node yet, so there is nothing to enforce",
+        )
     } else {
         condition(
             "Enforced",
             true,
             "Applied",
-            &format!("the agents applied the leases of {allocated} replicas"),
+            &format!(
+                "the agents applied the leases of {}",
+                count(allocated, "replica")
+            ),
         )
     };
-    let ready_condition = if ready == replicas {
+    let running = format!("{} running", of(ready, replicas, "replica"));
+    let all_running = ready == replicas;
+    let ready_condition = if let Some(problem) = problem {
         condition(
             "Ready",
-            true,
-            "AllReplicasRunning",
-            &format!("{replicas} of {replicas} replicas running"),
+            false,
+            "SpecRefused",
+            &format!(
+                "generation {} is not applied: {problem}. What runs is the last accepted spec: {running}",
+                generation.unwrap_or_default()
+            ),
         )
+    } else if all_running {
+        condition("Ready", true, "AllReplicasRunning", &running)
     } else {
         condition(
             "Ready",
             false,
             "ReplicasNotRunning",
-            &format!(
-                "{ready} of {replicas} replicas running; {}",
-                listed(&not_ready)
-            ),
+            &format!("{running}; {}", listed(&not_ready)),
+        )
+    };
+    // kstatus (Flux, Helm's --wait): Stalled=True is Failed, Reconciling=True InProgress,
+    // neither (with observedGeneration current) Current.
+    let stalled_condition = match stalled.first() {
+        Some((reason, _)) => {
+            let lines: Vec<String> = stalled.iter().map(|(_, m)| m.clone()).collect();
+            condition("Stalled", true, reason, &listed(&lines))
+        }
+        None => condition("Stalled", false, "NotStalled", "nothing stands in the way"),
+    };
+    let reconciling_condition = if !stalled.is_empty() {
+        condition(
+            "Reconciling",
+            false,
+            "Stalled",
+            "corral cannot make progress; see Stalled",
+        )
+    } else if all_running {
+        condition("Reconciling", false, "Reconciled", &running)
+    } else {
+        let reason = if allocated < replicas {
+            "ReplicasPending"
+        } else if !not_enforced.is_empty() {
+            "WaitingForAgents"
+        } else {
+            "ReplicasStarting"
+        };
+        condition(
+            "Reconciling",
+            true,
+            reason,
+            &format!("{running}; {}", listed(&not_ready)),
         )
     };
 
@@ -222,12 +302,32 @@ pub fn workload_status(
         ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
         replicas: rows,
         conditions: stamp(
-            vec![allocated_condition, enforced_condition, ready_condition],
+            vec![
+                allocated_condition,
+                enforced_condition,
+                ready_condition,
+                reconciling_condition,
+                stalled_condition,
+            ],
             previous,
             generation,
             now,
         ),
     }
+}
+
+/// `1 replica`, `3 replicas`.
+fn count(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `1 of 1 replica`, `2 of 3 replicas`.
+fn of(n: u32, total: u32, noun: &str) -> String {
+    format!("{n} of {}", count(total, noun))
 }
 
 /// The status of a Workload corral cannot read at all (`problem` says which field and
@@ -242,6 +342,8 @@ pub fn unreadable_status(generation: Option<i64>, problem: &str, now: &Time) -> 
                 condition("Allocated", false, "Unreadable", &message),
                 condition("Enforced", false, "Unreadable", "see Allocated"),
                 condition("Ready", false, "Unreadable", "see Allocated"),
+                condition("Reconciling", false, "Stalled", "see Stalled"),
+                condition("Stalled", true, "Unreadable", &message),
             ],
             &[],
             generation,
@@ -291,6 +393,30 @@ pub fn policy_status(
             "no registered node matches the policy's nodeSelector, or a policy of higher precedence governs them",
         ),
     };
+    // A refused policy is Failed for kstatus; an accepted one is Current, whether it
+    // governs nodes yet or not (that is its Ready).
+    let stalled = match problem {
+        Some(problem) => condition(
+            "Stalled",
+            true,
+            "SpecRefused",
+            &format!(
+                "generation {} is refused: {problem}",
+                generation.unwrap_or_default()
+            ),
+        ),
+        None => condition("Stalled", false, "NotStalled", "the policy is in use"),
+    };
+    let reconciling = condition(
+        "Reconciling",
+        false,
+        if problem.is_some() {
+            "Stalled"
+        } else {
+            "Reconciled"
+        },
+        "corral has read this generation",
+    );
     let previous = policy
         .status
         .as_ref()
@@ -302,7 +428,12 @@ pub fn policy_status(
         capacity: report.map(|r| totals(&r.capacity)),
         allocated: report.map(|r| totals(&r.allocated)),
         pending: report.map_or(0, |r| i32::try_from(r.pending).unwrap_or(i32::MAX)),
-        conditions: stamp(vec![valid, ready], previous, generation, now),
+        conditions: stamp(
+            vec![valid, ready, reconciling, stalled],
+            previous,
+            generation,
+            now,
+        ),
     }
 }
 
@@ -674,6 +805,192 @@ mod tests {
             ("False", "Invalid")
         );
         assert_eq!(allocated.message, problem);
+    }
+
+    /// What kstatus (Flux, Helm's --wait) makes of a status: Failed when Stalled is True,
+    /// InProgress when Reconciling is True or observedGeneration lags, Current otherwise.
+    fn kstatus(generation: i64, status: &WorkloadStatus) -> &'static str {
+        let is = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        if status.observed_generation != Some(generation) {
+            "InProgress"
+        } else if is("Reconciling") {
+            "InProgress"
+        } else if is("Stalled") {
+            "Failed"
+        } else {
+            "Current"
+        }
+    }
+
+    #[test]
+    fn kstatus_reads_running_as_current_and_starting_as_in_progress() {
+        let mut workload = mk_workload("t", "web", 2, 100, 10, json!({}));
+        workload.metadata.generation = Some(4);
+        let leases = [mk_lease("n1", "web", 0, 7), mk_lease("n1", "web", 1, 7)];
+        let mut reports: Vec<Report> = leases.iter().map(running).collect();
+        let registered = ["n1".to_string()];
+        let observed = |reports: &[Report]| {
+            let status = workload_status(
+                &workload,
+                &Observed {
+                    plan: None,
+                    leases: &leases,
+                    reports,
+                    registered: &registered,
+                },
+                None,
+                &at(100),
+            );
+            status
+        };
+        let status = observed(&reports);
+        assert_eq!(kstatus(4, &status), "Current", "{status:#?}");
+        assert_eq!(status.observed_generation, Some(4));
+        reports[1].process.state = "Starting".into();
+        let status = observed(&reports);
+        assert_eq!(kstatus(4, &status), "InProgress");
+        let reconciling = find(&status, "Reconciling");
+        assert_eq!(reconciling.reason, "ReplicasStarting");
+        assert_eq!(
+            reconciling.message,
+            "1 of 2 replicas running; replica 1: Starting"
+        );
+    }
+
+    #[test]
+    fn a_refused_edit_is_failed_and_says_the_last_accepted_spec_runs() {
+        let mut workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        workload.metadata.generation = Some(3);
+        let leases = [mk_lease("n1", "web", 0, 7)];
+        let reports = [running(&leases[0])];
+        let problem = "spec.resources.requests.cpu: 0.5m is finer than a millicore (generation 2, the last accepted, stays in use)";
+        let status = workload_status(
+            &workload,
+            &Observed {
+                plan: None,
+                leases: &leases,
+                reports: &reports,
+                registered: &["n1".to_string()],
+            },
+            Some(problem),
+            &at(100),
+        );
+        assert_eq!(kstatus(3, &status), "Failed");
+        let ready = find(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SpecRefused")
+        );
+        assert!(
+            ready.message.contains("generation 3 is not applied")
+                && ready
+                    .message
+                    .contains("the last accepted spec: 1 of 1 replica running"),
+            "{}",
+            ready.message
+        );
+        let stalled = find(&status, "Stalled");
+        assert_eq!(stalled.reason, "SpecRefused");
+        assert!(stalled.message.starts_with("generation 3 is refused: "));
+        assert_eq!(find(&status, "Reconciling").status, "False");
+    }
+
+    #[test]
+    fn a_replica_that_can_never_fit_is_failed_one_waiting_for_room_in_progress() {
+        let policy = mk_policy("p", json!({"strategy": "Priority"}));
+        let nodes = [mk_node("n1", 2000, 4096, &[])];
+        for (cpu, expected, stalled) in [(500_000, "Failed", true), (1500, "InProgress", false)] {
+            // Two replicas: with 1500m each, the second waits for room on the 2-core node.
+            let mut workload = mk_workload("t", "big", 2, cpu, 10, json!({}));
+            workload.metadata.generation = Some(1);
+            let plan = allocate(&Input {
+                policies: std::slice::from_ref(&policy),
+                workloads: std::slice::from_ref(&workload),
+                nodes: &nodes,
+                observed: &HashMap::new(),
+                current: &HashMap::new(),
+            });
+            assert!(
+                plan.pending.iter().all(|p| p.stalled == stalled),
+                "{plan:?}"
+            );
+            let leases: Vec<Lease> = if stalled {
+                Vec::new()
+            } else {
+                vec![mk_lease("n1", "big", 0, 3)]
+            };
+            let reports: Vec<Report> = leases.iter().map(running).collect();
+            let status = workload_status(
+                &workload,
+                &Observed {
+                    plan: Some(&plan),
+                    leases: &leases,
+                    reports: &reports,
+                    registered: &["n1".to_string()],
+                },
+                None,
+                &at(100),
+            );
+            let generation = workload.metadata.generation.unwrap_or_default();
+            assert_eq!(kstatus(generation, &status), expected, "{status:#?}");
+            // The allocator's reason is in the message kstatus shows.
+            let shown = if stalled {
+                find(&status, "Stalled")
+            } else {
+                find(&status, "Reconciling")
+            };
+            assert!(
+                shown.message.contains(&plan.pending[0].reason),
+                "{}",
+                shown.message
+            );
+        }
+    }
+
+    #[test]
+    fn an_unenforced_replica_is_failed_and_a_pending_workload_is_not_enforced() {
+        let mut workload = mk_workload("t", "web", 1, 100, 10, json!({}));
+        workload.metadata.generation = Some(1);
+        let leases = [mk_lease("n1", "web", 0, 7)];
+        let mut report = running(&leases[0]);
+        report.process.state = "Unenforced".into();
+        report.process.pid = None;
+        report.problems = vec![
+            "memory.max cannot be applied: the memory controller is not delegated to corral".into(),
+        ];
+        let status = workload_status(
+            &workload,
+            &Observed {
+                plan: None,
+                leases: &leases,
+                reports: std::slice::from_ref(&report),
+                registered: &["n1".to_string()],
+            },
+            None,
+            &at(100),
+        );
+        let stalled = find(&status, "Stalled");
+        assert_eq!(stalled.reason, "LimitsNotApplied");
+        assert!(
+            stalled.message.contains("not delegated"),
+            "{}",
+            stalled.message
+        );
+        let generation = workload.metadata.generation.unwrap_or_default();
+        assert_eq!(kstatus(generation, &status), "Failed");
+
+        let status = workload_status(&workload, &Observed::default(), None, &at(100));
+        let enforced = find(&status, "Enforced");
+        assert_eq!(
+            (enforced.status.as_str(), enforced.reason.as_str()),
+            ("False", "NothingAllocated")
+        );
+        assert!(!find(&status, "Allocated").message.contains("1 replicas"));
     }
 
     #[test]
