@@ -816,9 +816,7 @@ mod tests {
                 .iter()
                 .any(|c| c.type_ == t && c.status == "True")
         };
-        if status.observed_generation != Some(generation) {
-            "InProgress"
-        } else if is("Reconciling") {
+        if status.observed_generation != Some(generation) || is("Reconciling") {
             "InProgress"
         } else if is("Stalled") {
             "Failed"
@@ -835,7 +833,7 @@ mod tests {
         let mut reports: Vec<Report> = leases.iter().map(running).collect();
         let registered = ["n1".to_string()];
         let observed = |reports: &[Report]| {
-            let status = workload_status(
+            workload_status(
                 &workload,
                 &Observed {
                     plan: None,
@@ -845,8 +843,7 @@ mod tests {
                 },
                 None,
                 &at(100),
-            );
-            status
+            )
         };
         let status = observed(&reports);
         assert_eq!(kstatus(4, &status), "Current", "{status:#?}");
