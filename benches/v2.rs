@@ -25,6 +25,13 @@ use std::time::{Duration, Instant};
 use corral::cgroup::layout::{Layout, Mode};
 use serde_json::Value;
 
+// The tests' `remove_tree`; only that file, not the tests' whole `common` module.
+#[allow(dead_code)]
+#[path = "../tests/common/cgroups.rs"]
+mod cgroups;
+
+use cgroups::remove_tree;
+
 const POLICY: &str = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\n\
     metadata: {name: measure}\nspec: {strategy: Priority}\n";
 
@@ -243,32 +250,6 @@ impl Drop for Run {
             .status();
         remove_tree(&self.mount.join(&self.root));
     }
-}
-
-/// Kills every process below `dir` and removes the directories, deepest first.
-fn remove_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree(&entry.path());
-        }
-    }
-    for _ in 0..500 {
-        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        if pids.trim().is_empty() {
-            break;
-        }
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Polls `condition` every `poll` until it holds.

@@ -18,24 +18,28 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use corral::agent::node::{Agent, Pass, Trigger};
+use corral::agent::node::{Pass, Trigger};
 use corral::alloc::Res;
 use corral::alloc::admit::AdoptScope;
 use corral::alloc::fixtures::{mk_policy, mk_workload};
-use corral::alloc::plan::{Allocation, Limits};
+use corral::alloc::plan::Limits;
 use corral::api::policy::IdRange;
 use corral::api::workload::AdoptRule;
 use corral::cgroup::layout::{Layout, Mode};
 use corral::cgroup::tree::Work;
 use corral::lease::Lease;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
+
+use common::agent::{TestRoot, allocation, command_spec, report_of};
+use common::cgroups::{gone, is_log_pump, procs, remove_tree, unique};
+use common::cli::{Cli, POLICY, workload};
+use common::wait::wait_until;
 
 const MIB: i64 = 1 << 20;
 
@@ -48,14 +52,6 @@ fn pure_v2() -> PathBuf {
         "not a pure cgroup v2 system ({layout:?}): scripts/v2-vm.sh runs these tests in a VM"
     );
     layout.unified.expect("a v2 layout has its mount")
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -108,55 +104,24 @@ fn check_formulas() {
 // ---------------------------------------------------------------------------------------
 // The agent on the real v2 hierarchy.
 
-/// A root of the test's own below the v2 mount, removed with everything in it on drop.
-struct TestRoot {
-    mount: PathBuf,
-    name: String,
-    state: tempfile::TempDir,
-}
-
 impl TestRoot {
+    /// A root below the v2 mount.
     fn new() -> TestRoot {
-        TestRoot {
-            mount: pure_v2(),
-            name: unique("corral-v2-test"),
-            state: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn fs(&self) -> corral::cgroup::fs::Cgroupfs {
-        corral::cgroup::fs::Cgroupfs::new(Layout::v2_at(&self.mount), &self.name).unwrap()
-    }
-
-    fn agent(&self) -> Agent {
-        let mut agent = Agent::new("test-node", self.fs(), self.state.path(), false).unwrap();
-        agent.set_log_pump(env!("CARGO_BIN_EXE_corral").into());
-        agent
+        TestRoot::named("corral-v2-test", Layout::v2_at(&pure_v2()))
     }
 
     /// The directory of `group` (`tenant` or `tenant/name.index`; "" for the root).
     fn dir(&self, group: &str) -> PathBuf {
-        self.mount.join(&self.name).join(group)
+        let mount = self
+            .layout
+            .unified
+            .as_ref()
+            .expect("a v2 layout has its mount");
+        mount.join(&self.name).join(group)
     }
 
     fn knob(&self, group: &str, knob: &str) -> String {
         read(&self.dir(group).join(knob))
-    }
-
-    /// Waits until replica `key`'s output holds `text`.
-    fn wait_for_output(&self, key: &str, text: &str) {
-        let log = self.state.path().join(format!("logs/{key}.log"));
-        wait_until(
-            &format!("{key} to write {text:?}"),
-            Duration::from_secs(20),
-            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text)),
-        );
-    }
-}
-
-impl Drop for TestRoot {
-    fn drop(&mut self) {
-        remove_tree(&self.mount.join(&self.name));
     }
 }
 
@@ -176,50 +141,11 @@ fn field(path: &Path, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
 }
 
-/// Kills every process below `dir` and removes the directories, deepest first.
-fn remove_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree(&entry.path());
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pids = procs(dir);
-        if pids.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// The processes in a group's `cgroup.procs`; none when it is gone.
-fn procs(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// The processes of a group but its log pump (`corral log-pump` runs there too).
+/// The processes of a group but its log pump.
 fn workload_pids(dir: &Path) -> Vec<u32> {
     procs(dir)
         .into_iter()
-        .filter(|pid| {
-            !std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(8).any(|w| w == b"log-pump"))
-        })
+        .filter(|pid| !is_log_pump(*pid))
         .collect()
 }
 
@@ -229,25 +155,6 @@ fn cgroup_of(pid: u32) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         .unwrap_or_else(|| panic!("process {pid} has no v2 group"))
-}
-
-/// True when the process is gone, or a zombie whose parent has not reaped it yet.
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-    })
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// What a replica is granted, requests and is limited to, for [`lease`].
@@ -274,38 +181,17 @@ const SMALL: Grant = Grant {
 /// A lease for replica 0 of `ns/name` running `args`, with `extra` merged into the
 /// workload's spec and the policy's `cgroup` settings.
 fn lease(ns: &str, name: &str, args: &[&str], extra: Value, grant: Grant, cgroup: Value) -> Lease {
-    let mut spec = json!({"command": {"args": args}, "terminationGracePeriodSeconds": 1});
-    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
-        spec.extend(extra);
-    }
+    let spec = command_spec(args, extra);
     let workload = mk_workload(ns, name, 1, grant.cpu, grant.memory_mib, spec);
     let policy = mk_policy("p", json!({"cgroup": cgroup}));
-    let amounts = Res::new(grant.cpu, grant.memory_mib * MIB, 0);
-    let allocation = Allocation {
-        workload: format!("{ns}/{name}"),
-        replica: 0,
-        key: format!("{ns}.{name}.0"),
-        node: "test-node".into(),
-        policy: "p".into(),
-        tenant: ns.into(),
-        priority: 0,
-        granted: amounts,
-        request: amounts,
-        limits: Limits {
-            cpu: grant.cpu_limit,
-            memory: grant.memory_limit_mib.map(|m| m * MIB),
-            pids: grant.pids_limit,
-        },
-        io_weight: grant.io_weight,
+    let limits = Limits {
+        cpu: grant.cpu_limit,
+        memory: grant.memory_limit_mib.map(|m| m * MIB),
+        pids: grant.pids_limit,
     };
+    let amounts = Res::new(grant.cpu, grant.memory_mib * MIB, 0);
+    let allocation = allocation(ns, name, amounts, limits, grant.io_weight);
     Lease::new(&allocation, &workload, &policy.spec, 1)
-}
-
-fn report_of<'a>(pass: &'a Pass, name: &str) -> &'a corral::lease::Report {
-    pass.reports
-        .iter()
-        .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
-        .unwrap_or_else(|| panic!("no report for {name}: {:?}", pass.reports))
 }
 
 #[track_caller]
@@ -728,7 +614,7 @@ fn memory_high_throttles_and_memory_protection_writes_min_or_low() {
         assert_eq!(root.knob(group, "memory.low"), low, "{group}");
         assert_eq!(root.knob(group, "memory.max"), (64 * MIB).to_string());
     }
-    root.wait_for_output("mem.min.0", "done");
+    root.wait_for_output("mem.min.0", "done", Duration::from_secs(20));
     let events = root.dir("mem/min.0").join("memory.events");
     assert!(
         field(&events, "high") >= 1,
@@ -780,62 +666,10 @@ fn pids_max_caps_a_fork_bomb() {
 // ---------------------------------------------------------------------------------------
 // The CLI, as a person runs it.
 
-/// A manifest directory, a state directory and a cgroup root of the test's own; on drop,
-/// any `corral run` it started is killed and `corral down` (then a forced sweep) cleans up.
-struct Cli {
-    mount: PathBuf,
-    manifests: tempfile::TempDir,
-    state: tempfile::TempDir,
-    root: String,
-    run: Option<Child>,
-}
-
-const POLICY: &str = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {name: local}\nspec: {strategy: Priority}\n";
-
-fn workload(name: &str, cpu_limit: &str, memory_limit: &str) -> String {
-    format!(
-        "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: test}}\n\
-         spec:\n  resources:\n    requests: {{cpu: 10m, memory: 8Mi}}\n    \
-         limits: {{cpu: {cpu_limit}, memory: {memory_limit}}}\n  \
-         terminationGracePeriodSeconds: 2\n  command: {{args: [sleep, \"600\"]}}\n"
-    )
-}
-
 impl Cli {
+    /// A root below the v2 mount; no manifests yet.
     fn new() -> Cli {
-        Cli {
-            mount: pure_v2(),
-            manifests: tempfile::tempdir().unwrap(),
-            state: tempfile::tempdir().unwrap(),
-            root: unique("corral-v2-cli"),
-            run: None,
-        }
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        // As editors do: a new file renamed over the old one.
-        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.manifests.path().join(name)).unwrap();
-    }
-
-    fn args(&self, command: &str) -> Vec<String> {
-        vec![
-            command.to_string(),
-            "--state-dir".into(),
-            self.state.path().to_string_lossy().into_owned(),
-            "--cgroup-root".into(),
-            self.root.clone(),
-        ]
-    }
-
-    fn corral(&self, command: &str, extra: &[&str]) -> Output {
-        let mut args = self.args(command);
-        args.extend(extra.iter().map(ToString::to_string));
-        Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(&args)
-            .output()
-            .unwrap()
+        Cli::under("corral-v2-cli", vec![pure_v2()])
     }
 
     /// `corral run --once -f DIR`, which must succeed.
@@ -851,48 +685,8 @@ impl Cli {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    fn start(&mut self) {
-        let mut args = self.args("run");
-        args.extend([
-            "-f".into(),
-            self.manifests.path().to_string_lossy().into_owned(),
-            "--ui".into(),
-            "log".into(),
-            "--resync".into(),
-            "30".into(),
-        ]);
-        self.run = Some(
-            Command::new(env!("CARGO_BIN_EXE_corral"))
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn stop(&mut self) -> Output {
-        let child = self.run.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn status(&self) -> Value {
-        let output = self.corral("status", &["-o", "json"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
     fn dir(&self, group: &str) -> PathBuf {
-        self.mount.join(&self.root).join(group)
+        self.hierarchies[0].join(&self.root).join(group)
     }
 
     fn knob(&self, group: &str, knob: &str) -> Option<String> {
@@ -918,17 +712,6 @@ impl Cli {
         for pid in pids {
             assert!(gone(*pid), "process {pid} still runs");
         }
-    }
-}
-
-impl Drop for Cli {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.run.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = self.corral("down", &[]);
-        remove_tree(&self.mount.join(&self.root));
     }
 }
 

@@ -7,15 +7,14 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use corral::agent::node::{Agent, Pass, Trigger};
+use corral::agent::node::Trigger;
 use corral::alloc::admit::AdoptScope;
 use corral::alloc::fixtures::mk_workload;
-use corral::alloc::plan::{Allocation, Limits};
+use corral::alloc::plan::Limits;
 use corral::alloc::{ReplicaKey, Res};
 use corral::api::ResourcePolicySpec;
 use corral::api::policy::IdRange;
@@ -26,51 +25,19 @@ use corral::cgroup::tree::GroupPath;
 use corral::cgroup::tree::Work;
 use corral::lease::Lease;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
 
-/// A root of our own below every hierarchy, removed with everything in it on drop.
-struct TestRoot {
-    name: String,
-    layout: Layout,
-    state: tempfile::TempDir,
-}
+use common::agent::{TestRoot, allocation, command_spec, report_of};
+use common::cgroups::is_log_pump;
+use common::wait::wait_until;
 
 impl TestRoot {
     fn new(layout: Layout) -> TestRoot {
-        let name = format!(
-            "corral-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        TestRoot {
-            name,
-            layout,
-            state: tempfile::tempdir().unwrap(),
-        }
+        TestRoot::named("corral-test", layout)
     }
 
     fn v1() -> TestRoot {
         TestRoot::new(Layout::detect().unwrap())
-    }
-
-    fn fs(&self) -> Cgroupfs {
-        Cgroupfs::new(self.layout.clone(), &self.name).unwrap()
-    }
-
-    fn agent(&self) -> Agent {
-        let mut agent = Agent::new("test-node", self.fs(), self.state.path(), false).unwrap();
-        agent.set_log_pump(env!("CARGO_BIN_EXE_corral").into());
-        agent
-    }
-
-    /// Waits until replica `key`'s output holds `text`.
-    fn wait_for_output(&self, key: &str, text: &str) {
-        let log = self.state.path().join(format!("logs/{key}.log"));
-        wait_until(
-            &format!("{key} to write {text:?}"),
-            Duration::from_secs(5),
-            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text)),
-        );
     }
 
     fn knob(&self, group: &GroupPath, knob: &str) -> String {
@@ -82,70 +49,16 @@ impl TestRoot {
     }
 }
 
-impl Drop for TestRoot {
-    fn drop(&mut self) {
-        for root in self.fs().root_dirs() {
-            remove_tree(&root);
-        }
-    }
-}
-
-/// Kills every process below `dir` and removes the directories, deepest first.
-fn remove_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree(&entry.path());
-        }
-    }
-    let procs = dir.join("cgroup.procs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pids: Vec<i32> = std::fs::read_to_string(&procs)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        if pids.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
 /// A command that ignores SIGTERM, and says so once it does.
 const STUBBORN: &str = "trap '' TERM; echo trapped; while :; do sleep 1; done";
 
-/// The processes of a group but its log pump (`corral log-pump`, which runs there too).
+/// The processes of a group but its log pump.
 fn workload_pids(fs: &Cgroupfs, group: &GroupPath) -> Vec<u32> {
     fs.procs(group)
         .unwrap()
         .into_iter()
-        .filter(|pid| {
-            !std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(8).any(|w| w == b"log-pump"))
-        })
+        .filter(|pid| !is_log_pump(*pid))
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A lease for replica 0 of `ns/name` running `args`, with a CPU limit in millicores and
@@ -158,40 +71,18 @@ fn lease(
     cpu: Option<i64>,
     memory_mib: Option<i64>,
 ) -> Lease {
-    let mut spec = json!({"command": {"args": args}, "terminationGracePeriodSeconds": 1});
-    if let (Some(spec), serde_json::Value::Object(extra)) = (spec.as_object_mut(), extra) {
-        spec.extend(extra);
-    }
-    let workload = mk_workload(ns, name, 1, 100, 16, spec);
-    let allocation = Allocation {
-        workload: format!("{ns}/{name}"),
-        replica: 0,
-        key: format!("{ns}.{name}.0"),
-        node: "test-node".into(),
-        policy: "p".into(),
-        tenant: ns.into(),
-        priority: 0,
-        granted: Res::new(250, 16 << 20, 0),
-        request: Res::new(250, 16 << 20, 0),
-        limits: Limits {
-            cpu,
-            memory: memory_mib.map(|m| m << 20),
-            pids: Some(64),
-        },
-        io_weight: None,
+    let workload = mk_workload(ns, name, 1, 100, 16, command_spec(args, extra));
+    let limits = Limits {
+        cpu,
+        memory: memory_mib.map(|m| m << 20),
+        pids: Some(64),
     };
+    let allocation = allocation(ns, name, Res::new(250, 16 << 20, 0), limits, None);
     Lease::new(&allocation, &workload, &ResourcePolicySpec::default(), 1)
 }
 
 fn group(ns: &str, name: &str) -> GroupPath {
     GroupPath::replica(&ReplicaKey::new(ns, name, 0)).unwrap()
-}
-
-fn report_of<'a>(pass: &'a Pass, name: &str) -> &'a corral::lease::Report {
-    pass.reports
-        .iter()
-        .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
-        .unwrap_or_else(|| panic!("no report for {name}: {:?}", pass.reports))
 }
 
 #[test]
@@ -381,7 +272,7 @@ fn deleting_a_workload_stops_its_processes_and_removes_its_groups() {
     let pass = agent.pass(Trigger::Leases);
     let pids: Vec<u32> = pass.reports.iter().filter_map(|r| r.process.pid).collect();
     assert_eq!(pids.len(), 2);
-    root.wait_for_output("shop.stubborn.0", "trapped");
+    root.wait_for_output("shop.stubborn.0", "trapped", Duration::from_secs(5));
     agent.set_leases(vec![]);
     let started = Instant::now();
     agent.pass(Trigger::Leases);
@@ -970,7 +861,7 @@ fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant()
     agent.set_leases(vec![slow, b.clone()]);
     let pass = agent.pass(Trigger::Leases);
     let stubborn_pid = report_of(&pass, "stubborn").process.pid.unwrap();
-    root.wait_for_output("team-a.stubborn.0", "trapped");
+    root.wait_for_output("team-a.stubborn.0", "trapped", Duration::from_secs(5));
 
     // team-a's workload is deleted (a 30 s grace starts), and it adopts from a FIFO and
     // from /dev/zero; team-b's quota is changed behind corral's back.

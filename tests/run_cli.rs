@@ -3,119 +3,40 @@
 //! keep the last valid manifests, stop on purpose, and refuse clearly without root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
 
-/// A manifest directory, a state directory and a cgroup root of the test's own; on drop,
-/// any `corral run` it started is killed and `corral down` (then a forced sweep) cleans up.
-struct Setup {
-    manifests: tempfile::TempDir,
-    state: tempfile::TempDir,
-    root: String,
-    run: Option<Child>,
-}
+use common::cgroups::gone;
+use common::cli::{Cli as Setup, POLICY};
+use common::wait::wait_until;
 
-const POLICY: &str = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {name: local}\nspec: {strategy: Priority}\n";
+/// The v1 hierarchies (below /sys/fs/cgroup) whose copy of a test's root is swept on drop.
+const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
 
 fn workload(name: &str, cpu_limit: &str) -> String {
-    format!(
-        "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: test}}\n\
-         spec:\n  resources:\n    requests: {{cpu: 10m, memory: 8Mi}}\n    limits: {{cpu: {cpu_limit}, memory: 32Mi}}\n  \
-         terminationGracePeriodSeconds: 2\n  command: {{args: [sleep, \"600\"]}}\n"
-    )
+    common::cli::workload(name, cpu_limit, "32Mi")
 }
 
 impl Setup {
+    /// A root below every v1 hierarchy, the policy and workload `test/a` (200m).
     fn new() -> Setup {
-        let setup = Setup {
-            manifests: tempfile::tempdir().unwrap(),
-            state: tempfile::tempdir().unwrap(),
-            root: format!(
-                "corral-clitest-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::SeqCst)
-            ),
-            run: None,
-        };
+        let hierarchies = CONTROLLERS
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c))
+            .collect();
+        let setup = Setup::under("corral-clitest", hierarchies);
         setup.write("policy.yaml", POLICY);
         setup.write("a.yaml", &workload("a", "200m"));
         setup
     }
 
-    fn write(&self, name: &str, text: &str) {
-        // As editors do: a new file renamed over the old one.
-        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.manifests.path().join(name)).unwrap();
-    }
-
-    fn args<'a>(&'a self, command: &'a str) -> Vec<String> {
-        vec![
-            command.to_string(),
-            "--state-dir".into(),
-            self.state.path().to_string_lossy().into_owned(),
-            "--cgroup-root".into(),
-            self.root.clone(),
-        ]
-    }
-
-    fn corral(&self, command: &str, extra: &[&str]) -> Output {
-        let mut args = self.args(command);
-        args.extend(extra.iter().map(ToString::to_string));
-        Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(&args)
-            .output()
-            .unwrap()
-    }
-
     fn run_once(&self) -> Output {
         let dir = self.manifests.path().to_string_lossy().into_owned();
         self.corral("run", &["-f", &dir, "--once"])
-    }
-
-    fn start(&mut self) {
-        let mut args = self.args("run");
-        args.extend([
-            "-f".into(),
-            self.manifests.path().to_string_lossy().into_owned(),
-            "--ui".into(),
-            "log".into(),
-            "--resync".into(),
-            "30".into(),
-        ]);
-        self.run = Some(
-            Command::new(env!("CARGO_BIN_EXE_corral"))
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn stop(&mut self) -> Output {
-        let child = self.run.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn status(&self) -> Value {
-        let output = self.corral("status", &["-o", "json"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn group_dir(&self, controller: &str, name: &str) -> PathBuf {
@@ -131,68 +52,6 @@ impl Setup {
             .ok()
             .map(|s| s.trim().to_string())
     }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.run.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = self.corral("down", &[]);
-        for controller in ["cpu", "cpuacct", "memory", "pids", "blkio"] {
-            sweep(
-                &Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(&self.root),
-            );
-        }
-    }
-}
-
-/// Kills what is left below `dir` and removes it, deepest first.
-fn sweep(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            sweep(&entry.path());
-        }
-    }
-    for _ in 0..100 {
-        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        if pids.trim().is_empty() {
-            break;
-        }
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// True when the process is gone, or a zombie whose new parent has not reaped it yet.
-fn gone(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-    })
 }
 
 fn pids(status: &Value) -> Vec<u64> {

@@ -11,3 +11,15 @@ pub mod cluster;
 
 #[allow(dead_code)]
 pub mod apiserver;
+
+#[allow(dead_code)]
+pub mod agent;
+
+#[allow(dead_code)]
+pub mod cgroups;
+
+#[allow(dead_code)]
+pub mod cli;
+
+#[allow(dead_code)]
+pub mod wait;
