@@ -573,3 +573,159 @@ fn the_chart_installs_and_the_controller_works_with_only_its_rbac() {
         .unwrap();
     assert!(uninstall.status.success(), "helm uninstall: {uninstall:?}");
 }
+
+/// What kstatus makes of an object as the API server serves it, computed by the library
+/// itself (tests/kstatus, built by tests/kstatus/build.sh): `(status, message)`.
+fn kstatus(api: &ApiServer, args: &[&str]) -> (String, String) {
+    let tools = std::env::var("CORRAL_TOOLS").unwrap_or_else(|_| "/var/tmp/corral-tools".into());
+    let checker = Path::new(&tools).join("bin/kstatus-check");
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    let object = api.kubectl_ok(&all);
+    let mut child = std::process::Command::new(&checker)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; tests/kstatus/build.sh builds it (.ci/run runs that)",
+                checker.display()
+            )
+        });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let mut words = line.trim_end().splitn(3, ' ');
+    let (_, status, message) = (words.next(), words.next(), words.next());
+    (
+        status.unwrap_or_default().to_string(),
+        message.unwrap_or_default().to_string(),
+    )
+}
+
+/// The processes of `shop/web.0` on n1.
+fn procs(c: &Cluster) -> Option<String> {
+    std::fs::read_to_string(c.group_dir("n1", "cpu", 0).join("cgroup.procs")).ok()
+}
+
+/// Waits until kstatus reads `args`' object as `expected`; returns the message.
+fn wait_kstatus(api: &ApiServer, c: &Cluster, args: &[&str], expected: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, message) = kstatus(api, args);
+        if status == expected {
+            return message;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kstatus still says {status} ({message}) for {args:?}, not {expected}\n--- logs ---{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each state as GitOps tools read it, through the real kstatus library on the real API
+/// server: a new Workload is InProgress until corral has read it (and with no controller
+/// at all); Current once it runs; a refused edit is Failed, never Ready, and the last
+/// accepted spec keeps running untouched; a Workload that can never fit and one with a
+/// pattern that does not compile are Failed with the reason; so is a policy whose tenant
+/// limit is below its guarantee.
+#[test]
+fn kstatus_reads_each_state_as_gitops_tools_do() {
+    let api = ApiServer::start();
+    let mut c = Cluster::on(ZkCluster::standalone());
+    c.agent_resync = "2";
+    api.kubectl_ok(&["apply", "-f", CRDS]);
+    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let web_object = ["-n", "shop", "workload/web"];
+
+    // No controller yet: the CRD's default status says corral has not read it.
+    let applied = api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", policy(), web(1, "500m")),
+    );
+    assert!(applied.status.success(), "{applied:?}");
+    assert_eq!(
+        kstatus(&api, &web_object),
+        (
+            "InProgress".to_string(),
+            "corral has not read this object yet".to_string()
+        )
+    );
+
+    c.start_agent("n1");
+    c.start_kube_controller("c1", api.kubeconfig(), "1", None);
+    wait_kstatus(&api, &c, &web_object, "Current");
+    wait_kstatus(&api, &c, &["resourcepolicy/cluster"], "Current");
+    let pids = procs(&c);
+    assert!(pids.as_deref().is_some_and(|p| !p.is_empty()), "{pids:?}");
+
+    // A refused edit: sub-millicore, which the server accepts and corral refuses.
+    let refused = web(1, "500m").replace("limits: {cpu: 500m", "limits: {cpu: 500.5m");
+    let applied = api.kubectl_stdin(&["apply", "-f", "-"], &refused);
+    assert!(applied.status.success(), "{applied:?}");
+    let message = wait_kstatus(&api, &c, &web_object, "Failed");
+    assert!(
+        message.contains("generation 2 is refused")
+            && message.contains("spec.resources.limits.cpu"),
+        "{message}"
+    );
+    let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    let ready = workload["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False", "{ready:#}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("What runs is the last accepted spec: 1 of 1 replica running"),
+        "{ready:#}"
+    );
+    assert_eq!(workload["status"]["observedGeneration"], 2);
+    assert_eq!(procs(&c), pids, "the old spec runs on");
+    assert_eq!(c.knob("n1", 0, "cpu.cfs_quota_us"), Some(quota(500)));
+
+    // Can never fit on the 1-CPU node, and a pattern that does not compile.
+    let huge = "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: huge, namespace: shop}\n\
+        spec:\n  resources:\n    requests: {cpu: \"500\", memory: 16Mi}\n  command: {args: [sleep, \"600\"]}\n";
+    let bad = "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {name: badre, namespace: shop}\n\
+        spec:\n  resources:\n    requests: {cpu: 10m, memory: 8Mi}\n  adopt: {commandPattern: \"([\"}\n";
+    let lopsided = "apiVersion: corral.dev/v1alpha1\nkind: ResourcePolicy\nmetadata: {name: lopsided}\n\
+        spec:\n  namespaces: [elsewhere]\n  nodeSelector: {matchLabels: {pool: none}}\n  tenants:\n  \
+        - namespace: elsewhere\n    guarantee: {cpu: \"2\"}\n    limit: {cpu: \"1\"}\n";
+    for manifest in [huge, bad, lopsided] {
+        let applied = api.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(applied.status.success(), "{applied:?}");
+    }
+    let message = wait_kstatus(&api, &c, &["-n", "shop", "workload/huge"], "Failed");
+    assert!(
+        message
+            .contains("replica 0: needs 500 cpu per replica, more than any matching node offers"),
+        "{message}"
+    );
+    let message = wait_kstatus(&api, &c, &["-n", "shop", "workload/badre"], "Failed");
+    assert!(message.contains("spec.adopt.commandPattern"), "{message}");
+    let message = wait_kstatus(&api, &c, &["resourcepolicy/lopsided"], "Failed");
+    assert!(message.contains("generation 1 is refused"), "{message}");
+    // The running workload is untouched by all of it.
+    assert_eq!(procs(&c), pids);
+}
