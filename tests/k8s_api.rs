@@ -362,7 +362,7 @@ fn printer_columns_show_phase_ready_cpu_memory_and_age() {
         "--subresource=status",
         "--type=merge",
         "-p",
-        r#"{"status":{"phase":"Running","readyReplicas":2}}"#,
+        r#"{"status":{"phase":"Running","readyReplicas":2,"request":{"cpu":"250m","memory":"64Mi"}}}"#,
     ]);
 
     let listed = server.kubectl_ok(&["get", "workloads", "-n", "columns"]);
@@ -1114,4 +1114,52 @@ fn a_dropped_server_leaves_no_process_or_directory() {
         );
     }
     assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
+/// `kubectl scale` goes through the scale subresource: it sets `spec.replicas`, and the
+/// scale object reports `status.replicas` and the selector the HorizontalPodAutoscaler needs.
+#[test]
+fn kubectl_scale_sets_the_replicas_through_the_scale_subresource() {
+    let server = server_with_crds();
+    ensure_namespaces(server, ["scaled"]);
+    let manifest = "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: web\n  \
+                    namespace: scaled\nspec:\n  replicas: 1\n  resources:\n    requests: \
+                    {cpu: 10m, memory: 8Mi}\n  command: {args: [sleep, infinity]}\n";
+    let output = server.kubectl_stdin(&["apply", "-f", "-"], manifest);
+    assert!(output.status.success(), "{}", text(&output));
+    server.kubectl_ok(&[
+        "patch",
+        "workload",
+        "web",
+        "-n",
+        "scaled",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":1,"selector":"corral.dev/workload=web"}}"#,
+    ]);
+    server.kubectl_ok(&["scale", "workload/web", "-n", "scaled", "--replicas=3"]);
+    let object: serde_json::Value = serde_json::from_str(&server.kubectl_ok(&[
+        "get",
+        "workload/web",
+        "-n",
+        "scaled",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(object["spec"]["replicas"], 3, "{object:#}");
+    let scale: serde_json::Value = serde_json::from_str(&server.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/apis/corral.dev/v1alpha1/namespaces/scaled/workloads/web/scale",
+    ]))
+    .unwrap();
+    assert_eq!(scale["kind"], "Scale", "{scale:#}");
+    assert_eq!(scale["spec"]["replicas"], 3, "{scale:#}");
+    assert_eq!(scale["status"]["replicas"], 1, "{scale:#}");
+    assert_eq!(
+        scale["status"]["selector"], "corral.dev/workload=web",
+        "{scale:#}"
+    );
 }

@@ -131,7 +131,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         workload["metadata"]["finalizers"],
         serde_json::json!(["corral.dev/cleanup"])
     );
-    for replica in status["replicas"].as_array().unwrap() {
+    for replica in status["replicaStatuses"].as_array().unwrap() {
         assert_eq!(replica["node"], "n1", "{replica:#}");
         assert_eq!(replica["granted"]["cpu"], "300m");
         let index = replica["index"].as_u64().unwrap();
@@ -232,6 +232,10 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         .retain(|k, _| k == "name");
     loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["replicas"] = serde_json::json!({"x-kubernetes-int-or-string": true});
+    // The scale subresource reads spec.replicas as an integer: not in the looser CRD.
+    if let Some(subresources) = loose["spec"]["versions"][0]["subresources"].as_object_mut() {
+        subresources.remove("scale");
+    }
     let applied = api.kubectl_stdin(&["replace", "-f", "-"], &loose.to_string());
     assert!(applied.status.success(), "{applied:?}");
     let garbled = web(1, "500m")
@@ -374,7 +378,14 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     );
     let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
     assert_eq!(workload["status"]["observedGeneration"], 2);
-    assert_eq!(workload["status"]["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(workload["status"]["replicas"], 2);
+    assert_eq!(
+        workload["status"]["replicaStatuses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(
         c.knob("n1", 2, "cpu.cfs_quota_us").is_none(),
         "replica 2's group is gone"
@@ -675,13 +686,22 @@ fn kstatus_reads_each_state_as_gitops_tools_do() {
     let pids = procs(&c);
     assert!(pids.as_deref().is_some_and(|p| !p.is_empty()), "{pids:?}");
 
+    // `kubectl scale`, through the scale subresource: InProgress, then Current at two.
+    api.kubectl_ok(&["scale", "-n", "shop", "workload/web", "--replicas=2"]);
+    wait_kstatus(&api, &c, &web_object, "Current");
+    let scaled = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    assert_eq!(scaled["status"]["observedGeneration"], 2, "{scaled:#}");
+    assert_eq!(scaled["status"]["replicas"], 2, "{scaled:#}");
+    assert_eq!(scaled["status"]["readyReplicas"], 2, "{scaled:#}");
+    assert_eq!(procs(&c), pids, "scaling up leaves replica 0 alone");
+
     // A refused edit: sub-millicore, which the server accepts and corral refuses.
-    let refused = web(1, "500m").replace("limits: {cpu: 500m", "limits: {cpu: 500.5m");
+    let refused = web(2, "500m").replace("limits: {cpu: 500m", "limits: {cpu: 500.5m");
     let applied = api.kubectl_stdin(&["apply", "-f", "-"], &refused);
     assert!(applied.status.success(), "{applied:?}");
     let message = wait_kstatus(&api, &c, &web_object, "Failed");
     assert!(
-        message.contains("generation 2 is refused")
+        message.contains("generation 3 is refused")
             && message.contains("spec.resources.limits.cpu"),
         "{message}"
     );
@@ -697,10 +717,10 @@ fn kstatus_reads_each_state_as_gitops_tools_do() {
         ready["message"]
             .as_str()
             .unwrap()
-            .contains("What runs is the last accepted spec: 1 of 1 replica running"),
+            .contains("What runs is the last accepted spec: 2 of 2 replicas running"),
         "{ready:#}"
     );
-    assert_eq!(workload["status"]["observedGeneration"], 2);
+    assert_eq!(workload["status"]["observedGeneration"], 3);
     assert_eq!(procs(&c), pids, "the old spec runs on");
     assert_eq!(c.knob("n1", 0, "cpu.cfs_quota_us"), Some(quota(500)));
 

@@ -253,9 +253,9 @@ async fn status_is_applied_under_corrals_field_manager_with_an_event() {
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(status["phase"], "Running");
     assert_eq!(status["readyReplicas"], 1);
-    assert_eq!(status["replicas"][0]["node"], "n1");
-    assert_eq!(status["replicas"][0]["leaseEpoch"], 7);
-    assert_eq!(status["replicas"][0]["applied"]["cpu.shares"], "102");
+    assert_eq!(status["replicaStatuses"][0]["node"], "n1");
+    assert_eq!(status["replicaStatuses"][0]["leaseEpoch"], 7);
+    assert_eq!(status["replicaStatuses"][0]["applied"]["cpu.shares"], "102");
     for (type_, reason) in [
         ("Allocated", "AllReplicasAllocated"),
         ("Enforced", "Applied"),
@@ -604,5 +604,5 @@ async fn a_change_of_observed_use_alone_is_written_at_most_every_30_seconds() {
     let (_, calls) = mock.reconcile(&written, accept(&written)).await;
     let status = &calls[0].body["status"];
     assert_eq!(condition(status, "Ready")["status"], "False");
-    assert_eq!(status["replicas"][0]["usage"]["cpu"], "250m");
+    assert_eq!(status["replicaStatuses"][0]["usage"]["cpu"], "250m");
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, CustomResourceSubresourceScale, JSONSchemaProps,
 };
 use kube::CustomResourceExt;
 
@@ -31,9 +31,19 @@ pub fn all() -> Vec<GeneratedCrd> {
     ]
 }
 
-/// The Workload CRD.
+/// The Workload CRD, with a scale subresource for `kubectl scale` and the
+/// HorizontalPodAutoscaler.
 pub fn workload() -> CustomResourceDefinition {
-    not_yet_seen(declare_name(Workload::crd()))
+    let mut crd = not_yet_seen(declare_name(Workload::crd()));
+    for version in &mut crd.spec.versions {
+        let subresources = version.subresources.get_or_insert_with(Default::default);
+        subresources.scale = Some(CustomResourceSubresourceScale {
+            spec_replicas_path: ".spec.replicas".into(),
+            status_replicas_path: ".status.replicas".into(),
+            label_selector_path: Some(".status.selector".into()),
+        });
+    }
+    crd
 }
 
 /// The ResourcePolicy CRD.

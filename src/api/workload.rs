@@ -30,8 +30,8 @@ pub const MAX_PRIORITY: i32 = 1_000_000_000;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Allocated, Running, Degraded or Terminating"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Replicas asked for"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas enforced and running"),
-    printcolumn(name = "CPU", type_ = "string", json_path = ".spec.resources.requests.cpu", description = "CPU requested per replica"),
-    printcolumn(name = "Memory", type_ = "string", json_path = ".spec.resources.requests.memory", description = "Memory requested per replica"),
+    printcolumn(name = "CPU", type_ = "string", json_path = ".status.request.cpu", description = "CPU requested per replica, the policy's default included"),
+    printcolumn(name = "Memory", type_ = "string", json_path = ".status.request.memory", description = "Memory requested per replica, the policy's default included"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message(crate::api::names::DNS_LABEL_MESSAGE).field_path(".metadata.name"),
 )]
@@ -270,20 +270,57 @@ pub struct WorkloadStatus {
     #[serde(default)]
     pub phase: WorkloadPhase,
 
+    /// Replicas that have a node (a lease): the scale subresource's `status.replicas`, which
+    /// `kubectl scale` and the HorizontalPodAutoscaler read. Before v1alpha1's scale
+    /// subresource this field held the per-replica list, now `replicaStatuses`; a status
+    /// written then still reads (as 0, until corral writes it again).
+    #[serde(default, deserialize_with = "count_or_old_list")]
+    pub replicas: i32,
+
     /// Replicas that are allocated, enforced and running.
     #[serde(default)]
     pub ready_replicas: i32,
+
+    /// The label selector the scale subresource reports (`corral.dev/workload=<name>`):
+    /// the HorizontalPodAutoscaler needs one, though a Workload has no pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// What corral requests for each replica, the policy's defaults included: the CPU and
+    /// MEMORY columns of `kubectl get workloads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Granted>,
 
     /// One entry per replica: where it runs, what it was granted, what was written to its
     /// cgroup and what it uses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["index".into()]))]
-    pub replicas: Vec<ReplicaStatus>,
+    pub replica_statuses: Vec<ReplicaStatus>,
 
-    /// `Allocated`, `Enforced` and `Ready`, each with a reason and a message.
+    /// `Allocated`, `Enforced`, `Ready`, `Reconciling` and `Stalled`, each with a reason
+    /// and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// `status.replicas`: a count, or (written before the scale subresource) the per-replica
+/// list, which reads as 0 so that such an object is not unreadable.
+fn count_or_old_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum CountOrList {
+        Count(i32),
+        List(Vec<serde::de::IgnoredAny>),
+    }
+    Ok(match CountOrList::deserialize(d)? {
+        CountOrList::Count(n) => n,
+        // What the old list held is written again by corral's next status.
+        CountOrList::List(old) => {
+            drop(old);
+            0
+        }
+    })
 }
 
 /// A one-word summary of a workload.
@@ -423,4 +460,33 @@ pub struct MemoryEventCounts {
     pub max: i64,
     /// Processes of the group the OOM killer killed.
     pub oom_kill: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_written_before_the_scale_subresource_still_reads() {
+        let old = serde_json::json!({
+            "observedGeneration": 3,
+            "phase": "Running",
+            "readyReplicas": 2,
+            "replicas": [{"index": 0, "node": "n1"}, {"index": 1, "node": "n2"}],
+        });
+        let status: WorkloadStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(status.replicas, 0, "the old list is not a count");
+        assert_eq!(status.ready_replicas, 2);
+        assert!(status.replica_statuses.is_empty());
+        let new: WorkloadStatus = serde_json::from_value(
+            serde_json::json!({"replicas": 2, "replicaStatuses": [{"index": 0}]}),
+        )
+        .unwrap();
+        assert_eq!((new.replicas, new.replica_statuses.len()), (2, 1));
+        // Anything else is still an error, not a silent 0.
+        assert!(
+            serde_json::from_value::<WorkloadStatus>(serde_json::json!({"replicas": "two"}))
+                .is_err()
+        );
+    }
 }

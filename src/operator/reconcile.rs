@@ -389,7 +389,7 @@ pub fn events_for(
         match (allocated.status.as_str(), allocated.reason.as_str()) {
             ("True", _) if before("Allocated").is_none_or(|b| b.status != "True") => {
                 let nodes: BTreeMap<&str, usize> = new
-                    .replicas
+                    .replica_statuses
                     .iter()
                     .filter_map(|r| r.node.as_deref())
                     .fold(BTreeMap::new(), |mut m, n| {
@@ -410,7 +410,10 @@ pub fn events_for(
             // Only once the allocator said why: before its first pass over a new object,
             // "not allocated yet" is no news.
             ("False", "ReplicasPending")
-                if new.replicas.iter().any(|r| r.pending_reason.is_some()) =>
+                if new
+                    .replica_statuses
+                    .iter()
+                    .any(|r| r.pending_reason.is_some()) =>
             {
                 events.push((EventType::Warning, "Pending", allocated.message.clone()));
             }

@@ -296,11 +296,15 @@ pub fn workload_status(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let request = leases.values().next().map(|l| granted(&l.request));
     WorkloadStatus {
         observed_generation: generation,
         phase,
+        replicas: i32::try_from(allocated).unwrap_or(i32::MAX),
         ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
-        replicas: rows,
+        selector: Some(format!("corral.dev/workload={}", workload.name_any())),
+        request,
+        replica_statuses: rows,
         conditions: stamp(
             vec![
                 allocated_condition,
@@ -554,7 +558,7 @@ pub fn same_workload_status(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
 pub fn same_but_usage(a: &WorkloadStatus, b: &WorkloadStatus) -> bool {
     let strip = |s: &WorkloadStatus| {
         let mut s = s.clone();
-        for r in &mut s.replicas {
+        for r in &mut s.replica_statuses {
             r.usage = None;
         }
         s
@@ -642,9 +646,9 @@ mod tests {
         assert_eq!(find(&status, "Allocated").reason, "AllReplicasAllocated");
         assert_eq!(find(&status, "Enforced").reason, "Applied");
         assert_eq!(find(&status, "Ready").status, "True");
-        assert_eq!(status.replicas[1].node.as_deref(), Some("n2"));
-        assert_eq!(status.replicas[1].lease_epoch, Some(7));
-        assert_eq!(status.replicas[0].applied["cpu.shares"], "102");
+        assert_eq!(status.replica_statuses[1].node.as_deref(), Some("n2"));
+        assert_eq!(status.replica_statuses[1].lease_epoch, Some(7));
+        assert_eq!(status.replica_statuses[0].applied["cpu.shares"], "102");
     }
 
     #[test]
@@ -685,9 +689,9 @@ mod tests {
             ..Observed::default()
         };
         let status = workload_status(&workload, &observed, None, &at(100));
-        let on_v1 = status.replicas[0].usage.as_ref().unwrap();
+        let on_v1 = status.replica_statuses[0].usage.as_ref().unwrap();
         assert_eq!((&on_v1.pressure, &on_v1.memory_events), (&None, &None));
-        let on_v2 = status.replicas[1].usage.as_ref().unwrap();
+        let on_v2 = status.replica_statuses[1].usage.as_ref().unwrap();
         let pressure = on_v2.pressure.as_ref().unwrap();
         let memory = pressure.memory.as_ref().unwrap();
         assert_eq!((memory.some.avg10, memory.some.avg60), (12.5, 4.0));
@@ -748,7 +752,7 @@ mod tests {
         assert_eq!(find(&status, "Enforced").reason, "WaitingForAgents");
         assert_eq!(status.phase, WorkloadPhase::Degraded);
         assert_eq!(
-            status.replicas[1].pending_reason.as_deref(),
+            status.replica_statuses[1].pending_reason.as_deref(),
             Some(plan.pending[0].reason.as_str())
         );
     }
