@@ -95,3 +95,57 @@ fn every_field_is_documented() {
         "fields without a doc comment: {missing:#?}"
     );
 }
+
+/// `kubectl explain` wraps descriptions itself: a line break left from a doc comment would
+/// cut sentences in two. Paragraph breaks stay.
+#[test]
+fn descriptions_are_not_hard_wrapped() {
+    fn walk(path: &str, node: &serde_json::Value, wrapped: &mut Vec<String>) {
+        match node {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "description"
+                        && let Some(text) = value.as_str()
+                        && text.replace("\n\n", "").contains('\n')
+                    {
+                        wrapped.push(format!("{path}: {text:?}"));
+                    }
+                    walk(&format!("{path}.{key}"), value, wrapped);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(&format!("{path}[{i}]"), item, wrapped);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut wrapped = Vec::new();
+    for generated in crd::all() {
+        let value = serde_json::to_value(&generated.crd).unwrap();
+        walk(generated.file_name, &value, &mut wrapped);
+    }
+    assert!(wrapped.is_empty(), "{wrapped:#?}");
+}
+
+/// `kubectl get resourcepolicies` shows whether each policy is valid and ready.
+#[test]
+fn policies_list_valid_and_ready() {
+    let policy = crd::policy();
+    let columns: Vec<(String, String)> = policy.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.clone(), c.json_path.clone()))
+        .collect();
+    for name in ["Valid", "Ready"] {
+        assert!(
+            columns.contains(&(
+                name.to_string(),
+                format!(".status.conditions[?(@.type==\"{name}\")].status")
+            )),
+            "{columns:?}"
+        );
+    }
+}

@@ -746,6 +746,33 @@ fn kstatus_reads_each_state_as_gitops_tools_do() {
     assert!(message.contains("spec.adopt.commandPattern"), "{message}");
     let message = wait_kstatus(&api, &c, &["resourcepolicy/lopsided"], "Failed");
     assert!(message.contains("generation 1 is refused"), "{message}");
+    // An event says so too, once; cluster-scoped objects' events go to `default`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let invalid = loop {
+        let invalid: Vec<(String, String)> = events(&api, "default", "lopsided")
+            .into_iter()
+            .filter(|(reason, _)| reason == "Invalid")
+            .collect();
+        if !invalid.is_empty() || std::time::Instant::now() > deadline {
+            break invalid;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(invalid[0].1.contains("limit"), "{invalid:?}");
+    let columns = api.kubectl_ok(&["get", "resourcepolicy/lopsided"]);
+    let header = columns.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("VALID") && header.contains("READY"),
+        "{columns}"
+    );
+    assert!(
+        columns
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.contains("False")),
+        "{columns}"
+    );
     // The running workload is untouched by all of it.
     assert_eq!(procs(&c), pids);
 }

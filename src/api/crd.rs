@@ -31,10 +31,41 @@ pub fn all() -> Vec<GeneratedCrd> {
     ]
 }
 
+/// Joins the lines of every description, which the doc comments they come from wrap at
+/// 90 columns: `kubectl explain` wraps them again, mid-sentence otherwise. A blank line
+/// (a new paragraph) stays.
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = text
+                                .split("\n\n")
+                                .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                                .collect::<Vec<_>>()
+                                .join("\n\n");
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
 /// The Workload CRD, with a scale subresource for `kubectl scale` and the
 /// HorizontalPodAutoscaler.
 pub fn workload() -> CustomResourceDefinition {
-    let mut crd = not_yet_seen(declare_name(Workload::crd()));
+    let mut crd = unwrap_descriptions(not_yet_seen(declare_name(Workload::crd())));
     for version in &mut crd.spec.versions {
         let subresources = version.subresources.get_or_insert_with(Default::default);
         subresources.scale = Some(CustomResourceSubresourceScale {
@@ -48,7 +79,7 @@ pub fn workload() -> CustomResourceDefinition {
 
 /// The ResourcePolicy CRD.
 pub fn policy() -> CustomResourceDefinition {
-    let mut crd = not_yet_seen(declare_name(ResourcePolicy::crd()));
+    let mut crd = unwrap_descriptions(not_yet_seen(declare_name(ResourcePolicy::crd())));
     over_zero(&mut crd, &["spec", "cgroup", "memoryHighRatio"]);
     crd
 }

@@ -23,6 +23,8 @@ use super::resources::{ResourceAmounts, ResourceRequirements};
     printcolumn(name = "Precedence", type_ = "integer", json_path = ".spec.precedence", priority = 1),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodeCount", description = "Nodes governed"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending", description = "Replicas that could not be placed"),
+    printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"Valid\")].status", description = "False when corral refuses the policy; see the Valid condition"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "True when the policy is in use and governs nodes"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message(crate::api::names::DNS_LABEL_MESSAGE).field_path(".metadata.name"),
 )]
@@ -34,7 +36,9 @@ pub struct ResourcePolicySpec {
     #[schemars(range(min = -1000, max = 1000))]
     pub precedence: i32,
 
-    /// The nodes this policy governs, by their labels. Empty selects every node.
+    /// The nodes this policy governs, by their labels: a label selector (`matchLabels`,
+    /// `matchExpressions`), as a Deployment's `selector`. Empty selects every node. (A
+    /// Workload's `placement.nodeSelector` is a plain map of labels, as a Pod's.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
 

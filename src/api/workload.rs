@@ -98,7 +98,9 @@ fn default_grace() -> i32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
-    /// Labels a node must carry (all of them) to run a replica of this workload.
+    /// Labels a node must carry (all of them, with these values) to run a replica of this
+    /// workload: a plain map, as a Pod's `nodeSelector`. (A ResourcePolicy's
+    /// `nodeSelector` is a label selector, with `matchLabels` and `matchExpressions`.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 

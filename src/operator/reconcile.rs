@@ -516,6 +516,17 @@ async fn announce(
 
 /// Records one event on `workload`; a failure is logged, never fatal.
 async fn publish(ctx: &Context, workload: &Workload, type_: EventType, reason: &str, note: &str) {
+    record(ctx, &workload.object_ref(&()), type_, reason, note).await;
+}
+
+/// Records one event on the object `reference`; a failure is logged, never fatal.
+async fn record(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     // The API limits a note to 1 kB.
     let note: String = note.chars().take(1000).collect();
     let event = KubeEvent {
@@ -525,12 +536,9 @@ async fn publish(ctx: &Context, workload: &Workload, type_: EventType, reason: &
         action: "Reconcile".to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &workload.object_ref(&()))
-        .await
-    {
-        tracing::warn!(workload = %full_name(workload), reason, error = %e, "cannot record the event");
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        let object = reference.name.as_deref().unwrap_or_default();
+        tracing::warn!(object, reason, error = %e, "cannot record the event");
     }
 }
 
@@ -559,6 +567,24 @@ pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
             .is_some_and(|old| same_policy_status(old, &status))
         {
             continue;
+        }
+        // A policy that becomes invalid says so once, as a refused Workload does.
+        let was_invalid = policy.status.as_ref().is_some_and(|old| {
+            old.conditions
+                .iter()
+                .any(|c| c.type_ == "Valid" && c.status == "False")
+        });
+        if let Some(problem) = problems.get(&name)
+            && !was_invalid
+        {
+            record(
+                ctx,
+                &policy.object_ref(&()),
+                EventType::Warning,
+                "Invalid",
+                problem,
+            )
+            .await;
         }
         let patch = json!({
             "apiVersion": ResourcePolicy::api_version(&()),
