@@ -27,6 +27,8 @@ use tokio::sync::watch;
 
 use crate::agent::node::AgentStats;
 use crate::alloc::ReplicaKey;
+use crate::alloc::plan::Plan;
+use crate::alloc::resources::Res;
 use crate::cgroup::pressure::Pressure;
 use crate::lease::zookeeper::Session;
 use crate::lease::{Report, UsageSample};
@@ -64,6 +66,34 @@ struct PressureLabels {
     kind: &'static str,
 }
 
+/// The labels of one replica's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    namespace: String,
+    workload: String,
+    replica: u32,
+}
+
+impl ReplicaLabels {
+    fn of(key: &ReplicaKey) -> ReplicaLabels {
+        ReplicaLabels {
+            namespace: key.namespace.clone(),
+            workload: key.name.clone(),
+            replica: key.index,
+        }
+    }
+}
+
+/// The labels of one replica's amount of one resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaResourceLabels {
+    namespace: String,
+    workload: String,
+    replica: u32,
+    /// `cpu` (in cores), `memory` (bytes) or `pids`.
+    resource: &'static str,
+}
+
 /// The labels of one replica's memory event counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -72,6 +102,148 @@ struct EventLabels {
     replica: u32,
     /// `high`, `max` or `oom_kill`.
     event: &'static str,
+}
+
+/// The labels of one policy's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+/// The labels of one policy's amount of one resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyResourceLabels {
+    policy: String,
+    /// `cpu` (in cores), `memory` (bytes) or `pids`.
+    resource: &'static str,
+}
+
+/// The labels of one tenant's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    policy: String,
+    tenant: String,
+}
+
+/// The labels of one tenant's amount of one resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantResourceLabels {
+    policy: String,
+    tenant: String,
+    /// `cpu` (in cores), `memory` (bytes) or `pids`.
+    resource: &'static str,
+}
+
+/// Each resource of `res` in its base unit (CPU in cores), leaving out what is unbounded.
+fn per_resource(res: Res) -> impl Iterator<Item = (&'static str, f64)> {
+    [
+        ("cpu", res.cpu, 1000.0),
+        ("memory", res.memory, 1.0),
+        ("pids", res.pids, 1.0),
+    ]
+    .into_iter()
+    .filter(|(_, amount, _)| *amount != i64::MAX)
+    .map(|(resource, amount, per_unit)| (resource, amount as f64 / per_unit))
+}
+
+/// What the last allocation pass gave each policy, tenant and replica, read at scrape time,
+/// so that one that is gone has no series.
+#[derive(Debug, Default)]
+struct PlanTotals(Mutex<Plan>);
+
+impl Collector for PlanTotals {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(plan) = self.0.lock() else {
+            return Ok(());
+        };
+        let (mut capacity, mut allocated, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+        for p in &plan.policies {
+            let policy = || p.name.clone();
+            for (resource, amount) in per_resource(p.capacity) {
+                let labels = PolicyResourceLabels {
+                    policy: policy(),
+                    resource,
+                };
+                capacity.push((labels, ConstGauge::new(amount)));
+            }
+            for (resource, amount) in per_resource(p.allocated) {
+                let labels = PolicyResourceLabels {
+                    policy: policy(),
+                    resource,
+                };
+                allocated.push((labels, ConstGauge::new(amount)));
+            }
+            let count = i64::try_from(p.pending).unwrap_or(i64::MAX);
+            pending.push((PolicyLabels { policy: policy() }, ConstGauge::new(count)));
+        }
+        let mut granted = Vec::new();
+        for a in &plan.allocations {
+            let Some((namespace, workload)) = a.workload.split_once('/') else {
+                continue;
+            };
+            for (resource, amount) in per_resource(a.granted) {
+                let labels = ReplicaResourceLabels {
+                    namespace: namespace.to_string(),
+                    workload: workload.to_string(),
+                    replica: a.replica,
+                    resource,
+                };
+                granted.push((labels, ConstGauge::new(amount)));
+            }
+        }
+        let (mut tenant_allocated, mut shares) = (Vec::new(), Vec::new());
+        for t in &plan.tenants {
+            for (resource, amount) in per_resource(t.allocated) {
+                let labels = TenantResourceLabels {
+                    policy: t.policy.clone(),
+                    tenant: t.tenant.clone(),
+                    resource,
+                };
+                tenant_allocated.push((labels, ConstGauge::new(amount)));
+            }
+            let labels = TenantLabels {
+                policy: t.policy.clone(),
+                tenant: t.tenant.clone(),
+            };
+            shares.push((labels, ConstGauge::new(t.dominant_share)));
+        }
+        encode_family(
+            &mut encoder,
+            "corral_policy_capacity",
+            "What the policy's nodes let be granted ((capacity - reserved) x overcommit), summed, after the last allocation pass: cpu in cores, memory in bytes, pids",
+            &capacity,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_policy_allocated",
+            "What is granted on the policy's nodes after the last allocation pass: cpu in cores, memory in bytes, pids",
+            &allocated,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_policy_pending_replicas",
+            "Replicas the policy governs that have no node after the last allocation pass",
+            &pending,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_tenant_allocated",
+            "What the tenant's placed replicas are guaranteed under the policy after the last allocation pass: cpu in cores, memory in bytes, pids",
+            &tenant_allocated,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_tenant_dominant_share",
+            "The tenant's dominant share of the policy's resources after the last allocation pass, 0 to 1",
+            &shares,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_granted",
+            "What the replica is guaranteed after the last allocation pass: cpu in cores, memory in bytes, pids",
+            &granted,
+        )
+    }
 }
 
 /// The cgroup v2 use of each replica of the node, as of the agent's last pass, exposed as
@@ -108,7 +280,14 @@ impl Collector for ReplicaUse {
         let mut ratios = Vec::new();
         let mut stalled = Vec::new();
         let mut events = Vec::new();
+        let (mut cpu, mut memory, mut throttled, mut oom_kills) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (key, usage) in self.samples() {
+            let labels = ReplicaLabels::of(&key);
+            cpu.push((labels.clone(), ConstGauge::new(usage.cpu as f64 / 1000.0)));
+            memory.push((labels.clone(), ConstGauge::new(usage.memory)));
+            throttled.push((labels.clone(), ConstCounter::new(usage.throttled_seconds)));
+            oom_kills.push((labels, ConstCounter::new(usage.oom_kills.max(0) as u64)));
             let resources: [(&'static str, Option<Pressure>); 3] = usage
                 .pressure
                 .map_or([("cpu", None), ("memory", None), ("io", None)], |p| {
@@ -141,6 +320,30 @@ impl Collector for ReplicaUse {
                 }
             }
         }
+        encode_family(
+            &mut encoder,
+            "corral_replica_cpu_usage_cores",
+            "CPU the replica used, in cores, averaged between the agent's last two observations",
+            &cpu,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_memory_usage_bytes",
+            "Memory the replica's group uses",
+            &memory,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_cpu_throttled_seconds",
+            "Time the replica's group was throttled by its CPU quota",
+            &throttled,
+        )?;
+        encode_family(
+            &mut encoder,
+            "corral_replica_oom_kills",
+            "Processes the kernel killed in the replica's group for going over its memory limit",
+            &oom_kills,
+        )?;
         encode_family(
             &mut encoder,
             "corral_replica_pressure_avg10_ratio",
@@ -255,6 +458,8 @@ pub struct ControllerMetrics {
     pub drift_corrections: Counter,
     /// 1 while this controller leads.
     pub leader: Gauge,
+    /// Per policy and tenant, after the last pass.
+    totals: Arc<PlanTotals>,
     /// The ZooKeeper session.
     pub session: SessionGauge,
     /// Readiness.
@@ -275,6 +480,7 @@ impl Default for ControllerMetrics {
             leases: Gauge::default(),
             drift_corrections: Counter::default(),
             leader: Gauge::default(),
+            totals: Arc::default(),
             session: SessionGauge::default(),
             readiness: Readiness::new("the Kubernetes caches are not synced yet"),
             registry: Registry::default(),
@@ -329,6 +535,7 @@ impl Default for ControllerMetrics {
             "1 while this controller leads",
             m.leader.clone(),
         );
+        registry.register_collector(Box::new(Arc::clone(&m.totals)));
         m.session.register(&mut registry);
         ControllerMetrics { registry, ..m }
     }
@@ -351,6 +558,14 @@ impl ControllerMetrics {
         self.allocated.set(count(pass.plan.allocations.len()));
         self.pending.set(count(pass.plan.pending.len()));
         self.leases.set(count(pass.leases.len()));
+        if let Ok(mut totals) = self.totals.0.lock() {
+            *totals = Plan {
+                allocations: pass.plan.allocations.clone(),
+                policies: pass.plan.policies.clone(),
+                tenants: pass.plan.tenants.clone(),
+                ..Plan::default()
+            };
+        }
     }
 
     /// Counts a status write of `kind`.
@@ -488,13 +703,32 @@ impl Exposed for AgentMetrics {
     }
 }
 
-/// The text exposition of `metrics`.
+/// The OpenMetrics text exposition of `metrics`.
 pub fn render<M: Exposed>(metrics: &M) -> String {
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, metrics.registry());
     text
 }
+
+/// The Prometheus text exposition (version 0.0.4) of `metrics`, for clients that do not
+/// ask for OpenMetrics.
+pub fn render_prometheus_text<M: Exposed>(metrics: &M) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, metrics.registry());
+    text
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (Prometheus does by default).
+fn accepts_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.trim_start().starts_with(OPENMETRICS_TYPE))
+    })
+}
+
+const OPENMETRICS_TYPE: &str = "application/openmetrics-text";
 
 /// The router serving `/metrics`, `/healthz` and `/readyz`.
 pub fn router<M: Exposed>(metrics: Arc<M>) -> Router {
@@ -505,14 +739,31 @@ pub fn router<M: Exposed>(metrics: Arc<M>) -> Router {
         .with_state(metrics)
 }
 
-async fn serve_metrics<M: Exposed>(State(metrics): State<Arc<M>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        render(metrics.as_ref()),
-    )
+/// OpenMetrics to whoever asks for it, as Prometheus does; the classic text format to
+/// others (curl, `promtool check metrics`), which read OpenMetrics' counters wrongly: as
+/// `_total` samples of no declared family.
+async fn serve_metrics<M: Exposed>(
+    State(metrics): State<Arc<M>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if accepts_openmetrics(accept) {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            render(metrics.as_ref()),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            render_prometheus_text(metrics.as_ref()),
+        )
+    }
 }
 
 async fn serve_readyz<M: Exposed>(State(metrics): State<Arc<M>>) -> impl IntoResponse {
@@ -574,6 +825,80 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn policy_and_tenant_totals_follow_the_last_pass() {
+        use crate::alloc::plan::{PolicyReport, TenantReport};
+        use crate::controller::ControllerPass;
+        let m = ControllerMetrics::default();
+        let res = |cpu, memory, pids| Res { cpu, memory, pids };
+        let pass = |policies: Vec<PolicyReport>, tenants: Vec<TenantReport>| ControllerPass {
+            plan: Plan {
+                policies,
+                tenants,
+                ..Plan::default()
+            },
+            changes: 0,
+            leases: Vec::new(),
+        };
+        let policy = PolicyReport {
+            name: "cluster".into(),
+            strategy: "Fair".into(),
+            nodes: 2,
+            capacity: res(3500, 8 << 30, i64::MAX),
+            allocated: res(900, 48 << 20, 30),
+            pending: 2,
+        };
+        let tenant = TenantReport {
+            policy: "cluster".into(),
+            tenant: "shop".into(),
+            weight: 1,
+            allocated: res(900, 48 << 20, 30),
+            guarantee: None,
+            limit: None,
+            dominant_share: 0.25,
+        };
+        let mut first = pass(vec![policy.clone()], vec![tenant]);
+        first.plan.allocations.push(crate::alloc::plan::Allocation {
+            workload: "shop/web".into(),
+            replica: 2,
+            key: "shop.web.2".into(),
+            node: "n1".into(),
+            policy: "cluster".into(),
+            tenant: "shop".into(),
+            priority: 0,
+            granted: res(300, 16 << 20, i64::MAX),
+            request: res(300, 16 << 20, i64::MAX),
+            limits: crate::alloc::plan::Limits::default(),
+            io_weight: None,
+        });
+        m.passed(&first);
+        let text = render(&m);
+        for needle in [
+            "# TYPE corral_policy_capacity gauge",
+            "corral_policy_capacity{policy=\"cluster\",resource=\"cpu\"} 3.5",
+            "corral_policy_capacity{policy=\"cluster\",resource=\"memory\"} 8589934592.0",
+            "corral_policy_allocated{policy=\"cluster\",resource=\"cpu\"} 0.9",
+            "corral_policy_allocated{policy=\"cluster\",resource=\"pids\"} 30.0",
+            "corral_policy_pending_replicas{policy=\"cluster\"} 2",
+            "corral_tenant_allocated{policy=\"cluster\",tenant=\"shop\",resource=\"memory\"} 50331648.0",
+            "corral_tenant_dominant_share{policy=\"cluster\",tenant=\"shop\"} 0.25",
+            "corral_replica_granted{namespace=\"shop\",workload=\"web\",replica=\"2\",resource=\"cpu\"} 0.3",
+            "corral_replica_granted{namespace=\"shop\",workload=\"web\",replica=\"2\",resource=\"memory\"} 16777216.0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("corral_policy_capacity{policy=\"cluster\",resource=\"pids\"}"),
+            "no series for an unbounded amount: {text}"
+        );
+        // The next pass replaces the totals: a tenant that is gone has no series.
+        m.passed(&pass(vec![policy], Vec::new()));
+        let text = render(&m);
+        assert!(!text.contains("corral_tenant_"), "{text}");
+        assert!(!text.contains("corral_replica_granted"), "{text}");
+        assert!(text.contains("corral_policy_pending_replicas{policy=\"cluster\"} 2"));
     }
 
     #[test]
@@ -642,14 +967,70 @@ mod tests {
             !text.contains("resource=\"cpu\""),
             "no cpu.pressure, no series: {text}"
         );
+        let v2_only = |text: &str, workload: &str| {
+            text.lines().any(|l| {
+                (l.starts_with("corral_replica_pressure")
+                    || l.starts_with("corral_replica_memory_events"))
+                    && l.contains(&format!("workload=\"{workload}\""))
+            })
+        };
         assert!(
-            !text.contains("workload=\"old\""),
-            "a v1 replica has no series: {text}"
+            !v2_only(&text, "old"),
+            "a v1 replica has no pressure or memory events: {text}"
         );
         // The next pass replaces the series: a replica that is gone has none.
         m.report(&[report("old", UsageSample::default())]);
         let text = render(&m);
-        assert!(!text.contains("corral_replica_"), "{text}");
+        assert!(!text.contains("workload=\"api\""), "{text}");
+        assert!(!v2_only(&text, "old"), "{text}");
+    }
+
+    #[test]
+    fn replica_use_shows_on_v1_and_v2_alike() {
+        let m = AgentMetrics::default();
+        let usage = UsageSample {
+            cpu: 250,
+            memory: 32 << 20,
+            throttled_seconds: 1.5,
+            oom_kills: 2,
+            ..UsageSample::default()
+        };
+        m.report(&[Report {
+            key: Some(ReplicaKey::new("shop", "web", 0)),
+            usage: Some(usage),
+            ..Report::default()
+        }]);
+        let text = render(&m);
+        for needle in [
+            "# TYPE corral_replica_cpu_usage_cores gauge",
+            "corral_replica_cpu_usage_cores{namespace=\"shop\",workload=\"web\",replica=\"0\"} 0.25",
+            "corral_replica_memory_usage_bytes{namespace=\"shop\",workload=\"web\",replica=\"0\"} 33554432",
+            "# TYPE corral_replica_cpu_throttled_seconds counter",
+            "corral_replica_cpu_throttled_seconds_total{namespace=\"shop\",workload=\"web\",replica=\"0\"} 1.5",
+            "corral_replica_oom_kills_total{namespace=\"shop\",workload=\"web\",replica=\"0\"} 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        m.report(&[]);
+        assert!(!render(&m).contains("corral_replica_"));
+    }
+
+    #[test]
+    fn openmetrics_only_to_whoever_asks_for_it() {
+        // Prometheus' default Accept header.
+        assert!(accepts_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+        assert!(!accepts_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!accepts_openmetrics(Some("*/*")));
+        assert!(!accepts_openmetrics(None));
+        let m = AgentMetrics::default();
+        let text = render_prometheus_text(&m);
+        assert!(
+            text.contains("# TYPE corral_agent_passes_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
     }
 
     #[tokio::test]

@@ -2,9 +2,10 @@
 //! lints, renders, validates against Kubernetes' own schemas and says what it must (the
 //! controller's replicas, the agent's flags and privileges, exactly the expected RBAC);
 //! every file in `tests/chart/invalid` is refused with the field named; the chart's CRDs
-//! are the generated ones and pass the structural-schema rules.
+//! are the generated ones and pass the structural-schema rules; the alerts it renders pass
+//! `promtool check rules`, and by default are `rules/corral.rules.yaml` as it is.
 //!
-//! Needs Helm and kubernetes-validate, which `tests/chart/setup.sh` installs into
+//! Needs Helm, promtool and kubernetes-validate, which `tests/chart/setup.sh` installs into
 //! `/var/tmp/corral-tools` (or `$CORRAL_TOOLS`) when missing; it runs once, first.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,11 +23,18 @@ const NAMESPACE: &str = "corral-system";
 
 /// Kinds that Kubernetes' built-in schemas do not describe, and what checks them instead.
 /// Any other kind without a schema fails validation: kubernetes-validate itself only warns.
-const NOT_BUILT_IN: &[(&str, &str, &str)] = &[(
-    "monitoring.coreos.com/v1",
-    "ServiceMonitor",
-    "a Prometheus Operator CRD; check_service_monitor checks what it selects and scrapes",
-)];
+const NOT_BUILT_IN: &[(&str, &str, &str)] = &[
+    (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        "a Prometheus Operator CRD; check_service_monitor checks what it selects and scrapes",
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        "a Prometheus Operator CRD; check_prometheus_rule has promtool check its rules",
+    ),
+];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +47,7 @@ fn chart() -> PathBuf {
 /// The installed tools.
 struct Tools {
     helm: PathBuf,
+    promtool: PathBuf,
     validate: PathBuf,
 }
 
@@ -64,6 +73,7 @@ fn tools() -> &'static Tools {
         }
         Ok(Tools {
             helm: dir.join("bin/helm"),
+            promtool: dir.join("bin/promtool"),
             validate: dir.join("venv/bin/kubernetes-validate"),
         })
     });
@@ -81,19 +91,30 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn helm_lint(values: &Path) -> Output {
+    helm_lint_with(values, &[])
+}
+
+fn helm_lint_with(values: &Path, args: &[&str]) -> Output {
     run(Command::new(&tools().helm)
         .args(["lint", "--strict", "--kube-version", KUBE_VERSION, "-f"])
         .arg(values)
+        .args(args)
         .arg(chart()))
 }
 
 fn helm_template(values: &Path) -> Output {
+    helm_template_with(values, &[])
+}
+
+/// `helm template` with `values` and more arguments (`--set`).
+fn helm_template_with(values: &Path, args: &[&str]) -> Output {
     run(Command::new(&tools().helm)
         .args(["template", RELEASE])
         .arg(chart())
         .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
         .args(["--include-crds", "-f"])
-        .arg(values))
+        .arg(values)
+        .args(args))
 }
 
 /// Validates YAML documents with `kubernetes-validate --strict`; returns its complaints,
@@ -181,16 +202,21 @@ impl Rendered {
     /// Lints and renders the chart with `tests/chart/values/<file>`, and validates every
     /// object. Panics with Helm's or the validator's words on any failure.
     fn new(file: &str) -> Rendered {
+        Rendered::with(file, &[])
+    }
+
+    /// The same, with more arguments for `helm template` and `helm lint`.
+    fn with(file: &str, args: &[&str]) -> Rendered {
         let values = root().join("tests/chart/values").join(file);
         assert!(values.is_file(), "{} is missing", values.display());
-        let lint = helm_lint(&values);
+        let lint = helm_lint_with(&values, args);
         assert!(
             lint.status.success(),
             "helm lint --strict with {file} failed:\n{}{}",
             text(&lint.stdout),
             text(&lint.stderr)
         );
-        let rendered = helm_template(&values);
+        let rendered = helm_template_with(&values, args);
         assert!(
             rendered.status.success(),
             "helm template with {file} failed:\n{}",
@@ -237,6 +263,35 @@ impl Rendered {
         for object in self.objects.iter().filter(|o| o.kind() == "ServiceMonitor") {
             self.check_service_monitor(object);
         }
+        for object in self.objects.iter().filter(|o| o.kind() == "PrometheusRule") {
+            self.check_prometheus_rule(object);
+        }
+    }
+
+    /// A PrometheusRule holds rule groups alone, and `promtool check rules` accepts them.
+    fn check_prometheus_rule(&self, rule: &Object) {
+        assert_eq!(rule.api_version(), "monitoring.coreos.com/v1");
+        let spec = rule.at("/spec").as_object().unwrap();
+        assert_eq!(
+            spec.keys().collect::<Vec<_>>(),
+            ["groups"],
+            "{}: a PrometheusRule's spec",
+            self.file
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // JSON is YAML.
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, json!({"groups": spec["groups"]}).to_string()).unwrap();
+        let checked = run(Command::new(&tools().promtool)
+            .args(["check", "rules"])
+            .arg(&file));
+        assert!(
+            checked.status.success(),
+            "{}: promtool check rules refuses the PrometheusRule's groups:\n{}{}",
+            self.file,
+            text(&checked.stdout),
+            text(&checked.stderr)
+        );
     }
 
     fn all(&self, kind: &str) -> Vec<&Object> {
@@ -692,9 +747,14 @@ impl Rendered {
         assert_eq!(endpoints.len(), 1);
         assert_eq!(endpoints[0]["port"], "metrics");
         assert_eq!(endpoints[0]["path"], "/metrics");
+        assert_eq!(
+            endpoints[0]["honorLabels"], true,
+            "a replica's namespace label is its Workload's, not the target's"
+        );
         for key in endpoints[0].as_object().unwrap().keys() {
             assert!(
-                ["port", "path", "interval", "scrapeTimeout"].contains(&key.as_str()),
+                ["port", "path", "honorLabels", "interval", "scrapeTimeout"]
+                    .contains(&key.as_str()),
                 "{}: unexpected endpoint field {key}",
                 self.file
             );
@@ -858,6 +918,7 @@ fn every_values_file_has_its_test() {
         "existing-secret-tls.yaml",
         "minimal.yaml",
         "monitoring-custom.yaml",
+        "observability.yaml",
     ];
     let files: Vec<String> = values_files("values")
         .iter()
@@ -888,7 +949,7 @@ fn minimal_values_install_the_defaults() {
             ]
             .map(|(k, n)| (k.to_string(), n))
         ),
-        "no Secret without credentials, no ServiceMonitor, no ZooKeeper"
+        "no Secret without credentials, no ServiceMonitor, no ZooKeeper, no dashboard, no PrometheusRule"
     );
     assert_eq!(
         r.configmap().at("/data"),
@@ -1302,6 +1363,127 @@ fn monitoring_and_custom_agent_settings_are_honoured() {
         volume(pod, "opt-app")["hostPath"],
         json!({"path": "/opt/app", "type": "Directory"})
     );
+}
+
+/// The groups of `charts/corral/rules/corral.rules.yaml`, alert by alert.
+fn rules_file_alerts() -> BTreeMap<String, Value> {
+    let source = std::fs::read_to_string(chart().join("rules/corral.rules.yaml")).unwrap();
+    let file: Value = serde_saphyr::from_str(&source).unwrap();
+    alerts(&file["groups"])
+}
+
+/// The alerts of rule groups, by name.
+fn alerts(groups: &Value) -> BTreeMap<String, Value> {
+    let mut alerts = BTreeMap::new();
+    for group in groups.as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["alert"].as_str().expect("an alert").to_string();
+            assert!(
+                alerts.insert(name.clone(), rule.clone()).is_none(),
+                "{name} twice"
+            );
+        }
+    }
+    alerts
+}
+
+/// With the default values the PrometheusRule holds the rules file as it is (for a release
+/// whose Services are those the file names), so what promtool tests is what is installed.
+#[test]
+fn default_alerts_are_the_rules_file_as_it_is() {
+    let r = Rendered::with(
+        "minimal.yaml",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "fullnameOverride=corral",
+        ],
+    );
+    let rule = r.one("PrometheusRule", "alerts");
+    let source = std::fs::read_to_string(chart().join("rules/corral.rules.yaml")).unwrap();
+    let file: Value = serde_saphyr::from_str(&source).unwrap();
+    let mut rendered = rule.at("/spec/groups").clone();
+    let mut expected = file["groups"].clone();
+    // A block scalar's final line break is the only difference the template may make.
+    for groups in [&mut rendered, &mut expected] {
+        for group in groups.as_array_mut().unwrap() {
+            for rule in group["rules"].as_array_mut().unwrap() {
+                let expr = rule["expr"].as_str().unwrap().trim_end().to_string();
+                rule["expr"] = json!(expr);
+            }
+        }
+    }
+    assert_eq!(rendered, expected);
+    assert_eq!(alerts(&expected).len(), 7, "the alerts of the README");
+}
+
+#[test]
+fn dashboards_and_alerts_follow_their_values() {
+    let r = Rendered::new("observability.yaml");
+    let dashboards = r.one("ConfigMap", "dashboards");
+    assert_eq!(
+        dashboards.at("/metadata/labels/grafana_dashboard_corral"),
+        "yes"
+    );
+    assert_eq!(
+        dashboards.at("/metadata/annotations"),
+        &json!({"grafana_folder": "corral"})
+    );
+    let json_file = std::fs::read_to_string(chart().join("dashboards/corral.json")).unwrap();
+    assert_eq!(
+        dashboards.at("/data/corral.json").as_str().unwrap(),
+        json_file.trim_end(),
+        "the ConfigMap holds dashboards/corral.json as it is"
+    );
+    serde_json::from_str::<Value>(&json_file).expect("the dashboard is JSON");
+
+    let rule = r.one("PrometheusRule", "alerts");
+    assert_eq!(rule.at("/metadata/labels/release"), "prometheus");
+    let rendered = alerts(rule.at("/spec/groups"));
+    let file = rules_file_alerts();
+    let mut expected_names: Vec<&String> = file.keys().collect();
+    expected_names.retain(|n| *n != "CorralAgentStalled");
+    assert_eq!(
+        rendered.keys().collect::<Vec<_>>(),
+        expected_names,
+        "agentStalled is disabled"
+    );
+    let controller_job = format!("job=\"{}\"", r.one("Service", "controller").name());
+    let settings = [
+        ("CorralNoLeader", "2m", "page", None),
+        ("CorralAgentDown", "5m", "warning", None),
+        ("CorralReplicasPending", "30m", "ticket", None),
+        ("CorralEnforcementFailures", "5m", "warning", Some("> 20")),
+        ("CorralDriftStorm", "15m", "warning", Some("> 0.5")),
+        ("CorralZooKeeperSessionLost", "1m", "critical", None),
+    ];
+    for (name, duration, severity, threshold) in settings {
+        let alert = &rendered[name];
+        let original = &file[name];
+        assert_eq!(alert["for"], duration, "{name}");
+        assert_eq!(
+            alert["labels"],
+            json!({"severity": severity, "team": "infra"}),
+            "{name}"
+        );
+        assert_eq!(alert["annotations"], original["annotations"], "{name}");
+        let expected = original["expr"]
+            .as_str()
+            .unwrap()
+            .replace("job=\"corral-controller\"", &controller_job)
+            .replace("job=\"corral-agent\"", "job=\"corral-nodes\"");
+        let expr = alert["expr"].as_str().unwrap().trim_end();
+        match threshold {
+            None => assert_eq!(expr, expected.trim_end(), "{name}"),
+            Some(threshold) => {
+                let cut = |e: &str| e[..e.rfind('>').unwrap()].to_string();
+                assert!(expr.ends_with(threshold), "{name}: {expr}");
+                assert_eq!(cut(expr), cut(&expected), "{name}");
+            }
+        }
+        assert!(!expr.contains("corral-agent\""), "{name}: {expr}");
+    }
 }
 
 /// Each file in `tests/chart/invalid` starts with `# error: TEXT`; `helm template` must
