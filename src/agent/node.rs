@@ -172,14 +172,16 @@ impl Agent {
         self.leases = leases;
     }
 
-    /// True when a command that exited may be started again now.
+    /// True when a pass is due now: a command that exited may be started again, or a
+    /// background stop has ended (its group can go).
     pub fn restart_due(&self, now_ms: u64) -> bool {
-        self.leases.iter().any(|lease| match &lease.work {
-            Work::Command { restart, .. } => {
-                self.supervisor.restart_due(&lease.key, *restart, now_ms)
-            }
-            Work::Adopt(_) => false,
-        })
+        self.supervisor.any_stop_finished()
+            || self.leases.iter().any(|lease| match &lease.work {
+                Work::Command { restart, .. } => {
+                    self.supervisor.restart_due(&lease.key, *restart, now_ms)
+                }
+                Work::Adopt(_) => false,
+            })
     }
 
     /// One pass: reconcile the node with its leases, and report.

@@ -121,6 +121,15 @@ impl Supervisor {
         !self.stopping.is_empty()
     }
 
+    /// True when a background stop has ended and no pass has taken its result yet. The
+    /// stop's thread wakes the agent just before it ends, so the pass it wakes may come too
+    /// early to see it; this lets the next tick catch it.
+    pub fn any_stop_finished(&self) -> bool {
+        self.stopping
+            .values()
+            .any(std::thread::JoinHandle::is_finished)
+    }
+
     /// Starts stopping `group` (its `procs_files`) in a thread of its own: SIGTERM, SIGKILL
     /// after `grace`, and a process that even SIGKILL does not end within 5 s is reported,
     /// never waited for. The thread also reaps the replica's main process when this corral
