@@ -56,7 +56,7 @@ pub struct Figures {
     /// Memory in use, bytes.
     pub memory: Option<i64>,
     /// Seconds throttled per second between the last two samples; `None` until two
-    /// samples were read.
+    /// samples were read, but 0 for a replica that used no CPU.
     pub throttled: Option<f64>,
     /// Processes the OOM killer killed.
     pub oom_kills: Option<i64>,
@@ -298,7 +298,9 @@ fn replica(
             _ => None,
         },
         _ => None,
-    };
+    }
+    // A replica that used no CPU over its last sample was not throttled in it.
+    .or_else(|| usage.filter(|u| u.cpu == 0).map(|_| 0.0));
     let avg10 = |p: Option<Pressure>| p.map(|p| p.some.avg10);
     let pressure = usage
         .and_then(|u| u.pressure)
@@ -570,6 +572,16 @@ mod tests {
         let rate = |s: &Snapshot| s.nodes[0].tenants[0].replicas[0].figures.throttled;
         let first = Snapshot::build(&at(1.0, 100, 100.5), None, SortKey::Cpu);
         assert_eq!(rate(&first), None, "one reading has no rate");
+        let idle = reading(
+            vec![l.clone()],
+            vec![report(&l, Some(usage(0, 1 << 20, 1.0)), 100)],
+            100.5,
+        );
+        assert_eq!(
+            rate(&Snapshot::build(&idle, None, SortKey::Cpu)),
+            Some(0.0),
+            "no CPU used, nothing throttled"
+        );
         // The agent sampled 5 s later: 2 s more throttled is 0.4 s/s, whatever the readings'
         // own interval.
         let second = Snapshot::build(&at(3.0, 105, 102.5), Some(&first), SortKey::Cpu);
