@@ -265,7 +265,11 @@ fn draw(
     interval: Duration,
     problem: Option<&str>,
 ) -> std::io::Result<()> {
-    let (width, height) = terminal::size().unwrap_or((u16::MAX, u16::MAX));
+    // A terminal that does not know its size (0) is taken as unbounded.
+    let unbounded = |n: u16| if n == 0 { usize::MAX } else { usize::from(n) };
+    let (width, height) = terminal::size().map_or((usize::MAX, usize::MAX), |(w, h)| {
+        (unbounded(w), unbounded(h))
+    });
     let now = clock(snapshot.taken_at);
     let from = match source {
         Source::Embedded { state, .. } => state.0.display().to_string(),
@@ -284,8 +288,8 @@ fn draw(
     lines.extend(render(snapshot).lines().map(str::to_string));
     let mut out = std::io::stdout().lock();
     queue!(out, cursor::MoveTo(0, 0))?;
-    for line in lines.iter().take(usize::from(height)) {
-        let cut: String = line.chars().take(usize::from(width)).collect();
+    for line in lines.iter().take(height) {
+        let cut: String = line.chars().take(width).collect();
         queue!(out, crossterm::style::Print(cut))?;
         queue!(out, terminal::Clear(terminal::ClearType::UntilNewLine))?;
         queue!(out, crossterm::style::Print("\r\n"))?;
