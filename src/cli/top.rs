@@ -41,7 +41,7 @@ pub struct Args {
         value_name = "DIR"
     )]
     pub state_dir: PathBuf,
-    /// Order of the rows within their node and tenant.
+    /// Order of the nodes, and of the rows within each node and tenant.
     #[arg(long, value_enum, default_value_t)]
     pub sort: SortKey,
     /// Seconds between refreshes.
