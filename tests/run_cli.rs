@@ -34,6 +34,17 @@ impl Setup {
         setup
     }
 
+    /// `corral top` on the state directory (it takes no cgroup root).
+    fn top(&self, extra: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("top")
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     fn run_once(&self) -> Output {
         let dir = self.manifests.path().to_string_lossy().into_owned();
         self.corral("run", &["-f", &dir, "--once"])
@@ -508,5 +519,91 @@ fn a_controller_that_is_not_mounted_leaves_the_replica_unenforced() {
         problems.contains("memory.limit_in_bytes cannot be applied: no cgroup v1 hierarchy has the memory controller")
             && problems.contains("mount -t cgroup -o memory"),
         "{problems}"
+    );
+}
+
+#[test]
+fn top_shows_a_busy_replica_using_its_cpu_limit_and_throttled() {
+    let mut setup = Setup::new();
+    setup.write(
+        "a.yaml",
+        &workload("a", "100m").replace(
+            "args: [sleep, \"600\"]",
+            "args: [sh, -c, \"while :; do :; done\"]",
+        ),
+    );
+    setup.start_with_resync("1");
+    wait_until("a's use reported", Duration::from_secs(30), || {
+        // Before corral run's first pass there is no store to read.
+        let output = setup.corral("status", &["-o", "json"]);
+        serde_json::from_slice::<Value>(&output.stdout).is_ok_and(|status| {
+            status["replicas"][0]["report"]["usage"]["cpu"]
+                .as_i64()
+                .is_some_and(|cpu| cpu > 0)
+        })
+    });
+    let output = setup.top(&["--once", "-o", "json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let top: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let node = &top["nodes"][0];
+    assert_eq!(node["agentAlive"], true, "{top:#}");
+    let tenant = &node["tenants"][0];
+    assert_eq!(tenant["name"], "test", "{top:#}");
+    let replica = &tenant["replicas"][0];
+    assert_eq!(
+        (&replica["name"], &replica["replica"]),
+        (&Value::from("a"), &Value::from(0))
+    );
+    let cpu = replica["cpu"].as_i64().unwrap_or_default();
+    assert!((70..=130).contains(&cpu), "near its 100m limit: {top:#}");
+    let throttled = replica["throttled"].as_f64().unwrap_or_default();
+    assert!(throttled > 0.0, "throttled by its quota: {top:#}");
+    assert_eq!(tenant["cpu"], replica["cpu"], "the tenant's sum: {top:#}");
+    assert_eq!(node["cpu"], replica["cpu"], "the node's sum: {top:#}");
+
+    let output = setup.top(&["--once"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("    a.0 "))
+        .unwrap_or_else(|| panic!("a row for a.0:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "10m", "the grant: {text}");
+    assert!(
+        row[7].ends_with("s/s") && row[7] != "0.00s/s",
+        "throttled: {text}"
+    );
+    assert_eq!(row.last(), Some(&"Running"), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("1 nodes, 1 tenants, 1 replicas")),
+        "{text}"
+    );
+}
+
+#[test]
+fn top_says_clearly_when_there_is_no_state_to_read() {
+    let missing = tempfile::tempdir().unwrap();
+    let dir = missing.path().join("nothing");
+    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["top", "--once", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the state directory {}",
+            dir.display()
+        )) && stderr.contains("corral run creates it"),
+        "{stderr}"
     );
 }

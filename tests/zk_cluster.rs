@@ -824,3 +824,51 @@ fn an_agent_refuses_a_lease_no_leader_wrote() {
     assert!(c.enforced(&placed, &quota(500)));
     eprintln!("took {:?}", started.elapsed());
 }
+
+#[test]
+fn top_lists_each_nodes_replicas_from_zookeeper() {
+    let mut c = Cluster::up();
+    let placed = placement(&c.status());
+    let hosts = c.live_hosts();
+    let top = |format: &str| {
+        let output = Command::new(BIN)
+            .args(["top", "--once", "-o", format, "--zookeeper", &hosts])
+            .args(["--session-timeout", SESSION_TIMEOUT])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let json: Value = serde_json::from_str(&top("json")).unwrap();
+    let mut listed: BTreeMap<u64, String> = BTreeMap::new();
+    for node in json["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(node["agentAlive"], true, "{json:#}");
+        for tenant in node["tenants"].as_array().into_iter().flatten() {
+            assert_eq!(tenant["name"], "shop", "{json:#}");
+            for replica in tenant["replicas"].as_array().into_iter().flatten() {
+                assert_eq!(replica["grantCpu"], 300, "{json:#}");
+                let index = replica["replica"].as_u64().unwrap_or(u64::MAX);
+                listed.insert(index, node["name"].as_str().unwrap_or_default().into());
+            }
+        }
+    }
+    let want: BTreeMap<u64, String> = placed.iter().map(|(i, (n, _))| (*i, n.clone())).collect();
+    assert_eq!(listed, want, "each replica under its node: {json:#}");
+
+    let text = top("table");
+    let mut node = "";
+    let mut rows: BTreeMap<u64, String> = BTreeMap::new();
+    for line in text.lines().skip(2) {
+        if !line.starts_with(' ') {
+            node = line.split_whitespace().next().unwrap_or_default();
+        } else if let Some(index) = line.trim_start().strip_prefix("web.") {
+            let index = index.split_whitespace().next().unwrap_or_default();
+            rows.insert(index.parse().unwrap_or(u64::MAX), node.to_string());
+        }
+    }
+    assert_eq!(rows, want, "the table nests them the same way:\n{text}");
+}

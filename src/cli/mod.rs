@@ -10,6 +10,7 @@ pub mod logs;
 pub mod plan;
 pub mod run;
 pub mod status;
+pub mod top;
 pub mod validate;
 pub mod zk;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Run(run::Args),
     /// Show leases, grants, use and process state from the state directory.
     Status(status::Args),
+    /// Grant, use, throttling, OOM kills and pressure per node, tenant and replica, live.
+    Top(top::Args),
     /// Stop workloads on purpose and remove their cgroups.
     Down(down::Args),
     /// Print a replica's output on this machine (rotated files first); --follow to go on.
@@ -137,6 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Plan(args) => plan::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Top(args) => top::run(&args),
         Command::Down(args) => down::run(&args),
         Command::Logs(args) => logs::run(&args),
         Command::LogPump(args) => logs::pump(&args),

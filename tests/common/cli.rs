@@ -78,6 +78,11 @@ impl Cli {
 
     /// Starts `corral run` on the manifest directory, in the background.
     pub fn start(&mut self) {
+        self.start_with_resync("30");
+    }
+
+    /// The same, re-reading the cgroup tree (and reporting use) every `resync` seconds.
+    pub fn start_with_resync(&mut self, resync: &str) {
         let mut args = self.args("run");
         args.extend([
             "-f".into(),
@@ -85,7 +90,7 @@ impl Cli {
             "--ui".into(),
             "log".into(),
             "--resync".into(),
-            "30".into(),
+            resync.into(),
         ]);
         self.run = Some(
             Command::new(env!("CARGO_BIN_EXE_corral"))

@@ -1,0 +1,544 @@
+//! `corral top`: grant and use per node, tenant and replica, refreshed in place like
+//! `systemd-cgtop`, from the embedded store of `corral run` or from ZooKeeper.
+//!
+//! The rows and their sums are computed in [`snapshot`] (pure); this module reads the
+//! store, renders the table and keeps the terminal.
+
+pub mod snapshot;
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use comfy_table::{CellAlignment, Table, presets};
+use crossterm::{cursor, execute, queue, terminal};
+
+use self::snapshot::{Figures, Reading, Snapshot, SortKey};
+use super::plan::human;
+use super::status::Format;
+use crate::alloc::resources::Kind;
+use crate::lease::LeaseStore;
+use crate::lease::embedded::EmbeddedStore;
+use crate::lease::zookeeper::ZkStore;
+use crate::state::StateDir;
+
+/// How long `--once` waits at most for every busy replica's next sample.
+const ONCE_WAIT: Duration = Duration::from_secs(10);
+/// How often `--once` reads while it waits.
+const ONCE_POLL: Duration = Duration::from_millis(250);
+
+/// Arguments of `corral top`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// State directory of `corral run` (without --zookeeper).
+    #[arg(
+        long,
+        env = "CORRAL_STATE_DIR",
+        default_value = "/var/lib/corral",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Order of the nodes, and of the rows within each node and tenant.
+    #[arg(long, value_enum, default_value_t)]
+    pub sort: SortKey,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub interval: f64,
+    /// Print one snapshot and exit (also when standard output is not a terminal).
+    #[arg(long)]
+    pub once: bool,
+    /// Output format of the snapshot; json prints one snapshot.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+    /// Read the whole cluster from ZooKeeper instead of the state directory.
+    #[command(flatten)]
+    pub zk: super::zk::ZkArgs,
+}
+
+/// Where the readings come from.
+enum Source {
+    /// `corral run`'s state directory.
+    Embedded {
+        store: EmbeddedStore,
+        state: StateDir,
+    },
+    /// A cluster's ZooKeeper.
+    Cluster(Arc<ZkStore>),
+}
+
+impl Source {
+    /// Opens the state directory, or connects to ZooKeeper.
+    async fn open(args: &Args) -> anyhow::Result<Source> {
+        match args.zk.config()? {
+            Some(config) => {
+                let hosts = config.hosts.clone();
+                let store = ZkStore::connect(config)
+                    .await
+                    .with_context(|| format!("cannot read the cluster from ZooKeeper {hosts}"))?;
+                Ok(Source::Cluster(store))
+            }
+            None => {
+                let store = EmbeddedStore::open_existing(&args.state_dir).with_context(|| {
+                    format!(
+                        "cannot read the state directory {} (give corral run's with --state-dir, or a cluster with --zookeeper)",
+                        args.state_dir.display()
+                    )
+                })?;
+                Ok(Source::Embedded {
+                    store,
+                    state: StateDir(args.state_dir.clone()),
+                })
+            }
+        }
+    }
+
+    /// Leases, reports and which nodes' agents are alive, now.
+    async fn read(&self) -> anyhow::Result<Reading> {
+        let taken_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        match self {
+            Source::Embedded { store, state } => {
+                let context = || format!("reading the state directory {}", state.0.display());
+                let registered: BTreeSet<String> = store
+                    .nodes()
+                    .await
+                    .with_context(context)?
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect();
+                // The agent of the one node is `corral run` itself.
+                let alive = if state.running_pid().is_some() {
+                    registered.clone()
+                } else {
+                    BTreeSet::new()
+                };
+                Ok(Reading {
+                    leases: store.leases().await.with_context(context)?,
+                    reports: store.reports().await.with_context(context)?,
+                    registered,
+                    alive,
+                    taken_at,
+                })
+            }
+            Source::Cluster(store) => {
+                let context = || "reading the cluster from ZooKeeper".to_string();
+                let alive: BTreeSet<String> = store
+                    .nodes()
+                    .await
+                    .with_context(context)?
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect();
+                Ok(Reading {
+                    leases: store.leases().await.with_context(context)?,
+                    reports: store.reports().await.with_context(context)?,
+                    registered: alive.clone(),
+                    alive,
+                    taken_at,
+                })
+            }
+        }
+    }
+}
+
+/// Shows the table: redrawn every `--interval` on a terminal until Ctrl-C, or one snapshot
+/// with `--once`, `-o json` or when standard output is not a terminal. Returns 0.
+///
+/// # Errors
+/// The state directory or ZooKeeper cannot be read at start, or the output fails.
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    if !(args.interval.is_finite() && (0.1..=3600.0).contains(&args.interval)) {
+        anyhow::bail!(
+            "--interval {} is not a number of seconds from 0.1 to 3600",
+            args.interval
+        );
+    }
+    let interval = Duration::from_secs_f64(args.interval);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let source = Source::open(args).await?;
+        let live = !args.once && args.output == Format::Table && std::io::stdout().is_terminal();
+        if live {
+            watch(&source, args.sort, interval).await
+        } else {
+            once(&source, args).await
+        }
+    })?;
+    Ok(0)
+}
+
+/// Reads twice, so that throttling has a rate: now, and again once every busy replica on a
+/// live node has a newer sample (at most [`ONCE_WAIT`]). Prints that snapshot.
+async fn once(source: &Source, args: &Args) -> anyhow::Result<()> {
+    let first = Snapshot::build(&source.read().await?, None, args.sort);
+    let deadline = tokio::time::Instant::now() + ONCE_WAIT;
+    let mut last = source.read().await?;
+    while !Snapshot::build(&last, Some(&first), args.sort).fresh_since(&first)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::select! {
+            _ = tokio::time::sleep(ONCE_POLL) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        last = source.read().await?;
+    }
+    let snapshot = Snapshot::build(&last, Some(&first), args.sort);
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &snapshot)?;
+            writeln!(out)?;
+        }
+        Format::Table => {
+            writeln!(out, "{}", summary(&snapshot))?;
+            write!(out, "{}", render(&snapshot))?;
+        }
+    }
+    Ok(())
+}
+
+/// The terminal in the alternate screen with the cursor hidden, restored on drop, also
+/// after an error.
+struct Screen;
+
+impl Screen {
+    fn enter() -> std::io::Result<Screen> {
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        Ok(Screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
+    }
+}
+
+/// Redraws every `interval` until Ctrl-C or SIGTERM. A failed reading keeps the last rows
+/// on screen, says why, and is tried again at the next refresh.
+async fn watch(source: &Source, sort: SortKey, interval: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut previous: Option<Snapshot> = None;
+    let mut reading = Ok(source.read().await?);
+    let _screen = Screen::enter()?;
+    loop {
+        let problem = match reading {
+            Ok(r) => {
+                previous = Some(Snapshot::build(&r, previous.as_ref(), sort));
+                None
+            }
+            Err(e) => Some(format!("reading failed, retrying: {e:#}")),
+        };
+        if let Some(snapshot) = &previous {
+            draw(source, snapshot, interval, problem.as_deref())?;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        }
+        reading = source.read().await;
+    }
+}
+
+/// One frame: a header, the table cut to the terminal's size, the rest of the screen
+/// cleared.
+fn draw(
+    source: &Source,
+    snapshot: &Snapshot,
+    interval: Duration,
+    problem: Option<&str>,
+) -> std::io::Result<()> {
+    // A terminal that does not know its size (0) is taken as unbounded.
+    let unbounded = |n: u16| if n == 0 { usize::MAX } else { usize::from(n) };
+    let (width, height) = terminal::size().map_or((usize::MAX, usize::MAX), |(w, h)| {
+        (unbounded(w), unbounded(h))
+    });
+    let now = clock(snapshot.taken_at);
+    let from = match source {
+        Source::Embedded { state, .. } => state.0.display().to_string(),
+        Source::Cluster(_) => "ZooKeeper".to_string(),
+    };
+    let mut lines = vec![
+        format!(
+            "corral top  {now} UTC  {from}  every {}s  Ctrl-C to quit",
+            interval.as_secs_f64()
+        ),
+        summary(snapshot),
+    ];
+    if let Some(problem) = problem {
+        lines.push(problem.to_string());
+    }
+    lines.extend(render(snapshot).lines().map(str::to_string));
+    let mut out = std::io::stdout().lock();
+    queue!(out, cursor::MoveTo(0, 0))?;
+    for line in lines.iter().take(height) {
+        let cut: String = line.chars().take(width).collect();
+        queue!(out, crossterm::style::Print(cut))?;
+        queue!(out, terminal::Clear(terminal::ClearType::UntilNewLine))?;
+        queue!(out, crossterm::style::Print("\r\n"))?;
+    }
+    queue!(out, terminal::Clear(terminal::ClearType::FromCursorDown))?;
+    out.flush()
+}
+
+/// `HH:MM:SS` of Unix seconds, in UTC.
+fn clock(unix: f64) -> String {
+    let seconds = unix.max(0.0) as u64 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// `2 nodes (n2: agent gone), 3 tenants, 5 replicas; sorted by cpu`.
+pub fn summary(snapshot: &Snapshot) -> String {
+    let gone: Vec<&str> = snapshot
+        .nodes
+        .iter()
+        .filter(|n| !n.agent_alive)
+        .map(|n| n.name.as_str())
+        .collect();
+    let tenants: usize = snapshot.nodes.iter().map(|n| n.tenants.len()).sum();
+    let replicas: usize = snapshot
+        .nodes
+        .iter()
+        .flat_map(|n| &n.tenants)
+        .map(|t| t.replicas.len())
+        .sum();
+    let gone = if gone.is_empty() {
+        String::new()
+    } else {
+        format!(" ({}: agent gone, last report shown)", gone.join(", "))
+    };
+    let sort = match snapshot.sort {
+        SortKey::Cpu => "cpu",
+        SortKey::Memory => "memory",
+        SortKey::Throttle => "throttle",
+        SortKey::Name => "name",
+    };
+    format!(
+        "{} nodes{gone}, {tenants} tenants, {replicas} replicas; sorted by {sort}",
+        snapshot.nodes.len()
+    )
+}
+
+/// The header of the table.
+const HEADER: [&str; 14] = [
+    "NAME",
+    "CPU GRANT",
+    "CPU USE",
+    "CPU%",
+    "MEM GRANT",
+    "MEM USE",
+    "MEM%",
+    "THROTTLED",
+    "OOM",
+    "PIDS",
+    "PSI CPU",
+    "PSI MEM",
+    "PSI IO",
+    "STATE",
+];
+
+/// The snapshot as a table: a row per node, its tenants indented below it, their
+/// replicas (`name.index`) below them. Use is blank where no report has any; pressure is
+/// blank on cgroup v1.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut table = Table::new();
+    table.load_style(presets::NOTHING);
+    table.set_header(HEADER);
+    for i in 0..HEADER.len() {
+        if let Some(column) = table.column_mut(i) {
+            column.set_padding((0, 2));
+            if i > 0 && i + 1 < HEADER.len() {
+                column.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+    }
+    for node in &snapshot.nodes {
+        let state = if node.agent_alive { "" } else { "agent gone" };
+        table.add_row(cells(node.name.clone(), &node.figures, state));
+        for tenant in &node.tenants {
+            table.add_row(cells(format!("  {}", tenant.name), &tenant.figures, ""));
+            for replica in &tenant.replicas {
+                table.add_row(cells(
+                    format!("    {}.{}", replica.name, replica.replica),
+                    &replica.figures,
+                    &replica.state,
+                ));
+            }
+        }
+    }
+    table
+        .to_string()
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// One row's cells.
+fn cells(name: String, f: &Figures, state: &str) -> Vec<String> {
+    let amount = |kind: Kind, v: Option<i64>| v.map_or_else(String::new, |v| human(kind, v));
+    let share = |used: Option<i64>, granted: i64| match used {
+        Some(used) if granted > 0 => format!("{:.0}%", used as f64 * 100.0 / granted as f64),
+        _ => String::new(),
+    };
+    let percent = |p: Option<f64>| p.map_or_else(String::new, |p| format!("{p:.1}%"));
+    vec![
+        name,
+        human(Kind::Cpu, f.grant_cpu),
+        amount(Kind::Cpu, f.cpu),
+        share(f.cpu, f.grant_cpu),
+        human(Kind::Memory, f.grant_memory),
+        amount(Kind::Memory, f.memory),
+        share(f.memory, f.grant_memory),
+        f.throttled
+            .map_or_else(String::new, |t| format!("{t:.2}s/s")),
+        f.oom_kills.map_or_else(String::new, |n| n.to_string()),
+        f.pids.map_or_else(String::new, |n| n.to_string()),
+        percent(f.pressure.cpu),
+        percent(f.pressure.memory),
+        percent(f.pressure.io),
+        state.to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot::{NodeRow, Psi, ReplicaRow, TenantRow};
+    use super::*;
+    use crate::alloc::plan::Limits;
+
+    fn figures(cpu: Option<i64>, pressure: Psi) -> Figures {
+        Figures {
+            grant_cpu: 200,
+            grant_memory: 64 << 20,
+            cpu,
+            memory: cpu.map(|_| 16 << 20),
+            throttled: cpu.map(|_| 0.25),
+            oom_kills: cpu.map(|_| 0),
+            pids: cpu.map(|_| 3),
+            pressure,
+        }
+    }
+
+    fn snapshot(pressure: Psi, alive: bool) -> Snapshot {
+        let f = figures(Some(150), pressure);
+        Snapshot {
+            taken_at: 0.0,
+            sort: SortKey::Cpu,
+            nodes: vec![NodeRow {
+                name: "n1".into(),
+                agent_alive: alive,
+                figures: f,
+                tenants: vec![TenantRow {
+                    name: "shop".into(),
+                    figures: f,
+                    replicas: vec![
+                        ReplicaRow {
+                            name: "web".into(),
+                            replica: 0,
+                            state: "Running".into(),
+                            limits: Limits::default(),
+                            figures: f,
+                            sample: None,
+                            sampled_at: 0,
+                        },
+                        ReplicaRow {
+                            name: "web".into(),
+                            replica: 1,
+                            state: snapshot::NO_REPORT.into(),
+                            limits: Limits::default(),
+                            figures: figures(None, Psi::default()),
+                            sample: None,
+                            sampled_at: 0,
+                        },
+                    ],
+                }],
+            }],
+        }
+    }
+
+    fn words(table: &str, row: usize) -> Vec<String> {
+        table
+            .lines()
+            .nth(row)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_table_nests_tenants_and_replicas_under_their_node() {
+        let table = render(&snapshot(Psi::default(), true));
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{table}");
+        assert!(lines[1].starts_with("n1 "), "{table}");
+        assert!(lines[2].starts_with("  shop "), "{table}");
+        assert!(lines[3].starts_with("    web.0 "), "{table}");
+        assert_eq!(
+            words(&table, 3),
+            [
+                "web.0", "200m", "150m", "75%", "64Mi", "16Mi", "25%", "0.25s/s", "0", "3",
+                "Running"
+            ],
+            "cgroup v1: the pressure cells are blank\n{table}"
+        );
+        assert_eq!(
+            words(&table, 4),
+            ["web.1", "200m", "64Mi", "NoReport"],
+            "no report: grant only\n{table}"
+        );
+    }
+
+    #[test]
+    fn pressure_shows_where_the_kernel_gives_it_and_a_gone_agent_is_named() {
+        let psi = Psi {
+            cpu: Some(12.34),
+            memory: Some(0.0),
+            io: None,
+        };
+        let table = render(&snapshot(psi, false));
+        assert_eq!(
+            words(&table, 1),
+            [
+                "n1", "200m", "150m", "75%", "64Mi", "16Mi", "25%", "0.25s/s", "0", "3", "12.3%",
+                "0.0%", "agent", "gone"
+            ],
+            "{table}"
+        );
+        let line = table.lines().nth(1).unwrap_or_default();
+        let header = table.lines().next().unwrap_or_default();
+        let io = header.find("PSI IO").unwrap_or(0) + "PSI IO".len();
+        assert_eq!(
+            line.get(io - 4..io).map(str::trim),
+            Some(""),
+            "no io.pressure: blank\n{table}"
+        );
+        assert!(
+            summary(&snapshot(psi, false)).contains("n1: agent gone"),
+            "{}",
+            summary(&snapshot(psi, false))
+        );
+    }
+}
