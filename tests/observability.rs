@@ -120,15 +120,22 @@ fn the_rules_file_passes_promtool_check_rules() {
     assert!(!output.status.success(), "{}", both(&output));
 }
 
-/// The alerts the rules file defines.
-fn alert_names() -> BTreeSet<String> {
+/// Every rule of the rules file, from all its groups.
+fn rules() -> Vec<Value> {
     let source = std::fs::read_to_string(rules_file()).unwrap();
     let file: Value = serde_saphyr::from_str(&source).unwrap();
     file["groups"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// The alerts the rules file defines.
+fn alert_names() -> BTreeSet<String> {
+    rules()
+        .iter()
         .map(|r| r["alert"].as_str().unwrap().to_string())
         .collect()
 }
@@ -255,13 +262,8 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
 
 /// The expressions of the rules file.
 fn rule_exprs() -> Vec<String> {
-    let source = std::fs::read_to_string(rules_file()).unwrap();
-    let file: Value = serde_saphyr::from_str(&source).unwrap();
-    file["groups"]
-        .as_array()
-        .unwrap()
+    rules()
         .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap().iter())
         .map(|r| r["expr"].as_str().unwrap().to_string())
         .collect()
 }
