@@ -158,6 +158,15 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         .filter_map(|m| m["manager"].as_str())
         .collect();
     assert_eq!(managers, ["corral-controller"]);
+    // The finalizer too is corral's, not `unknown`'s.
+    let finalizer_managers: Vec<&str> = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["fieldsV1"]["f:metadata"]["f:finalizers"].is_object())
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(finalizer_managers, ["corral-controller"], "{managed:#}");
     let policy_status = get_json(&api, &["get", "resourcepolicy/cluster"]);
     assert_eq!(policy_status["status"]["nodeCount"], 1);
     assert_eq!(policy_status["status"]["allocated"]["cpu"], "900m");

@@ -89,7 +89,7 @@ pub fn source_paths(sources: &[String]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The Kubernetes client: from `kubeconfig`, else in-cluster, else ~/.kube/config.
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -101,6 +101,15 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
             "--source kubernetes: no Kubernetes configuration (in-cluster, --kubeconfig, or ~/.kube/config)",
         )?,
     };
+    // The API server names a write's field manager after the user agent when the request
+    // names none, as kube's finalizer helper's does: without one it is `unknown`.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!(
+            "corral-controller/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
