@@ -418,7 +418,22 @@ fn commands_restart_by_policy() {
             .iter()
             .all(|n| procs(&root.dir(&format!("lab/{n}.0"))).is_empty())
     });
-    let pass = agent.pass(Trigger::Processes);
+    // A process leaves its group a moment before its parent can reap it (the kernel
+    // takes it out of the cgroup early in exit): pass until every main process is reaped.
+    let mut pass = agent.pass(Trigger::Processes);
+    wait_until(
+        "the three exits to be reaped",
+        Duration::from_secs(10),
+        || {
+            let reaped = ["always", "onfailure", "never"]
+                .iter()
+                .all(|n| report_of(&pass, n).process.state != "Running");
+            if !reaped {
+                pass = agent.pass(Trigger::Processes);
+            }
+            reaped
+        },
+    );
     let always = report_of(&pass, "always");
     assert_eq!(always.process.state, "BackingOff", "{always:?}");
     assert_eq!(

@@ -331,7 +331,18 @@ fn commands_restart_by_policy_with_backoff() {
                 .unwrap()
                 .is_empty()
     });
-    let pass = agent.pass(Trigger::Processes);
+    // A process leaves its group a moment before its parent can reap it (the kernel
+    // takes it out of the cgroup early in exit): pass until both are reaped.
+    let mut pass = agent.pass(Trigger::Processes);
+    wait_until("both exits to be reaped", Duration::from_secs(10), || {
+        let reaped = ["always", "onfailure"]
+            .iter()
+            .all(|n| report_of(&pass, n).process.state != "Running");
+        if !reaped {
+            pass = agent.pass(Trigger::Processes);
+        }
+        reaped
+    });
     let always = report_of(&pass, "always");
     assert_eq!(always.process.state, "BackingOff");
     assert_eq!(
