@@ -1135,6 +1135,34 @@ fn corral_in(dir: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// A `corral run` the test started: killed on drop, also when the test fails.
+struct Running(Child);
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, as systemd or the kubelet stops it; its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn status_json(state: &Path, root: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["status", "-o", "json", "--state-dir"])
@@ -1246,28 +1274,30 @@ fn delegated_self_root_moves_corral_into_a_leaf_and_the_replicas_beside_it() {
     one_replica(&cli);
     let state = cli.state.path().to_string_lossy().into_owned();
     let dir = cli.manifests.path().to_string_lossy().into_owned();
-    let mut run = corral_in(
-        &unit.0,
-        &[
-            "run",
-            "--ui",
-            "log",
-            "--cgroup-root",
-            "self",
-            "--state-dir",
-            &state,
-            "-f",
-            &dir,
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let mut run = Running(
+        corral_in(
+            &unit.0,
+            &[
+                "run",
+                "--ui",
+                "log",
+                "--cgroup-root",
+                "self",
+                "--state-dir",
+                &state,
+                "-f",
+                &dir,
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
     let replica = unit.0.join("test/one.0");
     wait_until("the replica to run", Duration::from_secs(60), || {
         replica.join("cgroup.procs").exists() && !workload_pids(&replica).is_empty()
     });
     assert_eq!(
-        cgroup_of(run.id()),
+        cgroup_of(run.pid()),
         format!(
             "/{}/_corral",
             unit.0.strip_prefix(pure_v2()).unwrap().display()
@@ -1278,12 +1308,7 @@ fn delegated_self_root_moves_corral_into_a_leaf_and_the_replicas_beside_it() {
         assert!(enabled.iter().any(|c| c == controller), "{enabled:?}");
     }
     assert_eq!(read(&replica.join("cpu.max")), ONE_CPU_MAX);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(run.wait().unwrap().success());
+    assert!(run.terminate().success());
     assert!(
         !workload_pids(&replica).is_empty(),
         "the replica outlives corral"
@@ -1447,9 +1472,11 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
 
     let mut joined = base.to_vec();
     joined.push("--host-cgroup-namespace");
-    let mut run = corral_in_a_pod(&agent, aside.path(), &joined)
-        .spawn()
-        .unwrap();
+    let mut run = Running(
+        corral_in_a_pod(&agent, aside.path(), &joined)
+            .spawn()
+            .unwrap(),
+    );
     let replica = pure_v2().join(&cli.root).join("test/one.0");
     wait_until("the replica to run", Duration::from_secs(60), || {
         replica.join("cgroup.procs").exists() && !workload_pids(&replica).is_empty()
@@ -1457,24 +1484,19 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
     assert_eq!(read(&replica.join("cpu.max")), ONE_CPU_MAX);
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
     assert_eq!(
-        ns(&run.id().to_string()),
+        ns(&run.pid().to_string()),
         ns("1"),
         "corral joined PID 1's namespace"
     );
     const CAP_SYS_ADMIN: u32 = 21;
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
         assert!(
-            !cap_bit(run.id(), field, CAP_SYS_ADMIN),
+            !cap_bit(run.pid(), field, CAP_SYS_ADMIN),
             "{field} still has CAP_SYS_ADMIN"
         );
     }
-    assert!(cap_bit(run.id(), "CapEff:", 5), "and keeps CAP_KILL");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(run.wait().unwrap().success());
+    assert!(cap_bit(run.pid(), "CapEff:", 5), "and keeps CAP_KILL");
+    assert!(run.terminate().success());
 }
 
 /// What only v2 offers reaches the report: a replica that keeps allocating above its

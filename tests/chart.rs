@@ -8,6 +8,9 @@
 //! Needs Helm, promtool and kubernetes-validate, which `tests/chart/setup.sh` installs into
 //! `/var/tmp/corral-tools` (or `$CORRAL_TOOLS`) when missing; it runs once, first.
 
+#[path = "common/tools.rs"]
+mod tools;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,33 +54,17 @@ struct Tools {
     validate: PathBuf,
 }
 
-/// Runs `tests/chart/setup.sh` once for all the tests of this file.
+/// The tools `tests/chart/setup.sh` installs, set up once for all the tests of this file.
 fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    let result = TOOLS.get_or_init(|| {
-        let dir = std::env::var_os("CORRAL_TOOLS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/corral-tools"));
-        let output = Command::new("bash")
-            .arg(root().join("tests/chart/setup.sh"))
-            .env("CORRAL_TOOLS", &dir)
-            .output()
-            .map_err(|e| format!("running tests/chart/setup.sh: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "tests/chart/setup.sh failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        Ok(Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let dir = tools::dir();
+        Tools {
             helm: dir.join("bin/helm"),
             promtool: dir.join("bin/promtool"),
             validate: dir.join("venv/bin/kubernetes-validate"),
-        })
-    });
-    result.as_ref().unwrap_or_else(|e| panic!("{e}"))
+        }
+    })
 }
 
 fn run(command: &mut Command) -> Output {

@@ -17,7 +17,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cluster::{Cluster, free_addr, http_get, web, write_manifest};
@@ -43,28 +42,8 @@ fn dashboard() -> Value {
 }
 
 /// promtool, installed by `tests/chart/setup.sh` (run once for all the tests of this file).
-fn promtool() -> &'static Path {
-    static PROMTOOL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let result = PROMTOOL.get_or_init(|| {
-        let dir = std::env::var_os("CORRAL_TOOLS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/corral-tools"));
-        let output = Command::new("bash")
-            .arg(root().join("tests/chart/setup.sh"))
-            .env("CORRAL_TOOLS", &dir)
-            .output()
-            .map_err(|e| format!("running tests/chart/setup.sh: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "tests/chart/setup.sh failed ({}):\n{}{}",
-                output.status,
-                text(&output.stdout),
-                text(&output.stderr)
-            ));
-        }
-        Ok(dir.join("bin/promtool"))
-    });
-    result.as_ref().unwrap_or_else(|e| panic!("{e}"))
+fn promtool() -> PathBuf {
+    common::tools::dir().join("bin/promtool")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -84,6 +84,9 @@ pub fn policy() -> CustomResourceDefinition {
     crd
 }
 
+/// The reason of the `Reconciling` condition of the CRDs' default status.
+pub const NOT_YET_SEEN: &str = "NotYetSeen";
+
 /// The status an object has before corral writes one: the API server fills it in on
 /// every read while `status` is absent, so that kstatus (Flux, Helm's `--wait`) reads a
 /// new object as InProgress until corral has seen it, and forever when no controller
@@ -92,7 +95,7 @@ fn not_yet_seen(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let default = serde_json::json!({"conditions": [{
         "type": "Reconciling",
         "status": "True",
-        "reason": "NotYetSeen",
+        "reason": NOT_YET_SEEN,
         "message": "corral has not read this object yet",
         "lastTransitionTime": "1970-01-01T00:00:00Z",
     }]});

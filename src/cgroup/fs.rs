@@ -74,7 +74,6 @@ impl CgroupError {
 #[derive(Clone, Debug)]
 pub struct Cgroupfs {
     layout: Layout,
-    root: PathBuf,
     place: super::root::Root,
     page_size: i64,
     /// Open files of the knobs and counters read on every resync. Reading an open file
@@ -107,7 +106,6 @@ impl Cgroupfs {
     pub fn at(layout: Layout, place: super::root::Root) -> Cgroupfs {
         Cgroupfs {
             layout,
-            root: PathBuf::from(&place.path),
             place,
             page_size: values::page_size(),
             open: std::sync::Arc::default(),
@@ -117,6 +115,11 @@ impl Cgroupfs {
     /// Where the root is and what corral may write around it.
     pub fn root(&self) -> &super::root::Root {
         &self.place
+    }
+
+    /// The root, relative to each hierarchy's mount point.
+    fn root_path(&self) -> &Path {
+        Path::new(&self.place.path)
     }
 
     /// Where the hierarchies are.
@@ -143,7 +146,7 @@ impl Cgroupfs {
     pub fn root_dirs(&self) -> Vec<PathBuf> {
         self.mounts()
             .into_iter()
-            .map(|mount| mount.join(&self.root))
+            .map(|mount| mount.join(self.root_path()))
             .collect()
     }
 
@@ -170,8 +173,8 @@ impl Cgroupfs {
     /// controller is not mounted.
     pub fn knob_path(&self, group: Option<&GroupPath>, knob: &str) -> Option<PathBuf> {
         let relative = match group {
-            Some(g) => self.root.join(g.to_string()),
-            None => self.root.clone(),
+            Some(g) => self.root_path().join(g.to_string()),
+            None => self.root_path().to_path_buf(),
         };
         if self.is_v2() {
             return self
@@ -403,7 +406,7 @@ impl Cgroupfs {
     }
 
     fn primary_procs_file(&self, group: &GroupPath) -> Option<PathBuf> {
-        let relative = self.root.join(group.to_string()).join(PROCS);
+        let relative = self.root_path().join(group.to_string()).join(PROCS);
         if self.is_v2() {
             return self.layout.unified.as_ref().map(|m| m.join(relative));
         }

@@ -180,15 +180,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn v2_counters_and_missing_files() {
+    /// A replica group `t/w.0` in a directory laid out like a v2 hierarchy.
+    fn v2_group() -> (tempfile::TempDir, Cgroupfs, GroupPath) {
         let tmp = tempfile::tempdir().unwrap();
         let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
         let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
         std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
-        let write = |knob: &str, text: &str| {
-            std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
-        };
+        (tmp, fs, g)
+    }
+
+    /// Writes a knob file of `g`, as the kernel would hold it.
+    fn put(fs: &Cgroupfs, g: &GroupPath, knob: &str, text: &str) {
+        std::fs::write(fs.knob_path(Some(g), knob).unwrap(), text).unwrap();
+    }
+
+    #[test]
+    fn v2_counters_and_missing_files() {
+        let (_tmp, fs, g) = v2_group();
+        let write = |knob: &str, text: &str| put(&fs, &g, knob, text);
         write(
             "cpu.stat",
             "usage_usec 1500\nuser_usec 1000\nthrottled_usec 20\n",
@@ -220,13 +229,8 @@ mod tests {
 
     #[test]
     fn v2_pressure_and_memory_events_are_read_and_malformed_files_are_absent() {
-        let tmp = tempfile::tempdir().unwrap();
-        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
-        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
-        std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
-        let write = |knob: &str, text: &str| {
-            std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
-        };
+        let (_tmp, fs, g) = v2_group();
+        let write = |knob: &str, text: &str| put(&fs, &g, knob, text);
         write(
             "memory.pressure",
             "some avg10=12.34 avg60=5.00 avg300=1.00 total=987654\n\
@@ -264,10 +268,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_pressure_file_is_absent_and_the_rest_still_reads() {
-        let tmp = tempfile::tempdir().unwrap();
-        let fs = Cgroupfs::new(Layout::v2_at(tmp.path()), "corral").unwrap();
-        let g = GroupPath::replica(&ReplicaKey::new("t", "w", 0)).unwrap();
-        std::fs::create_dir_all(&fs.dirs(Some(&g))[0]).unwrap();
+        let (_tmp, fs, g) = v2_group();
         // A directory where the file should be: reading fails (EISDIR), as a kernel with
         // PSI disabled fails reads with EOPNOTSUPP.
         std::fs::create_dir(fs.knob_path(Some(&g), "memory.pressure").unwrap()).unwrap();

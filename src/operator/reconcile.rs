@@ -240,7 +240,9 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
     let unwritten = workload.status.as_ref().is_none_or(|s| {
         s.observed_generation.is_none()
             && !s.conditions.is_empty()
-            && s.conditions.iter().all(|c| c.reason == "NotYetSeen")
+            && s.conditions
+                .iter()
+                .all(|c| c.reason == crate::api::crd::NOT_YET_SEEN)
     });
     if unwritten && problem.is_none() && !seen {
         return Ok(Action::await_change());

@@ -23,3 +23,6 @@ pub mod cli;
 
 #[allow(dead_code)]
 pub mod wait;
+
+#[allow(dead_code)]
+pub mod tools;
