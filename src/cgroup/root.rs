@@ -444,19 +444,12 @@ pub fn enable_controllers(fs: &Cgroupfs) -> Missing {
 /// What to do about a refused `cgroup.subtree_control` write.
 fn write_hint(e: &io::Error, dir: &Path) -> String {
     match e.raw_os_error() {
-        Some(libc::EBUSY) => {
-            let pids: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .take(5)
-                .map(str::to_string)
-                .collect();
-            format!(
-                ". {} holds processes ({}); cgroup v2 lets only a group without processes (or the top one) hand controllers to its children. Move them into a leaf group, or run corral in a unit with Delegate=yes and --cgroup-root self",
-                dir.display(),
-                pids.join(", ")
-            )
-        }
+        // Which processes is the admin's to look up: the line reaches every tenant's
+        // status, and naming them would show another group's PIDs.
+        Some(libc::EBUSY) => format!(
+            ". {} holds processes (see its cgroup.procs); cgroup v2 lets only a group without processes (or the top one) hand controllers to its children. Move them into a leaf group, or run corral in a unit with Delegate=yes and --cgroup-root self",
+            dir.display()
+        ),
         Some(libc::EROFS) => {
             ". The cgroup filesystem is mounted read-only (as container runtimes mount it): mount the host's hierarchy read-write (in a pod, see the chart's --host-cgroup-namespace)".to_string()
         }
