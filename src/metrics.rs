@@ -834,6 +834,7 @@ mod tests {
         let m = ControllerMetrics::default();
         let res = |cpu, memory, pids| Res { cpu, memory, pids };
         let pass = |policies: Vec<PolicyReport>, tenants: Vec<TenantReport>| ControllerPass {
+            rollouts: Vec::new(),
             plan: Plan {
                 policies,
                 tenants,

@@ -44,6 +44,9 @@ pub struct RunStatus {
     /// Problems in the manifests, if the last edit broke them (the previous version is kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manifest_problems: Vec<String>,
+    /// Where each command workload's rollout stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<crate::controller::rollout::Rollout>,
 }
 
 /// Paths inside a state directory.

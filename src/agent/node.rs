@@ -172,10 +172,17 @@ impl Agent {
         self.leases = leases;
     }
 
-    /// True when a pass is due now: a command that exited may be started again, or a
-    /// background stop has ended (its group can go).
-    pub fn restart_due(&self, now_ms: u64) -> bool {
-        self.supervisor.any_stop_finished()
+    /// True when a pass is due now: a command that exited may be started again, a
+    /// background stop has ended (its group can go, or a replacement start), or a replica's
+    /// readiness changed (a health check's verdict, or `minReadySeconds` passed). Runs the
+    /// health checks that are due, each in a thread of its own.
+    pub fn restart_due(&mut self, now_ms: u64) -> bool {
+        let readiness = !self.dry_run
+            && self
+                .supervisor
+                .readiness_changed(&self.fs, &self.leases, now_ms);
+        readiness
+            || self.supervisor.any_stop_finished()
             || self.leases.iter().any(|lease| match &lease.work {
                 Work::Command { restart, .. } => {
                     self.supervisor.restart_due(&lease.key, *restart, now_ms)
@@ -409,6 +416,9 @@ impl Agent {
             found.grace_seconds = self.graces.get(group).copied();
             found.release = group.key().is_some_and(|k| self.supervisor.releases(&k));
             found.stopping = self.supervisor.is_stopping(group);
+            if let Some(want) = desired.groups.get(group) {
+                found.outdated = self.supervisor.outdated(group, want);
+            }
         }
         Ok(observed)
     }
@@ -559,9 +569,10 @@ impl Agent {
                 })
                 .unwrap_or_default();
             let usage = self.usage(&group, now);
-            let work = desired.groups.get(&group).and_then(|g| g.work.as_ref());
             let pids = found.map_or(0, |f| f.pids.len());
-            let mut process = self.supervisor.report(&lease.key, work, pids, now_ms);
+            let mut process =
+                self.supervisor
+                    .report(&lease.key, desired.groups.get(&group), pids, now_ms);
             if unenforced.contains(&group)
                 || group.parent().is_some_and(|t| unenforced.contains(&t))
             {

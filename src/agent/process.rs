@@ -56,7 +56,8 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; `/` when `None`.
     pub working_dir: Option<PathBuf>,
-    /// Where stdout and stderr go, and how they are rotated.
+    /// Where stdout and stderr go, and how they are rotated; an empty path discards them
+    /// (a health check's output).
     pub log: LogSink,
     /// corral's executable, to start `corral log-pump` for the output; without it the
     /// output is appended to `log.path` directly, unrotated (for tools and tests).
@@ -180,6 +181,14 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         source,
     };
     let (log, mut pump): (OwnedFd, Option<Child>) = match &spec.log_pump {
+        _ if spec.log.path.as_os_str().is_empty() => (
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(log_error)?
+                .into(),
+            None,
+        ),
         Some(program) => {
             let started = logs::start_pump(program, &spec.log, &spec.join).map_err(log_error)?;
             (started.input, Some(started.pump))

@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::health::{Probes, Target};
 use super::logs::LogSink;
 use super::process::{self, Backoff, ExitStatusInfo, LaunchSpec, ProcessId};
 use crate::alloc::ReplicaKey;
 use crate::api::workload::{AdoptOnDelete, RestartPolicy};
 use crate::cgroup::exec::Processes;
 use crate::cgroup::fs::Cgroupfs;
-use crate::cgroup::tree::{DesiredTree, GroupPath, ObservedTree, Work};
-use crate::lease::ProcessReport;
+use crate::cgroup::tree::{DesiredGroup, DesiredTree, GroupPath, ObservedTree, Work};
+use crate::lease::{Lease, LogLimits, ProcessReport};
 use crate::state::private;
 
 /// What is known of one replica's command across corral restarts.
@@ -45,6 +46,10 @@ struct Record {
     /// move them back when the replica goes (`onDelete: Release`); empty for `Stop`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     release_to: Vec<PathBuf>,
+    /// The revision of the lease the running command started from; empty when it started
+    /// before corral knew revisions (it then takes the first revision it is leased with).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    revision: String,
 }
 
 /// The supervisor of one node's replicas.
@@ -64,6 +69,10 @@ pub struct Supervisor {
     log_pump: Option<PathBuf>,
     /// The log pumps started, reaped once they end.
     pumps: Vec<Child>,
+    /// The health checks of the running replicas.
+    probes: Probes,
+    /// Whether each replica was ready in its last report, to notice when that changes.
+    reported_ready: HashMap<ReplicaKey, bool>,
 }
 
 /// Wakes whoever runs passes.
@@ -89,6 +98,8 @@ impl Supervisor {
             waker: None,
             log_pump: None,
             pumps: Vec::new(),
+            probes: Probes::default(),
+            reported_ready: HashMap::new(),
         }
     }
 
@@ -297,10 +308,12 @@ impl Supervisor {
                 continue;
             };
             let Some(key) = group.key() else { continue };
-            if observed
-                .groups
-                .get(group)
-                .is_some_and(|g| !g.pids.is_empty())
+            // A group still being stopped (a replacement) starts once the stop has ended.
+            if self.is_stopping(group)
+                || observed
+                    .groups
+                    .get(group)
+                    .is_some_and(|g| !g.pids.is_empty())
             {
                 continue;
             }
@@ -355,16 +368,96 @@ impl Supervisor {
             .retain(|k, r| keep.contains(k) || (!r.release_to.is_empty() && groups.contains(k)));
         self.children.retain(|k, _| keep.contains(k));
         self.backoffs.retain(|k, _| keep.contains(k));
+        self.reported_ready.retain(|k, _| keep.contains(k));
+    }
+
+    /// True when the command of `group` runs an older revision than `want`'s, and so is to
+    /// be replaced. A command started before corral knew revisions takes `want`'s instead:
+    /// an upgrade of corral replaces nothing.
+    pub fn outdated(&mut self, group: &GroupPath, want: &DesiredGroup) -> bool {
+        let Some(record) = group.key().and_then(|k| self.records.get_mut(&k)) else {
+            return false;
+        };
+        if record.main.is_none() || want.revision.is_empty() {
+            return false;
+        }
+        if record.revision.is_empty() {
+            record.revision.clone_from(&want.revision);
+        }
+        record.revision != want.revision
+    }
+
+    /// True when `key`'s command runs, has run for `min_ready_seconds` and passes its
+    /// health check, if it has one. No system call.
+    fn ready(&self, key: &ReplicaKey, health: bool, min_ready_seconds: u32, now_ms: u64) -> bool {
+        self.records.get(key).is_some_and(|r| {
+            r.main.is_some()
+                && now_ms.saturating_sub(r.started_ms) >= u64::from(min_ready_seconds) * 1000
+                && (!health || self.probes.healthy(key, r.started_ms))
+        })
+    }
+
+    /// Runs the health checks that are due for `leases` and collects those that ended;
+    /// true when a replica's readiness differs from its last report (a check's verdict
+    /// changed, or `minReadySeconds` have passed), so that a pass reports it.
+    pub fn readiness_changed(&mut self, fs: &Cgroupfs, leases: &[Lease], now_ms: u64) -> bool {
+        let mut targets = Vec::new();
+        for lease in leases {
+            let Some(probe) = &lease.health else { continue };
+            let Some(record) = self.records.get(&lease.key) else {
+                continue;
+            };
+            if record.main.is_none() {
+                continue;
+            }
+            let launch = match &probe.check {
+                crate::lease::ProbeCheck::Exec(_) => GroupPath::replica(&lease.key)
+                    .ok()
+                    .and_then(|group| {
+                        self.launch_spec(fs, &group, &lease.work, LogLimits::default())
+                            .ok()
+                    })
+                    .map(|mut spec| {
+                        spec.log.path = PathBuf::new();
+                        spec.log_pump = None;
+                        spec
+                    }),
+                crate::lease::ProbeCheck::Tcp(_) => None,
+            };
+            targets.push(Target {
+                key: &lease.key,
+                probe,
+                process_started_ms: record.started_ms,
+                launch,
+            });
+        }
+        self.probes.tick(targets, now_ms);
+        leases.iter().any(|lease| {
+            let ready = self.ready(
+                &lease.key,
+                lease.health.is_some(),
+                lease.min_ready_seconds,
+                now_ms,
+            );
+            matches!(lease.work, Work::Command { .. })
+                && self
+                    .reported_ready
+                    .get(&lease.key)
+                    .copied()
+                    .unwrap_or(false)
+                    != ready
+        })
     }
 
     /// The state of a replica's processes, for its report.
     pub fn report(
-        &self,
+        &mut self,
         key: &ReplicaKey,
-        work: Option<&Work>,
+        want: Option<&DesiredGroup>,
         pids: usize,
         now_ms: u64,
     ) -> ProcessReport {
+        let work = want.and_then(|w| w.work.as_ref());
         let record = self.records.get(key).cloned().unwrap_or_default();
         let restarts = match work {
             Some(Work::Command { restart, .. }) => match restart {
@@ -385,13 +478,68 @@ impl Supervisor {
             Some(Work::Command { .. }) => "Starting",
             None => "None",
         };
+        let ready = match (want, work) {
+            (Some(want), Some(Work::Command { .. })) => {
+                let ready = self.ready(key, want.health.is_some(), want.min_ready_seconds, now_ms);
+                self.reported_ready.insert(key.clone(), ready);
+                Some(ready)
+            }
+            (_, Some(Work::Adopt(_))) => Some(pids > 0),
+            _ => None,
+        };
         ProcessReport {
             state: state.to_string(),
             pid: record.main.map(|m| m.pid),
             pids,
             restarts: record.restarts,
             last_exit: record.last_exit,
+            revision: (record.main.is_some() && !record.revision.is_empty())
+                .then_some(record.revision),
+            ready,
         }
+    }
+
+    /// How `group`'s command is launched: `work` with the replica's identity in its
+    /// environment, in the group, its output rotated under `logs`.
+    ///
+    /// # Errors
+    /// `group` is a tenant's, or `work` is not a command.
+    fn launch_spec(
+        &self,
+        fs: &Cgroupfs,
+        group: &GroupPath,
+        work: &Work,
+        logs: LogLimits,
+    ) -> Result<LaunchSpec, String> {
+        let key = group.key().ok_or("a tenant group runs nothing")?;
+        let Work::Command {
+            args,
+            env,
+            working_dir,
+            run_as,
+            ..
+        } = work
+        else {
+            return Err(format!("{group} has no command"));
+        };
+        let mut env = env.clone();
+        env.push((
+            "CORRAL_WORKLOAD".into(),
+            format!("{}/{}", key.namespace, key.name),
+        ));
+        env.push(("CORRAL_REPLICA".into(), key.index.to_string()));
+        Ok(LaunchSpec {
+            args: args.clone(),
+            env,
+            working_dir: working_dir.as_ref().map(PathBuf::from),
+            log: LogSink {
+                path: self.log_file(&key),
+                limits: logs,
+            },
+            log_pump: self.log_pump.clone(),
+            join: fs.procs_files(group),
+            run_as: run_as.clone(),
+        })
     }
 
     /// The process operations of one pass, bound to the desired tree they serve.
@@ -421,39 +569,18 @@ pub struct ProcessOps<'a> {
 impl Processes for ProcessOps<'_> {
     fn start(&mut self, group: &GroupPath) -> Result<(), String> {
         let key = group.key().ok_or("a tenant group runs nothing")?;
-        let Some(Work::Command {
-            args,
-            env,
-            working_dir,
-            run_as,
-            ..
-        }) = self.desired.groups.get(group).and_then(|g| g.work.as_ref())
-        else {
-            return Err(format!("{group} has no command"));
-        };
-        let mut env = env.clone();
-        env.push((
-            "CORRAL_WORKLOAD".into(),
-            format!("{}/{}", key.namespace, key.name),
-        ));
-        env.push(("CORRAL_REPLICA".into(), key.index.to_string()));
-        let spec = LaunchSpec {
-            args: args.clone(),
-            env,
-            working_dir: working_dir.as_ref().map(PathBuf::from),
-            log: LogSink {
-                path: self.supervisor.log_file(&key),
-                limits: self
-                    .desired
-                    .groups
-                    .get(group)
-                    .map(|g| g.logs)
-                    .unwrap_or_default(),
-            },
-            log_pump: self.supervisor.log_pump.clone(),
-            join: self.fs.procs_files(group),
-            run_as: run_as.clone(),
-        };
+        let want = self
+            .desired
+            .groups
+            .get(group)
+            .ok_or_else(|| format!("{group} has no lease"))?;
+        let work = want
+            .work
+            .as_ref()
+            .ok_or_else(|| format!("{group} has no command"))?;
+        let spec = self
+            .supervisor
+            .launch_spec(self.fs, group, work, want.logs)?;
         let launched = process::launch(&spec).map_err(|e| e.to_string())?;
         let record = self.supervisor.records.entry(key.clone()).or_default();
         if record.last_exit.is_some() {
@@ -461,6 +588,7 @@ impl Processes for ProcessOps<'_> {
         }
         record.main = Some(launched.process_id());
         record.started_ms = self.now_ms;
+        record.revision.clone_from(&want.revision);
         self.supervisor.pumps.extend(launched.pump);
         self.supervisor.children.insert(key, launched.child);
         Ok(())
@@ -583,6 +711,7 @@ mod tests {
                 }),
                 grace_seconds: 1,
                 logs: Default::default(),
+                ..DesiredGroup::default()
             },
         );
         (desired, group)
@@ -672,17 +801,15 @@ mod tests {
             .records
             .insert(key.clone(), exited(Some(true), 5));
         supervisor.save().unwrap();
-        let again = Supervisor::load(dir.path(), "n");
+        let mut again = Supervisor::load(dir.path(), "n");
         assert_eq!(again.records[&key], exited(Some(true), 5));
         let (desired, group) = tree(RestartPolicy::Always);
-        let work = desired.groups[&group].work.as_ref();
-        assert_eq!(again.report(&key, work, 0, 0).state, "BackingOff");
-        assert_eq!(again.report(&key, work, 0, 5).state, "Exited");
+        let want = desired.groups.get(&group);
+        assert_eq!(again.report(&key, want, 0, 0).state, "BackingOff");
+        assert_eq!(again.report(&key, want, 0, 5).state, "Exited");
         let (never, group) = tree(RestartPolicy::Never);
         assert_eq!(
-            again
-                .report(&key, never.groups[&group].work.as_ref(), 0, 0)
-                .state,
+            again.report(&key, never.groups.get(&group), 0, 0).state,
             "Exited"
         );
     }

@@ -30,6 +30,7 @@ pub const MAX_PRIORITY: i32 = 1_000_000_000;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Allocated, Running, Degraded or Terminating"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Replicas asked for"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas enforced and running"),
+    printcolumn(name = "Up-to-date", type_ = "integer", json_path = ".status.updatedReplicas", description = "Replicas that run the current spec"),
     printcolumn(name = "CPU", type_ = "string", json_path = ".status.request.cpu", description = "CPU requested per replica, the policy's default included"),
     printcolumn(name = "Memory", type_ = "string", json_path = ".status.request.memory", description = "Memory requested per replica, the policy's default included"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -84,6 +85,49 @@ pub struct WorkloadSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: i32,
+
+    /// How a change to what the replicas run (the command's arguments, environment,
+    /// working directory or user, or the `corral.dev/restartedAt` annotation) replaces them:
+    /// a rolling update, a few replicas at a time. A change of resources alone is applied
+    /// in place, with no restart.
+    #[serde(default)]
+    pub update: UpdateStrategy,
+}
+
+/// The annotation whose change replaces every replica, as `kubectl rollout restart` does a
+/// Deployment's pods: `kubectl annotate --overwrite workload/NAME corral.dev/restartedAt="$(date -Is)"`.
+pub const RESTARTED_AT_ANNOTATION: &str = "corral.dev/restartedAt";
+
+/// How replicas are replaced when what they run changes: like a Deployment's
+/// `RollingUpdate`, and Nomad's `update` block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// How many replicas may be unavailable at once during a rollout, 1 to 1000; default 1.
+    /// Replicas that are not available anyway (pending, exited, not yet ready) count, and
+    /// are replaced first.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: i32,
+
+    /// Seconds a replaced replica must run, and pass its health check when it has one,
+    /// before it counts as available and the rollout goes on; 0 to 3600, default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: i32,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        UpdateStrategy {
+            max_unavailable: default_max_unavailable(),
+            min_ready_seconds: 0,
+        }
+    }
+}
+
+fn default_max_unavailable() -> i32 {
+    1
 }
 
 fn default_replicas() -> i32 {
@@ -159,6 +203,81 @@ pub struct Command {
     /// only where the policy allows root explicitly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+
+    /// A check the node's agent runs against each replica: while it fails the replica is
+    /// not ready, and a rollout waits. A change of the check alone is applied in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How the agent decides that a replica is healthy: a command that exits 0, or a TCP port
+/// on the node's loopback address that accepts a connection. A replica is healthy from its
+/// first passing check until `failureThreshold` checks in a row fail. A failing replica is
+/// reported not ready, never restarted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.exec) != has(self.tcp)").message("exactly one of exec or tcp must be set"),
+)]
+pub struct HealthCheck {
+    /// Run a command, as the replica's user and in the replica's cgroup (so it counts
+    /// against the replica's limits); exit status 0 is healthy. Its output is discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecCheck>,
+    /// Connect to a TCP port on 127.0.0.1; an accepted connection is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// Seconds between checks, 1 to 3600; default 10.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+    /// Seconds a check may take before it counts as failed (a command is then killed), 1
+    /// to 60; default 1.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+    /// Failed checks in a row that make a healthy replica unhealthy, 1 to 100; default 3.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+}
+
+fn default_period() -> i32 {
+    10
+}
+
+fn default_timeout() -> i32 {
+    1
+}
+
+fn default_failure_threshold() -> i32 {
+    3
+}
+
+/// A health check that runs a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("size(self.command[0]) > 0").message("command[0], the program, must not be empty").field_path(".command"),
+)]
+pub struct ExecCheck {
+    /// The program and its arguments, not run through a shell; the first is looked up in
+    /// PATH when it has no `/`.
+    #[schemars(
+        length(min = 1, max = 1024),
+        inner(regex(pattern = crate::api::names::NO_NUL_PATTERN))
+    )]
+    pub command: Vec<String>,
+}
+
+/// A health check that connects to a TCP port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpCheck {
+    /// The port on 127.0.0.1, 1 to 65535. No other address can be checked: a tenant must
+    /// not make the agent reach into networks it cannot reach itself.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
 }
 
 /// Which user and groups a command runs as. Whatever they are, the command starts with
@@ -283,6 +402,17 @@ pub struct WorkloadStatus {
     #[serde(default)]
     pub ready_replicas: i32,
 
+    /// Replicas that run the current spec (its revision): during a rollout, fewer than
+    /// `replicas`.
+    #[serde(default)]
+    pub updated_replicas: i32,
+
+    /// The revision of what the replicas should run: a hash of the command, its
+    /// environment, working directory and user, and the `corral.dev/restartedAt`
+    /// annotation. Absent for adopted processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
     /// The label selector the scale subresource reports (`corral.dev/workload=<name>`):
     /// the HorizontalPodAutoscaler needs one, though a Workload has no pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,6 +490,10 @@ pub struct ReplicaStatus {
     /// Why the replica is pending, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
+    /// The revision of what its process runs, as its agent reports it; during a rollout an
+    /// older one than `status.revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// The cgroup values the node's agent wrote and read back, by file name
     /// (`cpu.shares`, `memory.limit_in_bytes`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

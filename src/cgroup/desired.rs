@@ -52,6 +52,9 @@ pub fn desired_tree(
                 work: Some(lease.work.clone()),
                 grace_seconds: lease.grace_seconds,
                 logs: lease.logs,
+                revision: lease.revision.clone(),
+                health: lease.health.clone(),
+                min_ready_seconds: lease.min_ready_seconds,
             },
         );
     }
@@ -69,6 +72,9 @@ pub fn desired_tree(
                 work: None,
                 grace_seconds: 0,
                 logs: crate::lease::LogLimits::default(),
+                revision: String::new(),
+                health: None,
+                min_ready_seconds: 0,
             },
         );
     }

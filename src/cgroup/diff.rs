@@ -47,6 +47,16 @@ pub enum Op {
         /// Seconds between the two.
         grace_seconds: u32,
     },
+    /// Stop the group's processes, which run an older revision of its command, so that the
+    /// current one starts once the group is empty (a rolling update's step on this node).
+    Replace {
+        /// The group.
+        group: GroupPath,
+        /// Seconds between SIGTERM and SIGKILL.
+        grace_seconds: u32,
+        /// The revision that starts next.
+        revision: String,
+    },
     /// Move the group's adopted processes back to the groups they came from, running.
     Release {
         /// The replica group.
@@ -75,6 +85,14 @@ impl fmt::Display for Op {
             } => {
                 write!(f, "stop the processes of {group} (grace {grace_seconds}s)")
             }
+            Op::Replace {
+                group,
+                grace_seconds,
+                revision,
+            } => write!(
+                f,
+                "replace the command of {group} with revision {revision}: stop it (grace {grace_seconds}s), then start the new one"
+            ),
             Op::Release { group } => write!(f, "release the adopted processes of {group}"),
             Op::Remove { group } => write!(f, "remove {group}"),
         }
@@ -94,8 +112,11 @@ pub struct Diff {
 /// should be started now (the supervisor decides it from exits, restart policy and
 /// backoff); a group is started only when it holds no process.
 ///
-/// Order: the root's knobs; then each desired group, parents first: create, knobs, start or
-/// adopt; then groups no longer desired, replicas before tenants: stop, remove.
+/// A desired group whose command runs an older revision (`outdated`, as the supervisor
+/// knows) is replaced: its processes are stopped, and a later pass starts the new one.
+///
+/// Order: the root's knobs; then each desired group, parents first: create, knobs, start,
+/// replace or adopt; then groups no longer desired, replicas before tenants: stop, remove.
 pub fn diff(
     desired: &DesiredTree,
     observed: &ObservedTree,
@@ -146,6 +167,15 @@ pub fn diff(
             {
                 out.ops.push(Op::Start {
                     group: group.clone(),
+                });
+            }
+            Some(Work::Command { .. })
+                if !empty && found.is_some_and(|f| f.outdated && !f.stopping) =>
+            {
+                out.ops.push(Op::Replace {
+                    group: group.clone(),
+                    grace_seconds: want.grace_seconds,
+                    revision: want.revision.clone(),
                 });
             }
             Some(Work::Adopt(_)) => {
@@ -240,6 +270,7 @@ mod tests {
                 work: None,
                 grace_seconds: 0,
                 logs: Default::default(),
+                ..DesiredGroup::default()
             },
         );
         tree.groups.insert(
@@ -252,6 +283,7 @@ mod tests {
                 work: Some(command()),
                 grace_seconds: 5,
                 logs: Default::default(),
+                ..DesiredGroup::default()
             },
         );
         tree

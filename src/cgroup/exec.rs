@@ -167,6 +167,14 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                     }
                 }
             }
+            Op::Replace {
+                group,
+                grace_seconds,
+                ..
+            } => match processes.stop(group, Duration::from_secs(u64::from(*grace_seconds))) {
+                Ok(()) => outcome.done.push(op.to_string()),
+                Err(e) => outcome.fail(op, Some(group), &e),
+            },
             Op::Release { group } => match processes.release(group) {
                 Ok(()) => outcome.done.push(op.to_string()),
                 Err(e) => outcome.fail(op, Some(group), &e),

@@ -151,7 +151,7 @@ pub enum Work {
 }
 
 /// One group as it should be.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredGroup {
     /// Knob file → value to write.
     pub knobs: BTreeMap<&'static str, String>,
@@ -161,6 +161,12 @@ pub struct DesiredGroup {
     pub grace_seconds: u32,
     /// How its command's output is rotated.
     pub logs: crate::lease::LogLimits,
+    /// The revision of its work: a running command of another revision is replaced.
+    pub revision: String,
+    /// The health check that decides when it is ready.
+    pub health: Option<crate::lease::HealthProbe>,
+    /// Seconds its command must run before it is ready.
+    pub min_ready_seconds: u32,
 }
 
 /// corral's subtree as it should be.
@@ -186,6 +192,8 @@ pub struct ObservedGroup {
     pub release: bool,
     /// Its processes are being stopped in the background.
     pub stopping: bool,
+    /// Its command runs an older revision than its lease's: a rollout replaces it.
+    pub outdated: bool,
 }
 
 /// corral's subtree as found.

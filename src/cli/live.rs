@@ -140,6 +140,19 @@ pub fn state(row: &Row) -> String {
         ),
         (state, _) => state.to_string(),
     };
+    if p.state == "Running" && p.ready == Some(false) {
+        text.push_str(", not ready");
+    }
+    // A process of another revision than its lease's is being replaced, or waits its turn.
+    if let (Some(running), Some(lease)) = (&p.revision, &row.lease)
+        && !lease.revision.is_empty()
+        && *running != lease.revision
+    {
+        text.push_str(&format!(
+            ", revision {running}, to be replaced by {}",
+            lease.revision
+        ));
+    }
     if p.restarts > 0 {
         text.push_str(&format!(", {} restarts", p.restarts));
     }

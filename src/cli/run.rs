@@ -193,6 +193,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         source,
         last: None,
         reported: Vec::new(),
+        recontrol: false,
     };
     run.control().await?;
     let failures = if args.once {
@@ -279,6 +280,8 @@ struct Run {
     last: Option<ControllerPass>,
     /// The reports last written, to skip writing the same again.
     reported: Vec<crate::lease::Report>,
+    /// New reports arrived during a rollout: a controller pass may let it go on.
+    recontrol: bool,
 }
 
 impl Run {
@@ -290,6 +293,7 @@ impl Run {
             &self.source.policies,
             std::slice::from_ref(&self.node),
             &self.usage,
+            &self.reported,
         )
         .await?;
         if pass.changes > 0 {
@@ -336,6 +340,11 @@ impl Run {
                 .write_reports(agent.node(), &pass.reports)
                 .await?;
             self.reported.clone_from(&pass.reports);
+            // A rollout goes on as replaced replicas become ready, and its status with it.
+            self.recontrol |= self
+                .last
+                .as_ref()
+                .is_some_and(|p| p.rollouts.iter().any(|r| r.in_progress()));
         }
         self.usage.record(&pass.reports);
         self.publish(agent);
@@ -361,6 +370,11 @@ impl Run {
                 .unwrap_or_default(),
             agent: agent.stats,
             manifest_problems: self.source.problems.clone(),
+            rollouts: self
+                .last
+                .as_ref()
+                .map(|p| p.rollouts.clone())
+                .unwrap_or_default(),
         };
         if let Err(e) = self.state.write_status(&status) {
             tracing::warn!(error = %e, "cannot write status.json");
@@ -444,6 +458,15 @@ impl Run {
                     write!(out, "\x1b[H\x1b[2J{text}\nCtrl-C exits; workloads keep running.\n")?;
                     out.flush()?;
                 }
+            }
+            // Reports changed during a rollout: its next step may be due. Bounded, as the
+            // reports settle within a few passes (a replacement stops in the background).
+            for _ in 0..8 {
+                if !std::mem::take(&mut self.recontrol) {
+                    break;
+                }
+                self.control().await?;
+                self.enforce(agent, Trigger::Leases).await?;
             }
         }
         Ok(())

@@ -136,6 +136,20 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     (Some(pid), None) => writeln!(out, "\ncorral run (pid {pid}) is starting")?,
                 }
             }
+            let rollouts = status
+                .controller
+                .as_ref()
+                .map(|c| c.rollouts.as_slice())
+                .or(status.run.as_ref().map(|r| r.rollouts.as_slice()))
+                .unwrap_or_default();
+            for rollout in rollouts.iter().filter(|r| r.in_progress()) {
+                writeln!(
+                    out,
+                    "rollout of {}: {}",
+                    rollout.workload,
+                    rollout.describe()
+                )?;
+            }
         }
     }
     Ok(0)

@@ -100,6 +100,9 @@ pub struct ControllerStatus {
     /// Problems of the last version of the manifests, which was refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manifest_problems: Vec<String>,
+    /// Where each command workload's rollout stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<super::rollout::Rollout>,
 }
 
 /// Runs for leadership and, while leading, keeps the leases in line with the manifests
@@ -118,11 +121,9 @@ pub async fn run<D: Desired>(
 ) -> Result<(), StoreError> {
     let mut registrations = store.subscribe("/nodes").await?;
     let mut joins = store.subscribe("/join").await?;
-    let mut reports_changed = if source.follows_reports() {
-        Some(store.subscribe("/reports").await?)
-    } else {
-        None
-    };
+    // Reports are followed for the source's status and for rollouts, which go on as
+    // replaced replicas become ready.
+    let mut reports_changed = Some(store.subscribe("/reports").await?);
     let mut session = store.session();
     let mut tracker = NodeTracker::default();
     let mut usage = UsageHistory::new(20);
@@ -153,10 +154,23 @@ pub async fn run<D: Desired>(
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A new read of the reports alone needs no allocation pass.
         let mut reports_only = false;
+        // A rollout waits for reports: while one does, a new read of them calls for a pass.
+        let mut rolling = false;
         loop {
             if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
-                match pass(&store, epoch, identity, &source, &mut tracker, &usage).await {
+                match pass(
+                    &store,
+                    epoch,
+                    identity,
+                    &source,
+                    &mut tracker,
+                    &usage,
+                    &reports,
+                )
+                .await
+                {
                     Ok((done, nodes)) => {
+                        rolling = done.rollouts.iter().any(|r| r.in_progress());
                         metrics.passed(&done);
                         if source.wants_reports() {
                             match store.reports().await {
@@ -184,7 +198,7 @@ pub async fn run<D: Desired>(
             tokio::select! {
                 reload = source.changed() => {
                     if reload == Reload::Kept {
-                        publish(&store, epoch, identity, &source, &[], &[]).await;
+                        publish(&store, epoch, identity, &source, &ControllerPass::default(), &[]).await;
                     }
                 }
                 _ = registrations.changed() => {}
@@ -202,9 +216,13 @@ pub async fn run<D: Desired>(
                         None => std::future::pending().await,
                     }
                 } => {
+                    if let Some(rx) = reports_changed.as_mut() {
+                        rx.borrow_and_update();
+                    }
                     if changed.is_err() {
                         reports_changed = None;
-                    } else {
+                        reports_only = true;
+                    } else if source.follows_reports() || rolling {
                         // Agents write their reports one by one: read them once per burst.
                         tokio::time::sleep(REPORTS_DEBOUNCE).await;
                         if let Some(rx) = reports_changed.as_mut() {
@@ -217,8 +235,10 @@ pub async fn run<D: Desired>(
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot read reports"),
                         }
+                        reports_only = !rolling;
+                    } else {
+                        reports_only = true;
                     }
-                    reports_only = true;
                 }
                 _ = resync_timer.tick() => {
                     more_joins = serve_joins(&store).await;
@@ -318,6 +338,7 @@ async fn pass<D: Desired>(
     source: &D,
     tracker: &mut NodeTracker,
     usage: &UsageHistory,
+    reports: &[Report],
 ) -> Result<(ControllerPass, Vec<String>), StoreError> {
     let registered = store.nodes().await?;
     for node in &registered {
@@ -333,6 +354,7 @@ async fn pass<D: Desired>(
         source.policies(),
         &nodes,
         usage,
+        reports,
     )
     .await?;
     if done.changes > 0 {
@@ -343,7 +365,7 @@ async fn pass<D: Desired>(
         );
     }
     let names: Vec<String> = nodes.into_iter().map(|n| n.name).collect();
-    publish(store, epoch, identity, source, &done.plan.pending, &names).await;
+    publish(store, epoch, identity, source, &done, &names).await;
     Ok((done, names))
 }
 
@@ -352,16 +374,17 @@ async fn publish<D: Desired>(
     epoch: i64,
     identity: &str,
     source: &D,
-    pending: &[Pending],
+    done: &ControllerPass,
     nodes: &[String],
 ) {
     let status = ControllerStatus {
         leader: identity.to_string(),
         epoch,
         updated_at: unix_now(),
-        pending: pending.to_vec(),
+        pending: done.plan.pending.clone(),
         nodes: nodes.to_vec(),
         manifest_problems: source.problems().to_vec(),
+        rollouts: done.rollouts.clone(),
     };
     if let Err(e) = store
         .write_status(&serde_json::to_vec(&status).unwrap_or_default())

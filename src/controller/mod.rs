@@ -6,16 +6,17 @@ pub mod cluster;
 pub mod leases;
 pub mod nodes;
 pub mod provision;
+pub mod rollout;
 
 use crate::alloc::plan::Plan;
 use crate::alloc::{self, Input, NodeInfo};
 use crate::api::{ResourcePolicy, Workload};
-use crate::lease::{Lease, LeaseStore, StoreError};
+use crate::lease::{Lease, LeaseStore, Report, StoreError};
 
 pub use leases::UsageHistory;
 
 /// What one controller pass did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ControllerPass {
     /// The allocation.
     pub plan: Plan,
@@ -23,9 +24,12 @@ pub struct ControllerPass {
     pub changes: usize,
     /// The leases in the store after the pass.
     pub leases: Vec<Lease>,
+    /// Where each command workload's rollout stands.
+    pub rollouts: Vec<rollout::Rollout>,
 }
 
-/// Allocates `workloads` under `policies` on `nodes` and brings the store's leases in line.
+/// Allocates `workloads` under `policies` on `nodes` and brings the store's leases in line,
+/// rolling out changes to what replicas run as `reports` (the agents' latest) allow.
 ///
 /// # Errors
 /// The store cannot be read or written, or this controller's epoch is fenced.
@@ -36,6 +40,7 @@ pub async fn reconcile<S: LeaseStore>(
     policies: &[ResourcePolicy],
     nodes: &[NodeInfo],
     usage: &UsageHistory,
+    reports: &[Report],
 ) -> Result<ControllerPass, StoreError> {
     let current = store.leases().await?;
     let placement = leases::placement(&current);
@@ -47,11 +52,13 @@ pub async fn reconcile<S: LeaseStore>(
         current: &placement,
     });
     let desired = leases::desired_leases(&plan, workloads, policies, epoch);
+    let (desired, rollouts) = rollout::gate(desired, &current, reports, workloads);
     let changes = leases::lease_changes(&current, &desired);
     store.write_leases(epoch, &changes).await?;
     Ok(ControllerPass {
         plan,
         changes: changes.len(),
         leases: leases::apply(current, &changes),
+        rollouts,
     })
 }

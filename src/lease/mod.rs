@@ -74,6 +74,90 @@ pub struct Lease {
     /// How the replica's output is rotated.
     #[serde(default)]
     pub logs: LogLimits,
+    /// The revision of `work`: a new one replaces the running process (see
+    /// [`revision`]). Empty for adopted processes, and in leases written before rollouts,
+    /// which never replace anything.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// The health check that decides when the replica is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthProbe>,
+    /// Seconds the replica must run (and be healthy) before it counts as ready.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_ready_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A health check, as the agent runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthProbe {
+    /// What is checked.
+    pub check: ProbeCheck,
+    /// Seconds between checks.
+    pub period_seconds: u32,
+    /// Seconds before a check counts as failed.
+    pub timeout_seconds: u32,
+    /// Failures in a row that make a healthy replica unhealthy.
+    pub failure_threshold: u32,
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProbeCheck {
+    /// Runs a command as the replica's user, in its group; exit 0 passes.
+    Exec(Vec<String>),
+    /// Connects to this port on 127.0.0.1.
+    Tcp(u16),
+}
+
+impl HealthProbe {
+    /// The probe for a workload's check.
+    pub fn of(check: &crate::api::workload::HealthCheck) -> Option<HealthProbe> {
+        let positive = |n: i32| u32::try_from(n).ok().filter(|n| *n > 0);
+        let probe = match (&check.exec, &check.tcp) {
+            (Some(exec), None) => ProbeCheck::Exec(exec.command.clone()),
+            (None, Some(tcp)) => ProbeCheck::Tcp(u16::try_from(tcp.port).ok().filter(|p| *p > 0)?),
+            _ => return None,
+        };
+        Some(HealthProbe {
+            check: probe,
+            period_seconds: positive(check.period_seconds)?,
+            timeout_seconds: positive(check.timeout_seconds)?,
+            failure_threshold: positive(check.failure_threshold)?,
+        })
+    }
+}
+
+/// The revision of what a command replica runs: a short hash of its arguments,
+/// environment, working directory and user, and of `restarted_at` (the
+/// `corral.dev/restartedAt` annotation). Its restart policy, resources and health check are
+/// not part of it: a change of those replaces nothing. Empty for adopted processes.
+pub fn revision(work: &Work, restarted_at: Option<&str>) -> String {
+    let Work::Command {
+        args,
+        env,
+        working_dir,
+        run_as,
+        ..
+    } = work
+    else {
+        return String::new();
+    };
+    let identity = serde_json::json!({
+        "args": args, "env": env, "workingDir": working_dir, "runAs": run_as,
+        "restartedAt": restarted_at,
+    });
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, identity.to_string().as_bytes());
+    digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How one replica's output is kept: files of at most `max_bytes`, `max_files` of them.
@@ -162,6 +246,18 @@ impl Lease {
         let grace = spec
             .termination_grace_period_seconds
             .min(policy.max_termination_grace_period_seconds);
+        let restarted_at = workload
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::api::workload::RESTARTED_AT_ANNOTATION))
+            .map(String::as_str);
+        let revision = revision(&work, restarted_at);
+        let health = spec
+            .command
+            .as_ref()
+            .and_then(|c| c.health_check.as_ref())
+            .and_then(HealthProbe::of);
         Lease {
             version: FORMAT_VERSION,
             key: ReplicaKey::new(
@@ -184,6 +280,9 @@ impl Lease {
             grace_seconds: u32::try_from(grace).unwrap_or(10),
             generation: workload.metadata.generation,
             logs: LogLimits::of(&policy.logs),
+            revision,
+            health,
+            min_ready_seconds: u32::try_from(spec.update.min_ready_seconds).unwrap_or(0),
         }
     }
 
@@ -279,6 +378,15 @@ pub struct ProcessReport {
     /// How the last run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// The revision of the lease the running command was started from; absent for
+    /// adopted processes and from agents before rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// True when the replica runs, has run for the lease's `minReadySeconds` and passes
+    /// its health check; absent from agents before rollouts (whose `Running` and `Adopted`
+    /// count as ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 /// A node's registration.

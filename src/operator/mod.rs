@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub deleting: BTreeSet<String>,
     /// Passes so far.
     pub passes: u64,
+    /// Where each command workload's rollout stands.
+    pub rollouts: Vec<crate::controller::rollout::Rollout>,
     /// The same, by workload (`namespace/name`): what its status is computed from.
     pub views: HashMap<String, WorkloadView>,
 }
@@ -73,6 +75,8 @@ pub struct WorkloadView {
     pub placed: bool,
     /// Being deleted when the pass was made.
     pub deleting: bool,
+    /// Where its rollout stands (command workloads).
+    pub rollout: Option<crate::controller::rollout::Rollout>,
 }
 
 impl Snapshot {
@@ -124,6 +128,9 @@ impl Snapshot {
         }
         for name in &self.deleting {
             views.entry(name.clone()).or_default().deleting = true;
+        }
+        for rollout in &self.rollouts {
+            views.entry(rollout.workload.clone()).or_default().rollout = Some(rollout.clone());
         }
         self.views = views;
     }
@@ -194,6 +201,7 @@ impl Shared {
                 nodes: nodes.to_vec(),
                 deleting: deleting.clone(),
                 passes: snapshot.passes + 1,
+                rollouts: pass.rollouts.clone(),
                 views: HashMap::new(),
             };
             next.index();
@@ -427,6 +435,7 @@ mod tests {
 
     fn pass(leases: Vec<Lease>) -> ControllerPass {
         ControllerPass {
+            rollouts: Vec::new(),
             plan: Plan::default(),
             changes: 0,
             leases,

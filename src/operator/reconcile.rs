@@ -318,6 +318,7 @@ fn status_of(workload: &Workload, snapshot: &Snapshot, problem: Option<&str>) ->
         leases: &view.leases,
         reports: &view.reports,
         registered: &snapshot.nodes,
+        rollout: view.rollout.as_ref(),
     };
     workload_status(workload, &observed, problem, &now())
 }

@@ -7,8 +7,11 @@
 //!   pending and why (`ReplicasPending`), or why the object itself is refused (`Invalid`);
 //! - `Enforced`: every allocated replica's agent applied its current lease (`Applied`), or
 //!   which agents have not yet (`WaitingForAgents`), or what failed (`EnforcementFailed`);
-//! - `Ready`: every replica runs (`AllReplicasRunning`), or how the others are
-//!   (`ReplicasNotRunning`).
+//! - `Ready`: every replica runs the current spec and is ready (`AllReplicasRunning`), or
+//!   a rollout is under way (`RollingOut`), or how the others are (`ReplicasNotRunning`);
+//! - `RolledOut`: every replica runs the current revision (`AllReplicasUpdated`), or how
+//!   far the rollout is (`RollingOut`);
+//! - `Reconciling` and `Stalled`, as kstatus reads them.
 //!
 //! A condition keeps its `lastTransitionTime` while its status does not change.
 
@@ -40,6 +43,8 @@ pub struct Observed<'a> {
     pub reports: &'a [Report],
     /// Nodes registered now: a report from another node is stale.
     pub registered: &'a [String],
+    /// Where the workload's rollout stands, after the controller's last pass.
+    pub rollout: Option<&'a crate::controller::rollout::Rollout>,
 }
 
 /// Process states in which a replica counts as ready.
@@ -121,6 +126,7 @@ pub fn workload_status(
         };
         if let Some(report) = report {
             row.applied.clone_from(&report.applied);
+            row.revision.clone_from(&report.process.revision);
             row.usage = report.usage.as_ref().map(usage);
             for p in &report.problems {
                 failures.push(format!("replica {index} on {}: {p}", report.node));
@@ -135,10 +141,17 @@ pub fn workload_status(
                     ),
                 ));
             }
-            if READY_STATES.contains(&report.process.state.as_str()) {
+            let is_ready = report
+                .process
+                .ready
+                .unwrap_or_else(|| READY_STATES.contains(&report.process.state.as_str()));
+            if is_ready {
                 ready += 1;
             } else {
                 let mut state = report.process.state.clone();
+                if READY_STATES.contains(&state.as_str()) {
+                    state.push_str(", not ready yet (minReadySeconds or its health check)");
+                }
                 if let Some(exit) = &report.process.last_exit {
                     state.push_str(&format!(" (last exit: {exit})"));
                 }
@@ -225,7 +238,11 @@ pub fn workload_status(
         )
     };
     let running = format!("{} running", of(ready, replicas, "replica"));
-    let all_running = ready == replicas;
+    let rolling = observed
+        .rollout
+        .filter(|r| r.in_progress())
+        .map(crate::controller::rollout::Rollout::describe);
+    let all_running = ready == replicas && rolling.is_none();
     let ready_condition = if let Some(problem) = problem {
         condition(
             "Ready",
@@ -238,6 +255,13 @@ pub fn workload_status(
         )
     } else if all_running {
         condition("Ready", true, "AllReplicasRunning", &running)
+    } else if let Some(rolling) = &rolling {
+        condition(
+            "Ready",
+            false,
+            "RollingOut",
+            &format!("not every replica runs the current spec yet: {rolling}; {running}"),
+        )
     } else {
         condition(
             "Ready",
@@ -245,6 +269,24 @@ pub fn workload_status(
             "ReplicasNotRunning",
             &format!("{running}; {}", listed(&not_ready)),
         )
+    };
+    let rolled_out_condition = match (&rolling, observed.rollout) {
+        (Some(rolling), _) => condition("RolledOut", false, "RollingOut", rolling),
+        (None, Some(rollout)) => condition(
+            "RolledOut",
+            true,
+            "AllReplicasUpdated",
+            &format!(
+                "every allocated replica runs revision {} of the spec",
+                rollout.revision
+            ),
+        ),
+        (None, None) => condition(
+            "RolledOut",
+            true,
+            "NothingToRollOut",
+            "no rollout: adopted processes, or no allocation pass yet",
+        ),
     };
     // kstatus (Flux, Helm's --wait): Stalled=True is Failed, Reconciling=True InProgress,
     // neither (with observedGeneration current) Current.
@@ -264,6 +306,8 @@ pub fn workload_status(
         )
     } else if all_running {
         condition("Reconciling", false, "Reconciled", &running)
+    } else if let Some(rolling) = &rolling {
+        condition("Reconciling", true, "RollingOut", rolling)
     } else {
         let reason = if allocated < replicas {
             "ReplicasPending"
@@ -282,7 +326,7 @@ pub fn workload_status(
 
     let phase = if workload.metadata.deletion_timestamp.is_some() {
         WorkloadPhase::Terminating
-    } else if ready == replicas {
+    } else if ready == replicas && rolling.is_none() {
         WorkloadPhase::Running
     } else if allocated == 0 {
         WorkloadPhase::Pending
@@ -302,6 +346,12 @@ pub fn workload_status(
         phase,
         replicas: i32::try_from(allocated).unwrap_or(i32::MAX),
         ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
+        updated_replicas: i32::try_from(observed.rollout.map_or(allocated, |r| r.updated))
+            .unwrap_or(i32::MAX),
+        revision: observed
+            .rollout
+            .map(|r| r.revision.clone())
+            .filter(|r| !r.is_empty()),
         selector: Some(format!("corral.dev/workload={}", workload.name_any())),
         request,
         replica_statuses: rows,
@@ -310,6 +360,7 @@ pub fn workload_status(
                 allocated_condition,
                 enforced_condition,
                 ready_condition,
+                rolled_out_condition,
                 reconciling_condition,
                 stalled_condition,
             ],
@@ -639,6 +690,7 @@ mod tests {
             leases: &leases,
             reports: &reports,
             registered: &registered,
+            rollout: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         assert_eq!(status.phase, WorkloadPhase::Running);
@@ -736,6 +788,7 @@ mod tests {
             leases: &leases,
             reports: &[],
             registered: &["n1".to_string()],
+            rollout: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         let allocated = find(&status, "Allocated");
@@ -768,6 +821,7 @@ mod tests {
             leases: &leases,
             reports: std::slice::from_ref(&report),
             registered: &["n1".to_string()],
+            rollout: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         let enforced = find(&status, "Enforced");
@@ -790,6 +844,7 @@ mod tests {
                 leases: &leases,
                 reports: std::slice::from_ref(&report),
                 registered: &[registered.to_string()],
+                rollout: None,
             };
             let status = workload_status(&workload, &observed, None, &at(100));
             assert_eq!(find(&status, "Enforced").reason, "WaitingForAgents");
@@ -844,6 +899,7 @@ mod tests {
                     leases: &leases,
                     reports,
                     registered: &registered,
+                    rollout: None,
                 },
                 None,
                 &at(100),
@@ -877,6 +933,7 @@ mod tests {
                 leases: &leases,
                 reports: &reports,
                 registered: &["n1".to_string()],
+                rollout: None,
             },
             Some(problem),
             &at(100),
@@ -933,6 +990,7 @@ mod tests {
                     leases: &leases,
                     reports: &reports,
                     registered: &["n1".to_string()],
+                    rollout: None,
                 },
                 None,
                 &at(100),
@@ -971,6 +1029,7 @@ mod tests {
                 leases: &leases,
                 reports: std::slice::from_ref(&report),
                 registered: &["n1".to_string()],
+                rollout: None,
             },
             None,
             &at(100),

@@ -1,0 +1,332 @@
+//! Rolling updates. A change to what a workload's replicas run gives its leases a new
+//! revision ([`crate::lease::revision`]); an agent replaces a command whose lease carries
+//! another revision than the one it runs. This module decides which leases get the new
+//! revision now: a replica that is not available anyway at once, an available one only
+//! while fewer than `update.maxUnavailable` replicas of the workload are unavailable. The
+//! others keep their lease's earlier work and revision, with everything else (limits,
+//! grants) current, so a change of resources is never held back.
+//!
+//! A replica is available when its agent reports it ready (running for `minReadySeconds`,
+//! passing its health check) from the revision of its current lease. Pure: no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::ReplicaKey;
+use crate::api::Workload;
+use crate::lease::{Lease, Report};
+
+/// Process states in which a report from an agent that does not report readiness counts
+/// as ready.
+const READY_STATES: [&str; 2] = ["Running", "Adopted"];
+
+/// Where one workload's rollout stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// `namespace/name`.
+    pub workload: String,
+    /// The revision being rolled out.
+    pub revision: String,
+    /// Replicas asked for.
+    pub replicas: u32,
+    /// Replicas whose lease carries the revision (after this pass).
+    pub updated: u32,
+    /// Replicas that run the revision and are available.
+    pub available: u32,
+    /// Replicas whose lease or process is of an earlier revision.
+    pub outdated: u32,
+    /// `update.maxUnavailable`.
+    pub max_unavailable: u32,
+    /// Replicas that still run an earlier revision and wait for their turn.
+    pub waiting: Vec<u32>,
+}
+
+impl Rollout {
+    /// True while some replica runs, or is leased, an earlier revision.
+    pub fn in_progress(&self) -> bool {
+        self.outdated > 0 || !self.waiting.is_empty()
+    }
+
+    /// For a person: `1 of 3 replicas updated to revision 0a1b2c3d4e, 0 available; replica 1
+    /// and 2 wait (maxUnavailable 1)`.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "{} of {} updated to revision {}, {} available",
+            self.updated,
+            if self.replicas == 1 {
+                "1 replica".to_string()
+            } else {
+                format!("{} replicas", self.replicas)
+            },
+            self.revision,
+            self.available
+        );
+        if !self.waiting.is_empty() {
+            let list: Vec<String> = self.waiting.iter().map(u32::to_string).collect();
+            text.push_str(&format!(
+                "; {} {} {} (maxUnavailable {})",
+                if self.waiting.len() == 1 {
+                    "replica"
+                } else {
+                    "replicas"
+                },
+                list.join(", "),
+                if self.waiting.len() == 1 {
+                    "waits"
+                } else {
+                    "wait"
+                },
+                self.max_unavailable
+            ));
+        }
+        text
+    }
+}
+
+/// `desired` (the leases the allocation asks for) with the rollout applied against
+/// `current` (the leases in the store) and `reports`: outdated replicas beyond the
+/// workload's budget keep their current work and revision. Returns the leases to write and
+/// where each command workload's rollout stands.
+pub fn gate(
+    mut desired: Vec<Lease>,
+    current: &[Lease],
+    reports: &[Report],
+    workloads: &[Workload],
+) -> (Vec<Lease>, Vec<Rollout>) {
+    let now: HashMap<&ReplicaKey, &Lease> = current.iter().map(|l| (&l.key, l)).collect();
+    let reported: HashMap<(&str, &ReplicaKey), &Report> = reports
+        .iter()
+        .filter_map(|r| Some(((r.node.as_str(), r.key.as_ref()?), r)))
+        .collect();
+    // A replica is available when the agent of its current lease's node reports it ready,
+    // running that lease's revision.
+    let available = |key: &ReplicaKey| -> bool {
+        let Some(lease) = now.get(key) else {
+            return false;
+        };
+        reported.get(&(lease.node.as_str(), key)).is_some_and(|r| {
+            let ready = r
+                .process
+                .ready
+                .unwrap_or_else(|| READY_STATES.contains(&r.process.state.as_str()));
+            ready
+                && r.process
+                    .revision
+                    .as_deref()
+                    .is_none_or(|rev| lease.revision.is_empty() || rev == lease.revision)
+        })
+    };
+    let mut by_workload: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, lease) in desired.iter().enumerate() {
+        if !lease.revision.is_empty() {
+            by_workload.entry(lease.key.workload()).or_default().push(i);
+        }
+    }
+    let specs: HashMap<String, &Workload> = workloads
+        .iter()
+        .map(|w| {
+            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
+            (
+                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
+                w,
+            )
+        })
+        .collect();
+    let mut rollouts = Vec::new();
+    for (name, mut indices) in by_workload {
+        let Some(workload) = specs.get(&name) else {
+            continue;
+        };
+        indices.sort_by_key(|i| desired[*i].key.index);
+        let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
+        let max_unavailable =
+            u32::try_from(workload.spec.update.max_unavailable.max(1)).unwrap_or(1);
+        let revision = desired[indices[0]].revision.clone();
+        let up = |i: u32| {
+            ReplicaKey::new(
+                workload.metadata.namespace.as_deref().unwrap_or("default"),
+                workload.metadata.name.as_deref().unwrap_or_default(),
+                i,
+            )
+        };
+        let available_now = (0..replicas).filter(|i| available(&up(*i))).count();
+        let unavailable = u32::try_from(replicas as usize - available_now.min(replicas as usize))
+            .unwrap_or(u32::MAX);
+        let mut budget = max_unavailable.saturating_sub(unavailable);
+        let mut rollout = Rollout {
+            workload: name.clone(),
+            revision: revision.clone(),
+            replicas,
+            max_unavailable,
+            ..Rollout::default()
+        };
+        for i in indices {
+            let lease = &mut desired[i];
+            let outdated = now.get(&lease.key).filter(|cur| {
+                cur.node == lease.node && !cur.revision.is_empty() && cur.revision != lease.revision
+            });
+            let runs_another = now
+                .get(&lease.key)
+                .and_then(|cur| reported.get(&(cur.node.as_str(), &lease.key)))
+                .and_then(|r| r.process.revision.as_deref())
+                .is_some_and(|rev| rev != revision);
+            if outdated.is_some() || runs_another {
+                rollout.outdated += 1;
+            }
+            if let Some(cur) = outdated {
+                if available(&lease.key) {
+                    if budget > 0 {
+                        budget -= 1;
+                    } else {
+                        lease.work = cur.work.clone();
+                        lease.revision.clone_from(&cur.revision);
+                        rollout.waiting.push(lease.key.index);
+                        continue;
+                    }
+                }
+            } else if available(&lease.key)
+                && now
+                    .get(&lease.key)
+                    .is_some_and(|cur| cur.revision == revision)
+            {
+                rollout.available += 1;
+            }
+            rollout.updated += 1;
+        }
+        rollouts.push(rollout);
+    }
+    (desired, rollouts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::fixtures::{mk_lease, mk_workload};
+    use crate::cgroup::tree::Work;
+    use crate::lease::ProcessReport;
+    use serde_json::json;
+
+    fn lease(index: u32, revision: &str, program: &str) -> Lease {
+        let mut lease = mk_lease("n1", "w", index, 1);
+        lease.revision = revision.into();
+        lease.work = Work::Command {
+            args: vec![program.into()],
+            env: vec![],
+            working_dir: None,
+            restart: crate::api::workload::RestartPolicy::Always,
+            run_as: Default::default(),
+        };
+        lease
+    }
+
+    fn report(index: u32, revision: &str, ready: bool) -> Report {
+        Report {
+            key: Some(ReplicaKey::new("t", "w", index)),
+            node: "n1".into(),
+            process: ProcessReport {
+                state: "Running".into(),
+                revision: Some(revision.into()),
+                ready: Some(ready),
+                ..ProcessReport::default()
+            },
+            ..Report::default()
+        }
+    }
+
+    fn workload(replicas: u32, max_unavailable: i32) -> Workload {
+        mk_workload(
+            "t",
+            "w",
+            replicas,
+            100,
+            8,
+            json!({"update": {"maxUnavailable": max_unavailable}}),
+        )
+    }
+
+    fn revisions(leases: &[Lease]) -> Vec<&str> {
+        leases.iter().map(|l| l.revision.as_str()).collect()
+    }
+
+    #[test]
+    fn available_replicas_are_replaced_max_unavailable_at_a_time() {
+        let current: Vec<Lease> = (0..3).map(|i| lease(i, "old", "a")).collect();
+        let desired: Vec<Lease> = (0..3).map(|i| lease(i, "new", "b")).collect();
+        let reports: Vec<Report> = (0..3).map(|i| report(i, "old", true)).collect();
+        let (out, rollouts) = gate(desired.clone(), &current, &reports, &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["new", "old", "old"]);
+        // A held replica keeps its work, and its limits are the new ones.
+        assert_eq!(out[1].work, current[1].work);
+        assert_eq!(rollouts[0].waiting, [1, 2]);
+        assert_eq!((rollouts[0].updated, rollouts[0].available), (1, 0));
+        assert_eq!(rollouts[0].outdated, 3);
+        assert!(rollouts[0].in_progress());
+        let (out, _) = gate(desired, &current, &reports, &[workload(3, 2)]);
+        assert_eq!(revisions(&out), ["new", "new", "old"]);
+    }
+
+    #[test]
+    fn the_next_replica_waits_until_the_replaced_one_is_ready() {
+        let mut current: Vec<Lease> = (0..3).map(|i| lease(i, "old", "a")).collect();
+        current[0] = lease(0, "new", "b");
+        let desired: Vec<Lease> = (0..3).map(|i| lease(i, "new", "b")).collect();
+        // Replica 0's agent still reports the old process, ready: it has not replaced it yet.
+        let mut reports: Vec<Report> = (0..3).map(|i| report(i, "old", true)).collect();
+        let (out, _) = gate(desired.clone(), &current, &reports, &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["new", "old", "old"]);
+        // Running the new revision, not ready yet.
+        reports[0] = report(0, "new", false);
+        let (out, _) = gate(desired.clone(), &current, &reports, &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["new", "old", "old"]);
+        reports[0] = report(0, "new", true);
+        let (out, rollouts) = gate(desired, &current, &reports, &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["new", "new", "old"]);
+        assert_eq!((rollouts[0].updated, rollouts[0].available), (2, 1));
+        assert_eq!(rollouts[0].outdated, 2);
+        assert!(
+            rollouts[0]
+                .describe()
+                .contains("replica 2 waits (maxUnavailable 1)")
+        );
+    }
+
+    #[test]
+    fn unavailable_replicas_are_replaced_at_once_and_count_against_the_budget() {
+        let current: Vec<Lease> = (0..3).map(|i| lease(i, "old", "a")).collect();
+        let desired: Vec<Lease> = (0..3).map(|i| lease(i, "new", "b")).collect();
+        // Replica 1 crashes: replacing it costs no availability. It uses the budget up, so
+        // the available ones wait.
+        let reports = vec![
+            report(0, "old", true),
+            report(1, "old", false),
+            report(2, "old", true),
+        ];
+        let (out, _) = gate(desired, &current, &reports, &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["old", "new", "old"]);
+    }
+
+    #[test]
+    fn new_and_moved_replicas_and_leases_without_revisions_are_not_held() {
+        let mut current = vec![lease(0, "old", "a"), lease(1, "", "a")];
+        current[0].node = "n2".into();
+        let desired: Vec<Lease> = (0..3).map(|i| lease(i, "new", "b")).collect();
+        let (out, rollouts) = gate(desired, &current, &[], &[workload(3, 1)]);
+        assert_eq!(revisions(&out), ["new", "new", "new"]);
+        assert!(rollouts[0].waiting.is_empty());
+    }
+
+    #[test]
+    fn a_finished_rollout_is_not_in_progress() {
+        let current: Vec<Lease> = (0..2).map(|i| lease(i, "new", "b")).collect();
+        let reports: Vec<Report> = (0..2).map(|i| report(i, "new", true)).collect();
+        let (out, rollouts) = gate(current.clone(), &current, &reports, &[workload(2, 1)]);
+        assert_eq!(out, current);
+        assert!(!rollouts[0].in_progress(), "{rollouts:?}");
+        assert_eq!(
+            rollouts[0].describe(),
+            "2 of 2 replicas updated to revision new, 2 available"
+        );
+    }
+}
