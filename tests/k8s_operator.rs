@@ -785,3 +785,142 @@ fn kstatus_reads_each_state_as_gitops_tools_do() {
     // The running workload is untouched by all of it.
     assert_eq!(procs(&c), pids);
 }
+
+/// The command of `shop/web.<index>` on n1: its group's `sleep`, not its log pump or a
+/// health check.
+fn command_pid(c: &Cluster, index: u64) -> Option<u32> {
+    let procs =
+        std::fs::read_to_string(c.group_dir("n1", "cpu", index).join("cgroup.procs")).ok()?;
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .find(|pid: &u32| {
+            !gone(u64::from(*pid))
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"sleep\0"))
+        })
+}
+
+/// `shop/web`, two replicas of `sleep` with `V=version`, a health check that runs `test`
+/// in a shell (as the replica's user, with its environment), one replica replaced at a
+/// time.
+fn checked_web(version: &str, test: &str) -> String {
+    format!(
+        "{}  update: {{maxUnavailable: 1}}\n",
+        web(2, "500m").replace(
+            "  command: {args: [sleep, \"600\"]}\n",
+            &format!(
+                "  command:\n    args: [sleep, \"600\"]\n    env: [{{name: V, value: \"{version}\"}}]\n    \
+                 healthCheck: {{exec: {{command: [sh, -c, '{test}']}}, periodSeconds: 1, failureThreshold: 1}}\n"
+            ),
+        )
+    )
+}
+
+/// A rollout as GitOps tools and kubectl see it: an edit of the environment is InProgress
+/// while a replaced replica fails its health check, which holds the other replica on the
+/// old spec; a check that passes, applied in place, lets the rollout finish (Current);
+/// `corral.dev/restartedAt` replaces both replicas again, one at a time.
+#[test]
+fn a_rollout_is_in_progress_until_every_replica_runs_the_new_spec_ready() {
+    let api = ApiServer::start();
+    let mut c = Cluster::on(ZkCluster::standalone());
+    c.agent_resync = "2";
+    api.kubectl_ok(&["apply", "-f", CRDS]);
+    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let web_object = ["-n", "shop", "workload/web"];
+    let apply = |manifest: &str| {
+        let applied = api.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(applied.status.success(), "{applied:?}");
+    };
+    let only_v1 = "test \"$V\" = 1";
+    apply(&format!("{}---\n{}", policy(), checked_web("1", only_v1)));
+    c.start_agent("n1");
+    c.start_kube_controller("c1", api.kubeconfig(), "1", None);
+    wait_kstatus(&api, &c, &web_object, "Current");
+    let first = [command_pid(&c, 0).unwrap(), command_pid(&c, 1).unwrap()];
+
+    // V=2 fails the check: replica 0 is replaced and never ready, replica 1 waits.
+    apply(&checked_web("2", only_v1));
+    let message = wait_kstatus(&api, &c, &web_object, "InProgress");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+        let rolled_out = workload["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "RolledOut").cloned())
+            .unwrap_or_default();
+        if rolled_out["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("replica 1 waits (maxUnavailable 1)"))
+        {
+            break workload;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{workload:#}\n{message}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(held["status"]["updatedReplicas"], 1, "{held:#}");
+    let ready = held["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&"False".into(), &"RollingOut".into())
+    );
+    assert_ne!(command_pid(&c, 0), Some(first[0]), "replica 0 is replaced");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        command_pid(&c, 1),
+        Some(first[1]),
+        "replica 1 waits for replica 0"
+    );
+    assert_eq!(kstatus(&api, &web_object).0, "InProgress");
+    let columns = api.kubectl_ok(&["get", "-n", "shop", "workload/web"]);
+    assert!(
+        columns
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("UP-TO-DATE"),
+        "{columns}"
+    );
+
+    // A check that passes is applied in place; the rollout finishes.
+    let replaced = command_pid(&c, 0).unwrap();
+    apply(&checked_web("2", "true"));
+    wait_kstatus(&api, &c, &web_object, "Current");
+    let second = [command_pid(&c, 0).unwrap(), command_pid(&c, 1).unwrap()];
+    assert_eq!(second[0], replaced, "a new health check restarts nothing");
+    assert_ne!(second[1], first[1], "replica 1 runs the new spec");
+    let done = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    assert_eq!(done["status"]["updatedReplicas"], 2, "{done:#}");
+    assert_eq!(done["status"]["readyReplicas"], 2, "{done:#}");
+
+    // `kubectl rollout restart`, corral's way: every replica is replaced.
+    api.kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        "-n",
+        "shop",
+        "workload/web",
+        "corral.dev/restartedAt=2026-11-30T04:00:00Z",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..2).all(|i| command_pid(&c, i).is_some_and(|p| !second.contains(&p))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_kstatus(&api, &c, &web_object, "Current");
+}

@@ -885,6 +885,92 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_in_progress_is_in_progress_not_ready_and_says_how_far_it_is() {
+        use crate::controller::rollout::Rollout;
+        let mut workload = mk_workload("t", "web", 2, 100, 10, json!({}));
+        workload.metadata.generation = Some(5);
+        let leases = [mk_lease("n1", "web", 0, 7), mk_lease("n1", "web", 1, 7)];
+        let mut reports: Vec<Report> = leases.iter().map(running).collect();
+        reports[0].process.revision = Some("new".into());
+        reports[0].process.ready = Some(false);
+        reports[1].process.revision = Some("old".into());
+        reports[1].process.ready = Some(true);
+        let registered = ["n1".to_string()];
+        let mut rollout = Rollout {
+            workload: "t/web".into(),
+            revision: "new".into(),
+            replicas: 2,
+            updated: 1,
+            available: 0,
+            outdated: 1,
+            max_unavailable: 1,
+            waiting: vec![1],
+        };
+        let status = |reports: &[Report], rollout: &Rollout| {
+            workload_status(
+                &workload,
+                &Observed {
+                    plan: None,
+                    leases: &leases,
+                    reports,
+                    registered: &registered,
+                    rollout: Some(rollout),
+                },
+                None,
+                &at(100),
+            )
+        };
+        let rolling = status(&reports, &rollout);
+        assert_eq!(kstatus(5, &rolling), "InProgress");
+        assert_eq!(
+            (rolling.updated_replicas, rolling.ready_replicas),
+            (1, 1),
+            "replica 0 runs the new revision, not ready yet"
+        );
+        assert_eq!(rolling.revision.as_deref(), Some("new"));
+        assert_eq!(rolling.replica_statuses[1].revision.as_deref(), Some("old"));
+        let ready = find(&rolling, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RollingOut")
+        );
+        let rolled_out = find(&rolling, "RolledOut");
+        assert_eq!(rolled_out.status, "False");
+        assert_eq!(
+            rolled_out.message,
+            "1 of 2 replicas updated to revision new, 0 available; replica 1 waits (maxUnavailable 1)"
+        );
+        assert_eq!(find(&rolling, "Reconciling").reason, "RollingOut");
+        assert_ne!(rolling.phase, WorkloadPhase::Running);
+
+        // Done: every replica runs the new revision, ready.
+        for report in &mut reports {
+            report.process.revision = Some("new".into());
+            report.process.ready = Some(true);
+        }
+        rollout.updated = 2;
+        rollout.available = 2;
+        rollout.outdated = 0;
+        rollout.waiting.clear();
+        let done = status(&reports, &rollout);
+        assert_eq!(kstatus(5, &done), "Current", "{done:#?}");
+        assert_eq!(find(&done, "RolledOut").reason, "AllReplicasUpdated");
+        assert_eq!(find(&done, "Ready").status, "True");
+        assert_eq!(done.updated_replicas, 2);
+
+        // Running but not ready (minReadySeconds, a failing check) is not ready.
+        reports[1].process.ready = Some(false);
+        let waiting = status(&reports, &rollout);
+        let ready = find(&waiting, "Ready");
+        assert_eq!(ready.reason, "ReplicasNotRunning");
+        assert!(
+            ready.message.contains("replica 1: Running, not ready yet"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
     fn kstatus_reads_running_as_current_and_starting_as_in_progress() {
         let mut workload = mk_workload("t", "web", 2, 100, 10, json!({}));
         workload.metadata.generation = Some(4);
