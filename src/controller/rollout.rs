@@ -41,6 +41,13 @@ pub struct Rollout {
     pub max_unavailable: u32,
     /// Replicas that still run an earlier revision and wait for their turn.
     pub waiting: Vec<u32>,
+    /// Replicas given the revision in this pass, replacing an earlier one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replaced: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Rollout {
@@ -186,6 +193,7 @@ pub fn gate(
                         continue;
                     }
                 }
+                rollout.replaced += 1;
             } else if available(&lease.key)
                 && now
                     .get(&lease.key)
@@ -261,7 +269,7 @@ mod tests {
         assert_eq!(out[1].work, current[1].work);
         assert_eq!(rollouts[0].waiting, [1, 2]);
         assert_eq!((rollouts[0].updated, rollouts[0].available), (1, 0));
-        assert_eq!(rollouts[0].outdated, 3);
+        assert_eq!((rollouts[0].outdated, rollouts[0].replaced), (3, 1));
         assert!(rollouts[0].in_progress());
         let (out, _) = gate(desired, &current, &reports, &[workload(3, 2)]);
         assert_eq!(revisions(&out), ["new", "new", "old"]);

@@ -905,6 +905,7 @@ mod tests {
             outdated: 1,
             max_unavailable: 1,
             waiting: vec![1],
+            replaced: 0,
         };
         let status = |reports: &[Report], rollout: &Rollout| {
             workload_status(
