@@ -607,3 +607,79 @@ fn top_says_clearly_when_there_is_no_state_to_read() {
         "{stderr}"
     );
 }
+
+/// `corral top` live, in a terminal (`script` gives it a pty): `m` orders by memory at
+/// once, `p` pauses, `q` quits with status 0, and the terminal is restored (cursor shown,
+/// the alternate screen left).
+#[test]
+fn top_in_a_terminal_follows_its_keys_and_restores_the_terminal() {
+    use std::io::{Read, Write};
+    let mut setup = Setup::new();
+    setup.start();
+    wait_until("a store to read", Duration::from_secs(30), || {
+        setup.corral("status", &["-o", "json"]).status.success()
+    });
+    let command = format!(
+        "{} top --state-dir {} --interval 30",
+        env!("CARGO_BIN_EXE_corral"),
+        setup.state.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = std::thread::spawn({
+        let screen = screen.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let shown = |what: &str| String::from_utf8_lossy(&screen.lock().unwrap()).contains(what);
+    wait_until("the first frame", Duration::from_secs(20), || {
+        shown("sorted by cpu")
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"m").unwrap();
+    stdin.flush().unwrap();
+    // At once, though the next read is 30 s away.
+    wait_until("the rows ordered by memory", Duration::from_secs(5), || {
+        shown("sorted by memory")
+    });
+    stdin.write_all(b"p").unwrap();
+    stdin.flush().unwrap();
+    wait_until("paused", Duration::from_secs(5), || shown("paused"));
+    stdin.write_all(b"q").unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "q did not quit: {}",
+                String::from_utf8_lossy(&screen.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}");
+    let all = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    assert!(
+        all.contains("\x1b[?25h") && all.contains("\x1b[?1049l"),
+        "the cursor shown again and the alternate screen left: {all:?}"
+    );
+}

@@ -204,8 +204,8 @@ async fn once(source: &Source, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The terminal in the alternate screen with the cursor hidden, restored on drop, also
-/// after an error.
+/// The terminal in the alternate screen, in raw mode (keys arrive one by one, unechoed)
+/// with the cursor hidden; restored on drop, also after an error.
 struct Screen;
 
 impl Screen {
@@ -215,12 +215,16 @@ impl Screen {
             terminal::EnterAlternateScreen,
             cursor::Hide
         )?;
-        Ok(Screen)
+        // Dropped from here on, so that an error below restores the screen too.
+        let screen = Screen;
+        terminal::enable_raw_mode()?;
+        Ok(screen)
     }
 }
 
 impl Drop for Screen {
     fn drop(&mut self) {
+        let _ = terminal::disable_raw_mode();
         let _ = execute!(
             std::io::stdout(),
             cursor::Show,
@@ -229,29 +233,126 @@ impl Drop for Screen {
     }
 }
 
-/// Redraws every `interval` until Ctrl-C or SIGTERM. A failed reading keeps the last rows
-/// on screen, says why, and is tried again at the next refresh.
-async fn watch(source: &Source, sort: SortKey, interval: Duration) -> anyhow::Result<()> {
+/// What a key asks of the live view, as in `systemd-cgtop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    /// `q`, Esc or Ctrl-C.
+    Quit,
+    /// `c`, `m`, `t`, `n`: order by CPU, memory, throttling or name.
+    Sort(SortKey),
+    /// Space: read again now.
+    Refresh,
+    /// `+`: refresh twice as often.
+    Faster,
+    /// `-`: half as often.
+    Slower,
+    /// `p`: stop refreshing, or go on.
+    Pause,
+}
+
+/// The help line of the keys.
+const KEYS: &str = "q quit  c/m/t/n sort  space refresh  +/- interval  p pause";
+
+impl Key {
+    /// The key a terminal event is, if it is one.
+    fn of(event: &crossterm::event::KeyEvent) -> Option<Key> {
+        use crossterm::event::{KeyCode, KeyEventKind, KeyModifiers};
+        if event.kind == KeyEventKind::Release {
+            return None;
+        }
+        let ctrl = event.modifiers.contains(KeyModifiers::CONTROL);
+        Some(match event.code {
+            KeyCode::Char('c' | 'd') if ctrl => Key::Quit,
+            KeyCode::Char('q' | 'Q') | KeyCode::Esc => Key::Quit,
+            KeyCode::Char('c' | 'C') => Key::Sort(SortKey::Cpu),
+            KeyCode::Char('m' | 'M') => Key::Sort(SortKey::Memory),
+            KeyCode::Char('t' | 'T') => Key::Sort(SortKey::Throttle),
+            KeyCode::Char('n' | 'N') => Key::Sort(SortKey::Name),
+            KeyCode::Char(' ') => Key::Refresh,
+            KeyCode::Char('+' | '=') => Key::Faster,
+            KeyCode::Char('-' | '_') => Key::Slower,
+            KeyCode::Char('p' | 'P') => Key::Pause,
+            _ => return None,
+        })
+    }
+}
+
+/// The shortest and longest refresh the keys reach.
+const INTERVALS: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(60));
+
+/// Reads the terminal's keys in a thread of its own (crossterm's read blocks) and sends
+/// each one; ends when the receiver is gone or the terminal cannot be read.
+fn keys() -> tokio::sync::mpsc::UnboundedReceiver<Key> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("top keys".into())
+        .spawn(move || {
+            while let Ok(event) = crossterm::event::read() {
+                if let crossterm::event::Event::Key(key) = event
+                    && let Some(key) = Key::of(&key)
+                    && tx.send(key).is_err()
+                {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot read keys; Ctrl-C still quits");
+    }
+    rx
+}
+
+/// Redraws every `interval` until `q` (or Ctrl-C, or SIGTERM), following the keys. A
+/// failed reading keeps the last rows on screen, says why, and is tried again at the next
+/// refresh.
+async fn watch(source: &Source, mut sort: SortKey, mut interval: Duration) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut previous: Option<Snapshot> = None;
+    // The last reading and the snapshot its rates came from, to sort it again on a key.
+    let mut last: Option<(Reading, Option<Snapshot>)> = None;
     let mut reading = Ok(source.read().await?);
     let _screen = Screen::enter()?;
+    let mut keys = keys();
+    let mut paused = false;
     loop {
         let problem = match reading {
             Ok(r) => {
-                previous = Some(Snapshot::build(&r, previous.as_ref(), sort));
+                let next = Snapshot::build(&r, previous.as_ref(), sort);
+                last = Some((r, previous.replace(next)));
                 None
             }
             Err(e) => Some(format!("reading failed, retrying: {e:#}")),
         };
         if let Some(snapshot) = &previous {
-            draw(source, snapshot, interval, problem.as_deref())?;
+            draw(source, snapshot, interval, paused, problem.as_deref())?;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+        let mut read_now = false;
+        while !read_now {
+            tokio::select! {
+                () = tokio::time::sleep(interval), if !paused => read_now = true,
+                key = keys.recv() => match key {
+                    Some(Key::Quit) => return Ok(()),
+                    Some(Key::Sort(key)) => {
+                        sort = key;
+                        // Reorder what is on screen at once, with the same figures.
+                        if let Some((r, before)) = &last {
+                            previous = Some(Snapshot::build(r, before.as_ref(), sort));
+                        }
+                    }
+                    Some(Key::Refresh) => read_now = true,
+                    Some(Key::Faster) => interval = (interval / 2).max(INTERVALS.0),
+                    Some(Key::Slower) => interval = (interval * 2).min(INTERVALS.1),
+                    Some(Key::Pause) => paused = !paused,
+                    // No keys to be had (not a terminal we can read): signals still quit.
+                    None => std::future::pending::<()>().await,
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+            }
+            if let Some(snapshot) = &previous {
+                draw(source, snapshot, interval, paused, problem.as_deref())?;
+            }
         }
         reading = source.read().await;
     }
@@ -263,6 +364,7 @@ fn draw(
     source: &Source,
     snapshot: &Snapshot,
     interval: Duration,
+    paused: bool,
     problem: Option<&str>,
 ) -> std::io::Result<()> {
     // A terminal that does not know its size (0) is taken as unbounded.
@@ -275,11 +377,13 @@ fn draw(
         Source::Embedded { state, .. } => state.0.display().to_string(),
         Source::Cluster(_) => "ZooKeeper".to_string(),
     };
+    let pace = if paused {
+        "paused".to_string()
+    } else {
+        format!("every {}s", interval.as_secs_f64())
+    };
     let mut lines = vec![
-        format!(
-            "corral top  {now} UTC  {from}  every {}s  Ctrl-C to quit",
-            interval.as_secs_f64()
-        ),
+        format!("corral top  {now} UTC  {from}  {pace}  {KEYS}"),
         summary(snapshot),
     ];
     if let Some(problem) = problem {
@@ -426,6 +530,43 @@ fn cells(name: String, f: &Figures, state: &str) -> Vec<String> {
 mod tests {
     use super::snapshot::{NodeRow, Psi, ReplicaRow, TenantRow};
     use super::*;
+
+    #[test]
+    fn keys_sort_quit_pause_and_pace_as_in_systemd_cgtop() {
+        use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+        let press = |code, modifiers| Key::of(&KeyEvent::new(code, modifiers));
+        let none = KeyModifiers::NONE;
+        assert_eq!(press(KeyCode::Char('q'), none), Some(Key::Quit));
+        assert_eq!(press(KeyCode::Esc, none), Some(Key::Quit));
+        assert_eq!(
+            press(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            Some(Key::Quit)
+        );
+        assert_eq!(
+            press(KeyCode::Char('c'), none),
+            Some(Key::Sort(SortKey::Cpu))
+        );
+        assert_eq!(
+            press(KeyCode::Char('M'), none),
+            Some(Key::Sort(SortKey::Memory))
+        );
+        assert_eq!(
+            press(KeyCode::Char('t'), none),
+            Some(Key::Sort(SortKey::Throttle))
+        );
+        assert_eq!(
+            press(KeyCode::Char('n'), none),
+            Some(Key::Sort(SortKey::Name))
+        );
+        assert_eq!(press(KeyCode::Char(' '), none), Some(Key::Refresh));
+        assert_eq!(press(KeyCode::Char('+'), none), Some(Key::Faster));
+        assert_eq!(press(KeyCode::Char('-'), none), Some(Key::Slower));
+        assert_eq!(press(KeyCode::Char('p'), none), Some(Key::Pause));
+        assert_eq!(press(KeyCode::Char('x'), none), None);
+        let mut release = KeyEvent::new(KeyCode::Char('q'), none);
+        release.kind = KeyEventKind::Release;
+        assert_eq!(Key::of(&release), None, "a release is not a second press");
+    }
     use crate::alloc::plan::Limits;
 
     fn figures(cpu: Option<i64>, pressure: Psi) -> Figures {
