@@ -1035,6 +1035,26 @@ fn server_and_corral_validate_agree() {
             failures.push(format!("{}: {}\n{}", case.name, wrong.join("; "), show(v)));
         }
     }
+    // Both quote the values, as written, that break a rule comparing two fields.
+    for (name, says) in [
+        (
+            "limits-below-requests-cpu",
+            "must be at least requests.cpu (2), not 1500m",
+        ),
+        (
+            "limits-below-requests-memory",
+            "must be at least requests.memory (1Gi), not 1G",
+        ),
+        (
+            "limits-below-requests-pids",
+            "must be at least requests.pids (100), not 50",
+        ),
+    ] {
+        let v = &verdicts[name];
+        if !(v.server.contains(says) && v.corral.contains(says)) {
+            failures.push(format!("{name}: not both say {says:?}\n{}", show(v)));
+        }
+    }
     for case in &valid {
         let v = &verdicts[case.name];
         if v.server_rejects || v.corral_rejects {

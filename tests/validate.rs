@@ -89,9 +89,9 @@ fn limits_below_requests() {
     assert_eq!(
         problems("l.yaml", &text),
         [
-            "l.yaml:9: Workload shop/web: spec.resources.limits.cpu: must be at least requests.cpu",
-            "l.yaml:9: Workload shop/web: spec.resources.limits.memory: must be at least requests.memory",
-            "l.yaml:9: Workload shop/web: spec.resources.limits.pids: must be at least requests.pids",
+            "l.yaml:9: Workload shop/web: spec.resources.limits.cpu: must be at least requests.cpu (2), not 1500m",
+            "l.yaml:9: Workload shop/web: spec.resources.limits.memory: must be at least requests.memory (1Gi), not 1G",
+            "l.yaml:9: Workload shop/web: spec.resources.limits.pids: must be at least requests.pids (100), not 50",
         ]
     );
 }

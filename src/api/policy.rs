@@ -234,7 +234,7 @@ fn one() -> f64 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.pids) || !has(self.limit.pids) || self.limit.pids >= self.guarantee.pids").message("must be at least guarantee.pids").field_path(".limit.pids"),
+    validation = Rule::new("!has(self.guarantee) || !has(self.limit) || !has(self.guarantee.pids) || !has(self.limit.pids) || self.limit.pids >= self.guarantee.pids").message(Message::Expression("'must be at least guarantee.pids (%d), not %d'.format([self.guarantee.pids, self.limit.pids])".into())).field_path(".limit.pids"),
 )]
 pub struct Tenant {
     /// The namespace whose workloads form this tenant.
@@ -320,7 +320,7 @@ pub struct TenantSecurity {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.max >= self.min").message("must be at least min").field_path(".max"),
+    validation = Rule::new("self.max >= self.min").message(Message::Expression("'must be at least min (%d), not %d'.format([self.min, self.max])".into())).field_path(".max"),
 )]
 pub struct IdRange {
     /// The first ID, 0 to 2147483647.

@@ -30,9 +30,9 @@ pub struct ResourceAmounts {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.cpu) || !has(self.limits.cpu) || quantity(string(self.limits.cpu)).compareTo(quantity(string(self.requests.cpu))) >= 0").message("must be at least requests.cpu").field_path(".limits.cpu"),
-    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || !has(self.limits.memory) || quantity(string(self.limits.memory)).compareTo(quantity(string(self.requests.memory))) >= 0").message("must be at least requests.memory").field_path(".limits.memory"),
-    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.pids) || !has(self.limits.pids) || self.limits.pids >= self.requests.pids").message("must be at least requests.pids").field_path(".limits.pids"),
+    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.cpu) || !has(self.limits.cpu) || quantity(string(self.limits.cpu)).compareTo(quantity(string(self.requests.cpu))) >= 0").message(Message::Expression("'must be at least requests.cpu (' + string(self.requests.cpu) + '), not ' + string(self.limits.cpu)".into())).field_path(".limits.cpu"),
+    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || !has(self.limits.memory) || quantity(string(self.limits.memory)).compareTo(quantity(string(self.requests.memory))) >= 0").message(Message::Expression("'must be at least requests.memory (' + string(self.requests.memory) + '), not ' + string(self.limits.memory)".into())).field_path(".limits.memory"),
+    validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.pids) || !has(self.limits.pids) || self.limits.pids >= self.requests.pids").message(Message::Expression("'must be at least requests.pids (%d), not %d'.format([self.requests.pids, self.limits.pids])".into())).field_path(".limits.pids"),
 )]
 pub struct ResourceRequirements {
     /// What the workload is guaranteed. The allocator never grants less than this (the

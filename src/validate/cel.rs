@@ -1,6 +1,8 @@
 //! The CRDs' CEL rules (`x-kubernetes-validations`), evaluated by kube-cel exactly as written
 //! in the generated schema, so that `corral validate` and the apiserver apply the same rules.
 
+use std::collections::BTreeMap;
+
 use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::Value;
 
@@ -29,8 +31,12 @@ impl CelRules {
     /// kube-cel's quantity arithmetic does not check for overflow, so quantities reach it only
     /// in the canonical form of [`Exact::canonical_millis`]; one without such a form is left
     /// out (the semantic check reports it), so a rule about it passes.
+    ///
+    /// A message that quotes a quantity (`must be at least requests.cpu (500m), not 200m`)
+    /// quotes it as written, as the apiserver does, not in that canonical form.
     pub fn check(&self, schema: &Value, object: &Value) -> Vec<FieldError> {
-        let object = canonical_quantities(schema, object);
+        let mut written = BTreeMap::new();
+        let object = canonical_quantities(schema, object, &mut written);
         let Err(errors) = self
             .validator
             .validate_compiled(&self.compiled, &object, None)
@@ -42,7 +48,7 @@ impl CelRules {
             .map(|e| FieldError {
                 path: FieldPath::parse(&e.field_path),
                 message: match e.kind {
-                    ErrorKind::ValidationFailure => e.message.clone(),
+                    ErrorKind::ValidationFailure => as_written(&e.message, &written),
                     // A rule that cannot be evaluated is corral's bug; say so rather than
                     // pass the object.
                     _ => format!(
@@ -55,8 +61,32 @@ impl CelRules {
     }
 }
 
-/// `value` with every quantity (per `schema`) in canonical form, or removed if it has none.
-fn canonical_quantities(schema: &Value, value: &Value) -> Value {
+/// `message` with each canonical quantity it quotes (`1073741824000m`) as it was written
+/// (`1Gi`), per `written` (canonical → written).
+fn as_written(message: &str, written: &BTreeMap<String, String>) -> String {
+    static MILLIS: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b[0-9]+m\b").ok());
+    let Some(millis) = MILLIS.as_ref() else {
+        return message.to_string();
+    };
+    millis
+        .replace_all(message, |found: &regex::Captures<'_>| {
+            let text = &found[0];
+            written
+                .get(text)
+                .cloned()
+                .unwrap_or_else(|| text.to_string())
+        })
+        .into_owned()
+}
+
+/// `value` with every quantity (per `schema`) in canonical form, or removed if it has none;
+/// records in `written` the text each canonical form was written as.
+fn canonical_quantities(
+    schema: &Value,
+    value: &Value,
+    written: &mut BTreeMap<String, String>,
+) -> Value {
     match value {
         Value::Object(map) => {
             let properties = schema.get("properties");
@@ -68,11 +98,15 @@ fn canonical_quantities(schema: &Value, value: &Value) -> Value {
                     .or(additional)
                     .unwrap_or(&Value::Null);
                 if is_quantity(child_schema) {
-                    if let Some(canonical) = canonical(child) {
+                    if let Some((canonical, text)) = canonical(child) {
+                        written.insert(canonical.clone(), text);
                         out.insert(key.clone(), Value::String(canonical));
                     }
                 } else {
-                    out.insert(key.clone(), canonical_quantities(child_schema, child));
+                    out.insert(
+                        key.clone(),
+                        canonical_quantities(child_schema, child, written),
+                    );
                 }
             }
             Value::Object(out)
@@ -82,7 +116,7 @@ fn canonical_quantities(schema: &Value, value: &Value) -> Value {
             Value::Array(
                 items
                     .iter()
-                    .map(|item| canonical_quantities(item_schema, item))
+                    .map(|item| canonical_quantities(item_schema, item, written))
                     .collect(),
             )
         }
@@ -94,13 +128,15 @@ fn is_quantity(schema: &Value) -> bool {
     schema.get("pattern").and_then(Value::as_str) == Some(SCHEMA_QUANTITY_PATTERN)
 }
 
-fn canonical(value: &Value) -> Option<String> {
+/// The canonical form of a quantity, and the text it was written as.
+fn canonical(value: &Value) -> Option<(String, String)> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
-    Exact::parse(&text).ok()?.canonical_millis()
+    let canonical = Exact::parse(&text).ok()?.canonical_millis()?;
+    Some((canonical, text))
 }
 
 #[cfg(test)]
@@ -144,9 +180,9 @@ mod tests {
         assert_eq!(
             messages(&rules, spec),
             [
-                "spec.resources.limits.cpu: must be at least requests.cpu",
-                "spec.resources.limits.memory: must be at least requests.memory",
-                "spec.resources.limits.pids: must be at least requests.pids",
+                "spec.resources.limits.cpu: must be at least requests.cpu (1500m), not 1",
+                "spec.resources.limits.memory: must be at least requests.memory (1Gi), not 1000Mi",
+                "spec.resources.limits.pids: must be at least requests.pids (20), not 10",
             ]
         );
     }

@@ -108,7 +108,7 @@ pub fn check_policy(spec: &ResourcePolicySpec) -> Vec<FieldError> {
                 push(
                     &mut out,
                     &bounds_path.key("max").key("pids"),
-                    "must be at least min.pids",
+                    format!("must be at least min.pids ({floor}), not {ceiling}"),
                 );
             }
         }
@@ -215,14 +215,14 @@ fn check_at_least(
         ("memory", Quantity::units, &floor.memory, &limit.memory),
     ];
     for (name, convert, floor, limit) in pairs {
-        if let (Some(f), Some(l)) = (floor, limit)
-            && let (Ok(f), Ok(l)) = (convert(f), convert(l))
+        if let (Some(floor), Some(limit)) = (floor, limit)
+            && let (Ok(f), Ok(l)) = (convert(floor), convert(limit))
             && l < f
         {
             push(
                 out,
                 &path.key(name),
-                format!("must be at least {floor_name}.{name}"),
+                format!("must be at least {floor_name}.{name} ({floor}), not {limit}"),
             );
         }
     }
@@ -431,8 +431,8 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "spec.tenants[0].limit.cpu: must be at least guarantee.cpu",
-                "spec.tenants[1].limit.memory: must be at least guarantee.memory",
+                "spec.tenants[0].limit.cpu: must be at least guarantee.cpu (2), not 1500m",
+                "spec.tenants[1].limit.memory: must be at least guarantee.memory (1Gi), not 512Mi",
             ]
         );
     }
