@@ -321,6 +321,16 @@ impl Supervisor {
                 None => true,
                 Some(r) if r.main.is_some() => false,
                 Some(r) if r.last_exit.is_none() => true,
+                // A new revision of an exited command starts at once, as a new pod does:
+                // neither the old one's backoff nor its restart policy holds it back.
+                // (A command from before revisions has none: an upgrade starts nothing.)
+                Some(r)
+                    if !want.revision.is_empty()
+                        && !r.revision.is_empty()
+                        && r.revision != want.revision =>
+                {
+                    true
+                }
                 Some(r) => {
                     let policy_allows = match restart {
                         RestartPolicy::Always => true,
@@ -771,6 +781,55 @@ mod tests {
                 "{policy:?} {record:?} at {now}"
             );
         }
+    }
+
+    #[test]
+    fn a_new_revision_of_an_exited_command_starts_at_once_and_an_old_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        let (mut desired, group) = tree(RestartPolicy::Never);
+        if let Some(want) = desired.groups.get_mut(&group) {
+            want.revision = "new".into();
+        }
+        let mut supervisor = Supervisor::load(dir.path(), "n");
+        for (ran, expected) in [("old", true), ("new", false), ("", false)] {
+            supervisor.records.insert(
+                key.clone(),
+                Record {
+                    revision: ran.into(),
+                    ..exited(Some(true), 1_000_000)
+                },
+            );
+            let due = supervisor.due(&desired, &ObservedTree::default(), 0);
+            assert_eq!(due.contains(&group), expected, "after running {ran:?}");
+        }
+    }
+
+    #[test]
+    fn a_running_command_of_another_revision_is_outdated_one_from_before_revisions_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        let (mut desired, group) = tree(RestartPolicy::Always);
+        let want = desired.groups.get_mut(&group).unwrap();
+        want.revision = "new".into();
+        let want = want.clone();
+        let mut supervisor = Supervisor::load(dir.path(), "n");
+        let running = |revision: &str| Record {
+            main: Some(ProcessId {
+                pid: 1,
+                start_time: 1,
+            }),
+            revision: revision.into(),
+            ..Record::default()
+        };
+        supervisor.records.insert(key.clone(), running("old"));
+        assert!(supervisor.outdated(&group, &want));
+        supervisor.records.insert(key.clone(), running("new"));
+        assert!(!supervisor.outdated(&group, &want));
+        // Started before corral knew revisions: it takes the lease's, and stays.
+        supervisor.records.insert(key.clone(), running(""));
+        assert!(!supervisor.outdated(&group, &want));
+        assert_eq!(supervisor.records[&key].revision, "new");
     }
 
     #[test]

@@ -458,4 +458,34 @@ mod tests {
         let start = BTreeSet::from([replica("t", "w", 0)]);
         assert!(diff(&desired(), &applied(), &start).ops.is_empty());
     }
+
+    #[test]
+    fn an_outdated_command_is_replaced_once_and_its_group_kept() {
+        let mut want = desired();
+        let group = replica("t", "w", 0);
+        if let Some(g) = want.groups.get_mut(&group) {
+            g.revision = "new".into();
+            g.grace_seconds = 4;
+        }
+        let mut found = applied();
+        if let Some(g) = found.groups.get_mut(&group) {
+            g.outdated = true;
+        }
+        let ops: Vec<String> = diff(&want, &found, &BTreeSet::new())
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "replace the command of t/w.0 with revision new: stop it (grace 4s), then start the new one"
+            ]
+        );
+        // Being stopped: not asked again; emptied: started (the supervisor says when).
+        if let Some(g) = found.groups.get_mut(&group) {
+            g.stopping = true;
+        }
+        assert!(diff(&want, &found, &BTreeSet::new()).ops.is_empty());
+    }
 }

@@ -52,15 +52,16 @@ pub async fn reconcile<S: LeaseStore>(
         current: &placement,
     });
     let desired = leases::desired_leases(&plan, workloads, policies, epoch);
-    let (mut gated, mut rollouts) = rollout::gate(desired.clone(), &current, reports, workloads);
-    // A replacement must not rest on stale reports (a cluster reads them at each resync):
-    // one more replica down than `maxUnavailable` allows would be the cost. Read them again
-    // and decide on those.
-    if rollouts.iter().any(|r| r.replaced > 0) {
-        let fresh = store.reports().await?;
-        (gated, rollouts) = rollout::gate(desired, &current, &fresh, workloads);
-    }
-    let desired = gated;
+    // A replacement must not rest on stale reports (a cluster controller reads them at each
+    // resync): one more replica down than `maxUnavailable` allows would be the cost.
+    let fresh;
+    let reports = if rollout::replaces(&desired, &current) {
+        fresh = store.reports().await?;
+        &fresh
+    } else {
+        reports
+    };
+    let (desired, rollouts) = rollout::gate(desired, &current, reports, workloads);
     let changes = leases::lease_changes(&current, &desired);
     store.write_leases(epoch, &changes).await?;
     Ok(ControllerPass {

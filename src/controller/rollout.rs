@@ -92,6 +92,20 @@ impl Rollout {
     }
 }
 
+/// True when some lease in `desired` would give a replica in place (same node) another
+/// revision than its lease in `current` carries: a rollout step, which must rest on fresh
+/// reports.
+pub fn replaces(desired: &[Lease], current: &[Lease]) -> bool {
+    let now: HashMap<(&str, &ReplicaKey), &str> = current
+        .iter()
+        .map(|l| ((l.node.as_str(), &l.key), l.revision.as_str()))
+        .collect();
+    desired.iter().any(|l| {
+        now.get(&(l.node.as_str(), &l.key))
+            .is_some_and(|rev| !rev.is_empty() && !l.revision.is_empty() && *rev != l.revision)
+    })
+}
+
 /// `desired` (the leases the allocation asks for) with the rollout applied against
 /// `current` (the leases in the store) and `reports`: outdated replicas beyond the
 /// workload's budget keep their current work and revision. Returns the leases to write and
@@ -313,6 +327,20 @@ mod tests {
         ];
         let (out, _) = gate(desired, &current, &reports, &[workload(3, 1)]);
         assert_eq!(revisions(&out), ["old", "new", "old"]);
+    }
+
+    #[test]
+    fn only_a_change_of_revision_in_place_is_a_replacement() {
+        let current: Vec<Lease> = (0..2).map(|i| lease(i, "old", "a")).collect();
+        assert!(!replaces(&current, &current));
+        let mut moved = lease(0, "new", "b");
+        moved.node = "n2".into();
+        assert!(!replaces(&[moved, lease(1, "old", "a")], &current));
+        assert!(!replaces(&[lease(0, "new", "b")], &[lease(0, "", "a")]));
+        assert!(replaces(
+            &[lease(0, "old", "a"), lease(1, "new", "b")],
+            &current
+        ));
     }
 
     #[test]
