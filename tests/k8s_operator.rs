@@ -90,11 +90,7 @@ fn events(api: &ApiServer, namespace: &str, name: &str) -> Vec<(String, String)>
 #[test]
 fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     let api = ApiServer::start();
-    let mut c = Cluster::on(ZkCluster::standalone());
-    c.agent_resync = "2";
-    api.kubectl_ok(&["apply", "-f", CRDS]);
-    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
-    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let mut c = shop_cluster(&api);
 
     c.start_agent("n1");
     let (m1, m2) = (free_addr(), free_addr());
@@ -658,6 +654,17 @@ fn wait_kstatus(api: &ApiServer, c: &Cluster, args: &[&str], expected: &str) -> 
     }
 }
 
+/// A ZooKeeper for a cluster whose agents resync every 2 s, and on `api` the CRDs and
+/// the namespace `shop`.
+fn shop_cluster(api: &ApiServer) -> Cluster {
+    let mut c = Cluster::on(ZkCluster::standalone());
+    c.agent_resync = "2";
+    api.kubectl_ok(&["apply", "-f", CRDS]);
+    wait(api, &c, &["--for=condition=Established", "crd", "--all"]);
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    c
+}
+
 /// Each state as GitOps tools read it, through the real kstatus library on the real API
 /// server: a new Workload is InProgress until corral has read it (and with no controller
 /// at all); Current once it runs; a refused edit is Failed, never Ready, and the last
@@ -667,11 +674,7 @@ fn wait_kstatus(api: &ApiServer, c: &Cluster, args: &[&str], expected: &str) -> 
 #[test]
 fn kstatus_reads_each_state_as_gitops_tools_do() {
     let api = ApiServer::start();
-    let mut c = Cluster::on(ZkCluster::standalone());
-    c.agent_resync = "2";
-    api.kubectl_ok(&["apply", "-f", CRDS]);
-    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
-    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let mut c = shop_cluster(&api);
     let web_object = ["-n", "shop", "workload/web"];
 
     // No controller yet: the CRD's default status says corral has not read it.
@@ -824,11 +827,7 @@ fn checked_web(version: &str, test: &str) -> String {
 #[test]
 fn a_rollout_is_in_progress_until_every_replica_runs_the_new_spec_ready() {
     let api = ApiServer::start();
-    let mut c = Cluster::on(ZkCluster::standalone());
-    c.agent_resync = "2";
-    api.kubectl_ok(&["apply", "-f", CRDS]);
-    wait(&api, &c, &["--for=condition=Established", "crd", "--all"]);
-    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let mut c = shop_cluster(&api);
     let web_object = ["-n", "shop", "workload/web"];
     let apply = |manifest: &str| {
         let applied = api.kubectl_stdin(&["apply", "-f", "-"], manifest);
