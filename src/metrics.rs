@@ -835,6 +835,7 @@ mod tests {
         let res = |cpu, memory, pids| Res { cpu, memory, pids };
         let pass = |policies: Vec<PolicyReport>, tenants: Vec<TenantReport>| ControllerPass {
             rollouts: Vec::new(),
+            held: Vec::new(),
             plan: Plan {
                 policies,
                 tenants,

@@ -19,20 +19,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use super::disconnect::{self, Contact};
 use super::node::{Agent, Trigger, unix_now_ms};
 use super::trust::{self, Refusal};
-use crate::lease::zookeeper::ZkStore;
+use crate::lease::zookeeper::{Session, ZkStore};
 use crate::lease::{Lease, LeaseStore, NodeRegistration, Report, StoreError, unix_now};
 use crate::metrics::AgentMetrics;
 
-/// What the reader publishes: the leases to enforce, and the refused ones with the Unix
-/// second each refusal was first seen.
-type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>);
+/// What the reader publishes: the leases to enforce, the refused ones with the Unix second
+/// each refusal was first seen, and the ZooKeeper session the read was made in.
+type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>, i64);
 
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
 pub async fn run(
@@ -79,8 +80,8 @@ pub async fn run(
     ));
     let writer = tokio::spawn(write_reports(Arc::clone(&store), node.clone(), reports_rx));
     let result = enforce(
-        &node,
         &mut agent,
+        &store,
         &mut leases_rx,
         &reports_tx,
         resync,
@@ -96,8 +97,9 @@ pub async fn run(
 /// Runs passes: on new leases, on process exits and restarts, and on every resync, with
 /// whatever leases were read last.
 async fn enforce(
-    node: &str,
     agent: &mut Agent,
+    // Only the session's state and id are read from it, never waited on.
+    store: &ZkStore,
     leases: &mut watch::Receiver<Option<Vetted>>,
     reports: &watch::Sender<Option<Vec<Report>>>,
     resync: Duration,
@@ -119,8 +121,17 @@ async fn enforce(
     let mut have_leases = false;
     let mut refused = Vec::new();
     let mut reader_alive = true;
+    // The leases read last, and those enforced: fewer while the session is lost.
+    let mut read_leases: Vec<Lease> = Vec::new();
+    let mut enforced: Vec<Lease> = Vec::new();
+    let mut contact = Contact::new(Instant::now());
+    let session = store.session();
+    // The session of the last read, and whether replicas were stopped for a lost session.
+    let mut read_in = 0;
+    let mut stopped_for_loss = false;
     loop {
-        let trigger = tokio::select! {
+        // `None`: the 250 ms tick, which passes only when something is due.
+        let trigger: Option<Trigger> = tokio::select! {
             changed = leases.changed(), if reader_alive => {
                 if changed.is_err() {
                     // The reader is gone; keep enforcing what was read.
@@ -128,31 +139,59 @@ async fn enforce(
                     continue;
                 }
                 match leases.borrow_and_update().clone() {
-                    Some((read, refusals)) => {
-                        agent.set_leases(read);
+                    Some((read, refusals, session)) => {
+                        read_leases = read;
                         refused = refusals;
+                        read_in = session;
                         have_leases = true;
                     }
                     None => continue,
                 }
-                Trigger::Leases
+                Some(Trigger::Leases)
             }
-            _ = resync_timer.tick() => Trigger::Resync,
-            _ = child_exited.recv() => Trigger::Processes,
-            () = stopped.notified() => Trigger::Processes,
-            _ = tick.tick() => {
-                if !have_leases || !agent.restart_due(unix_now_ms()) {
-                    continue;
-                }
-                Trigger::Processes
-            }
+            _ = resync_timer.tick() => Some(Trigger::Resync),
+            _ = child_exited.recv() => Some(Trigger::Processes),
+            () = stopped.notified() => Some(Trigger::Processes),
+            _ = tick.tick() => None,
             _ = shutdown.changed() => return Ok(()),
         };
         if !have_leases {
             continue;
         }
+        let now = Instant::now();
+        contact.observe(*session.borrow() == Session::Connected, now);
+        // Replicas stopped for a lost session come back only with leases read in the session
+        // now: had it expired, the controller may have run them elsewhere meanwhile.
+        if stopped_for_loss && contact.lost_for(now).is_none() && read_in == store.session_id() {
+            stopped_for_loss = false;
+        }
+        let lost_for = if stopped_for_loss {
+            Some(contact.lost_for(now).unwrap_or(Duration::MAX))
+        } else {
+            contact.lost_for(now)
+        };
+        let now_enforced = disconnect::enforceable(&read_leases, lost_for);
+        stopped_for_loss |= now_enforced.len() < read_leases.len();
+        let trigger = if now_enforced == enforced {
+            trigger
+        } else {
+            if now_enforced.len() < read_leases.len() {
+                tracing::warn!(
+                    stopped = read_leases.len() - now_enforced.len(),
+                    "no confirmed ZooKeeper session for longer than their disconnect.stopAfterSeconds: stopping those replicas"
+                );
+            }
+            agent.set_leases(now_enforced.clone());
+            enforced = now_enforced;
+            Some(Trigger::Leases)
+        };
+        let trigger = match trigger {
+            Some(trigger) => trigger,
+            None if agent.restart_due(unix_now_ms()) => Trigger::Processes,
+            None => continue,
+        };
         let mut pass = tokio::task::block_in_place(|| agent.pass(trigger));
-        trust::report_refusals(node, &mut pass.reports, &refused);
+        trust::report_refusals(agent.node(), &mut pass.reports, &refused);
         metrics.observe(&agent.stats);
         metrics.report(&pass.reports);
         reports.send_if_modified(|current| {
@@ -196,6 +235,7 @@ async fn read_leases(
             }
             _ = timer.tick() => {}
         }
+        let session = store.session_id();
         let read = match store.read_node_leases(&node).await {
             Ok(read) => read,
             Err(e) => {
@@ -233,7 +273,7 @@ async fn read_leases(
             })
             .collect();
         refused_since = since;
-        let published = (vetted.leases, refused);
+        let published = (vetted.leases, refused, session);
         out.send_if_modified(|current| {
             if current.as_ref() == Some(&published) {
                 return false;

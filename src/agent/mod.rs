@@ -10,6 +10,7 @@
 
 pub mod adopt;
 pub mod daemon;
+pub mod disconnect;
 pub mod health;
 pub mod logs;
 pub mod node;

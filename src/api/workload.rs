@@ -92,7 +92,42 @@ pub struct WorkloadSpec {
     /// in place, with no restart.
     #[serde(default)]
     pub update: UpdateStrategy,
+
+    /// What happens to the replicas of a node cut off from ZooKeeper (a partition, a lost
+    /// network), as Nomad's `disconnect` block. Without it, the node's agent keeps them
+    /// running (fail static) and the controller runs them elsewhere after the policy's
+    /// `nodeGracePeriodSeconds`: for a while two copies may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnect>,
 }
+
+/// How a workload's replicas on a disconnected node behave. With `stopAfterSeconds` and
+/// `replace`, at most one copy of each replica runs: the agent stops it after
+/// `stopAfterSeconds` without a confirmed ZooKeeper session, and the controller starts it
+/// elsewhere only once that time, the grace period and a margin have passed since it saw
+/// the node go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Disconnect {
+    /// Seconds without a confirmed ZooKeeper session after which the node's agent stops
+    /// the replicas (SIGTERM, then SIGKILL after the grace period), 1 to 86400. Absent: it
+    /// keeps them running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub stop_after_seconds: Option<i32>,
+    /// Whether the controller runs the replicas on another node once their node is lost.
+    /// `false`: they wait for their node, however long it is gone. Default `true`.
+    #[serde(default = "default_replace")]
+    pub replace: bool,
+}
+
+fn default_replace() -> bool {
+    true
+}
+
+/// Seconds the controller adds, past `disconnect.stopAfterSeconds` and the grace period,
+/// before it replaces a replica of a lost node: for the agent's pass and the clocks' rates.
+pub const DISCONNECT_MARGIN_SECONDS: u64 = 5;
 
 /// The annotation whose change replaces every replica, as `kubectl rollout restart` does a
 /// Deployment's pods: `kubectl annotate --overwrite workload/NAME corral.dev/restartedAt="$(date -Is)"`.

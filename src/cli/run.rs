@@ -291,9 +291,13 @@ impl Run {
             self.epoch,
             &self.source.workloads,
             &self.source.policies,
-            std::slice::from_ref(&self.node),
-            &self.usage,
-            &self.reported,
+            &controller::Seen {
+                nodes: std::slice::from_ref(&self.node),
+                // One node, this one: it is never missing.
+                missing: &std::collections::BTreeMap::new(),
+                usage: &self.usage,
+                reports: &self.reported,
+            },
         )
         .await?;
         if pass.changes > 0 {

@@ -142,6 +142,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 .map(|c| c.rollouts.as_slice())
                 .or(status.run.as_ref().map(|r| r.rollouts.as_slice()))
                 .unwrap_or_default();
+            for kept in status.controller.iter().flat_map(|c| &c.kept) {
+                writeln!(out, "kept on its missing node: {kept}")?;
+            }
             for rollout in rollouts.iter().filter(|r| r.in_progress()) {
                 writeln!(
                     out,

@@ -103,6 +103,9 @@ pub struct ControllerStatus {
     /// Where each command workload's rollout stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<super::rollout::Rollout>,
+    /// Replicas kept on their missing node (`disconnect`), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
 }
 
 /// Runs for leadership and, while leading, keeps the leases in line with the manifests
@@ -156,6 +159,8 @@ pub async fn run<D: Desired>(
         let mut reports_only = false;
         // A rollout waits for reports: while one does, a new read of them calls for a pass.
         let mut rolling = false;
+        // When a replica kept on its missing node may move.
+        let mut release_at: Option<Instant> = None;
         loop {
             if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
                 match pass(
@@ -171,6 +176,10 @@ pub async fn run<D: Desired>(
                 {
                     Ok((done, nodes)) => {
                         rolling = done.rollouts.iter().any(|r| r.in_progress());
+                        release_at = done.next_release().map(|d| Instant::now() + d);
+                        for held in &done.held {
+                            tracing::debug!(replica = %held.lease.key, reason = %held.reason, "kept on its missing node");
+                        }
                         metrics.passed(&done);
                         if source.wants_reports() {
                             match store.reports().await {
@@ -192,8 +201,11 @@ pub async fn run<D: Desired>(
                     }
                 }
             }
-            let deadline = tracker
-                .next_deadline(source.policies())
+            // A node's grace ending, or a replica kept on a missing node free to move.
+            let deadline = [tracker.next_deadline(source.policies()), release_at]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 reload = source.changed() => {
@@ -352,9 +364,12 @@ async fn pass<D: Desired>(
         epoch,
         source.workloads(),
         source.policies(),
-        &nodes,
-        usage,
-        reports,
+        &super::Seen {
+            nodes: &nodes,
+            missing: &tracker.missing(Instant::now()),
+            usage,
+            reports,
+        },
     )
     .await?;
     if done.changes > 0 {
@@ -385,6 +400,11 @@ async fn publish<D: Desired>(
         nodes: nodes.to_vec(),
         manifest_problems: source.problems().to_vec(),
         rollouts: done.rollouts.clone(),
+        kept: done
+            .held
+            .iter()
+            .map(|h| format!("{}: {}", h.lease.key, h.reason))
+            .collect(),
     };
     if let Err(e) = store
         .write_status(&serde_json::to_vec(&status).unwrap_or_default())

@@ -3,6 +3,7 @@
 //! leases that changed, fenced by its epoch.
 
 pub mod cluster;
+pub mod disconnect;
 pub mod leases;
 pub mod nodes;
 pub mod provision;
@@ -15,6 +16,19 @@ use crate::lease::{Lease, LeaseStore, Report, StoreError};
 
 pub use leases::UsageHistory;
 
+/// What a pass knows of the cluster besides the desired objects and the leases.
+#[derive(Clone, Copy)]
+pub struct Seen<'a> {
+    /// The nodes to allocate on.
+    pub nodes: &'a [NodeInfo],
+    /// Nodes whose registration is missing, with how long each has been.
+    pub missing: &'a std::collections::BTreeMap<String, std::time::Duration>,
+    /// Observed use, for the `Usage` strategy.
+    pub usage: &'a UsageHistory,
+    /// The agents' latest reports, for rollouts.
+    pub reports: &'a [Report],
+}
+
 /// What one controller pass did.
 #[derive(Clone, Debug, Default)]
 pub struct ControllerPass {
@@ -26,10 +40,20 @@ pub struct ControllerPass {
     pub leases: Vec<Lease>,
     /// Where each command workload's rollout stands.
     pub rollouts: Vec<rollout::Rollout>,
+    /// Replicas kept on their missing node (`disconnect`).
+    pub held: Vec<disconnect::Held>,
 }
 
-/// Allocates `workloads` under `policies` on `nodes` and brings the store's leases in line,
-/// rolling out changes to what replicas run as `reports` (the agents' latest) allow.
+impl ControllerPass {
+    /// How soon a replica kept on its missing node may move: a pass is due then.
+    pub fn next_release(&self) -> Option<std::time::Duration> {
+        self.held.iter().filter_map(|h| h.release_in).min()
+    }
+}
+
+/// Allocates `workloads` under `policies` on the nodes `seen` and brings the store's leases
+/// in line, rolling out changes to what replicas run as the reports allow, and keeping on
+/// missing nodes the replicas whose `disconnect` says so.
 ///
 /// # Errors
 /// The store cannot be read or written, or this controller's epoch is fenced.
@@ -38,10 +62,14 @@ pub async fn reconcile<S: LeaseStore>(
     epoch: i64,
     workloads: &[Workload],
     policies: &[ResourcePolicy],
-    nodes: &[NodeInfo],
-    usage: &UsageHistory,
-    reports: &[Report],
+    seen: &Seen<'_>,
 ) -> Result<ControllerPass, StoreError> {
+    let Seen {
+        nodes,
+        missing,
+        usage,
+        reports,
+    } = *seen;
     let current = store.leases().await?;
     let placement = leases::placement(&current);
     let plan = alloc::allocate(&Input {
@@ -62,6 +90,8 @@ pub async fn reconcile<S: LeaseStore>(
         reports
     };
     let (desired, rollouts) = rollout::gate(desired, &current, reports, workloads);
+    let held = disconnect::held(&current, missing, workloads);
+    let desired = disconnect::keep(desired, &held);
     let changes = leases::lease_changes(&current, &desired);
     store.write_leases(epoch, &changes).await?;
     Ok(ControllerPass {
@@ -69,5 +99,6 @@ pub async fn reconcile<S: LeaseStore>(
         changes: changes.len(),
         leases: leases::apply(current, &changes),
         rollouts,
+        held,
     })
 }

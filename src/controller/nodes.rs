@@ -17,8 +17,9 @@ use crate::lease::NodeRegistration;
 #[derive(Debug, Default)]
 pub struct NodeTracker {
     nodes: BTreeMap<String, Tracked>,
-    /// Nodes lost for good, not to be brought back from remembered registrations.
-    lost: BTreeSet<String>,
+    /// Nodes lost for good, not to be brought back from remembered registrations, with
+    /// when their registration was first seen missing.
+    lost: BTreeMap<String, Instant>,
 }
 
 #[derive(Debug)]
@@ -56,7 +57,7 @@ impl NodeTracker {
         }
         for registration in remembered {
             if !self.nodes.contains_key(&registration.name)
-                && !self.lost.contains(&registration.name)
+                && !self.lost.contains_key(&registration.name)
             {
                 self.nodes.insert(
                     registration.name.clone(),
@@ -72,20 +73,19 @@ impl NodeTracker {
     /// The nodes to allocate on now. A node missing for longer than its grace period is
     /// dropped here, once and for all, until it registers again.
     pub fn available(&mut self, now: Instant, policies: &[ResourcePolicy]) -> Vec<NodeInfo> {
-        let expired: Vec<String> = self
+        let expired: Vec<(String, Instant)> = self
             .nodes
             .iter()
-            .filter(|(_, t)| {
-                t.missing_since.is_some_and(|since| {
-                    now.duration_since(since) >= grace(&t.registration, policies)
-                })
+            .filter_map(|(name, t)| {
+                let since = t.missing_since?;
+                (now.duration_since(since) >= grace(&t.registration, policies))
+                    .then(|| (name.clone(), since))
             })
-            .map(|(name, _)| name.clone())
             .collect();
-        for name in expired {
+        for (name, since) in expired {
             tracing::warn!(node = %name, "node lost: its grace period is over; its replicas move");
             self.nodes.remove(&name);
-            self.lost.insert(name);
+            self.lost.insert(name, since);
         }
         self.nodes
             .values()
@@ -94,6 +94,20 @@ impl NodeTracker {
                 labels: t.registration.labels.clone(),
                 capacity: t.registration.capacity,
             })
+            .collect()
+    }
+
+    /// Every node whose registration is missing now (in its grace period, or lost), with
+    /// how long it has been missing at `now`.
+    pub fn missing(&self, now: Instant) -> BTreeMap<String, Duration> {
+        let in_grace = self
+            .nodes
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), t.missing_since?)));
+        let lost = self.lost.iter().map(|(name, since)| (name.clone(), *since));
+        in_grace
+            .chain(lost)
+            .map(|(name, since)| (name, now.saturating_duration_since(since)))
             .collect()
     }
 
@@ -172,11 +186,17 @@ mod tests {
             ["a"]
         );
         // It registers again.
+        assert_eq!(
+            tracker.missing(t0 + Duration::from_secs(12)),
+            BTreeMap::from([("b".to_string(), Duration::from_secs(11))]),
+            "a lost node is still missing, counted from when it went"
+        );
         tracker.observe(
             vec![reg("a"), reg("b")],
             vec![],
             t0 + Duration::from_secs(13),
         );
+        assert!(tracker.missing(t0 + Duration::from_secs(13)).is_empty());
         assert_eq!(
             names(&tracker.available(t0 + Duration::from_secs(13), &policies)),
             ["a", "b"]

@@ -85,6 +85,10 @@ pub struct Lease {
     /// Seconds the replica must run (and be healthy) before it counts as ready.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_ready_seconds: u32,
+    /// Seconds without a confirmed ZooKeeper session after which the agent stops the
+    /// replica (`disconnect.stopAfterSeconds`); absent: it keeps it running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect_seconds: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -283,6 +287,12 @@ impl Lease {
             revision,
             health,
             min_ready_seconds: u32::try_from(spec.update.min_ready_seconds).unwrap_or(0),
+            stop_after_disconnect_seconds: spec
+                .disconnect
+                .as_ref()
+                .and_then(|d| d.stop_after_seconds)
+                .and_then(|s| u32::try_from(s).ok())
+                .filter(|s| *s > 0),
         }
     }
 

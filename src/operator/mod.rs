@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub passes: u64,
     /// Where each command workload's rollout stands.
     pub rollouts: Vec<crate::controller::rollout::Rollout>,
+    /// Replicas kept on their missing node, with why.
+    pub held: Vec<crate::controller::disconnect::Held>,
     /// The same, by workload (`namespace/name`): what its status is computed from.
     pub views: HashMap<String, WorkloadView>,
 }
@@ -77,6 +79,8 @@ pub struct WorkloadView {
     pub deleting: bool,
     /// Where its rollout stands (command workloads).
     pub rollout: Option<crate::controller::rollout::Rollout>,
+    /// Its replicas kept on their missing node: index → why.
+    pub held: BTreeMap<u32, String>,
 }
 
 impl Snapshot {
@@ -128,6 +132,13 @@ impl Snapshot {
         }
         for name in &self.deleting {
             views.entry(name.clone()).or_default().deleting = true;
+        }
+        for held in &self.held {
+            views
+                .entry(held.lease.key.workload())
+                .or_default()
+                .held
+                .insert(held.lease.key.index, held.reason.clone());
         }
         for rollout in &self.rollouts {
             views.entry(rollout.workload.clone()).or_default().rollout = Some(rollout.clone());
@@ -202,6 +213,7 @@ impl Shared {
                 deleting: deleting.clone(),
                 passes: snapshot.passes + 1,
                 rollouts: pass.rollouts.clone(),
+                held: pass.held.clone(),
                 views: HashMap::new(),
             };
             next.index();
@@ -436,6 +448,7 @@ mod tests {
     fn pass(leases: Vec<Lease>) -> ControllerPass {
         ControllerPass {
             rollouts: Vec::new(),
+            held: Vec::new(),
             plan: Plan::default(),
             changes: 0,
             leases,

@@ -319,6 +319,7 @@ fn status_of(workload: &Workload, snapshot: &Snapshot, problem: Option<&str>) ->
         reports: &view.reports,
         registered: &snapshot.nodes,
         rollout: view.rollout.as_ref(),
+        held: Some(&view.held),
     };
     workload_status(workload, &observed, problem, &now())
 }

@@ -45,6 +45,8 @@ pub struct Observed<'a> {
     pub registered: &'a [String],
     /// Where the workload's rollout stands, after the controller's last pass.
     pub rollout: Option<&'a crate::controller::rollout::Rollout>,
+    /// Its replicas kept on their missing node (`disconnect`): index → why.
+    pub held: Option<&'a BTreeMap<u32, String>>,
 }
 
 /// Process states in which a replica counts as ready.
@@ -157,6 +159,8 @@ pub fn workload_status(
                 }
                 not_ready.push(format!("replica {index}: {state}"));
             }
+        } else if let Some(reason) = observed.held.and_then(|h| h.get(&index)) {
+            not_ready.push(format!("replica {index}: {reason}"));
         } else if let Some(lease) = lease {
             not_enforced.push(format!(
                 "replica {index} on {}: no report of lease epoch {} yet",
@@ -691,6 +695,7 @@ mod tests {
             reports: &reports,
             registered: &registered,
             rollout: None,
+            held: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         assert_eq!(status.phase, WorkloadPhase::Running);
@@ -789,6 +794,7 @@ mod tests {
             reports: &[],
             registered: &["n1".to_string()],
             rollout: None,
+            held: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         let allocated = find(&status, "Allocated");
@@ -822,6 +828,7 @@ mod tests {
             reports: std::slice::from_ref(&report),
             registered: &["n1".to_string()],
             rollout: None,
+            held: None,
         };
         let status = workload_status(&workload, &observed, None, &at(100));
         let enforced = find(&status, "Enforced");
@@ -845,6 +852,7 @@ mod tests {
                 reports: std::slice::from_ref(&report),
                 registered: &[registered.to_string()],
                 rollout: None,
+                held: None,
             };
             let status = workload_status(&workload, &observed, None, &at(100));
             assert_eq!(find(&status, "Enforced").reason, "WaitingForAgents");
@@ -916,6 +924,7 @@ mod tests {
                     reports,
                     registered: &registered,
                     rollout: Some(rollout),
+                    held: None,
                 },
                 None,
                 &at(100),
@@ -987,6 +996,7 @@ mod tests {
                     reports,
                     registered: &registered,
                     rollout: None,
+                    held: None,
                 },
                 None,
                 &at(100),
@@ -1021,6 +1031,7 @@ mod tests {
                 reports: &reports,
                 registered: &["n1".to_string()],
                 rollout: None,
+                held: None,
             },
             Some(problem),
             &at(100),
@@ -1078,6 +1089,7 @@ mod tests {
                     reports: &reports,
                     registered: &["n1".to_string()],
                     rollout: None,
+                    held: None,
                 },
                 None,
                 &at(100),
@@ -1117,6 +1129,7 @@ mod tests {
                 reports: std::slice::from_ref(&report),
                 registered: &["n1".to_string()],
                 rollout: None,
+                held: None,
             },
             None,
             &at(100),

@@ -224,6 +224,12 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, node: &str) {
+        let zookeeper = self.zk.connect_string();
+        self.start_agent_via(node, &zookeeper);
+    }
+
+    /// The same, connecting to ZooKeeper at `zookeeper` (a proxy the test can cut).
+    pub fn start_agent_via(&mut self, node: &str, zookeeper: &str) {
         let root = self.root_for(node);
         let state = self.dir.path().join(format!("state-{node}"));
         let args = vec![
@@ -231,7 +237,7 @@ impl Cluster {
             "--node".into(),
             node.into(),
             "--zookeeper".into(),
-            self.zk.connect_string(),
+            zookeeper.into(),
             "--session-timeout".into(),
             self.session_timeout.into(),
             "--cgroup-root".into(),

@@ -26,3 +26,6 @@ pub mod wait;
 
 #[allow(dead_code)]
 pub mod tools;
+
+#[allow(dead_code)]
+pub mod proxy;
