@@ -836,6 +836,8 @@ mod tests {
         let pass = |policies: Vec<PolicyReport>, tenants: Vec<TenantReport>| ControllerPass {
             rollouts: Vec::new(),
             held: Vec::new(),
+            draining: Vec::new(),
+            cordoned: Vec::new(),
             plan: Plan {
                 policies,
                 tenants,

@@ -21,14 +21,143 @@ pub struct Args {
     /// Only the workloads in these manifests; default: every workload.
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub paths: Vec<std::path::PathBuf>,
+    /// A whole cluster: delete its leases in ZooKeeper (every node's agent then stops the
+    /// replicas and removes their groups). No controller may run: it would write them again.
+    #[command(flatten)]
+    pub zk: super::zk::ZkArgs,
+    /// With --zookeeper: seconds to wait for the agents to drop the replicas.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub timeout: f64,
 }
 
-/// Stops the workloads and removes their groups and leases. Returns 0, or 1 when
-/// something could not be stopped or removed (it is listed).
+/// The workloads `paths` name (`namespace/name`); `None` without paths: every workload.
+///
+/// # Errors
+/// The manifests have problems (they are printed).
+fn chosen(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<BTreeSet<String>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let manifests = source::load(paths);
+    if !manifests.problems.is_empty() {
+        for p in &manifests.problems {
+            eprintln!("{p}");
+        }
+        bail!("the manifests have problems; nothing was stopped");
+    }
+    Ok(Some(
+        manifests
+            .workloads
+            .iter()
+            .map(|w| {
+                let ns = w.object.metadata.namespace.as_deref().unwrap_or("default");
+                format!(
+                    "{ns}/{}",
+                    w.object.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// `corral down --zookeeper`: runs for leadership (so that no controller writes while it
+/// does), deletes the chosen leases in one fenced batch, waits until the agents report
+/// none of them, and resigns.
+fn down_cluster(args: &Args, config: crate::lease::zookeeper::ZkConfig) -> anyhow::Result<u8> {
+    if !(args.timeout.is_finite() && (0.0..=86_400.0).contains(&args.timeout)) {
+        bail!(
+            "--timeout {} is not a number of seconds from 0 to 86400",
+            args.timeout
+        );
+    }
+    let chosen = chosen(&args.paths)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let store = crate::lease::zookeeper::ZkStore::connect(config).await?;
+        if let Some(epoch) = store.leader_epoch().await? {
+            bail!(
+                "a controller runs (leader epoch {epoch}) and would write the leases again: stop every `corral controller` (and `corral run --zookeeper`) first"
+            );
+        }
+        let identity = format!("corral-down-{}", std::process::id());
+        let epoch = store.campaign(&identity).await?;
+        let result = async {
+            let gone: Vec<crate::lease::Lease> = store
+                .leases()
+                .await?
+                .into_iter()
+                .filter(|l| chosen.as_ref().is_none_or(|c| c.contains(&l.key.workload())))
+                .collect();
+            let changes: Vec<LeaseChange> = gone
+                .iter()
+                .map(|l| LeaseChange::Delete {
+                    node: l.node.clone(),
+                    key: l.key.clone(),
+                })
+                .collect();
+            store.write_leases(epoch, &changes).await?;
+            let nodes: BTreeSet<&str> = gone.iter().map(|l| l.node.as_str()).collect();
+            eprintln!(
+                "deleted {} lease(s) on {} node(s); their agents stop the replicas (SIGTERM, SIGKILL after the grace period) and remove the groups",
+                gone.len(),
+                nodes.len()
+            );
+            let keys: BTreeSet<(String, String)> = gone
+                .iter()
+                .map(|l| (l.node.clone(), l.key.to_string()))
+                .collect();
+            let deadline = std::time::Instant::now()
+                + std::time::Duration::from_secs_f64(args.timeout);
+            loop {
+                let registered: BTreeSet<String> =
+                    store.nodes().await?.into_iter().map(|n| n.name).collect();
+                let left: Vec<String> = store
+                    .reports()
+                    .await?
+                    .into_iter()
+                    .filter(|r| registered.contains(&r.node))
+                    .filter_map(|r| {
+                        let key = r.key?.to_string();
+                        keys.contains(&(r.node.clone(), key.clone()))
+                            .then(|| format!("{key} on {}", r.node))
+                    })
+                    .collect();
+                if left.is_empty() {
+                    eprintln!("every agent has dropped them");
+                    return Ok(0);
+                }
+                if std::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "timed out after {}s; still reported: {} (their agents apply the change when they read it)",
+                        args.timeout,
+                        left.join(", ")
+                    );
+                    return Ok(1);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        .await;
+        if let Err(e) = store.resign().await {
+            eprintln!("cannot resign; the election znode goes with this session: {e}");
+        }
+        result
+    })
+}
+
+/// Stops the workloads and removes their groups and leases: on this machine, or with
+/// `--zookeeper` on a whole cluster. Returns 0, or 1 when something could not be stopped
+/// or removed (it is listed), or, on a cluster, an agent did not drop them in time.
 ///
 /// # Errors
 /// A `corral run` or `corral agent` is running (it would start them again), or the state cannot be used.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
+    if let Some(config) = args.zk.config()? {
+        return down_cluster(args, config);
+    }
     let state = StateDir(args.place.state_dir.clone());
     if let Some(pid) = state.running_pid() {
         bail!(
@@ -42,30 +171,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .build()
         .context("starting the runtime")?;
     let leases = runtime.block_on(store.leases())?;
-    let chosen: Option<BTreeSet<String>> = if args.paths.is_empty() {
-        None
-    } else {
-        let manifests = source::load(&args.paths);
-        if !manifests.problems.is_empty() {
-            for p in &manifests.problems {
-                eprintln!("{p}");
-            }
-            bail!("the manifests have problems; nothing was stopped");
-        }
-        Some(
-            manifests
-                .workloads
-                .iter()
-                .map(|w| {
-                    let ns = w.object.metadata.namespace.as_deref().unwrap_or("default");
-                    format!(
-                        "{ns}/{}",
-                        w.object.metadata.name.as_deref().unwrap_or_default()
-                    )
-                })
-                .collect(),
-        )
-    };
+    let chosen = chosen(&args.paths)?;
     let (gone, kept): (Vec<_>, Vec<_>) = leases.into_iter().partition(|l| {
         chosen
             .as_ref()

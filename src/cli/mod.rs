@@ -5,6 +5,7 @@ pub mod agent;
 pub mod controller;
 pub mod crd;
 pub mod down;
+pub mod drain;
 pub mod live;
 pub mod logs;
 pub mod plan;
@@ -55,6 +56,11 @@ pub enum Command {
     Agent(agent::Args),
     /// ZooKeeper identities: the digest of user:password, the ids of a client certificate.
     Zk(zk::Args),
+    /// Cordon a cluster node and move its replicas away, within each workload's
+    /// maxUnavailable; waits until it holds none.
+    Drain(drain::DrainArgs),
+    /// Let replicas be placed on a drained node again.
+    Uncordon(drain::UncordonArgs),
 }
 
 /// Manifest paths, shared by the subcommands that read manifests.
@@ -142,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&args),
         Command::Top(args) => top::run(&args),
         Command::Down(args) => down::run(&args),
+        Command::Drain(args) => drain::drain(&args),
+        Command::Uncordon(args) => drain::uncordon(&args),
         Command::Logs(args) => logs::run(&args),
         Command::LogPump(args) => logs::pump(&args),
         Command::Controller(args) => controller::run(&args),

@@ -297,6 +297,7 @@ impl Run {
                 missing: &std::collections::BTreeMap::new(),
                 usage: &self.usage,
                 reports: &self.reported,
+                cordoned: &std::collections::BTreeSet::new(),
             },
         )
         .await?;

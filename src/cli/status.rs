@@ -142,6 +142,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 .map(|c| c.rollouts.as_slice())
                 .or(status.run.as_ref().map(|r| r.rollouts.as_slice()))
                 .unwrap_or_default();
+            for node in status.controller.iter().flat_map(|c| &c.cordoned) {
+                writeln!(
+                    out,
+                    "node {node} is cordoned (corral drain); `corral uncordon {node}` lifts it"
+                )?;
+            }
             for kept in status.controller.iter().flat_map(|c| &c.kept) {
                 writeln!(out, "kept on its missing node: {kept}")?;
             }

@@ -103,9 +103,13 @@ pub struct ControllerStatus {
     /// Where each command workload's rollout stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<super::rollout::Rollout>,
-    /// Replicas kept on their missing node (`disconnect`), each with why.
+    /// Replicas kept on their missing node (`disconnect`) or, for now, on their cordoned
+    /// node (`corral drain`), each with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<String>,
+    /// Nodes an operator cordoned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cordoned: Vec<String>,
 }
 
 /// Runs for leadership and, while leading, keeps the leases in line with the manifests
@@ -124,6 +128,7 @@ pub async fn run<D: Desired>(
 ) -> Result<(), StoreError> {
     let mut registrations = store.subscribe("/nodes").await?;
     let mut joins = store.subscribe("/join").await?;
+    let mut cordons = store.subscribe("/cordons").await?;
     // Reports are followed for the source's status and for rollouts, which go on as
     // replaced replicas become ready.
     let mut reports_changed = Some(store.subscribe("/reports").await?);
@@ -175,7 +180,9 @@ pub async fn run<D: Desired>(
                 .await
                 {
                     Ok((done, nodes)) => {
-                        rolling = done.rollouts.iter().any(|r| r.in_progress());
+                        // A rollout or a drain goes on as replicas become ready elsewhere.
+                        rolling = done.rollouts.iter().any(|r| r.in_progress())
+                            || !done.draining.is_empty();
                         release_at = done.next_release().map(|d| Instant::now() + d);
                         for held in &done.held {
                             tracing::debug!(replica = %held.lease.key, reason = %held.reason, "kept on its missing node");
@@ -214,6 +221,7 @@ pub async fn run<D: Desired>(
                     }
                 }
                 _ = registrations.changed() => {}
+                _ = cordons.changed() => {}
                 _ = joins.changed() => {
                     more_joins = serve_joins(&store).await;
                     reports_only = true;
@@ -359,6 +367,7 @@ async fn pass<D: Desired>(
     let remembered = store.remembered_nodes().await?;
     tracker.observe(registered, remembered, Instant::now());
     let nodes = tracker.available(Instant::now(), source.policies());
+    let cordoned: std::collections::BTreeSet<String> = store.cordons().await?.into_keys().collect();
     let done = reconcile(
         store,
         epoch,
@@ -369,6 +378,7 @@ async fn pass<D: Desired>(
             missing: &tracker.missing(Instant::now()),
             usage,
             reports,
+            cordoned: &cordoned,
         },
     )
     .await?;
@@ -404,7 +414,13 @@ async fn publish<D: Desired>(
             .held
             .iter()
             .map(|h| format!("{}: {}", h.lease.key, h.reason))
+            .chain(
+                done.draining
+                    .iter()
+                    .map(|k| format!("{}: {}", k.lease.key, k.reason)),
+            )
             .collect(),
+        cordoned: done.cordoned.clone(),
     };
     if let Err(e) = store
         .write_status(&serde_json::to_vec(&status).unwrap_or_default())

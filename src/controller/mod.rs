@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod disconnect;
+pub mod drain;
 pub mod leases;
 pub mod nodes;
 pub mod provision;
@@ -25,8 +26,11 @@ pub struct Seen<'a> {
     pub missing: &'a std::collections::BTreeMap<String, std::time::Duration>,
     /// Observed use, for the `Usage` strategy.
     pub usage: &'a UsageHistory,
-    /// The agents' latest reports, for rollouts.
+    /// The agents' latest reports, for rollouts and drains.
     pub reports: &'a [Report],
+    /// Nodes an operator cordoned (`corral drain`): nothing new goes there, and what is
+    /// there moves away. `nodes` includes them.
+    pub cordoned: &'a std::collections::BTreeSet<String>,
 }
 
 /// What one controller pass did.
@@ -42,6 +46,10 @@ pub struct ControllerPass {
     pub rollouts: Vec<rollout::Rollout>,
     /// Replicas kept on their missing node (`disconnect`).
     pub held: Vec<disconnect::Held>,
+    /// Replicas kept on their cordoned node for now (`corral drain`).
+    pub draining: Vec<drain::Kept>,
+    /// The nodes cordoned during the pass.
+    pub cordoned: Vec<String>,
 }
 
 impl ControllerPass {
@@ -69,7 +77,21 @@ pub async fn reconcile<S: LeaseStore>(
         missing,
         usage,
         reports,
+        cordoned,
     } = *seen;
+    // A cordoned node takes nothing: its replicas are placed elsewhere, and moved there as
+    // their budget allows (`drain`).
+    let open: Vec<NodeInfo>;
+    let nodes = if cordoned.is_empty() {
+        nodes
+    } else {
+        open = nodes
+            .iter()
+            .filter(|n| !cordoned.contains(&n.name))
+            .cloned()
+            .collect();
+        &open
+    };
     let current = store.leases().await?;
     let placement = leases::placement(&current);
     let plan = alloc::allocate(&Input {
@@ -83,13 +105,15 @@ pub async fn reconcile<S: LeaseStore>(
     // A replacement must not rest on stale reports (a cluster controller reads them at each
     // resync): one more replica down than `maxUnavailable` allows would be the cost.
     let fresh;
-    let reports = if rollout::replaces(&desired, &current) {
+    let moves_off_cordoned = current.iter().any(|l| cordoned.contains(&l.node));
+    let reports = if moves_off_cordoned || rollout::replaces(&desired, &current) {
         fresh = store.reports().await?;
         &fresh
     } else {
         reports
     };
     let (desired, rollouts) = rollout::gate(desired, &current, reports, workloads);
+    let (desired, draining) = drain::gate(desired, &current, reports, workloads, cordoned);
     let held = disconnect::held(&current, missing, workloads);
     let desired = disconnect::keep(desired, &held);
     let changes = leases::lease_changes(&current, &desired);
@@ -100,5 +124,7 @@ pub async fn reconcile<S: LeaseStore>(
         leases: leases::apply(current, &changes),
         rollouts,
         held,
+        draining,
+        cordoned: cordoned.iter().cloned().collect(),
     })
 }

@@ -92,6 +92,46 @@ impl Rollout {
     }
 }
 
+/// Which replicas are available: their agent reports them ready, running the revision of
+/// their current lease, on that lease's node.
+pub struct Availability<'a> {
+    now: HashMap<&'a ReplicaKey, &'a Lease>,
+    reported: HashMap<(&'a str, &'a ReplicaKey), &'a Report>,
+}
+
+impl<'a> Availability<'a> {
+    /// From the leases in the store and the agents' reports.
+    pub fn new(current: &'a [Lease], reports: &'a [Report]) -> Self {
+        Availability {
+            now: current.iter().map(|l| (&l.key, l)).collect(),
+            reported: reports
+                .iter()
+                .filter_map(|r| Some(((r.node.as_str(), r.key.as_ref()?), r)))
+                .collect(),
+        }
+    }
+
+    /// True when `key` is available now.
+    pub fn available(&self, key: &ReplicaKey) -> bool {
+        let Some(lease) = self.now.get(key) else {
+            return false;
+        };
+        self.reported
+            .get(&(lease.node.as_str(), key))
+            .is_some_and(|r| {
+                let ready = r
+                    .process
+                    .ready
+                    .unwrap_or_else(|| READY_STATES.contains(&r.process.state.as_str()));
+                ready
+                    && r.process
+                        .revision
+                        .as_deref()
+                        .is_none_or(|rev| lease.revision.is_empty() || rev == lease.revision)
+            })
+    }
+}
+
 /// True when some lease in `desired` would give a replica in place (same node) another
 /// revision than its lease in `current` carries: a rollout step, which must rest on fresh
 /// reports.
@@ -117,28 +157,9 @@ pub fn gate(
     workloads: &[Workload],
 ) -> (Vec<Lease>, Vec<Rollout>) {
     let now: HashMap<&ReplicaKey, &Lease> = current.iter().map(|l| (&l.key, l)).collect();
-    let reported: HashMap<(&str, &ReplicaKey), &Report> = reports
-        .iter()
-        .filter_map(|r| Some(((r.node.as_str(), r.key.as_ref()?), r)))
-        .collect();
-    // A replica is available when the agent of its current lease's node reports it ready,
-    // running that lease's revision.
-    let available = |key: &ReplicaKey| -> bool {
-        let Some(lease) = now.get(key) else {
-            return false;
-        };
-        reported.get(&(lease.node.as_str(), key)).is_some_and(|r| {
-            let ready = r
-                .process
-                .ready
-                .unwrap_or_else(|| READY_STATES.contains(&r.process.state.as_str()));
-            ready
-                && r.process
-                    .revision
-                    .as_deref()
-                    .is_none_or(|rev| lease.revision.is_empty() || rev == lease.revision)
-        })
-    };
+    let seen = Availability::new(current, reports);
+    let reported = &seen.reported;
+    let available = |key: &ReplicaKey| seen.available(key);
     let mut by_workload: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, lease) in desired.iter().enumerate() {
         if !lease.revision.is_empty() {

@@ -302,17 +302,20 @@ pub enum Base {
     Reports,
     /// `/status`: the leader's summary (pending reasons, manifest problems).
     Status,
+    /// `/cordons`: nodes an operator cordoned (`corral drain`), one child each.
+    Cordons,
 }
 
 impl Base {
     /// Every base znode below the chroot, parents first.
-    pub const BELOW_CHROOT: [Base; 6] = [
+    pub const BELOW_CHROOT: [Base; 7] = [
         Base::Nodes,
         Base::Join,
         Base::Leader,
         Base::Leases,
         Base::Reports,
         Base::Status,
+        Base::Cordons,
     ];
 
     /// The znode's path below the chroot; `None` for the chroot itself.
@@ -325,6 +328,7 @@ impl Base {
             Base::Leases => Some("/leases"),
             Base::Reports => Some("/reports"),
             Base::Status => Some("/status"),
+            Base::Cordons => Some("/cordons"),
         }
     }
 }
@@ -374,7 +378,12 @@ impl Policy {
             // ACLs have no "any authenticated client": whoever may ask creates here, and
             // the controller provisions only names the identities file gives ids to.
             Base::Join => owned.grant([&AclId::anyone()], Perms::CREATE),
-            Base::Chroot | Base::Nodes | Base::Leases | Base::Reports | Base::Status => owned,
+            Base::Chroot
+            | Base::Nodes
+            | Base::Leases
+            | Base::Reports
+            | Base::Status
+            | Base::Cordons => owned,
         }
     }
 
@@ -517,6 +526,7 @@ mod tests {
             Base::Leases,
             Base::Reports,
             Base::Status,
+            Base::Cordons,
         ] {
             let acl = policy.base(base);
             assert_eq!(acl.perms_of(&controller()[0]), Some(Perms::ALL), "{base:?}");

@@ -252,6 +252,17 @@ fn zk(op: &'static str, path: &str) -> impl FnOnce(ZkError) -> StoreError {
     move |source| StoreError::Zk { op, path, source }
 }
 
+/// Refuses a name that is not a node's (a DNS subdomain): it would name another path.
+fn check_node_name(node: &str) -> Result<(), StoreError> {
+    if crate::source::nodes::is_node_name(node) {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "{node:?} is not a node name (a DNS subdomain: lowercase letters, digits, '-' and '.')"
+        )))
+    }
+}
+
 fn is_zk(result: &StoreError, code: &ZkError) -> bool {
     matches!(result, StoreError::Zk { source, .. } if source == code)
 }
@@ -1215,6 +1226,74 @@ impl ZkStore {
         self.timed("set", "/status", client.set_data("/status", data, None))
             .await?;
         Ok(())
+    }
+
+    /// Cordons `node` (`corral drain`): no replica is placed there any more, and those there
+    /// move away. `why` is kept for `corral status`.
+    ///
+    /// # Errors
+    /// ZooKeeper refused (this identity may not write there) or did not answer.
+    pub async fn cordon(&self, node: &str, why: &[u8]) -> Result<(), StoreError> {
+        check_node_name(node)?;
+        let acl = self.policy().base(Base::Cordons);
+        self.ensure("/cordons", &acl, false).await?;
+        let path = format!("/cordons/{node}");
+        let client = self.client();
+        let zk_acl = acl.to_zk();
+        let options = CreateMode::Persistent.with_acls(zk_acl.as_slice().into());
+        match self
+            .timed("create", &path, client.create(&path, why, &options))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_zk(&e, &ZkError::NodeExists) => {
+                self.timed("set", &path, client.set_data(&path, why, None))
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lifts the cordon of `node`; nothing happens when there is none.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn uncordon(&self, node: &str) -> Result<(), StoreError> {
+        check_node_name(node)?;
+        let path = format!("/cordons/{node}");
+        let client = self.client();
+        match self
+            .timed("delete", &path, client.delete(&path, None))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_zk(&e, &ZkError::NoNode) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The cordoned nodes, each with what `corral drain` wrote.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn cordons(&self) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let client = self.client();
+        let names = match self
+            .timed("list", "/cordons", client.list_children("/cordons"))
+            .await
+        {
+            Ok(names) => names,
+            Err(e) if is_zk(&e, &ZkError::NoNode) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e),
+        };
+        let paths: Vec<String> = names.iter().map(|n| format!("/cordons/{n}")).collect();
+        Ok(self
+            .read_all(&paths)
+            .await?
+            .into_iter()
+            .filter_map(|(path, data, _)| Some((path.strip_prefix("/cordons/")?.to_string(), data)))
+            .collect())
     }
 
     /// The controller's summary, if one was written.

@@ -449,6 +449,8 @@ mod tests {
         ControllerPass {
             rollouts: Vec::new(),
             held: Vec::new(),
+            draining: Vec::new(),
+            cordoned: Vec::new(),
             plan: Plan::default(),
             changes: 0,
             leases,
