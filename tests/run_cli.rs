@@ -683,3 +683,82 @@ fn top_in_a_terminal_follows_its_keys_and_restores_the_terminal() {
         "the cursor shown again and the alternate screen left: {all:?}"
     );
 }
+
+/// Every flag that takes seconds refuses what is not a finite number in its range, naming
+/// the flag and the range, with clap's usage status (2), never a panic.
+#[test]
+fn numeric_flags_refuse_hostile_values_clearly() {
+    let cases: [(&[&str], &str, &str); 8] = [
+        (
+            &["run", "-f", "/nonexistent"],
+            "--resync",
+            "from 0.1 to 86400",
+        ),
+        (
+            &["agent", "--node", "n1", "--zookeeper", "127.0.0.1:1"],
+            "--resync",
+            "from 0.1 to 86400",
+        ),
+        (
+            &[
+                "controller",
+                "--source",
+                "dir:/nonexistent",
+                "--zookeeper",
+                "127.0.0.1:1",
+            ],
+            "--resync",
+            "from 0.1 to 86400",
+        ),
+        (
+            &["status", "--zookeeper", "127.0.0.1:1"],
+            "--session-timeout",
+            "from 1 to 600",
+        ),
+        (&["top"], "--interval", "from 0.1 to 3600"),
+        (
+            &["drain", "n1", "--zookeeper", "127.0.0.1:1"],
+            "--timeout",
+            "from 0 to 86400",
+        ),
+        (
+            &["down", "--zookeeper", "127.0.0.1:1"],
+            "--timeout",
+            "from 0 to 86400",
+        ),
+        (
+            &["agent", "--node", "n1", "--zookeeper", "127.0.0.1:1"],
+            "--session-timeout",
+            "from 1 to 600",
+        ),
+    ];
+    for (command, flag, range) in cases {
+        for hostile in ["inf", "NaN", "-1", "1e400", "soon"] {
+            let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+                .args(command)
+                .arg(format!("{flag}={hostile}"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{command:?} {flag} {hostile}: {stderr}"
+            );
+            assert!(
+                !stderr.contains("panicked"),
+                "{command:?} {flag} {hostile}: {stderr}"
+            );
+            assert!(
+                stderr.contains(flag),
+                "{command:?} {flag} {hostile}: {stderr}"
+            );
+            if hostile != "soon" {
+                assert!(
+                    stderr.contains(range),
+                    "{command:?} {flag} {hostile}: {stderr}"
+                );
+            }
+        }
+    }
+}

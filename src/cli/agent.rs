@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::sync::watch;
@@ -44,7 +43,7 @@ pub struct Args {
     )]
     pub state_dir: PathBuf,
     /// Seconds between re-reads that restore drift.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS", value_parser = super::seconds::resync)]
     pub resync: f64,
     /// A label of this node, key=value. Repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -84,7 +83,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         cgroup_mode: mode,
         ..registration
     };
-    let resync = Duration::from_secs_f64(args.resync.max(0.1));
+    let resync = super::seconds::duration(args.resync);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -38,7 +37,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
     /// Seconds between passes when nothing changes (observed use is read then).
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS", value_parser = super::seconds::resync)]
     pub resync: f64,
     /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
     #[arg(long, value_name = "ADDR")]
@@ -179,7 +178,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", super::agent::host_name(), std::process::id()));
-    let resync = Duration::from_secs_f64(args.resync.max(0.1));
+    let resync = super::seconds::duration(args.resync);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

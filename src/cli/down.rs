@@ -26,7 +26,7 @@ pub struct Args {
     #[command(flatten)]
     pub zk: super::zk::ZkArgs,
     /// With --zookeeper: seconds to wait for the agents to drop the replicas.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = super::seconds::timeout)]
     pub timeout: f64,
 }
 
@@ -64,12 +64,6 @@ fn chosen(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<BTreeSet<String
 /// does), deletes the chosen leases in one fenced batch, waits until the agents report
 /// none of them, and resigns.
 fn down_cluster(args: &Args, config: crate::lease::zookeeper::ZkConfig) -> anyhow::Result<u8> {
-    if !(args.timeout.is_finite() && (0.0..=86_400.0).contains(&args.timeout)) {
-        bail!(
-            "--timeout {} is not a number of seconds from 0 to 86400",
-            args.timeout
-        );
-    }
     let chosen = chosen(&args.paths)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +104,7 @@ fn down_cluster(args: &Args, config: crate::lease::zookeeper::ZkConfig) -> anyho
                 .map(|l| (l.node.clone(), l.key.to_string()))
                 .collect();
             let deadline = std::time::Instant::now()
-                + std::time::Duration::from_secs_f64(args.timeout);
+                + super::seconds::duration(args.timeout);
             loop {
                 let registered: BTreeSet<String> =
                     store.nodes().await?.into_iter().map(|n| n.name).collect();

@@ -18,7 +18,7 @@ pub struct DrainArgs {
     /// The node.
     pub node: String,
     /// Seconds to wait for the node to hold no replica; 0: cordon and return at once.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = super::seconds::timeout)]
     pub timeout: f64,
     /// How to reach the cluster's ZooKeeper (the controller's credentials).
     #[command(flatten)]
@@ -45,12 +45,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// # Errors
 /// No `--zookeeper`, an unusable timeout, or ZooKeeper refused.
 pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
-    if !(args.timeout.is_finite() && (0.0..=86_400.0).contains(&args.timeout)) {
-        bail!(
-            "--timeout {} is not a number of seconds from 0 to 86400",
-            args.timeout
-        );
-    }
     let Some(config) = args.zk.config()? else {
         bail!(
             "corral drain works on a cluster: give --zookeeper (a `corral run` machine is one node; `corral down` stops its workloads)"
@@ -86,7 +80,7 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         if args.timeout == 0.0 {
             return Ok(0);
         }
-        let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+        let deadline = Instant::now() + super::seconds::duration(args.timeout);
         let mut last = String::new();
         loop {
             let left: Vec<String> = store

@@ -10,6 +10,7 @@ pub mod live;
 pub mod logs;
 pub mod plan;
 pub mod run;
+pub mod seconds;
 pub mod status;
 pub mod top;
 pub mod validate;

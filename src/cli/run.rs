@@ -71,7 +71,7 @@ pub struct Args {
     pub place: Where,
     /// Seconds between re-reads of the cgroup tree that restore values changed behind
     /// corral's back.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS", value_parser = super::seconds::resync)]
     pub resync: f64,
     /// Converge once and exit.
     #[arg(long)]
@@ -415,7 +415,7 @@ impl Run {
         table: bool,
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
-        let resync = Duration::from_secs_f64(args.resync.max(0.1));
+        let resync = super::seconds::duration(args.resync);
         let mut resync_timer = tokio::time::interval(resync);
         resync_timer.tick().await;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -501,7 +501,7 @@ async fn with_zookeeper(
     super::pump_logs(&mut agent);
     let source = ManifestSource::new(&args.manifests.paths, manifests, true)?;
     let store = crate::lease::zookeeper::ZkStore::connect(config).await?;
-    let resync = Duration::from_secs_f64(args.resync.max(0.1));
+    let resync = super::seconds::duration(args.resync);
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let identity = format!("{}-{}", node.name, std::process::id());
     let controller = tokio::spawn({

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t)]
     pub sort: SortKey,
     /// Seconds between refreshes.
-    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = super::seconds::interval)]
     pub interval: f64,
     /// Print one snapshot and exit (also when standard output is not a terminal).
     #[arg(long)]
@@ -151,13 +151,7 @@ impl Source {
 /// # Errors
 /// The state directory or ZooKeeper cannot be read at start, or the output fails.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    if !(args.interval.is_finite() && (0.1..=3600.0).contains(&args.interval)) {
-        anyhow::bail!(
-            "--interval {} is not a number of seconds from 0.1 to 3600",
-            args.interval
-        );
-    }
-    let interval = Duration::from_secs_f64(args.interval);
+    let interval = super::seconds::duration(args.interval);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

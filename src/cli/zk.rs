@@ -8,7 +8,6 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -34,7 +33,7 @@ pub struct ZkArgs {
     pub chroot: String,
     /// Session timeout in seconds. A frozen ensemble leader takes about 10 s to be replaced,
     /// so much shorter sessions expire in ordinary failovers.
-    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS", value_parser = super::seconds::session_timeout)]
     pub session_timeout: f64,
     /// A file holding the digest credentials, user:password (or set CORRAL_ZK_CREDENTIALS).
     #[arg(
@@ -76,7 +75,7 @@ impl ZkArgs {
         }
         let mut config = ZkConfig::new(hosts);
         config.chroot.clone_from(&self.chroot);
-        config.session_timeout = Duration::from_secs_f64(self.session_timeout.clamp(1.0, 600.0));
+        config.session_timeout = super::seconds::duration(self.session_timeout);
         config.credentials = match (&self.credentials_file, std::env::var(CREDENTIALS_ENV)) {
             (Some(file), _) => {
                 let text = std::fs::read_to_string(file)
