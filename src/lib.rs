@@ -1,5 +1,6 @@
 //! corral: a declarative resource reconciler. Workloads and ResourcePolicies in, leases in
-//! ZooKeeper and cgroups on every node out. See DESIGN.md for the architecture.
+//! ZooKeeper and cgroups on every node out. docs/ARCHITECTURE.md describes the layers, the
+//! path from a manifest to a cgroup file, the ZooKeeper layout and the rules that must hold.
 
 pub mod agent;
 pub mod alloc;
