@@ -6,6 +6,9 @@
 //! whatever is left in them and removes them, also when the test panics. Processes started
 //! outside a test group are owned by a [`Reaped`] guard.
 
+mod common;
+
+use common::wait::wait_until;
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -35,18 +38,6 @@ fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
-}
-
-/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn nix_pid(pid: u32) -> Pid {
