@@ -814,7 +814,7 @@ fn checked_web(version: &str, test: &str) -> String {
             "  command: {args: [sleep, \"600\"]}\n",
             &format!(
                 "  command:\n    args: [sleep, \"600\"]\n    env: [{{name: V, value: \"{version}\"}}]\n    \
-                 healthCheck: {{exec: {{command: [sh, -c, '{test}']}}, periodSeconds: 1, failureThreshold: 1}}\n"
+                 healthCheck: {{exec: {{command: [sh, -c, '{test}']}}, periodSeconds: 1, timeoutSeconds: 5, failureThreshold: 3}}\n"
             ),
         )
     )

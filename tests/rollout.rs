@@ -270,7 +270,7 @@ fn a_failing_health_check_holds_the_rollout_and_a_fixed_check_lets_it_go_on() {
     let mut setup = setup();
     let check = |test: &str| {
         format!(
-            "    healthCheck: {{exec: {{command: [sh, -c, '{test}']}}, periodSeconds: 1, failureThreshold: 1}}\n  \
+            "    healthCheck: {{exec: {{command: [sh, -c, '{test}']}}, periodSeconds: 1, timeoutSeconds: 5, failureThreshold: 3}}\n  \
              update: {{maxUnavailable: 1}}\n"
         )
     };

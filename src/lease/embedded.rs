@@ -1,6 +1,8 @@
 //! The embedded lease store of `corral run`: JSON files under the state directory, each
 //! replaced atomically (write a temporary file, then rename), guarded by an advisory lock
 //! so that `corral status` and `corral down` can read and write beside a running corral.
+//! The store's asynchronous methods do their file work (the lock, reads, fsync) on
+//! tokio's blocking threads, never on the executor's.
 //!
 //! ```text
 //! <state>/store/nodes.json     registrations
@@ -21,8 +23,14 @@ use crate::state::private;
 /// The store under `<state>/store`.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    dir: PathBuf,
+    files: Files,
     changes: watch::Sender<u64>,
+}
+
+/// The store's files: cheap to clone into a blocking task.
+#[derive(Clone, Debug)]
+struct Files {
+    dir: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -67,7 +75,7 @@ impl EmbeddedStore {
             private::tighten(&path).map_err(io(&path))?;
         }
         Ok(EmbeddedStore {
-            dir,
+            files: Files { dir },
             changes: watch::Sender::new(0),
         })
     }
@@ -89,7 +97,7 @@ impl EmbeddedStore {
             });
         }
         Ok(EmbeddedStore {
-            dir,
+            files: Files { dir },
             changes: watch::Sender::new(0),
         })
     }
@@ -100,7 +108,7 @@ impl EmbeddedStore {
     /// # Errors
     /// The lease file cannot be read or written.
     pub fn next_epoch(&self) -> Result<i64, StoreError> {
-        self.update("leases.json", |file: &mut LeaseFile| {
+        self.files.update("leases.json", |file: &mut LeaseFile| {
             file.epoch += 1;
             Ok(file.epoch)
         })
@@ -111,6 +119,20 @@ impl EmbeddedStore {
         self.changes.subscribe()
     }
 
+    /// Runs `work` on the files in one of tokio's blocking threads: it locks, reads and
+    /// syncs, which must not stall the executor.
+    async fn off_executor<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Files) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || work(&files))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the store's file work failed: {e}")))?
+    }
+}
+
+impl Files {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -214,65 +236,80 @@ impl EmbeddedStore {
 
 impl LeaseStore for EmbeddedStore {
     async fn register_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
-        self.update("nodes.json", |file: &mut NodeFile| {
-            file.version = FORMAT_VERSION;
-            file.nodes.retain(|n| n.name != node.name);
-            file.nodes.push(node.clone());
-            file.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(())
+        let node = node.clone();
+        self.off_executor(move |files| {
+            files.update("nodes.json", |file: &mut NodeFile| {
+                file.version = FORMAT_VERSION;
+                file.nodes.retain(|n| n.name != node.name);
+                file.nodes.push(node);
+                file.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(())
+            })
         })
+        .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRegistration>, StoreError> {
-        Ok(self.read::<NodeFile>("nodes.json")?.nodes)
+        self.off_executor(|files| Ok(files.read::<NodeFile>("nodes.json")?.nodes))
+            .await
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        Ok(self.read::<LeaseFile>("leases.json")?.leases)
+        self.off_executor(|files| Ok(files.read::<LeaseFile>("leases.json")?.leases))
+            .await
     }
 
     async fn write_leases(&self, epoch: i64, changes: &[LeaseChange]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.update("leases.json", |file: &mut LeaseFile| {
-            if epoch < file.epoch {
-                return Err(StoreError::Fenced { ours: epoch });
-            }
-            file.version = FORMAT_VERSION;
-            for change in changes {
-                match change {
-                    LeaseChange::Put(lease) => {
-                        file.leases
-                            .retain(|l| !(l.node == lease.node && l.key == lease.key));
-                        file.leases.push((**lease).clone());
-                    }
-                    LeaseChange::Delete { node, key } => {
-                        file.leases.retain(|l| !(&l.node == node && &l.key == key));
+        let changes = changes.to_vec();
+        self.off_executor(move |files| {
+            files.update("leases.json", |file: &mut LeaseFile| {
+                if epoch < file.epoch {
+                    return Err(StoreError::Fenced { ours: epoch });
+                }
+                file.version = FORMAT_VERSION;
+                for change in &changes {
+                    match change {
+                        LeaseChange::Put(lease) => {
+                            file.leases
+                                .retain(|l| !(l.node == lease.node && l.key == lease.key));
+                            file.leases.push((**lease).clone());
+                        }
+                        LeaseChange::Delete { node, key } => {
+                            file.leases.retain(|l| !(&l.node == node && &l.key == key));
+                        }
                     }
                 }
-            }
-            file.leases
-                .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
-            Ok(())
-        })?;
+                file.leases
+                    .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+                Ok(())
+            })
+        })
+        .await?;
         self.changes.send_modify(|generation| *generation += 1);
         Ok(())
     }
 
     async fn reports(&self) -> Result<Vec<Report>, StoreError> {
-        Ok(self.read::<ReportFile>("reports.json")?.reports)
+        self.off_executor(|files| Ok(files.read::<ReportFile>("reports.json")?.reports))
+            .await
     }
 
     async fn write_reports(&self, node: &str, reports: &[Report]) -> Result<(), StoreError> {
-        self.update("reports.json", |file: &mut ReportFile| {
-            file.version = FORMAT_VERSION;
-            file.reports.retain(|r| r.node != node);
-            file.reports.extend(reports.iter().cloned());
-            file.reports
-                .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
-            Ok(())
+        let (node, reports) = (node.to_string(), reports.to_vec());
+        self.off_executor(move |files| {
+            files.update("reports.json", |file: &mut ReportFile| {
+                file.version = FORMAT_VERSION;
+                file.reports.retain(|r| r.node != node);
+                file.reports.extend(reports);
+                file.reports
+                    .sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+                Ok(())
+            })
         })
+        .await
     }
 }
 

@@ -106,8 +106,21 @@ impl ManifestSource {
             }
             tokio::time::sleep(DEBOUNCE).await;
             while self.events.try_recv().is_ok() {}
+            // Reading and validating (file reads, CEL) run on a blocking thread, not on the
+            // executor. `dirty` stays set until they are taken: a call dropped while it
+            // waits leaves the reading to the next call.
+            let paths = self.paths.clone();
+            let loaded = tokio::task::spawn_blocking(move || super::load(&paths)).await;
             self.dirty = false;
-            if let Some(result) = self.reload() {
+            let manifests = match loaded {
+                Ok(manifests) => manifests,
+                Err(e) => {
+                    self.problems = vec![format!("reading the manifests failed: {e}")];
+                    tracing::warn!(error = %e, "reading the manifests failed; the previous version is kept");
+                    return Reload::Kept;
+                }
+            };
+            if let Some(result) = self.apply(manifests) {
                 return result;
             }
         }
@@ -135,6 +148,12 @@ impl ManifestSource {
     /// Reads the manifests; `None` while a version that drops workloads settles.
     fn reload(&mut self) -> Option<Reload> {
         let manifests = super::load(&self.paths);
+        self.apply(manifests)
+    }
+
+    /// Takes `manifests` if they are valid; `None` while a version that drops workloads
+    /// settles.
+    fn apply(&mut self, manifests: crate::validate::Manifests) -> Option<Reload> {
         if !manifests.is_valid() {
             self.problems = manifests.problems.iter().map(ToString::to_string).collect();
             for problem in &self.problems {
