@@ -489,6 +489,15 @@ impl Supervisor {
             None => "None",
         };
         let ready = match (want, work) {
+            // Processes no record knows (a state directory lost): they ran before this
+            // agent, so minReadySeconds has passed; without a check to run, they are ready.
+            (Some(want), Some(Work::Command { .. })) if record.main.is_none() && pids > 0 => {
+                // Being stopped (a replacement): not ready, whatever it was.
+                let stopping = GroupPath::replica(key).is_ok_and(|g| self.is_stopping(&g));
+                let ready = want.health.is_none() && !stopping;
+                self.reported_ready.insert(key.clone(), ready);
+                Some(ready)
+            }
             (Some(want), Some(Work::Command { .. })) => {
                 let ready = self.ready(key, want.health.is_some(), want.min_ready_seconds, now_ms);
                 self.reported_ready.insert(key.clone(), ready);
@@ -830,6 +839,40 @@ mod tests {
         supervisor.records.insert(key.clone(), running(""));
         assert!(!supervisor.outdated(&group, &want));
         assert_eq!(supervisor.records[&key].revision, "new");
+    }
+
+    #[test]
+    fn processes_no_record_knows_are_ready_unless_a_check_must_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        let (mut desired, group) = tree(RestartPolicy::Always);
+        let mut supervisor = Supervisor::load(dir.path(), "n");
+        let report = supervisor.report(&key, desired.groups.get(&group), 1, 0);
+        assert_eq!(
+            (report.state.as_str(), report.ready),
+            ("Running", Some(true))
+        );
+        if let Some(want) = desired.groups.get_mut(&group) {
+            want.health = Some(crate::lease::HealthProbe {
+                check: crate::lease::ProbeCheck::Tcp(1),
+                period_seconds: 1,
+                timeout_seconds: 1,
+                failure_threshold: 1,
+            });
+        }
+        assert_eq!(
+            supervisor
+                .report(&key, desired.groups.get(&group), 1, 0)
+                .ready,
+            Some(false)
+        );
+        assert_eq!(
+            supervisor
+                .report(&key, desired.groups.get(&group), 0, 0)
+                .ready,
+            Some(false),
+            "nothing runs"
+        );
     }
 
     #[test]
