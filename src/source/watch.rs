@@ -47,6 +47,10 @@ pub struct ManifestSource {
     _watcher: Option<notify::RecommendedWatcher>,
     /// An event was taken and its version not read yet.
     dirty: bool,
+    /// The reading in progress on a blocking thread: a `changed()` dropped while it waits
+    /// leaves it to the next call, which takes it up where it is, so that a busy select
+    /// can never starve it by starting it over and over.
+    loading: Option<tokio::task::JoinHandle<Manifests>>,
     /// A version that drops workloads, waiting to be read the same again.
     settling: Option<(BTreeSet<String>, Instant)>,
 }
@@ -79,6 +83,7 @@ impl ManifestSource {
             events,
             _watcher: watcher,
             dirty: watch,
+            loading: None,
             settling: None,
         };
         source.take(manifests);
@@ -104,13 +109,19 @@ impl ManifestSource {
                 }
                 self.dirty = true;
             }
-            tokio::time::sleep(DEBOUNCE).await;
-            while self.events.try_recv().is_ok() {}
-            // Reading and validating (file reads, CEL) run on a blocking thread, not on the
-            // executor. `dirty` stays set until they are taken: a call dropped while it
-            // waits leaves the reading to the next call.
-            let paths = self.paths.clone();
-            let loaded = tokio::task::spawn_blocking(move || super::load(&paths)).await;
+            if self.loading.is_none() {
+                tokio::time::sleep(DEBOUNCE).await;
+                while self.events.try_recv().is_ok() {}
+                // Reading and validating (file reads, CEL) run on a blocking thread, not
+                // on the executor.
+                let paths = self.paths.clone();
+                self.loading = Some(tokio::task::spawn_blocking(move || super::load(&paths)));
+            }
+            let Some(loading) = self.loading.as_mut() else {
+                continue;
+            };
+            let loaded = loading.await;
+            self.loading = None;
             self.dirty = false;
             let manifests = match loaded {
                 Ok(manifests) => manifests,
@@ -132,6 +143,11 @@ impl ManifestSource {
     pub fn catch_up(&mut self) {
         let mut pending = self.dirty;
         while self.events.try_recv().is_ok() {
+            pending = true;
+        }
+        // A reading started before this one could hold an older version.
+        if let Some(loading) = self.loading.take() {
+            loading.abort();
             pending = true;
         }
         tracing::debug!(pending, "catching up with the manifests");
