@@ -79,7 +79,6 @@ fn options() -> Options {
 
 /// A process started here, killed (SIGKILL, by its PID) when dropped, also on a panic.
 struct Proc {
-    name: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -101,7 +100,6 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin} for {name}: {e}"));
         Proc {
-            name: name.to_string(),
             child: Some(child),
             log,
         }
