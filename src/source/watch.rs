@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::files::is_manifest;
 use crate::api::{ResourcePolicy, Workload};
-use crate::validate::Manifests;
+use crate::validate::{Manifests, Memo};
 
 /// How long after a file event corral waits for the rest of an editor's writes.
 pub const DEBOUNCE: Duration = Duration::from_millis(15);
@@ -49,6 +49,8 @@ pub struct ManifestSource {
     dirty: bool,
     /// A version that drops workloads, waiting to be read the same again.
     settling: Option<(BTreeSet<String>, Instant)>,
+    /// What each file gave when last read: an edit re-checks its own file only.
+    memo: Memo,
 }
 
 impl ManifestSource {
@@ -80,6 +82,7 @@ impl ManifestSource {
             _watcher: watcher,
             dirty: watch,
             settling: None,
+            memo: Memo::default(),
         };
         source.take(manifests);
         Ok(source)
@@ -134,7 +137,7 @@ impl ManifestSource {
 
     /// Reads the manifests; `None` while a version that drops workloads settles.
     fn reload(&mut self) -> Option<Reload> {
-        let manifests = super::load(&self.paths);
+        let manifests = super::load_with(&self.paths, &mut self.memo);
         if !manifests.is_valid() {
             self.problems = manifests.problems.iter().map(ToString::to_string).collect();
             for problem in &self.problems {
