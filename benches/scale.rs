@@ -532,6 +532,13 @@ async fn measure(opts: Options) {
         ms(max),
         100.0 * edit_share
     );
+    let slowest: Vec<String> = latencies
+        .iter()
+        .rev()
+        .take(5)
+        .map(|d| format!("{:.1}", ms(*d)))
+        .collect();
+    println!("the slowest edits, ms: {}", slowest.join(", "));
     figures.insert("edits", latencies.len().into());
     figures.insert("edits_missed", missed.into());
     figures.insert("edit_p50_ms", ms(p50).into());

@@ -70,24 +70,32 @@ impl ClusterCache {
         }
     }
 
-    /// Marks everything to be read whole: at the start of a leadership, after a failure,
-    /// and as the periodic safety net.
+    /// Marks everything to be read whole: at the start of a leadership and after a
+    /// failure.
     pub fn invalidate(&mut self) {
-        everything(&self.nodes_log);
-        everything(&self.reports_log);
         self.remembered.clear();
         self.read_remembered = true;
+        self.read_again();
+    }
+
+    /// Registrations, leases and reports to be read whole. What this leader wrote to the
+    /// nodes' `/leases/<node>` is kept: no one else writes there while it leads, and its
+    /// tracker already knows every node it read back at the start of its leadership.
+    fn read_again(&mut self) {
+        everything(&self.nodes_log);
+        everything(&self.reports_log);
         if let Ok(mut leases) = self.leases.lock() {
             *leases = None;
         }
         self.last_full = Instant::now();
     }
 
-    /// Invalidates everything when the last full read is [`FULL_READ`] old.
+    /// The safety net: registrations, leases and reports read whole when the last full
+    /// read is [`FULL_READ`] old.
     pub fn expire(&mut self, now: Instant) {
         if now.duration_since(self.last_full) >= FULL_READ {
             tracing::debug!("reading the whole cluster again (safety net)");
-            self.invalidate();
+            self.read_again();
         }
     }
 

@@ -51,6 +51,9 @@ const MULTI_BATCH: usize = 500;
 /// The name of an agent's registration in its node's directory: `/nodes/<node>/agent`.
 pub const REGISTRATION: &str = "agent";
 
+/// How many directories are listed at once when reading every lease.
+const LIST_CONCURRENCY: usize = 64;
+
 /// How many znodes the controller provisions or checks at once.
 const PROVISION_CONCURRENCY: usize = 16;
 
@@ -1351,15 +1354,18 @@ impl ZkStore {
             None => self.timed("list", dir, client.list_children(dir)).await?,
         };
         let mut paths = Vec::new();
-        for node in nodes {
-            let parent = format!("{dir}/{node}");
-            match self
-                .timed("list", &parent, client.list_children(&parent))
-                .await
-            {
-                Ok(keys) => paths.extend(keys.into_iter().map(|k| format!("{parent}/{k}"))),
-                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                Err(e) => return Err(e),
+        // Several lists in flight at once: one at a time, a thousand nodes took a second.
+        for chunk in nodes.chunks(LIST_CONCURRENCY) {
+            let parents: Vec<String> = chunk.iter().map(|node| format!("{dir}/{node}")).collect();
+            let lists = parents
+                .iter()
+                .map(|parent| self.timed("list", parent, client.list_children(parent)));
+            for (parent, listed) in parents.iter().zip(futures::future::join_all(lists).await) {
+                match listed {
+                    Ok(keys) => paths.extend(keys.into_iter().map(|k| format!("{parent}/{k}"))),
+                    Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         paths.sort();
