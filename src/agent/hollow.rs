@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn an_unchanged_report_keeps_when_it_changed() {
         let lease = mk_lease("n1", "web", 0, 7);
-        let first = hollow_reports("n1", &[lease.clone()], &BTreeMap::new());
+        let first = hollow_reports("n1", std::slice::from_ref(&lease), &BTreeMap::new());
         let mut earlier = first[0].clone();
         earlier.changed_at = 12;
         let last = BTreeMap::from([(lease.key.clone(), earlier)]);
