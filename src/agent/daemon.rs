@@ -33,7 +33,7 @@ use crate::metrics::AgentMetrics;
 
 /// What the reader publishes: the leases to enforce, the refused ones with the Unix second
 /// each refusal was first seen, and the ZooKeeper session the read was made in.
-type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>, i64);
+pub(crate) type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>, i64);
 
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
 pub async fn run(
@@ -45,26 +45,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node = registration.name.clone();
-    let mut waiting = false;
-    let leases_changed = loop {
-        let attempt = async {
-            store.register_node(&registration).await?;
-            store.subscribe(&format!("/leases/{node}")).await
-        };
-        match attempt.await {
-            Ok(receiver) => break receiver,
-            Err(e) => {
-                // Waiting to be provisioned is said once; other failures each time.
-                if !(waiting && matches!(e, StoreError::NotProvisioned { .. })) {
-                    tracing::warn!(error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
-                }
-                waiting = matches!(e, StoreError::NotProvisioned { .. });
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        }
+    let Some(leases_changed) = register(&store, &registration, &mut shutdown).await else {
+        return Ok(());
     };
     tracing::info!(%node, "registered");
     metrics.readiness.ready();
@@ -92,6 +74,39 @@ pub async fn run(
     reader.abort();
     writer.abort();
     result
+}
+
+/// Registers the node and starts following its leases, trying again each second until it
+/// can (an agent not provisioned yet waits here for a controller). Returns the counter of
+/// lease changes, or `None` when `shutdown` changed first. Shared with the hollow agents
+/// ([`super::hollow`]), so that a controller sees them register exactly as real ones.
+pub(crate) async fn register(
+    store: &ZkStore,
+    registration: &NodeRegistration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<watch::Receiver<u64>> {
+    let node = &registration.name;
+    let mut waiting = false;
+    loop {
+        let attempt = async {
+            store.register_node(registration).await?;
+            store.subscribe(&format!("/leases/{node}")).await
+        };
+        match attempt.await {
+            Ok(receiver) => return Some(receiver),
+            Err(e) => {
+                // Waiting to be provisioned is said once; other failures each time.
+                if !(waiting && matches!(e, StoreError::NotProvisioned { .. })) {
+                    tracing::warn!(%node, error = %e, "cannot register with ZooKeeper yet; workloads are left as they are");
+                }
+                waiting = matches!(e, StoreError::NotProvisioned { .. });
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+    }
 }
 
 /// Runs passes: on new leases, on process exits and restarts, and on every resync, with
@@ -213,7 +228,7 @@ const LEASE_REREAD: Duration = Duration::from_secs(60);
 /// `resync`, when longer), vets them, and publishes them when they differ from the last
 /// ones published. The current leader's epoch is read again when a lease claims a higher
 /// one (a new leader may have been elected since); it only ever grows.
-async fn read_leases(
+pub(crate) async fn read_leases(
     store: Arc<ZkStore>,
     node: String,
     mut changed: watch::Receiver<u64>,
@@ -286,7 +301,7 @@ async fn read_leases(
 
 /// Writes the latest reports whenever they change; after a failure, tries again each second
 /// with whatever is latest by then.
-async fn write_reports(
+pub(crate) async fn write_reports(
     store: Arc<ZkStore>,
     node: String,
     mut latest: watch::Receiver<Option<Vec<Report>>>,

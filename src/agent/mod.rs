@@ -6,12 +6,14 @@
 //! - [`process`]: launching into cgroups, stopping, adopting;
 //! - [`logs`]: each replica's output, rotated by its pump;
 //! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with;
-//! - [`trust`]: which leases read from ZooKeeper the agent enforces.
+//! - [`trust`]: which leases read from ZooKeeper the agent enforces;
+//! - [`hollow`]: many simulated nodes in one process, for measuring at scale.
 
 pub mod adopt;
 pub mod daemon;
 pub mod disconnect;
 pub mod health;
+pub mod hollow;
 pub mod logs;
 pub mod node;
 pub mod process;

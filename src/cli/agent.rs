@@ -142,7 +142,7 @@ pub fn registration(args: &Args) -> anyhow::Result<NodeRegistration> {
 }
 
 /// `cpu=2,memory=4Gi,pids=1000`, each part optional, over `base`.
-fn parse_capacity(text: &str, base: Res) -> anyhow::Result<Res> {
+pub(crate) fn parse_capacity(text: &str, base: Res) -> anyhow::Result<Res> {
     let mut capacity = base;
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (name, value) = part

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod down;
 pub mod drain;
+pub mod hollow;
 pub mod live;
 pub mod logs;
 pub mod plan;
@@ -55,6 +56,9 @@ pub enum Command {
     Controller(controller::Args),
     /// A node's agent: enforces its node's leases from ZooKeeper.
     Agent(agent::Args),
+    /// Many simulated nodes in one process, each with its own ZooKeeper session; they
+    /// register, follow their leases and report them running without touching cgroups.
+    HollowAgents(hollow::Args),
     /// ZooKeeper identities: the digest of user:password, the ids of a client certificate.
     Zk(zk::Args),
     /// Cordon a cluster node and move its replicas away, within each workload's
@@ -155,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::LogPump(args) => logs::pump(&args),
         Command::Controller(args) => controller::run(&args),
         Command::Agent(args) => agent::run(&args),
+        Command::HollowAgents(args) => hollow::run(&args),
         Command::Zk(args) => zk::run(&args),
     }
 }

@@ -6,6 +6,11 @@
 //! The leader also gives nodes their znodes in ZooKeeper ([`super::provision`]): every
 //! node it knows when it starts to lead, and each agent that asks to join.
 //!
+//! Between passes the leader keeps what it read in a [`ClusterCache`], kept current by
+//! watches: a pass reads only the registrations and reports that changed, and everything
+//! whole at each new leadership, after any failure and every
+//! [`super::cache::FULL_READ`].
+//!
 //! Guarantees: a controller that is not the leader never writes (the store refuses a write
 //! whose election znode is gone); on a lost session it stops writing and runs for
 //! leadership again; while disconnected it does nothing. It trusts a node's registration
@@ -17,13 +22,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::cache::ClusterCache;
 use super::nodes::NodeTracker;
 use super::provision::{self, JOINS_PER_PASS};
 use super::{ControllerPass, UsageHistory, reconcile};
 use crate::alloc::plan::Pending;
 use crate::api::{ResourcePolicy, Workload};
 use crate::lease::zookeeper::{Session, ZkStore};
-use crate::lease::{LeaseStore, Report, StoreError, unix_now};
+use crate::lease::{Report, StoreError, unix_now};
 use crate::metrics::ControllerMetrics;
 use crate::source::watch::{ManifestSource, Reload};
 
@@ -126,12 +132,14 @@ pub async fn run<D: Desired>(
     metrics: &ControllerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let mut registrations = store.subscribe("/nodes").await?;
+    let (mut registrations, nodes_log) = store.subscribe_changes("/nodes").await?;
     let mut joins = store.subscribe("/join").await?;
     let mut cordons = store.subscribe("/cordons").await?;
     // Reports are followed for the source's status and for rollouts, which go on as
     // replaced replicas become ready.
-    let mut reports_changed = Some(store.subscribe("/reports").await?);
+    let (reports_changed, reports_log) = store.subscribe_changes("/reports").await?;
+    let mut reports_changed = Some(reports_changed);
+    let mut cache = ClusterCache::new(Arc::clone(&store), nodes_log, reports_log);
     let mut session = store.session();
     let mut tracker = NodeTracker::default();
     let mut usage = UsageHistory::new(20);
@@ -153,6 +161,8 @@ pub async fn run<D: Desired>(
             _ = shutdown.changed() => return Ok(()),
         };
         tracing::info!(epoch, %identity, "leading");
+        // A new leader reads everything: its predecessor may have written since.
+        cache.invalidate();
         provision_known(&store).await;
         let mut more_joins = serve_joins(&store).await;
         source.catch_up();
@@ -170,6 +180,7 @@ pub async fn run<D: Desired>(
             if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
                 match pass(
                     &store,
+                    &mut cache,
                     epoch,
                     identity,
                     &source,
@@ -189,7 +200,7 @@ pub async fn run<D: Desired>(
                         }
                         metrics.passed(&done);
                         if source.wants_reports() {
-                            match store.reports().await {
+                            match cache.read_reports().await {
                                 Ok(read) => reports = read,
                                 Err(e) => tracing::warn!(error = %e, "cannot read reports"),
                             }
@@ -204,6 +215,7 @@ pub async fn run<D: Desired>(
                         continue 'campaign;
                     }
                     Err(e) => {
+                        cache.invalidate();
                         tracing::warn!(error = %e, "controller pass failed; retrying on the next change")
                     }
                 }
@@ -248,7 +260,7 @@ pub async fn run<D: Desired>(
                         if let Some(rx) = reports_changed.as_mut() {
                             rx.borrow_and_update();
                         }
-                        match store.reports().await {
+                        match cache.read_reports().await {
                             Ok(read) => {
                                 reports = read;
                                 source.reported(&reports);
@@ -261,8 +273,9 @@ pub async fn run<D: Desired>(
                     }
                 }
                 _ = resync_timer.tick() => {
+                    cache.expire(Instant::now());
                     more_joins = serve_joins(&store).await;
-                    match store.reports().await {
+                    match cache.read_reports().await {
                         Ok(read) => {
                             usage.record(&read);
                             reports = read;
@@ -351,8 +364,10 @@ async fn serve_joins(store: &ZkStore) -> bool {
 
 /// One pass: the nodes available now, the allocation, the leases written. Returns the pass
 /// and the nodes it allocated on.
+#[allow(clippy::too_many_arguments)]
 async fn pass<D: Desired>(
     store: &ZkStore,
+    cache: &mut ClusterCache,
     epoch: i64,
     identity: &str,
     source: &D,
@@ -360,16 +375,12 @@ async fn pass<D: Desired>(
     usage: &UsageHistory,
     reports: &[Report],
 ) -> Result<(ControllerPass, Vec<String>), StoreError> {
-    let registered = store.nodes().await?;
-    for node in &registered {
-        store.remember_node(node).await?;
-    }
-    let remembered = store.remembered_nodes().await?;
+    let (registered, remembered) = cache.registrations().await?;
     tracker.observe(registered, remembered, Instant::now());
     let nodes = tracker.available(Instant::now(), source.policies());
     let cordoned: std::collections::BTreeSet<String> = store.cordons().await?.into_keys().collect();
     let done = reconcile(
-        store,
+        &*cache,
         epoch,
         source.workloads(),
         source.policies(),

@@ -2,6 +2,7 @@
 //! placement (so replicas stay where they are) and the observed use, and writes only the
 //! leases that changed, fenced by its epoch.
 
+pub mod cache;
 pub mod cluster;
 pub mod disconnect;
 pub mod drain;

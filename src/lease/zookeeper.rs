@@ -51,6 +51,9 @@ const MULTI_BATCH: usize = 500;
 /// The name of an agent's registration in its node's directory: `/nodes/<node>/agent`.
 pub const REGISTRATION: &str = "agent";
 
+/// How many directories are listed at once when reading every lease.
+const LIST_CONCURRENCY: usize = 64;
+
 /// How many znodes the controller provisions or checks at once.
 const PROVISION_CONCURRENCY: usize = 16;
 
@@ -227,12 +230,60 @@ impl fmt::Debug for ZkStore {
     }
 }
 
-/// One recursive watch: the counter its events bump, and the task that follows it.
+/// One recursive watch: the counter its events bump, the log of the paths they named (for
+/// a subscriber that reads only what changed), and the task that follows it.
 struct Watched {
     path: String,
     counter: watch::Sender<u64>,
+    changes: Option<ChangeLog>,
     task: tokio::task::AbortHandle,
 }
+
+/// The paths below a watched path that changed since a subscriber last took them, or
+/// `all` when events may have been lost (a new subscription, a reconnect, a new session, or
+/// more paths than [`MAX_LOGGED_CHANGES`]): then everything must be read again.
+#[derive(Debug)]
+pub struct Changes {
+    /// Everything must be read again.
+    pub all: bool,
+    /// The znodes named by events since the last take, relative to the chroot.
+    pub paths: BTreeSet<String>,
+}
+
+impl Default for Changes {
+    /// A new subscriber has read nothing yet: everything.
+    fn default() -> Self {
+        Changes {
+            all: true,
+            paths: BTreeSet::new(),
+        }
+    }
+}
+
+impl Changes {
+    /// Takes what changed, leaving nothing.
+    pub fn take(&mut self) -> Changes {
+        std::mem::replace(
+            self,
+            Changes {
+                all: false,
+                paths: BTreeSet::new(),
+            },
+        )
+    }
+
+    fn everything(&mut self) {
+        self.all = true;
+        self.paths.clear();
+    }
+}
+
+/// A [`Changes`] shared between a watch's task and its subscriber.
+pub type ChangeLog = Arc<Mutex<Changes>>;
+
+/// The most paths a [`ChangeLog`] keeps; past it the subscriber reads everything again,
+/// so a subscriber that stops taking them costs bounded memory.
+const MAX_LOGGED_CHANGES: usize = 100_000;
 
 impl Drop for ZkStore {
     fn drop(&mut self) {
@@ -643,13 +694,40 @@ impl ZkStore {
     /// # Errors
     /// The watch could not be set.
     pub async fn subscribe(&self, path: &str) -> Result<watch::Receiver<u64>, StoreError> {
+        self.watch_below(path, None).await
+    }
+
+    /// As [`ZkStore::subscribe`], and also the log of which znodes changed, so that the
+    /// subscriber reads only those: a counter bumped on every change below `path`, and the
+    /// paths the events named. The log says `all` at first, and again whenever events may
+    /// have been lost (after a reconnect or a new session).
+    ///
+    /// # Errors
+    /// The watch could not be set.
+    pub async fn subscribe_changes(
+        &self,
+        path: &str,
+    ) -> Result<(watch::Receiver<u64>, ChangeLog), StoreError> {
+        let log = ChangeLog::default();
+        let receiver = self.watch_below(path, Some(Arc::clone(&log))).await?;
+        Ok((receiver, log))
+    }
+
+    async fn watch_below(
+        &self,
+        path: &str,
+        changes: Option<ChangeLog>,
+    ) -> Result<watch::Receiver<u64>, StoreError> {
         let counter = watch::Sender::new(0);
         let receiver = counter.subscribe();
-        let task = self.start_watch(path, counter.clone()).await?;
+        let task = self
+            .start_watch(path, counter.clone(), changes.clone())
+            .await?;
         if let Ok(mut watches) = self.watches.lock() {
             watches.push(Watched {
                 path: path.to_string(),
                 counter,
+                changes,
                 task,
             });
         }
@@ -660,6 +738,7 @@ impl ZkStore {
         &self,
         path: &str,
         counter: watch::Sender<u64>,
+        changes: Option<ChangeLog>,
     ) -> Result<tokio::task::AbortHandle, StoreError> {
         let client = self.client();
         let mut watcher = self
@@ -672,6 +751,14 @@ impl ZkStore {
         let task = tokio::spawn(async move {
             loop {
                 let event = watcher.changed().await;
+                // Logged before the counter moves, so a subscriber woken by it finds it.
+                if let Some(Ok(mut log)) = changes.as_ref().map(|c| c.lock()) {
+                    if event.path.is_empty() || log.paths.len() >= MAX_LOGGED_CHANGES {
+                        log.everything();
+                    } else if !log.all {
+                        log.paths.insert(event.path.clone());
+                    }
+                }
                 counter.send_modify(|n| *n += 1);
                 if event.session_state.is_terminated() {
                     return;
@@ -690,17 +777,22 @@ impl ZkStore {
     /// The new watcher is set before the old one is dropped, so the client never asks the
     /// server to remove the path's watch.
     async fn restore_watches(&self) {
-        let paths: Vec<(String, watch::Sender<u64>)> = self
+        type Restored = (String, watch::Sender<u64>, Option<ChangeLog>);
+        let paths: Vec<Restored> = self
             .watches
             .lock()
             .map(|w| {
                 w.iter()
-                    .map(|w| (w.path.clone(), w.counter.clone()))
+                    .map(|w| (w.path.clone(), w.counter.clone(), w.changes.clone()))
                     .collect()
             })
             .unwrap_or_default();
-        for (path, counter) in paths {
-            match self.start_watch(&path, counter.clone()).await {
+        for (path, counter, changes) in paths {
+            // Events may have been lost while the watch was not set: read everything.
+            if let Some(Ok(mut log)) = changes.as_ref().map(|c| c.lock()) {
+                log.everything();
+            }
+            match self.start_watch(&path, counter.clone(), changes).await {
                 Ok(task) => {
                     if let Ok(mut watches) = self.watches.lock()
                         && let Some(watched) = watches.iter_mut().find(|w| w.path == path)
@@ -1341,15 +1433,18 @@ impl ZkStore {
             None => self.timed("list", dir, client.list_children(dir)).await?,
         };
         let mut paths = Vec::new();
-        for node in nodes {
-            let parent = format!("{dir}/{node}");
-            match self
-                .timed("list", &parent, client.list_children(&parent))
-                .await
-            {
-                Ok(keys) => paths.extend(keys.into_iter().map(|k| format!("{parent}/{k}"))),
-                Err(e) if is_zk(&e, &ZkError::NoNode) => {}
-                Err(e) => return Err(e),
+        // Several lists in flight at once: one at a time, a thousand nodes took a second.
+        for chunk in nodes.chunks(LIST_CONCURRENCY) {
+            let parents: Vec<String> = chunk.iter().map(|node| format!("{dir}/{node}")).collect();
+            let lists = parents
+                .iter()
+                .map(|parent| self.timed("list", parent, client.list_children(parent)));
+            for (parent, listed) in parents.iter().zip(futures::future::join_all(lists).await) {
+                match listed {
+                    Ok(keys) => paths.extend(keys.into_iter().map(|k| format!("{parent}/{k}"))),
+                    Err(e) if is_zk(&e, &ZkError::NoNode) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         paths.sort();
@@ -1469,6 +1564,79 @@ impl ZkStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The registrations of the nodes `names` among those registered now, as
+    /// [`LeaseStore::nodes`] reads them: a name without a live registration is left out.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn nodes_named(&self, names: &[String]) -> Result<Vec<NodeRegistration>, StoreError> {
+        let alive: Vec<String> = names
+            .iter()
+            .map(|n| format!("/nodes/{n}/{REGISTRATION}"))
+            .collect();
+        let mut live = BTreeSet::new();
+        for (path, _, stat) in self.read_all(&alive).await? {
+            if stat.ephemeral_owner == 0 {
+                self.warn_once(&path, "not ephemeral, so not a live agent; ignored");
+            } else {
+                live.insert(node_of(&path).to_string());
+            }
+        }
+        let dirs: Vec<String> = live.iter().map(|n| format!("/nodes/{n}")).collect();
+        let mut nodes = Vec::with_capacity(dirs.len());
+        for (path, data, _) in self.read_all(&dirs).await? {
+            let name = node_of(&path);
+            match decode::<NodeRegistration>(&path, &data) {
+                Ok(registration) if registration.name == name => nodes.push(registration),
+                Ok(_) => self.warn_once(&path, "registration names another node; ignored"),
+                Err(e) => self.warn_once(&path, &format!("registration unreadable, ignored: {e}")),
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The reports of the nodes `names`, as [`LeaseStore::reports`] reads them, by node; a
+    /// node without reports is left out.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer, or a node's reports are not readable.
+    pub async fn reports_of(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Vec<Report>)>, StoreError> {
+        let paths: Vec<String> = names.iter().map(|n| format!("/reports/{n}")).collect();
+        let mut out = Vec::with_capacity(paths.len());
+        for (path, data, _) in self.read_all(&paths).await? {
+            if data.is_empty() {
+                continue;
+            }
+            let node = node_of(&path);
+            let written: NodeReports = decode(&path, &data)?;
+            let mut reports = Vec::with_capacity(written.reports.len());
+            for report in written.reports {
+                if report.node == node {
+                    reports.push(report);
+                } else {
+                    self.warn_once(&path, "holds a report of another node; ignored");
+                }
+            }
+            out.push((node.to_string(), reports));
+        }
+        Ok(out)
+    }
+
+    /// One round trip to the server: every watch event of a change made before it has
+    /// been delivered once it returns (ZooKeeper sends a session's events and replies in
+    /// order), so a [`ChangeLog`] taken after it is as fresh as a read.
+    ///
+    /// # Errors
+    /// ZooKeeper refused or did not answer.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        let client = self.client();
+        self.timed("stat", "/", client.check_stat("/")).await?;
         Ok(())
     }
 
@@ -1598,31 +1766,8 @@ impl LeaseStore for ZkStore {
             .timed("list", "/nodes", client.list_children("/nodes"))
             .await?;
         names.sort();
-        let alive: Vec<String> = names
-            .iter()
-            .map(|n| format!("/nodes/{n}/{REGISTRATION}"))
-            .collect();
-        let mut live = BTreeSet::new();
-        for (path, _, stat) in self.read_all(&alive).await? {
-            if stat.ephemeral_owner == 0 {
-                self.warn_once(&path, "not ephemeral, so not a live agent; ignored");
-            } else {
-                live.insert(node_of(&path).to_string());
-            }
-        }
-        let dirs: Vec<String> = live.iter().map(|n| format!("/nodes/{n}")).collect();
-        let mut nodes = Vec::with_capacity(dirs.len());
-        for (path, data, _) in self.read_all(&dirs).await? {
-            let name = node_of(&path);
-            match decode::<NodeRegistration>(&path, &data) {
-                Ok(registration) if registration.name == name => nodes.push(registration),
-                Ok(_) => self.warn_once(&path, "registration names another node; ignored"),
-                Err(e) => self.warn_once(&path, &format!("registration unreadable, ignored: {e}")),
-            }
-        }
-        Ok(nodes)
+        self.nodes_named(&names).await
     }
-
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         self.read_leases(None).await
     }
@@ -1720,23 +1865,12 @@ impl LeaseStore for ZkStore {
         let names = self
             .timed("list", "/reports", client.list_children("/reports"))
             .await?;
-        let paths: Vec<String> = names.iter().map(|n| format!("/reports/{n}")).collect();
-        let mut reports = Vec::new();
-        for (path, data, _) in self.read_all(&paths).await? {
-            if data.is_empty() {
-                continue;
-            }
-            let node = node_of(&path);
-            let written: NodeReports = decode(&path, &data)?;
-            for report in written.reports {
-                if report.node == node {
-                    reports.push(report);
-                } else {
-                    self.warn_once(&path, "holds a report of another node; ignored");
-                }
-            }
-        }
-        Ok(reports)
+        Ok(self
+            .reports_of(&names)
+            .await?
+            .into_iter()
+            .flat_map(|(_, reports)| reports)
+            .collect())
     }
 
     /// Replaces the reports of `node`: one write of `/reports/<node>`, none when they are

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::files::is_manifest;
 use crate::api::{ResourcePolicy, Workload};
-use crate::validate::Manifests;
+use crate::validate::{Manifests, Memo};
 
 /// How long after a file event corral waits for the rest of an editor's writes.
 pub const DEBOUNCE: Duration = Duration::from_millis(15);
@@ -50,9 +50,12 @@ pub struct ManifestSource {
     /// The reading in progress on a blocking thread: a `changed()` dropped while it waits
     /// leaves it to the next call, which takes it up where it is, so that a busy select
     /// can never starve it by starting it over and over.
-    loading: Option<tokio::task::JoinHandle<Manifests>>,
+    /// It holds the memo of what was checked, and hands it back.
+    loading: Option<tokio::task::JoinHandle<(Manifests, Memo)>>,
     /// A version that drops workloads, waiting to be read the same again.
     settling: Option<(BTreeSet<String>, Instant)>,
+    /// What each file gave when last read: an edit re-checks its own file only.
+    memo: Memo,
 }
 
 impl ManifestSource {
@@ -85,6 +88,7 @@ impl ManifestSource {
             dirty: watch,
             loading: None,
             settling: None,
+            memo: Memo::default(),
         };
         source.take(manifests);
         Ok(source)
@@ -115,7 +119,11 @@ impl ManifestSource {
                 // Reading and validating (file reads, CEL) run on a blocking thread, not
                 // on the executor.
                 let paths = self.paths.clone();
-                self.loading = Some(tokio::task::spawn_blocking(move || super::load(&paths)));
+                let mut memo = std::mem::take(&mut self.memo);
+                self.loading = Some(tokio::task::spawn_blocking(move || {
+                    let manifests = super::load_with(&paths, &mut memo);
+                    (manifests, memo)
+                }));
             }
             let Some(loading) = self.loading.as_mut() else {
                 continue;
@@ -124,7 +132,10 @@ impl ManifestSource {
             self.loading = None;
             self.dirty = false;
             let manifests = match loaded {
-                Ok(manifests) => manifests,
+                Ok((manifests, memo)) => {
+                    self.memo = memo;
+                    manifests
+                }
                 Err(e) => {
                     self.problems = vec![format!("reading the manifests failed: {e}")];
                     tracing::warn!(error = %e, "reading the manifests failed; the previous version is kept");
@@ -163,7 +174,7 @@ impl ManifestSource {
 
     /// Reads the manifests; `None` while a version that drops workloads settles.
     fn reload(&mut self) -> Option<Reload> {
-        let manifests = super::load(&self.paths);
+        let manifests = super::load_with(&self.paths, &mut self.memo);
         self.apply(manifests)
     }
 

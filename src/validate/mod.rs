@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod schema;
 pub mod semantic;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -166,6 +167,22 @@ impl Manifests {
     }
 }
 
+/// What each file's text gave before the checks across files, by where it came from, so
+/// that checking a set again re-checks only the files whose text changed: at a thousand
+/// Workloads, checking every file again took 0.7 s of each edit. The checks across files
+/// run over the whole set every time.
+#[derive(Debug, Default)]
+pub struct Memo {
+    files: HashMap<Origin, (String, FileChecked)>,
+}
+
+/// One file's objects, problems and notices, and the objects the checks across files see.
+#[derive(Clone, Debug, Default)]
+struct FileChecked {
+    out: Manifests,
+    seen: Vec<across::Seen>,
+}
+
 /// The schemas and compiled rules of both kinds, built once.
 pub struct Validator {
     workload: KindRules,
@@ -211,6 +228,17 @@ impl Validator {
 
     /// Validates manifest texts, plus the paths that could not be read, as one set.
     pub fn check(&self, texts: &[ManifestText], unreadable: &[(Origin, ReadError)]) -> Manifests {
+        self.check_with(texts, unreadable, &mut Memo::default())
+    }
+
+    /// As [`Validator::check`], reusing from `memo` what a file whose text did not change
+    /// gave last time, and keeping in it what this set's files gave.
+    pub fn check_with(
+        &self,
+        texts: &[ManifestText],
+        unreadable: &[(Origin, ReadError)],
+        memo: &mut Memo,
+    ) -> Manifests {
         let mut out = Manifests {
             files: texts.len(),
             ..Manifests::default()
@@ -225,28 +253,46 @@ impl Validator {
                 message: error.to_string(),
             });
         }
+        let mut kept = HashMap::with_capacity(texts.len());
         for text in texts {
-            match yaml::parse_stream(&text.text) {
-                Ok(documents) => {
-                    for document in &documents {
-                        self.check_document(&text.origin, document, &mut out, &mut seen);
-                    }
-                }
-                Err(e) => out.problems.push(Problem {
-                    origin: text.origin.clone(),
-                    line: e.line,
-                    object: None,
-                    path: FieldPath::root(),
-                    message: format!("invalid YAML: {}", e.message),
-                }),
-            }
+            let file = match memo.files.remove(&text.origin) {
+                Some((before, file)) if before == text.text => file,
+                _ => self.check_file(text),
+            };
+            out.workloads.extend(file.out.workloads.iter().cloned());
+            out.policies.extend(file.out.policies.iter().cloned());
+            out.problems.extend(file.out.problems.iter().cloned());
+            out.notices.extend(file.out.notices.iter().cloned());
+            seen.extend(file.seen.iter().cloned());
+            kept.insert(text.origin.clone(), (text.text.clone(), file));
         }
+        memo.files = kept;
         across::check(&seen, &mut out);
         out.problems.sort_by(|a, b| {
             (&a.origin, a.line, a.path.as_str()).cmp(&(&b.origin, b.line, b.path.as_str()))
         });
         out.problems.dedup();
         out
+    }
+
+    /// Every check of one file's text that does not look at other files.
+    fn check_file(&self, text: &ManifestText) -> FileChecked {
+        let mut file = FileChecked::default();
+        match yaml::parse_stream(&text.text) {
+            Ok(documents) => {
+                for document in &documents {
+                    self.check_document(&text.origin, document, &mut file.out, &mut file.seen);
+                }
+            }
+            Err(e) => file.out.problems.push(Problem {
+                origin: text.origin.clone(),
+                line: e.line,
+                object: None,
+                path: FieldPath::root(),
+                message: format!("invalid YAML: {}", e.message),
+            }),
+        }
+        file
     }
 
     fn check_document(
