@@ -618,3 +618,60 @@ fn classify(map: &serde_json::Map<String, Value>) -> Classified {
         }
     }
 }
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    fn text(name: &str, body: &str) -> ManifestText {
+        ManifestText {
+            origin: Origin::File(name.into()),
+            text: body.to_string(),
+        }
+    }
+
+    fn workload(name: &str, cpu: &str) -> String {
+        format!(
+            "apiVersion: corral.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: t}}\n\
+             spec:\n  replicas: 1\n  resources:\n    requests: {{cpu: {cpu}, memory: 8Mi}}\n  \
+             command: {{args: [sleep, \"1\"]}}\n"
+        )
+    }
+
+    #[test]
+    fn a_memo_gives_what_a_fresh_check_gives_and_follows_edits() {
+        let validator = Validator::new();
+        let mut memo = Memo::default();
+        let first = [
+            text("a.yaml", &workload("a", "100m")),
+            text("b.yaml", &workload("b", "100m")),
+        ];
+        let checked = validator.check_with(&first, &[], &mut memo);
+        assert!(checked.is_valid(), "{:?}", checked.problems);
+        assert_eq!(checked.workloads.len(), 2);
+        // One file edited: its new text is checked, the other one's result is reused.
+        let edited = [text("a.yaml", &workload("a", "300m")), first[1].clone()];
+        let again = validator.check_with(&edited, &[], &mut memo);
+        let fresh = validator.check(&edited, &[]);
+        let cpu = |m: &Manifests| {
+            m.workloads
+                .iter()
+                .map(|w| format!("{:?}", w.object.spec.resources))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cpu(&again), cpu(&fresh));
+        assert!(cpu(&again)[0].contains("300m"), "{:?}", cpu(&again));
+        // The checks across files still see every file: a duplicate is found.
+        let duplicated = [edited[0].clone(), text("c.yaml", &workload("a", "100m"))];
+        let dup = validator.check_with(&duplicated, &[], &mut memo);
+        assert!(!dup.is_valid());
+        assert_eq!(
+            dup.problems.len(),
+            validator.check(&duplicated, &[]).problems.len()
+        );
+        // A broken edit is seen, and fixing it again is too.
+        let broken = [text("a.yaml", "kind: [")];
+        assert!(!validator.check_with(&broken, &[], &mut memo).is_valid());
+        assert!(validator.check_with(&first, &[], &mut memo).is_valid());
+    }
+}
