@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::admit;
 use super::govern::{self, Governing};
 use super::input::{Demand, NodeInfo, Observed, ReplicaKey, amounts_or};
+use super::node_index::{Against, Entry, NodeIndex, Want};
 use super::resources::{Kind, Res};
 use super::selector;
 use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
@@ -46,9 +47,23 @@ pub(super) struct NodeState {
     pub requested: Res,
     /// Replicas here, lowest priority first: the order preemption takes victims in.
     pub replicas: BTreeSet<(i32, WKey, u32)>,
+    /// Bit `b` set when the node matches the node selector numbered `b`
+    /// ([`Allocator::selector_bit`]).
+    pub label_bits: u64,
 }
 
 impl NodeState {
+    /// What the policy's [`NodeIndex`] holds of this node.
+    fn entry(&self, id: NodeId) -> Entry {
+        Entry {
+            key: (self.score(), id),
+            free: self.free(),
+            room: self.allocatable.minus(self.requested),
+            count: self.replicas.len(),
+            labels: self.label_bits,
+        }
+    }
+
     fn free(&self) -> Res {
         self.allocatable.minus(self.committed)
     }
@@ -94,7 +109,7 @@ pub(super) struct PolicyState {
     pub spec: ResourcePolicySpec,
     pub nodes: Vec<NodeId>,
     /// The policy's nodes by free room, for spread (most first) and pack (least first).
-    pub by_free: BTreeSet<(u64, NodeId)>,
+    pub by_free: NodeIndex,
     /// Σ allocatable of the nodes.
     pub total: Res,
     /// Σ committed of the nodes.
@@ -123,8 +138,11 @@ pub(super) struct WorkloadState {
     /// What placement reserves per replica: the request, or under `Demand` the floor.
     pub footprint: Res,
     pub replicas: Vec<Replica>,
-    /// Replicas of this workload per node, for spreading.
-    pub per_node: HashMap<NodeId, u32>,
+    /// Replicas of this workload per node, for spreading (a B-tree: a workload has few
+    /// nodes, and the spread search asks for many).
+    pub per_node: BTreeMap<NodeId, u32>,
+    /// The number of its node selector ([`Allocator::selector_bit`]), if it has one.
+    pub label_bit: Option<u32>,
 }
 
 /// A replica that lost its node to one of higher priority.
@@ -154,6 +172,11 @@ pub struct Allocator {
     /// Bumped on every placement change; keys the cache of pending reasons.
     pub(super) epoch: u64,
     pub(super) reasons: HashMap<WKey, (u64, String)>,
+    /// The node selectors workloads have used, numbered in the order first seen: the
+    /// number is a bit of each node's `label_bits`, which lets a search skip nodes of
+    /// other labels many at a time. At most 64; later ones go unnumbered, and searches for
+    /// them check each node's labels.
+    selectors: HashMap<BTreeMap<String, String>, u32>,
 }
 
 impl Allocator {
@@ -215,11 +238,12 @@ impl Allocator {
                 committed: Res::ZERO,
                 requested: Res::ZERO,
                 replicas: BTreeSet::new(),
+                label_bits: 0,
             };
             if let Some(p) = policy {
                 let state = &mut states[p];
                 state.nodes.push(id);
-                state.by_free.insert((node.score(), id));
+                state.by_free.insert(node.entry(id));
                 state.total = state.total.plus(allocatable);
             }
             node_ids.insert(info.name.clone(), id);
@@ -236,7 +260,34 @@ impl Allocator {
             dirty: BTreeSet::new(),
             epoch: 0,
             reasons: HashMap::new(),
+            selectors: HashMap::new(),
         }
+    }
+
+    /// The number of a non-empty node selector, given one the first time it is seen (and
+    /// set on every node that matches it); `None` for the empty selector, which matches
+    /// everything, and once 64 are numbered.
+    fn selector_bit(&mut self, selector: &BTreeMap<String, String>) -> Option<u32> {
+        if selector.is_empty() {
+            return None;
+        }
+        if let Some(bit) = self.selectors.get(selector) {
+            return Some(*bit);
+        }
+        let bit = u32::try_from(self.selectors.len()).ok().filter(|b| *b < 64)?;
+        self.selectors.insert(selector.clone(), bit);
+        let mut matching = vec![false; self.nodes.len()];
+        for (id, n) in self.nodes.iter_mut().enumerate() {
+            if labels_match(selector, &n.info.labels) {
+                n.label_bits |= 1 << bit;
+                matching[id] = true;
+            }
+        }
+        for p in &mut self.policies {
+            p.by_free
+                .set_label(bit, |id| matching.get(id).copied().unwrap_or(false));
+        }
+        Some(bit)
     }
 
     /// Sets the observed use the `Usage` strategy follows.
@@ -301,6 +352,7 @@ impl Allocator {
                     .insert(key.0.clone(), TenantState::unlisted(max));
             }
             let count = demand.replicas;
+            let label_bit = self.selector_bit(&demand.node_selector);
             self.workloads.insert(
                 key.clone(),
                 WorkloadState {
@@ -308,7 +360,8 @@ impl Allocator {
                     demand,
                     footprint,
                     replicas,
-                    per_node: HashMap::new(),
+                    per_node: BTreeMap::new(),
+                    label_bit,
                 },
             );
             for index in 0..count {
@@ -491,7 +544,7 @@ impl Allocator {
         };
         let n = &mut self.nodes[node];
         let p = &mut self.policies[policy];
-        p.by_free.remove(&(n.score(), node));
+        p.by_free.remove((n.score(), node));
         n.committed = change(n.committed, footprint);
         n.requested = change(n.requested, request);
         let entry = (*priority, key.clone(), *index);
@@ -500,7 +553,7 @@ impl Allocator {
         } else {
             n.replicas.remove(&entry);
         }
-        p.by_free.insert((n.score(), node));
+        p.by_free.insert(n.entry(node));
         p.committed = change(p.committed, footprint);
         let count = p.placed_priorities.entry(*priority).or_insert(0);
         *count = if add {
@@ -534,19 +587,26 @@ impl Allocator {
         let w = &self.workloads[key];
         let p = &self.policies[policy];
         if p.spec.strategy == Strategy::Demand
-            && let Some(node) = self.search(p, w, |n| {
+            && let Some(node) = self.search(p, w, w.demand.request, Against::Room, |n| {
                 w.demand.request.fits_in(&n.allocatable.minus(n.requested))
             })
         {
             return Some(node);
         }
-        self.search(p, w, |n| w.footprint.fits_in(&n.free()))
+        self.search(p, w, w.footprint, Against::Free, |n| {
+            w.footprint.fits_in(&n.free())
+        })
     }
 
+    /// The node for a replica of `w` needing `need` of `against`, where `fits` says
+    /// whether it fits. The index passes over nodes that cannot take it; each it offers is
+    /// checked in full, so the node is the one a walk over every node would find.
     fn search(
         &self,
         p: &PolicyState,
         w: &WorkloadState,
+        need: Res,
+        against: Against,
         fits: impl Fn(&NodeState) -> bool,
     ) -> Option<NodeId> {
         let max = p.max_per_node();
@@ -556,11 +616,22 @@ impl Allocator {
                 && labels_match(&w.demand.node_selector, &n.info.labels)
                 && fits(n)
         };
+        let want = Want {
+            need,
+            against,
+            max_count: max,
+            label: w.label_bit,
+        };
         match w.demand.mode {
-            PlacementMode::Pack => p.by_free.iter().map(|(_, id)| *id).find(|id| eligible(*id)),
+            PlacementMode::Pack => p
+                .by_free
+                .candidates(&want)
+                .map(|e| e.key.1)
+                .find(|id| eligible(*id)),
             PlacementMode::Spread => {
                 let mut best: Option<(u32, NodeId)> = None;
-                for &(_, id) in p.by_free.iter().rev() {
+                for e in p.by_free.candidates_rev(&want) {
+                    let id = e.key.1;
                     let count = w.per_node.get(&id).copied().unwrap_or(0);
                     if best.is_some_and(|(c, _)| c <= count) || !eligible(id) {
                         continue;
@@ -730,7 +801,7 @@ impl PolicyState {
             name,
             spec,
             nodes: Vec::new(),
-            by_free: BTreeSet::new(),
+            by_free: NodeIndex::default(),
             total: Res::ZERO,
             committed: Res::ZERO,
             pending: BTreeSet::new(),
