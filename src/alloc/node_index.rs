@@ -74,45 +74,51 @@ impl Want {
     }
 }
 
-/// Blocks split above this many entries, and merge with a neighbour below a quarter of it.
+/// Blocks split above this many nodes, and merge with a neighbour below a quarter of it.
 const MAX_BLOCK: usize = 64;
 
+/// A run of nodes in key order, with what they could take. Only the keys are here, so
+/// that moving a node shifts 16-byte keys, not whole entries.
 #[derive(Clone, Debug)]
 struct Block {
-    /// In key order; never empty.
-    entries: Vec<Entry>,
-    /// The largest free amount of each resource over the entries.
+    /// In order; never empty.
+    keys: Vec<Key>,
+    /// The largest free amount of each resource over the nodes.
     max_free: Res,
-    /// The largest room of each resource over the entries.
+    /// The largest room of each resource over the nodes.
     max_room: Res,
-    /// The fewest replicas on one of the entries.
+    /// The fewest replicas on one of the nodes.
     min_count: usize,
-    /// The union of the entries' label bits.
+    /// The union of the nodes' label bits.
     labels: u64,
 }
 
 impl Block {
-    fn new(entries: Vec<Entry>) -> Block {
+    fn new(keys: Vec<Key>, entries: &[Option<Entry>]) -> Block {
         let mut block = Block {
-            entries,
+            keys,
             max_free: Res::ZERO,
             max_room: Res::ZERO,
             min_count: 0,
             labels: 0,
         };
-        block.summarise();
+        block.summarise(entries);
         block
     }
 
-    fn summarise(&mut self) {
+    fn summarise(&mut self, entries: &[Option<Entry>]) {
         let low = Res::new(i64::MIN, i64::MIN, i64::MIN);
-        self.max_free = self.entries.iter().fold(low, |m, e| m.max(e.free));
-        self.max_room = self.entries.iter().fold(low, |m, e| m.max(e.room));
-        self.min_count = self.entries.iter().map(|e| e.count).min().unwrap_or(0);
-        self.labels = self.entries.iter().fold(0, |m, e| m | e.labels);
+        let (mut free, mut room, mut count, mut labels) = (low, low, usize::MAX, 0);
+        for e in self.keys.iter().filter_map(|k| entry(entries, k.1)) {
+            free = free.max(e.free);
+            room = room.max(e.room);
+            count = count.min(e.count);
+            labels |= e.labels;
+        }
+        (self.max_free, self.max_room, self.min_count, self.labels) = (free, room, count, labels);
     }
 
-    /// Takes `e` into the summary without reading the other entries.
+    /// Takes `e` into the summary without reading the other nodes.
     fn widen(&mut self, e: &Entry) {
         self.max_free = self.max_free.max(e.free);
         self.max_room = self.max_room.max(e.room);
@@ -123,16 +129,18 @@ impl Block {
     fn may_fit(&self, want: &Want) -> bool {
         want.may_fit(&self.max_free, &self.max_room, self.min_count, self.labels)
     }
+}
 
-    fn last_key(&self) -> Option<Key> {
-        self.entries.last().map(|e| e.key)
-    }
+fn entry(entries: &[Option<Entry>], id: NodeId) -> Option<&Entry> {
+    entries.get(id).and_then(Option::as_ref)
 }
 
 /// The ordered nodes of one policy. See the module's documentation.
 #[derive(Clone, Debug, Default)]
 pub(super) struct NodeIndex {
     blocks: Vec<Block>,
+    /// Each node's entry, by id; `None` for nodes not in the index.
+    entries: Vec<Option<Entry>>,
 }
 
 impl NodeIndex {
@@ -141,81 +149,105 @@ impl NodeIndex {
     fn block_of(&self, key: Key) -> usize {
         let at = self
             .blocks
-            .partition_point(|b| b.last_key().is_some_and(|last| last < key));
+            .partition_point(|b| b.keys.last().is_some_and(|last| *last < key));
         at.min(self.blocks.len().saturating_sub(1))
     }
 
-    /// Adds a node. A key already present is replaced.
-    pub fn insert(&mut self, e: Entry) {
+    /// Puts node `e.key.1` in the index as `e`, wherever it was.
+    pub fn set(&mut self, e: Entry) {
+        let id = e.key.1;
+        if self.entries.len() <= id {
+            self.entries.resize(id + 1, None);
+        }
+        match self.entries[id].replace(e) {
+            Some(old) if old.key == e.key => {
+                let b = self.block_of(e.key);
+                self.blocks[b].summarise(&self.entries);
+            }
+            Some(old) => {
+                self.take_key(old.key);
+                self.put_key(&e);
+            }
+            None => self.put_key(&e),
+        }
+    }
+
+    /// Takes node `id` out of the index. (Nodes stay in their policy for the allocator's
+    /// life; the tests move them out and in.)
+    #[cfg(test)]
+    pub fn unset(&mut self, id: NodeId) {
+        if let Some(old) = self.entries.get_mut(id).and_then(Option::take) {
+            self.take_key(old.key);
+        }
+    }
+
+    fn put_key(&mut self, e: &Entry) {
         if self.blocks.is_empty() {
-            self.blocks.push(Block::new(vec![e]));
+            self.blocks.push(Block::new(vec![e.key], &self.entries));
             return;
         }
         let b = self.block_of(e.key);
         let block = &mut self.blocks[b];
-        match block.entries.binary_search_by(|x| x.key.cmp(&e.key)) {
-            Ok(i) => {
-                block.entries[i] = e;
-                block.summarise();
-            }
-            Err(i) => {
-                block.entries.insert(i, e);
-                block.widen(&e);
-            }
-        }
-        if block.entries.len() > MAX_BLOCK {
-            let upper = block.entries.split_off(block.entries.len() / 2);
-            block.summarise();
-            self.blocks.insert(b + 1, Block::new(upper));
+        let (Ok(i) | Err(i)) = block.keys.binary_search(&e.key);
+        block.keys.insert(i, e.key);
+        block.widen(e);
+        if block.keys.len() > MAX_BLOCK {
+            let upper = block.keys.split_off(block.keys.len() / 2);
+            block.summarise(&self.entries);
+            let upper = Block::new(upper, &self.entries);
+            self.blocks.insert(b + 1, upper);
         }
     }
 
-    /// Removes the node at `key`, if there.
-    pub fn remove(&mut self, key: Key) {
+    /// Takes `key` out of its block; the node's entry is already gone or replaced.
+    fn take_key(&mut self, key: Key) {
         if self.blocks.is_empty() {
             return;
         }
         let b = self.block_of(key);
         let block = &mut self.blocks[b];
-        let Ok(i) = block.entries.binary_search_by(|x| x.key.cmp(&key)) else {
+        let Ok(i) = block.keys.binary_search(&key) else {
             return;
         };
-        block.entries.remove(i);
-        if block.entries.is_empty() {
+        block.keys.remove(i);
+        if block.keys.is_empty() {
             self.blocks.remove(b);
             return;
         }
-        block.summarise();
+        block.summarise(&self.entries);
         // Many small blocks would make every search read many summaries.
-        if block.entries.len() < MAX_BLOCK / 4 && self.blocks.len() > 1 {
+        if block.keys.len() < MAX_BLOCK / 4 && self.blocks.len() > 1 {
             let (left, right) = if b + 1 < self.blocks.len() {
                 (b, b + 1)
             } else {
                 (b - 1, b)
             };
-            let moved = self.blocks.remove(right).entries;
+            let moved = self.blocks.remove(right).keys;
             let merged = &mut self.blocks[left];
-            merged.entries.extend(moved);
-            merged.summarise();
-            if merged.entries.len() > MAX_BLOCK {
-                let upper = merged.entries.split_off(merged.entries.len() / 2);
-                merged.summarise();
-                self.blocks.insert(left + 1, Block::new(upper));
+            merged.keys.extend(moved);
+            merged.summarise(&self.entries);
+            if merged.keys.len() > MAX_BLOCK {
+                let upper = merged.keys.split_off(merged.keys.len() / 2);
+                merged.summarise(&self.entries);
+                let upper = Block::new(upper, &self.entries);
+                self.blocks.insert(left + 1, upper);
             }
         }
     }
 
     /// Sets or clears label bit `bit` on every node, as `matches` says.
     pub fn set_label(&mut self, bit: u32, matches: impl Fn(NodeId) -> bool) {
-        for block in &mut self.blocks {
-            for e in &mut block.entries {
-                if matches(e.key.1) {
+        for (id, e) in self.entries.iter_mut().enumerate() {
+            if let Some(e) = e {
+                if matches(id) {
                     e.labels |= 1 << bit;
                 } else {
                     e.labels &= !(1 << bit);
                 }
             }
-            block.summarise();
+        }
+        for block in &mut self.blocks {
+            block.summarise(&self.entries);
         }
     }
 
@@ -225,7 +257,8 @@ impl NodeIndex {
         self.blocks
             .iter()
             .filter(|b| b.may_fit(want))
-            .flat_map(|b| b.entries.iter())
+            .flat_map(|b| b.keys.iter())
+            .filter_map(|k| entry(&self.entries, k.1))
             .filter(|e| want.admits(e))
     }
 
@@ -235,7 +268,8 @@ impl NodeIndex {
             .iter()
             .rev()
             .filter(|b| b.may_fit(want))
-            .flat_map(|b| b.entries.iter().rev())
+            .flat_map(|b| b.keys.iter().rev())
+            .filter_map(|k| entry(&self.entries, k.1))
             .filter(|e| want.admits(e))
     }
 
@@ -244,7 +278,7 @@ impl NodeIndex {
     fn keys(&self) -> Vec<Key> {
         self.blocks
             .iter()
-            .flat_map(|b| b.entries.iter().map(|e| e.key))
+            .flat_map(|b| b.keys.iter().copied())
             .collect()
     }
 }
@@ -273,7 +307,7 @@ mod tests {
         }
     }
 
-    /// The index against a plain ordered map, through inserts, removals and searches of
+    /// The index against a plain ordered map, through moves, removals and searches of
     /// every kind, with a small deterministic generator.
     #[test]
     fn searches_find_what_a_full_scan_finds() {
@@ -289,21 +323,28 @@ mod tests {
         };
         for step in 0..20_000 {
             let id = usize::try_from(next(300)).unwrap_or(0);
-            if let Some(old) = ids.remove(&id) {
-                index.remove(old);
+            let was = ids.remove(&id);
+            if let Some(old) = was {
                 model.remove(&old);
             }
-            if next(4) != 0 {
+            if next(4) == 0 {
+                index.unset(id);
+            } else {
                 let cpu = i64::try_from(next(1000)).unwrap_or(0);
-                let e = entry(next(50), id, cpu, usize::try_from(next(5)).unwrap_or(0), next(8));
-                index.insert(e);
+                // Some keep their key (only what they hold changes), most move.
+                let score = match was {
+                    Some(k) if next(3) == 0 => k.0,
+                    _ => next(50),
+                };
+                let e = entry(score, id, cpu, usize::try_from(next(5)).unwrap_or(0), next(8));
+                index.set(e);
                 model.insert(e.key, e);
                 ids.insert(id, e.key);
             }
             if step % 50 == 0 {
                 assert_eq!(index.keys(), model.keys().copied().collect::<Vec<_>>());
                 for b in &index.blocks {
-                    assert!(!b.entries.is_empty() && b.entries.len() <= MAX_BLOCK);
+                    assert!(!b.keys.is_empty() && b.keys.len() <= MAX_BLOCK);
                 }
             }
             let against = if next(2) == 0 {
@@ -339,7 +380,7 @@ mod tests {
     fn label_bits_are_set_and_cleared() {
         let mut index = NodeIndex::default();
         for id in 0..200 {
-            index.insert(entry(id as u64, id, 100, 0, 0));
+            index.set(entry(id as u64, id, 100, 0, 0));
         }
         index.set_label(5, |id| id % 7 == 0);
         let w = want(0, Against::Free, 10, Some(5));

@@ -243,7 +243,7 @@ impl Allocator {
             if let Some(p) = policy {
                 let state = &mut states[p];
                 state.nodes.push(id);
-                state.by_free.insert(node.entry(id));
+                state.by_free.set(node.entry(id));
                 state.total = state.total.plus(allocatable);
             }
             node_ids.insert(info.name.clone(), id);
@@ -569,7 +569,6 @@ impl Allocator {
         };
         let n = &mut self.nodes[node];
         let p = &mut self.policies[policy];
-        p.by_free.remove((n.score(), node));
         n.committed = change(n.committed, footprint);
         n.requested = change(n.requested, request);
         let entry = (*priority, key.clone(), *index);
@@ -578,7 +577,7 @@ impl Allocator {
         } else {
             n.replicas.remove(&entry);
         }
-        p.by_free.insert(n.entry(node));
+        p.by_free.set(n.entry(node));
         p.committed = change(p.committed, footprint);
         let count = p.placed_priorities.entry(*priority).or_insert(0);
         *count = if add {
