@@ -235,6 +235,26 @@ impl NodeIndex {
         }
     }
 
+    /// Builds the index anew from `entries`, in any order: cheaper than setting each
+    /// when many changed.
+    pub fn rebuild(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        self.entries.clear();
+        for e in entries {
+            let id = e.key.1;
+            if self.entries.len() <= id {
+                self.entries.resize(id + 1, None);
+            }
+            self.entries[id] = Some(e);
+        }
+        let mut keys: Vec<Key> = self.entries.iter().flatten().map(|e| e.key).collect();
+        keys.sort_unstable();
+        // Half-full blocks: room to take nodes before one splits.
+        self.blocks = keys
+            .chunks(MAX_BLOCK / 2)
+            .map(|chunk| Block::new(chunk.to_vec(), &self.entries))
+            .collect();
+    }
+
     /// Sets or clears label bit `bit` on every node, as `matches` says.
     pub fn set_label(&mut self, bit: u32, matches: impl Fn(NodeId) -> bool) {
         for (id, e) in self.entries.iter_mut().enumerate() {
@@ -307,8 +327,8 @@ mod tests {
         }
     }
 
-    /// The index against a plain ordered map, through moves, removals and searches of
-    /// every kind, with a small deterministic generator.
+    /// The index against a plain ordered map, through moves, removals, rebuilds and
+    /// searches of every kind, with a small deterministic generator.
     #[test]
     fn searches_find_what_a_full_scan_finds() {
         let mut index = NodeIndex::default();
@@ -340,6 +360,9 @@ mod tests {
                 index.set(e);
                 model.insert(e.key, e);
                 ids.insert(id, e.key);
+            }
+            if step % 5_000 == 4_999 {
+                index.rebuild(model.values().copied());
             }
             if step % 50 == 0 {
                 assert_eq!(index.keys(), model.keys().copied().collect::<Vec<_>>());
