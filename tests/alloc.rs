@@ -534,3 +534,26 @@ fn tenant_bounds_hold_in_the_allocator() {
         plan.pending[0].reason
     );
 }
+
+/// A workload listed twice counts once, as its last copy: what the first would have kept
+/// or queued goes with it (replicas the last copy no longer has included).
+#[test]
+fn a_workload_given_twice_counts_as_its_last_copy() {
+    let policies = [mk_policy("p", json!({}))];
+    let nodes = [
+        mk_node("n1", 4000, 4096, &[]),
+        mk_node("n2", 4000, 4096, &[]),
+    ];
+    let three = mk_workload("a", "w", 3, 500, 64, json!({"priority": 5}));
+    let one = mk_workload("a", "w", 1, 700, 64, json!({}));
+    let before = plan(&policies, std::slice::from_ref(&three), &nodes);
+    assert_eq!(before.allocations.len(), 3);
+    for current in [HashMap::new(), before.placement()] {
+        let twice = [three.clone(), one.clone()];
+        let plan = plan_with(&policies, &twice, &nodes, &HashMap::new(), &current);
+        assert_eq!(placed(&plan), BTreeMap::from([("a/w".into(), 1)]));
+        assert!(plan.pending.is_empty());
+        assert_eq!(granted(&plan, "a/w", 0).cpu, 700);
+        assert_eq!(plan.allocations[0].priority, 0);
+    }
+}

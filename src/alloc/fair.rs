@@ -76,9 +76,13 @@ pub(super) fn dominant_share(p: &PolicyState, t: &TenantState) -> f64 {
 
 fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Result<(), String> {
     let key = &queue_key.1;
-    let footprint = a.workloads[key].footprint;
+    // A replica of a workload since removed: nothing to place, nothing to explain.
+    let Some(w) = a.workloads.get(key) else {
+        return Ok(());
+    };
+    let footprint = w.footprint;
     let p = &a.policies[policy];
-    a.within_tenant_limit(policy, key)?;
+    a.within_tenant_limit(policy, key, w)?;
     if let Some(t) = p.tenants.get(&key.0) {
         let others_unmet = p.unmet.minus(t.unmet());
         let needed = p.committed.plus(footprint).plus(others_unmet);
@@ -100,7 +104,7 @@ fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Resul
     if let Some(reason) = explain::still_failing(a, key) {
         return Err(reason);
     }
-    match a.choose_node(policy, key) {
+    match a.choose_node(policy, w) {
         Some(node) => {
             a.place(queue_key, node);
             Ok(())

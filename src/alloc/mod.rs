@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod govern;
 mod grants;
 pub mod input;
+mod node_index;
 pub mod plan;
 mod priority;
 pub mod resources;

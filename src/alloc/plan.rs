@@ -177,6 +177,13 @@ impl Allocator {
     /// The plan for the current state.
     pub fn plan(&self) -> Plan {
         let mut plan = Plan::default();
+        // Grown once rather than doubling through 150,000 entries at Kubernetes' scale.
+        let (placed, waiting) = self.workloads.values().fold((0, 0), |(p, w), s| {
+            let on = s.replicas.iter().filter(|r| r.node.is_some()).count();
+            (p + on, w + s.replicas.len() - on)
+        });
+        plan.allocations.reserve(placed);
+        plan.pending.reserve(waiting);
         let mut node_allocated = vec![Res::ZERO; self.nodes.len()];
         let mut policy_allocated = vec![Res::ZERO; self.policies.len()];
         let mut policy_pending = vec![0usize; self.policies.len()];
@@ -193,7 +200,8 @@ impl Allocator {
                         plan.allocations.push(Allocation {
                             workload: workload.clone(),
                             replica: index,
-                            key: Allocator::replica_key(key, index).to_string(),
+                            // `ReplicaKey`'s form, without building one.
+                            key: format!("{}.{}.{}", key.0, key.1, index),
                             node: self.nodes[node].info.name.clone(),
                             policy: self.policies[*policy].name.clone(),
                             tenant: key.0.to_string(),

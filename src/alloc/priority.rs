@@ -16,13 +16,17 @@ pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
     let preempts = a.policies[policy].spec.strategy == Strategy::Priority;
     let mut waiting = BTreeSet::new();
     while let Some(queue_key) = a.policies[policy].pending.pop_first() {
-        if let Err(reason) = a.within_tenant_limit(policy, &queue_key.1) {
+        // A replica of a workload since removed: nothing to place.
+        let Some(w) = a.workloads.get(&queue_key.1) else {
+            continue;
+        };
+        if let Err(reason) = a.within_tenant_limit(policy, &queue_key.1, w) {
             a.set_reason(&queue_key, reason);
             waiting.insert(queue_key);
             continue;
         }
         let searched = explain::still_failing(a, &queue_key.1).is_none();
-        if searched && let Some(node) = a.choose_node(policy, &queue_key.1) {
+        if searched && let Some(node) = a.choose_node(policy, w) {
             a.place(&queue_key, node);
             continue;
         }

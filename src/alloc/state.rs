@@ -6,12 +6,13 @@
 //! gives the same result as a full allocation of the same state.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::admit;
 use super::govern::{self, Governing};
 use super::input::{Demand, NodeInfo, Observed, ReplicaKey, amounts_or};
+use super::node_index::{Against, Entry, NodeIndex, Want};
 use super::resources::{Kind, Res};
 use super::selector;
 use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
@@ -46,9 +47,23 @@ pub(super) struct NodeState {
     pub requested: Res,
     /// Replicas here, lowest priority first: the order preemption takes victims in.
     pub replicas: BTreeSet<(i32, WKey, u32)>,
+    /// Bit `b` set when the node matches the node selector numbered `b`
+    /// ([`Allocator::selector_bit`]).
+    pub label_bits: u64,
 }
 
 impl NodeState {
+    /// What the policy's [`NodeIndex`] holds of this node.
+    fn entry(&self, id: NodeId) -> Entry {
+        Entry {
+            key: (self.score(), id),
+            free: self.free(),
+            room: self.allocatable.minus(self.requested),
+            count: self.replicas.len(),
+            labels: self.label_bits,
+        }
+    }
+
     fn free(&self) -> Res {
         self.allocatable.minus(self.committed)
     }
@@ -94,7 +109,7 @@ pub(super) struct PolicyState {
     pub spec: ResourcePolicySpec,
     pub nodes: Vec<NodeId>,
     /// The policy's nodes by free room, for spread (most first) and pack (least first).
-    pub by_free: BTreeSet<(u64, NodeId)>,
+    pub by_free: NodeIndex,
     /// Σ allocatable of the nodes.
     pub total: Res,
     /// Σ committed of the nodes.
@@ -123,8 +138,11 @@ pub(super) struct WorkloadState {
     /// What placement reserves per replica: the request, or under `Demand` the floor.
     pub footprint: Res,
     pub replicas: Vec<Replica>,
-    /// Replicas of this workload per node, for spreading.
-    pub per_node: HashMap<NodeId, u32>,
+    /// Replicas of this workload per node, for spreading (a B-tree: a workload has few
+    /// nodes, and the spread search asks for many).
+    pub per_node: BTreeMap<NodeId, u32>,
+    /// The number of its node selector ([`Allocator::selector_bit`]), if it has one.
+    pub label_bit: Option<u32>,
 }
 
 /// A replica that lost its node to one of higher priority.
@@ -149,11 +167,18 @@ pub struct Allocator {
     pub(super) workloads: BTreeMap<WKey, WorkloadState>,
     pub(super) observed: HashMap<ReplicaKey, Observed>,
     pub(super) preemptions: Vec<Preempted>,
-    /// Nodes whose replicas' grants must be recomputed.
-    dirty: BTreeSet<NodeId>,
+    /// Nodes whose replicas' grants must be recomputed, by id.
+    dirty: Vec<bool>,
     /// Bumped on every placement change; keys the cache of pending reasons.
     pub(super) epoch: u64,
+    /// While set, placements leave the policies' node indexes as they are, to be rebuilt.
+    index_paused: bool,
     pub(super) reasons: HashMap<WKey, (u64, String)>,
+    /// The node selectors workloads have used, numbered in the order first seen: the
+    /// number is a bit of each node's `label_bits`, which lets a search skip nodes of
+    /// other labels many at a time. At most 64; later ones go unnumbered, and searches for
+    /// them check each node's labels.
+    selectors: HashMap<BTreeMap<String, String>, u32>,
 }
 
 impl Allocator {
@@ -215,16 +240,18 @@ impl Allocator {
                 committed: Res::ZERO,
                 requested: Res::ZERO,
                 replicas: BTreeSet::new(),
+                label_bits: 0,
             };
             if let Some(p) = policy {
                 let state = &mut states[p];
                 state.nodes.push(id);
-                state.by_free.insert((node.score(), id));
+                state.by_free.set(node.entry(id));
                 state.total = state.total.plus(allocatable);
             }
             node_ids.insert(info.name.clone(), id);
             node_states.push(node);
         }
+        let node_count = node_states.len();
         Allocator {
             nodes: node_states,
             node_ids,
@@ -233,16 +260,44 @@ impl Allocator {
             workloads: BTreeMap::new(),
             observed: HashMap::new(),
             preemptions: Vec::new(),
-            dirty: BTreeSet::new(),
+            dirty: vec![false; node_count],
             epoch: 0,
+            index_paused: false,
             reasons: HashMap::new(),
+            selectors: HashMap::new(),
         }
+    }
+
+    /// The number of a non-empty node selector, given one the first time it is seen (and
+    /// set on every node that matches it); `None` for the empty selector, which matches
+    /// everything, and once 64 are numbered.
+    fn selector_bit(&mut self, selector: &BTreeMap<String, String>) -> Option<u32> {
+        if selector.is_empty() {
+            return None;
+        }
+        if let Some(bit) = self.selectors.get(selector) {
+            return Some(*bit);
+        }
+        let bit = u32::try_from(self.selectors.len()).ok().filter(|b| *b < 64)?;
+        self.selectors.insert(selector.clone(), bit);
+        let mut matching = vec![false; self.nodes.len()];
+        for (id, n) in self.nodes.iter_mut().enumerate() {
+            if labels_match(selector, &n.info.labels) {
+                n.label_bits |= 1 << bit;
+                matching[id] = true;
+            }
+        }
+        for p in &mut self.policies {
+            p.by_free
+                .set_label(bit, |id| matching.get(id).copied().unwrap_or(false));
+        }
+        Some(bit)
     }
 
     /// Sets the observed use the `Usage` strategy follows.
     pub fn set_observed(&mut self, observed: HashMap<ReplicaKey, Observed>) {
         self.observed = observed;
-        self.dirty.extend(0..self.nodes.len());
+        self.dirty.fill(true);
     }
 
     /// Adds workloads. A replica in `current` stays on its node if the node still exists,
@@ -263,11 +318,21 @@ impl Allocator {
         };
         let ungoverned = ResourcePolicySpec::default();
         let mut kept: Vec<(QueueKey, NodeId)> = Vec::new();
+        // Replicas to queue, per policy: queued together at the end, as one sorted batch,
+        // which costs less than as many insertions in a set of 150,000.
+        let mut queued: Vec<Vec<QueueKey>> = vec![Vec::new(); self.policies.len()];
+        let mut added: HashSet<WKey> = HashSet::with_capacity(workloads.len());
         for (workload, policy) in workloads.iter().zip(governed) {
             let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
             let name = workload.metadata.name.as_deref().unwrap_or_default();
             let key: WKey = (Arc::from(namespace), Arc::from(name));
-            self.remove_workload(namespace, name);
+            if !added.insert(key.clone()) {
+                // A second copy in this batch replaces the first: what the first left to
+                // queue or to keep goes with it.
+                self.queue(&mut queued);
+                kept.retain(|(q, _)| q.1 != key);
+            }
+            self.remove_key(&key);
             let (demand, footprint) = {
                 let spec = match &policy {
                     Ok(p) => &self.policies[*p].spec,
@@ -301,6 +366,7 @@ impl Allocator {
                     .insert(key.0.clone(), TenantState::unlisted(max));
             }
             let count = demand.replicas;
+            let label_bit = self.selector_bit(&demand.node_selector);
             self.workloads.insert(
                 key.clone(),
                 WorkloadState {
@@ -308,30 +374,62 @@ impl Allocator {
                     demand,
                     footprint,
                     replicas,
-                    per_node: HashMap::new(),
+                    per_node: BTreeMap::new(),
+                    label_bit,
                 },
             );
+            // One key to look replicas up with, its index changed: not two strings each.
+            let mut probe = ReplicaKey::new(namespace, name, 0);
             for index in 0..count {
                 let queue_key = (queue_priority, key.clone(), index);
-                let here = current
-                    .get(&ReplicaKey::new(namespace, name, index))
-                    .and_then(|n| self.node_ids.get(n).copied());
+                probe.index = index;
+                let here = if current.is_empty() {
+                    None
+                } else {
+                    current
+                        .get(&probe)
+                        .and_then(|n| self.node_ids.get(n).copied())
+                };
                 match (policy.as_ref(), here) {
                     (Ok(_), Some(node)) => kept.push((queue_key, node)),
                     (Ok(p), None) => {
-                        self.policies[*p].pending.insert(queue_key);
+                        if let Some(q) = queued.get_mut(*p) {
+                            q.push(queue_key);
+                        }
                     }
                     (Err(_), _) => {}
                 }
             }
         }
+        self.queue(&mut queued);
         kept.sort();
+        // Keeping many replicas moves many nodes in the policies' indexes, which nothing
+        // reads meanwhile (keeping checks each node itself): they are built once after.
+        let rebuild = kept.len() > self.nodes.len();
+        self.index_paused = rebuild;
         for (queue_key, node) in kept {
             if !self.try_keep(&queue_key, node) {
                 let policy = self.workloads[&queue_key.1].policy.clone();
                 if let Ok(p) = policy {
                     self.policies[p].pending.insert(queue_key);
                 }
+            }
+        }
+        self.index_paused = false;
+        if rebuild {
+            for p in &mut self.policies {
+                p.by_free
+                    .rebuild(p.nodes.iter().map(|id| self.nodes[*id].entry(*id)));
+            }
+        }
+    }
+
+    /// Puts `queued` in the policies' queues, and empties it.
+    fn queue(&mut self, queued: &mut [Vec<QueueKey>]) {
+        for (p, keys) in self.policies.iter_mut().zip(queued) {
+            if !keys.is_empty() {
+                let mut batch: BTreeSet<QueueKey> = std::mem::take(keys).into_iter().collect();
+                p.pending.append(&mut batch);
             }
         }
     }
@@ -399,12 +497,16 @@ impl Allocator {
 
     /// Removes a workload and frees what its replicas held.
     pub fn remove_workload(&mut self, namespace: &str, name: &str) {
-        let key: WKey = (Arc::from(namespace), Arc::from(name));
-        let Some(w) = self.workloads.get(&key) else {
+        self.remove_key(&(Arc::from(namespace), Arc::from(name)));
+    }
+
+    fn remove_key(&mut self, key: &WKey) {
+        let Some(w) = self.workloads.get(key) else {
             return;
         };
         let priority = w.demand.priority;
         let policy = w.policy.clone();
+        let count = u32::try_from(w.replicas.len()).unwrap_or(u32::MAX);
         let placed: Vec<(u32, NodeId)> = w
             .replicas
             .iter()
@@ -414,12 +516,15 @@ impl Allocator {
         for (index, _) in &placed {
             self.unplace(&(Reverse(priority), key.clone(), *index));
         }
+        // Its waiting replicas, one by one: the queue may hold many more than it has.
         if let Ok(p) = policy {
             let pending = &mut self.policies[p].pending;
-            pending.retain(|q| q.1 != key);
+            for index in 0..count {
+                pending.remove(&(Reverse(priority), key.clone(), index));
+            }
         }
-        self.workloads.remove(&key);
-        self.reasons.remove(&key);
+        self.workloads.remove(key);
+        self.reasons.remove(key);
     }
 
     /// Places every pending replica the policies allow, then recomputes the grants that
@@ -434,26 +539,31 @@ impl Allocator {
                 }
             }
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        for node in dirty {
-            super::grants::recompute(self, node);
+        for node in 0..self.dirty.len() {
+            if std::mem::take(&mut self.dirty[node]) {
+                super::grants::recompute(self, node);
+            }
         }
     }
 
-    /// Puts a replica on a node and accounts for it.
+    /// Puts a replica on a node and accounts for it. The replica is not in its policy's
+    /// queue: every caller has taken it off or never put it on (looking for it cost a
+    /// search of 150,000 keys per placement at Kubernetes' scale).
     pub(super) fn place(&mut self, queue_key: &QueueKey, node: NodeId) {
         let (_, key, index) = queue_key;
         let Some(w) = self.workloads.get_mut(key) else {
             return;
         };
         let Ok(policy) = w.policy else { return };
-        let replica = &mut w.replicas[*index as usize];
+        let Some(replica) = w.replicas.get_mut(*index as usize) else {
+            return;
+        };
         replica.node = Some(node);
         replica.reason = None;
         replica.grant = w.demand.request;
         *w.per_node.entry(node).or_insert(0) += 1;
-        self.policies[policy].pending.remove(queue_key);
-        self.account(policy, node, queue_key, true);
+        let amounts = (w.footprint, w.demand.request);
+        self.account(policy, node, queue_key, amounts, true);
     }
 
     /// Takes a replica off its node; it is neither queued nor explained.
@@ -463,7 +573,9 @@ impl Allocator {
             return;
         };
         let Ok(policy) = w.policy else { return };
-        let replica = &mut w.replicas[*index as usize];
+        let Some(replica) = w.replicas.get_mut(*index as usize) else {
+            return;
+        };
         let Some(node) = replica.node.take() else {
             return;
         };
@@ -474,14 +586,21 @@ impl Allocator {
                 w.per_node.remove(&node);
             }
         }
-        self.account(policy, node, queue_key, false);
+        let amounts = (w.footprint, w.demand.request);
+        self.account(policy, node, queue_key, amounts, false);
     }
 
-    /// Adds a replica to (or removes it from) the totals of its node, policy and tenant.
-    fn account(&mut self, policy: PolicyId, node: NodeId, queue_key: &QueueKey, add: bool) {
+    /// Adds a replica, of its workload's `(footprint, request)`, to (or removes it from)
+    /// the totals of its node, policy and tenant.
+    fn account(
+        &mut self,
+        policy: PolicyId,
+        node: NodeId,
+        queue_key: &QueueKey,
+        (footprint, request): (Res, Res),
+        add: bool,
+    ) {
         let (Reverse(priority), key, index) = queue_key;
-        let w = &self.workloads[key];
-        let (footprint, request) = (w.footprint, w.demand.request);
         let change = |total: Res, amount: Res| {
             if add {
                 total.plus(amount)
@@ -491,7 +610,6 @@ impl Allocator {
         };
         let n = &mut self.nodes[node];
         let p = &mut self.policies[policy];
-        p.by_free.remove(&(n.score(), node));
         n.committed = change(n.committed, footprint);
         n.requested = change(n.requested, request);
         let entry = (*priority, key.clone(), *index);
@@ -500,7 +618,9 @@ impl Allocator {
         } else {
             n.replicas.remove(&entry);
         }
-        p.by_free.insert((n.score(), node));
+        if !self.index_paused {
+            p.by_free.set(n.entry(node));
+        }
         p.committed = change(p.committed, footprint);
         let count = p.placed_priorities.entry(*priority).or_insert(0);
         *count = if add {
@@ -521,32 +641,38 @@ impl Allocator {
             };
             p.unmet = p.unmet.minus(before).plus(t.unmet());
         }
-        self.dirty.insert(node);
+        self.dirty[node] = true;
         self.epoch += 1;
     }
 
-    /// The node a replica of `key` should go to, or `None` if none of the policy's nodes
+    /// The node a replica of `w` should go to, or `None` if none of the policy's nodes
     /// matches and has room. `Spread` takes the node with the fewest replicas of the
     /// workload, then the most free room; `Pack` the node with the least free room that
     /// fits. Under `Demand` a node where the whole request fits is preferred to one where
     /// only the floor does.
-    pub(super) fn choose_node(&self, policy: PolicyId, key: &WKey) -> Option<NodeId> {
-        let w = &self.workloads[key];
+    pub(super) fn choose_node(&self, policy: PolicyId, w: &WorkloadState) -> Option<NodeId> {
         let p = &self.policies[policy];
         if p.spec.strategy == Strategy::Demand
-            && let Some(node) = self.search(p, w, |n| {
+            && let Some(node) = self.search(p, w, w.demand.request, Against::Room, |n| {
                 w.demand.request.fits_in(&n.allocatable.minus(n.requested))
             })
         {
             return Some(node);
         }
-        self.search(p, w, |n| w.footprint.fits_in(&n.free()))
+        self.search(p, w, w.footprint, Against::Free, |n| {
+            w.footprint.fits_in(&n.free())
+        })
     }
 
+    /// The node for a replica of `w` needing `need` of `against`, where `fits` says
+    /// whether it fits. The index passes over nodes that cannot take it; each it offers is
+    /// checked in full, so the node is the one a walk over every node would find.
     fn search(
         &self,
         p: &PolicyState,
         w: &WorkloadState,
+        need: Res,
+        against: Against,
         fits: impl Fn(&NodeState) -> bool,
     ) -> Option<NodeId> {
         let max = p.max_per_node();
@@ -556,11 +682,22 @@ impl Allocator {
                 && labels_match(&w.demand.node_selector, &n.info.labels)
                 && fits(n)
         };
+        let want = Want {
+            need,
+            against,
+            max_count: max,
+            label: w.label_bit,
+        };
         match w.demand.mode {
-            PlacementMode::Pack => p.by_free.iter().map(|(_, id)| *id).find(|id| eligible(*id)),
+            PlacementMode::Pack => p
+                .by_free
+                .candidates(&want)
+                .map(|e| e.key.1)
+                .find(|id| eligible(*id)),
             PlacementMode::Spread => {
                 let mut best: Option<(u32, NodeId)> = None;
-                for &(_, id) in p.by_free.iter().rev() {
+                for e in p.by_free.candidates_rev(&want) {
+                    let id = e.key.1;
                     let count = w.per_node.get(&id).copied().unwrap_or(0);
                     if best.is_some_and(|(c, _)| c <= count) || !eligible(id) {
                         continue;
@@ -639,10 +776,15 @@ impl Allocator {
         best.map(|((_, _, node), victims)| (node, victims))
     }
 
-    /// Whether one more replica of `key` keeps its tenant within the limit the policy sets
-    /// (whatever the strategy); if not, why.
-    pub(super) fn within_tenant_limit(&self, policy: PolicyId, key: &WKey) -> Result<(), String> {
-        let footprint = self.workloads[key].footprint;
+    /// Whether one more replica of `w`, the workload `key`, keeps its tenant within the
+    /// limit the policy sets (whatever the strategy); if not, why.
+    pub(super) fn within_tenant_limit(
+        &self,
+        policy: PolicyId,
+        key: &WKey,
+        w: &WorkloadState,
+    ) -> Result<(), String> {
+        let footprint = w.footprint;
         let Some(t) = self.policies[policy].tenants.get(&key.0) else {
             return Ok(());
         };
@@ -730,7 +872,7 @@ impl PolicyState {
             name,
             spec,
             nodes: Vec::new(),
-            by_free: BTreeSet::new(),
+            by_free: NodeIndex::default(),
             total: Res::ZERO,
             committed: Res::ZERO,
             pending: BTreeSet::new(),
