@@ -26,3 +26,12 @@ pub mod wait;
 
 #[allow(dead_code)]
 pub mod tools;
+
+#[allow(dead_code)]
+pub mod netns;
+
+#[allow(dead_code)]
+pub mod zklog;
+
+#[allow(dead_code)]
+pub mod checker;
