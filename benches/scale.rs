@@ -20,6 +20,10 @@
 //! `CORRAL_SCALE_CONTROLLER_BIN` names another corral binary whose controller to measure
 //! (a build of an earlier commit, as a baseline); the hollow nodes are always this one's.
 
+// zk.rs runs its servers' four-letter words inside a namespace when it has one.
+#[path = "../tests/common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
 #[path = "../tests/common/zk.rs"]
 #[allow(dead_code)]
 mod zk;

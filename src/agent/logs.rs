@@ -145,17 +145,29 @@ pub fn join(files: &[PathBuf]) -> io::Result<()> {
     Ok(())
 }
 
+/// How long the pump drops output before it tries again to open a file it could not.
+const REOPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The pump's work, run by `corral log-pump`: copies `input` to `sink` until it ends,
 /// rotating so that no file grows beyond `max_bytes` and at most `max_files` remain.
-/// Output that cannot be written (a full disk) is dropped rather than stall the replica.
+/// Output that cannot be written (a full disk) is dropped rather than stall the replica;
+/// so is output while the current file cannot be opened (no inode left to create it, at
+/// the start or after a rotation), the pump trying again at most every second. The pump
+/// never ends before its input does: a replica whose pump ended would die of SIGPIPE at
+/// its next line of output.
 ///
 /// # Errors
-/// The current file cannot be opened, or `input` cannot be read.
+/// `input` cannot be read.
 pub fn pump(mut input: impl Read, sink: &LogSink) -> io::Result<()> {
     let max_bytes = sink.limits.max_bytes.max(1);
     let files = sink.limits.max_files.clamp(1, MAX_FILES);
-    let mut out = private::open(&sink.path, private::Mode::Append)?;
-    let mut size = out.metadata()?.len();
+    let open = || -> Option<(File, u64)> {
+        let file = private::open(&sink.path, private::Mode::Append).ok()?;
+        let size = file.metadata().ok()?.len();
+        Some((file, size))
+    };
+    let mut out = open();
+    let mut retry_at = std::time::Instant::now() + REOPEN_AFTER;
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = match input.read(&mut buffer) {
@@ -164,17 +176,31 @@ pub fn pump(mut input: impl Read, sink: &LogSink) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if out.is_none() && std::time::Instant::now() >= retry_at {
+            out = open();
+            retry_at = std::time::Instant::now() + REOPEN_AFTER;
+        }
         let mut chunk = &buffer[..n];
         while !chunk.is_empty() {
-            if size >= max_bytes {
-                out = rotate(sink, files, out)?;
-                size = 0;
+            let Some((file, size)) = out.as_mut() else {
+                break;
+            };
+            if *size >= max_bytes {
+                let (current, _) = out.take().expect("a current file");
+                match rotate(sink, files, current) {
+                    Ok(file) => out = Some((file, 0)),
+                    Err(_) => {
+                        retry_at = std::time::Instant::now() + REOPEN_AFTER;
+                        break;
+                    }
+                }
+                continue;
             }
-            let room = usize::try_from(max_bytes - size).unwrap_or(usize::MAX);
+            let room = usize::try_from(max_bytes - *size).unwrap_or(usize::MAX);
             let take = chunk.len().min(room);
-            match out.write(&chunk[..take]) {
+            match file.write(&chunk[..take]) {
                 Ok(written) => {
-                    size += written as u64;
+                    *size += written as u64;
                     chunk = &chunk[written..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -250,6 +276,25 @@ mod tests {
         pump(&b"abcdefghij"[..], &sink).unwrap();
         assert_eq!(std::fs::read_to_string(&sink.path).unwrap(), "ij");
         assert_eq!(sink.files(), std::slice::from_ref(&sink.path));
+    }
+
+    #[test]
+    fn output_without_a_file_to_go_to_is_drained_not_refused() {
+        // No file can be made there, as on a disk without a free inode: the pump still
+        // reads to the end, so that the replica never writes into a closed pipe.
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink {
+            path: dir.path().join("missing").join("t.w.0.log"),
+            limits: LogLimits {
+                max_bytes: 4,
+                max_files: 2,
+            },
+        };
+        let input = vec![b'x'; 200 * 1024];
+        let mut reader = &input[..];
+        pump(&mut reader, &sink).unwrap();
+        assert!(reader.is_empty(), "every byte read");
+        assert!(sink.files().is_empty());
     }
 
     #[test]

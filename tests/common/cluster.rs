@@ -97,6 +97,11 @@ pub struct Cluster {
     /// With [`Cluster::secure`]: digest identities, in credentials files, and the agents'
     /// identities file.
     secured: bool,
+    /// The command each named member starts under, e.g. `nsenter --net=...` to run it in a
+    /// network namespace of its own (tests/faults.rs); none for the others.
+    pub prefixes: BTreeMap<String, Vec<String>>,
+    /// The command `corral status` runs under.
+    pub status_prefix: Vec<String>,
 }
 
 /// The password of every member's digest identity: its name and this.
@@ -127,6 +132,8 @@ impl Cluster {
             session_timeout: SESSION_TIMEOUT,
             agent_capacity: AGENT_CAPACITY,
             secured: false,
+            prefixes: BTreeMap::new(),
+            status_prefix: Vec::new(),
         };
         cluster.manifest_dir("manifests");
         cluster
@@ -343,7 +350,7 @@ impl Cluster {
             .unwrap();
         writeln!(log, "{START_MARK}{} ===", member.starts).unwrap();
         let stderr = log.try_clone().unwrap();
-        let child = Command::new(BIN)
+        let child = command(self.prefixes.get(name).map_or(&[][..], Vec::as_slice))
             .args(&member.args)
             .env("CORRAL_LOG", "info")
             .env_remove("CORRAL_ZK_CREDENTIALS")
@@ -354,6 +361,12 @@ impl Cluster {
             .spawn()
             .unwrap();
         member.child = Some(child);
+    }
+
+    /// True when the member was started and not killed or terminated since (a stopped one
+    /// counts as running).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.member(name).child.is_some()
     }
 
     pub fn pid(&self, name: &str) -> Pid {
@@ -500,7 +513,7 @@ impl Cluster {
         if hosts.is_empty() {
             return Err("no ZooKeeper server serves".into());
         }
-        let output = Command::new(BIN)
+        let output = command(&self.status_prefix)
             .args(["status", "-o", "json", "--zookeeper", &hosts])
             .args(["--session-timeout", self.session_timeout])
             .args(self.identity_args("controller"))
@@ -594,6 +607,18 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+/// corral's binary, run under `prefix` (a program and its arguments) unless it is empty.
+fn command(prefix: &[String]) -> Command {
+    match prefix.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
     }
 }
 

@@ -29,3 +29,12 @@ pub mod tools;
 
 #[allow(dead_code)]
 pub mod proxy;
+
+#[allow(dead_code)]
+pub mod netns;
+
+#[allow(dead_code)]
+pub mod zklog;
+
+#[allow(dead_code)]
+pub mod checker;

@@ -28,6 +28,10 @@
 //! `zoo.cfg` lines, class path jars and JVM system properties, and optionally
 //! a second, secure client port, e.g. for TLS (see [`ZkOptions`]).
 //!
+//! [`ZkCluster::ensemble_on`] starts an ensemble whose servers listen on addresses of their
+//! own (each in a network namespace of `tests/common/netns.rs`), started under a command
+//! prefix (`nsenter --net=...`), the harness itself talking to them from another namespace.
+//!
 //! Servers must not outlive the test process. `Drop` handles normal returns
 //! and panics; for a test process that dies without unwinding (SIGKILL,
 //! `abort`), every server gets a small `sh` watchdog that SIGKILLs it once the
@@ -155,9 +159,29 @@ pub struct ZkOptions {
     pub secure_client_port: bool,
 }
 
+/// Where the servers of [`ZkCluster::ensemble_on`] run: each on an address of its own
+/// (client port [`NETWORK_CLIENT_PORT`], quorum ports 2888 and 3888 on it), its JVM started
+/// under a command prefix, e.g. `["nsenter", "--net=/run/netns/NAME", "--"]`.
+#[derive(Clone, Debug, Default)]
+pub struct ZkNetwork {
+    /// Server `i + 1`'s address and command prefix.
+    pub servers: Vec<(String, Vec<String>)>,
+    /// The network namespace (`/run/netns/NAME`) from which the harness sends its
+    /// four-letter words; `None` for this process's own.
+    pub observer: Option<PathBuf>,
+}
+
+/// The client port of every server of [`ZkCluster::ensemble_on`]: each has an address of
+/// its own.
+pub const NETWORK_CLIENT_PORT: u16 = 2181;
+
 /// One server of a [`ZkCluster`].
 struct Server {
     id: usize,
+    /// The address it listens on.
+    host: String,
+    /// The command its JVM starts under; empty for none.
+    prefix: Vec<String>,
     dir: PathBuf,
     client_port: u16,
     secure_client_port: Option<u16>,
@@ -168,7 +192,7 @@ struct Server {
 
 impl Server {
     fn client_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -236,19 +260,21 @@ pub struct ZkCluster {
     extra_classpath: Vec<PathBuf>,
     /// `-D` arguments of every JVM (from [`ZkOptions::system_properties`]).
     jvm_properties: Vec<String>,
+    /// The network namespace of the harness's four-letter words (see [`ZkNetwork`]).
+    observer: Option<PathBuf>,
 }
 
 impl ZkCluster {
     /// Starts one standalone server (id 1) and waits until it serves.
     pub fn standalone() -> ZkCluster {
-        Self::start(1, true, false, &ZkOptions::default())
+        Self::start(1, true, false, &ZkOptions::default(), None)
     }
 
     /// Starts one standalone server (id 1) with the extra settings of
     /// `options` and waits until it serves (on its plain client port).
     /// Restarts keep the settings.
     pub fn standalone_with(options: &ZkOptions) -> ZkCluster {
-        Self::start(1, true, false, options)
+        Self::start(1, true, false, options, None)
     }
 
     /// Starts an ensemble of `n` servers (ids `1..=n`) and waits until every
@@ -256,7 +282,15 @@ impl ZkCluster {
     /// `ensemble(1)` is the same as [`ZkCluster::standalone`].
     pub fn ensemble(n: usize) -> ZkCluster {
         assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
-        Self::start(n, n == 1, false, &ZkOptions::default())
+        Self::start(n, n == 1, false, &ZkOptions::default(), None)
+    }
+
+    /// Starts an ensemble of one server per entry of `network` (ids `1..`), each listening
+    /// on its own address, and waits as [`ZkCluster::ensemble`] does.
+    pub fn ensemble_on(network: &ZkNetwork) -> ZkCluster {
+        let n = network.servers.len();
+        assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
+        Self::start(n, n == 1, false, &ZkOptions::default(), Some(network))
     }
 
     /// Like [`ZkCluster::ensemble`], but every server syncs its transaction log to disk
@@ -264,23 +298,41 @@ impl ZkCluster {
     /// tests leave it off for speed; measurements of write latency need it.
     pub fn durable_ensemble(n: usize) -> ZkCluster {
         assert!(n >= 1, "a ZooKeeper ensemble needs at least one server");
-        Self::start(n, n == 1, true, &ZkOptions::default())
+        Self::start(n, n == 1, true, &ZkOptions::default(), None)
     }
 
-    fn start(n: usize, standalone: bool, force_sync: bool, options: &ZkOptions) -> ZkCluster {
+    fn start(
+        n: usize,
+        standalone: bool,
+        force_sync: bool,
+        options: &ZkOptions,
+        network: Option<&ZkNetwork>,
+    ) -> ZkCluster {
         let root = tempfile::Builder::new()
             .prefix("corral-zk-")
             .tempdir()
             .expect("zk harness: cannot create temporary directory");
         let secure = if options.secure_client_port { n } else { 0 };
-        let ports = free_ports(3 * n + secure);
+        let ports = match network {
+            // An address each: the same ports on every one.
+            Some(_) => [NETWORK_CLIENT_PORT]
+                .repeat(n)
+                .into_iter()
+                .chain([2888, 3888].repeat(n))
+                .collect(),
+            None => free_ports(3 * n + secure),
+        };
+        let hosts: Vec<String> = (0..n)
+            .map(|i| network.map_or("127.0.0.1".to_string(), |net| net.servers[i].0.clone()))
+            .collect();
         let (client, rest) = ports.split_at(n);
         let (secure_ports, peers) = rest.split_at(secure);
         let server_lines: String = (0..n)
             .map(|i| {
                 format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
+                    "server.{}={}:{}:{}\n",
                     i + 1,
+                    hosts[i],
                     peers[2 * i],
                     peers[2 * i + 1]
                 )
@@ -299,7 +351,7 @@ impl ZkCluster {
                  syncLimit={SYNC_LIMIT}\n\
                  dataDir={data}\n\
                  clientPort={client_port}\n\
-                 clientPortAddress=127.0.0.1\n\
+                 clientPortAddress={host}\n\
                  admin.enableServer=false\n\
                  4lw.commands.whitelist=*\n\
                  maxClientCnxns=0\n\
@@ -307,6 +359,7 @@ impl ZkCluster {
                  forceSync={force_sync}\n\
                  snapshot.trust.empty=true\n",
                 data = data.display(),
+                host = hosts[i],
                 force_sync = if force_sync { "yes" } else { "no" },
             );
             if !standalone {
@@ -326,6 +379,8 @@ impl ZkCluster {
             fs::write(dir.join("zoo.cfg"), cfg).expect("zk harness: cannot write zoo.cfg");
             servers.push(Server {
                 id,
+                host: hosts[i].clone(),
+                prefix: network.map_or_else(Vec::new, |net| net.servers[i].1.clone()),
                 dir,
                 client_port,
                 secure_client_port,
@@ -345,6 +400,7 @@ impl ZkCluster {
                 .iter()
                 .map(|(key, value)| format!("-D{key}={value}"))
                 .collect(),
+            observer: network.and_then(|net| net.observer.clone()),
         };
         let classpath = cluster.classpath();
         for id in 1..=n {
@@ -490,6 +546,14 @@ impl ZkCluster {
         }
     }
 
+    /// Starts the server again as [`ZkCluster::restart`] does, without waiting for it to
+    /// serve (it may not, cut off from a quorum); [`ZkCluster::wait_until_settled`] waits.
+    pub fn restart_nowait(&mut self, id: usize) {
+        self.kill(id);
+        let classpath = self.classpath();
+        self.spawn(id, &classpath);
+    }
+
     /// Starts every server again with the same configs, ports and data dirs (killing any
     /// still running) and waits until the whole cluster serves, as after a power cut: a
     /// single server of a stopped ensemble cannot serve without a quorum.
@@ -506,7 +570,13 @@ impl ZkCluster {
 
     /// Sends a four-letter word to one server (see [`four_letter_word`]).
     pub fn four_letter(&self, id: usize, cmd: &str) -> io::Result<String> {
-        four_letter_word(&self.client_addr(id), cmd, FOUR_LETTER_TIMEOUT)
+        let addr = self.client_addr(id);
+        match &self.observer {
+            Some(ns) => {
+                super::netns::in_netns(ns, || four_letter_word(&addr, cmd, FOUR_LETTER_TIMEOUT))
+            }
+            None => four_letter_word(&addr, cmd, FOUR_LETTER_TIMEOUT),
+        }
     }
 
     /// The server's `Mode:` from `srvr` ("leader", "follower", "standalone"),
@@ -666,7 +736,15 @@ impl ZkCluster {
         let log_err = log
             .try_clone()
             .expect("zk harness: cannot clone log handle");
-        let child = Command::new(java())
+        let mut command = match s.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(java());
+                command
+            }
+            None => Command::new(java()),
+        };
+        let child = command
             .args([
                 "-Xms32m",
                 "-Xmx256m",
