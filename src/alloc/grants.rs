@@ -3,6 +3,7 @@
 //! node; its observed use, between request and limit, under `Usage`, where a replica under
 //! memory pressure keeps the memory it has.
 
+use super::input::ReplicaKey;
 use super::resources::{Kind, Res};
 use super::state::{Allocator, NodeId, WKey};
 use crate::api::policy::Strategy;
@@ -45,11 +46,21 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
         Strategy::Usage => {
             let percentile = p.spec.usage.percentile;
             let threshold = f64::from(p.spec.usage.memory_pressure_percent);
+            // One key to look observations up with, rewritten for each replica rather
+            // than two strings allocated each.
+            let mut probe = ReplicaKey::new("", "", 0);
             let parts: Vec<Elastic> = replicas
                 .iter()
                 .map(|(key, index)| {
                     let w = &a.workloads[key];
-                    let observed = a.observed.get(&Allocator::replica_key(key, *index));
+                    let observed = if a.observed.is_empty() {
+                        None
+                    } else {
+                        probe.namespace.replace_range(.., &key.0);
+                        probe.name.replace_range(.., &key.1);
+                        probe.index = *index;
+                        a.observed.get(&probe)
+                    };
                     let used = observed.map(|o| o.percentile(percentile));
                     let within = |kind: Kind, amount: i64| {
                         amount
