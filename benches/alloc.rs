@@ -177,7 +177,8 @@ fn bench(c: &mut Criterion) {
     let nodes = SMALL.nodes();
     let workloads = SMALL.workloads(1);
     for strategy in STRATEGIES {
-        let (policies, _) = bench_full(c, &format!("full/{strategy}"), strategy, &nodes, &workloads);
+        let (policies, _) =
+            bench_full(c, &format!("full/{strategy}"), strategy, &nodes, &workloads);
         let mut allocator = allocated(&policies, &nodes, &workloads);
         let current = HashMap::new();
         // Swap one workload for a new one and back, so every iteration starts alike.

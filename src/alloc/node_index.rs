@@ -356,7 +356,13 @@ mod tests {
                     Some(k) if next(3) == 0 => k.0,
                     _ => next(50),
                 };
-                let e = entry(score, id, cpu, usize::try_from(next(5)).unwrap_or(0), next(8));
+                let e = entry(
+                    score,
+                    id,
+                    cpu,
+                    usize::try_from(next(5)).unwrap_or(0),
+                    next(8),
+                );
                 index.set(e);
                 model.insert(e.key, e);
                 ids.insert(id, e.key);

@@ -278,7 +278,9 @@ impl Allocator {
         if let Some(bit) = self.selectors.get(selector) {
             return Some(*bit);
         }
-        let bit = u32::try_from(self.selectors.len()).ok().filter(|b| *b < 64)?;
+        let bit = u32::try_from(self.selectors.len())
+            .ok()
+            .filter(|b| *b < 64)?;
         self.selectors.insert(selector.clone(), bit);
         let mut matching = vec![false; self.nodes.len()];
         for (id, n) in self.nodes.iter_mut().enumerate() {
