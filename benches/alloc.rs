@@ -272,16 +272,17 @@ fn bench_envelope(c: &mut Criterion) {
     }
 }
 
+// Without plots: drawing them took about 4 s a benchmark on 2 cores, a third of the run.
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20);
+    config = Criterion::default().sample_size(20).without_plots();
     targets = bench, bench_contended
 }
-// A full allocation at the envelope takes a few tenths of a second: ten samples, in the
-// default 5 s, keep the whole run to about 4 minutes.
+// A full allocation at the envelope takes a few tenths of a second: ten samples fit in
+// the default 5 s.
 criterion_group! {
     name = envelope;
-    config = Criterion::default().sample_size(10);
+    config = Criterion::default().sample_size(10).without_plots();
     targets = bench_envelope
 }
 criterion_main!(benches, envelope);
