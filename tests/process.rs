@@ -934,11 +934,14 @@ fn a_hostile_pid_file_is_refused_without_reading_or_echoing_it() {
 fn output_through_the_pump_is_rotated_and_bounded() {
     let group = TestCgroup::new(&["pids", "cpu"]);
     let dir = TempDir::new().unwrap();
-    let mut spec = spec(
-        &["sh", "-c", "yes corral | head -c 3000000; echo last words"],
-        &group,
-        &dir,
+    // The replica's last words wait for the test to have seen the pump in the group: a pump
+    // that drained 3 MB and ended before the first look would have left it again.
+    let go = dir.path().join("go");
+    let script = format!(
+        "yes corral | head -c 3000000; while [ ! -e {} ]; do sleep 0.02; done; echo last words",
+        go.display()
     );
+    let mut spec = spec(&["sh", "-c", &script], &group, &dir);
     spec.log = LogSink {
         path: dir.path().join("logs/t.w.0.log"),
         limits: LogLimits {
@@ -961,6 +964,7 @@ fn output_through_the_pump_is_rotated_and_bounded() {
                 .any(|l| l == pump_pid.to_string())
         },
     );
+    fs::write(&go, "").unwrap();
     assert_eq!(exit_of(&mut launched), ExitStatusInfo::Exited { code: 0 });
     let mut pump = Reaped(pump);
     let status = pump.0.wait().unwrap();
