@@ -34,7 +34,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/corral-target")
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or subprocess.run(
+    [os.path.join(REPO, "scripts", "target-dir")], capture_output=True, text=True, check=True
+).stdout.strip()
 CGROUP_MOUNT = "/sys/fs/cgroup"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

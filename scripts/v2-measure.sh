@@ -13,7 +13,8 @@ set -euo pipefail
 
 measure() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/corral-target}"
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(scripts/target-dir)}"
+  export CARGO_TARGET_DIR
   PHASE_TIMEOUT="${CORRAL_VM_TIMEOUT:-900}"
   [ "$(id -u)" = 0 ] || die "run as root: it installs qemu"
   make_workdir

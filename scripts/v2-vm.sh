@@ -6,7 +6,7 @@
 #
 #   scripts/v2-vm.sh [PHASE...]      every phase, or the ones named; run as root
 #
-# CARGO_TARGET_DIR   build cache (default /var/tmp/corral-target)
+# CARGO_TARGET_DIR   build cache (default: scripts/target-dir)
 # CORRAL_VM_CACHE    kernel and busybox, downloaded once (default /var/tmp/corral-vm)
 # CORRAL_VM_ACCEL    tcg (default), or kvm where nested KVM works (on the CI host the
 #                    guest hangs before printing anything)
@@ -337,7 +337,8 @@ select_tests() {
 
 main() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/corral-target}"
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(scripts/target-dir)}"
+  export CARGO_TARGET_DIR
   [ "$(id -u)" = 0 ] || die "run as root: it installs qemu and the tests manage cgroups"
   make_workdir
   local wanted=("$@") phase line name selection args chosen=() ran=0 failed=0
