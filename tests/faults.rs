@@ -113,6 +113,25 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Starts again a corral process that exited by itself (not one `down` names, which a fault
+/// stopped), as its systemd unit would (`Restart=always` in contrib/systemd), and says so:
+/// an agent that cannot reach ZooKeeper within 10 s of its start exits and counts on that.
+fn supervise(c: &mut Cluster, log: &FaultLog, down: &BTreeSet<String>) {
+    for m in CONTROLLERS.iter().chain(&AGENTS) {
+        if down.contains(*m) {
+            continue;
+        }
+        if let Some(status) = c.exited(m) {
+            let tail: Vec<String> = c.log(m).lines().rev().take(1).map(String::from).collect();
+            log.note(format!(
+                "{m} exited by itself ({status}: {}); started again, as its systemd unit would",
+                tail.join("")
+            ));
+            c.start(m);
+        }
+    }
+}
+
 /// The parent of a process.
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -450,10 +469,12 @@ impl Rig {
             "{name}: ZooKeeper did not settle\n--- faults ---\n{}",
             self.log.text()
         );
+        let (c, log, down) = (&mut self.c, &self.log, &self.killed);
         match self
             .sampler
-            .wait_converged(&self.desired, since, bound, STABLE)
-        {
+            .wait_converged_with(&self.desired, since, bound, STABLE, || {
+                supervise(c, log, down)
+            }) {
             Ok((running, converged)) => {
                 if self.desired.is_empty() {
                     self.log.note(format!(
@@ -493,7 +514,12 @@ impl Rig {
             self.inject(fault);
         }
         during(self);
-        std::thread::sleep(hold.saturating_sub(start.elapsed()));
+        while start.elapsed() < hold {
+            supervise(&mut self.c, &self.log, &self.killed);
+            std::thread::sleep(
+                Duration::from_millis(200).min(hold.saturating_sub(start.elapsed())),
+            );
+        }
         let held = start.elapsed();
         let healed = self.heal();
         let (running, converged) = self.converge(name, healed, CONVERGE_BOUND);
@@ -586,7 +612,6 @@ impl Rig {
         }
         self.desired.clear();
         let deleted = Instant::now();
-        self.converge("delete", deleted, CLEANUP_BOUND);
         let roots = self.sampler.roots().to_vec();
         loop {
             let left = checker::groups_left(&roots);
@@ -605,6 +630,10 @@ impl Rig {
             "(c) no group left below any agent's root {:.2}s after the delete",
             deleted.elapsed().as_secs_f64()
         ));
+        // And none comes back.
+        self.converge("delete", deleted, CLEANUP_BOUND);
+        let left = checker::groups_left(&roots);
+        assert!(left.is_empty(), "(c) groups came back: {left:#?}");
 
         // (d) from the ensemble's own history.
         let dirs: Vec<std::path::PathBuf> = self

@@ -366,8 +366,21 @@ impl Sampler {
         bound: Duration,
         stable: Duration,
     ) -> Result<(Duration, Duration), String> {
+        self.wait_converged_with(desired, since, bound, stable, || {})
+    }
+
+    /// [`Sampler::wait_converged`], calling `tick` at every look meanwhile.
+    pub fn wait_converged_with(
+        &self,
+        desired: &BTreeMap<String, u32>,
+        since: Instant,
+        bound: Duration,
+        stable: Duration,
+        mut tick: impl FnMut(),
+    ) -> Result<(Duration, Duration), String> {
         let deadline = since + bound;
         loop {
+            tick();
             let history = self.history();
             // The last change from which the copies matched, if they still do.
             let settled = history
