@@ -291,13 +291,13 @@ impl Sampler {
     }
 
     /// Where a replica of one of `workloads` ran in more than one copy during `[from,
-    /// to]`: one line per interval.
-    pub fn more_than_one(
+    /// to]`: each interval, with a line for a person.
+    pub fn duplicates(
         &self,
         workloads: &BTreeSet<String>,
         from: Instant,
         to: Instant,
-    ) -> Vec<String> {
+    ) -> Vec<(Instant, Instant, String)> {
         let mut out = Vec::new();
         for (start, end, copies) in self.intervals(from, to) {
             for ((w, i), nodes) in &copies {
@@ -306,16 +306,30 @@ impl Sampler {
                         .iter()
                         .map(|(node, pid)| format!("{node} (pid {pid})"))
                         .collect();
-                    out.push(format!(
+                    let line = format!(
                         "{:.2}s-{:.2}s: {w}.{i} on {}",
                         self.secs(start),
                         self.secs(end),
                         at.join(", ")
-                    ));
+                    );
+                    out.push((start, end, line));
                 }
             }
         }
         out
+    }
+
+    /// [`Sampler::duplicates`], the lines only.
+    pub fn more_than_one(
+        &self,
+        workloads: &BTreeSet<String>,
+        from: Instant,
+        to: Instant,
+    ) -> Vec<String> {
+        self.duplicates(workloads, from, to)
+            .into_iter()
+            .map(|(_, _, line)| line)
+            .collect()
     }
 
     /// The longest time, within `[from, to]`, that a replica of `desired` had no copy.
