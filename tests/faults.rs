@@ -1036,7 +1036,7 @@ fn a_replica_an_earlier_agent_started_restarts_as_soon_as_it_is_killed() {
     let took = rig
         .sampler
         .wait_converged(&rig.desired, killed, Duration::from_secs(40), STABLE)
-        .map(|(running, _)| format!("{:.2}s", running.as_secs_f64()))
+        .map(|(_, converged)| format!("{:.2}s", converged.as_secs_f64()))
         .unwrap_or_else(|e| e);
     let result = rig
         .sampler
