@@ -291,13 +291,13 @@ impl Sampler {
     }
 
     /// Where a replica of one of `workloads` ran in more than one copy during `[from,
-    /// to]`: one line per interval.
-    pub fn more_than_one(
+    /// to]`: each interval, with a line for a person.
+    pub fn duplicates(
         &self,
         workloads: &BTreeSet<String>,
         from: Instant,
         to: Instant,
-    ) -> Vec<String> {
+    ) -> Vec<(Instant, Instant, String)> {
         let mut out = Vec::new();
         for (start, end, copies) in self.intervals(from, to) {
             for ((w, i), nodes) in &copies {
@@ -306,16 +306,30 @@ impl Sampler {
                         .iter()
                         .map(|(node, pid)| format!("{node} (pid {pid})"))
                         .collect();
-                    out.push(format!(
+                    let line = format!(
                         "{:.2}s-{:.2}s: {w}.{i} on {}",
                         self.secs(start),
                         self.secs(end),
                         at.join(", ")
-                    ));
+                    );
+                    out.push((start, end, line));
                 }
             }
         }
         out
+    }
+
+    /// [`Sampler::duplicates`], the lines only.
+    pub fn more_than_one(
+        &self,
+        workloads: &BTreeSet<String>,
+        from: Instant,
+        to: Instant,
+    ) -> Vec<String> {
+        self.duplicates(workloads, from, to)
+            .into_iter()
+            .map(|(_, _, line)| line)
+            .collect()
     }
 
     /// The longest time, within `[from, to]`, that a replica of `desired` had no copy.
@@ -366,8 +380,21 @@ impl Sampler {
         bound: Duration,
         stable: Duration,
     ) -> Result<(Duration, Duration), String> {
+        self.wait_converged_with(desired, since, bound, stable, || {})
+    }
+
+    /// [`Sampler::wait_converged`], calling `tick` at every look meanwhile.
+    pub fn wait_converged_with(
+        &self,
+        desired: &BTreeMap<String, u32>,
+        since: Instant,
+        bound: Duration,
+        stable: Duration,
+        mut tick: impl FnMut(),
+    ) -> Result<(Duration, Duration), String> {
         let deadline = since + bound;
         loop {
+            tick();
             let history = self.history();
             // The last change from which the copies matched, if they still do.
             let settled = history

@@ -363,6 +363,15 @@ impl Cluster {
         member.child = Some(child);
     }
 
+    /// The exit status of a member that exited by itself since it was started (it then
+    /// counts as not running); `None` while it runs, or when it was not started.
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let member = self.members.get_mut(name)?;
+        let status = member.child.as_mut()?.try_wait().ok()??;
+        member.child = None;
+        Some(status)
+    }
+
     /// True when the member was started and not killed or terminated since (a stopped one
     /// counts as running).
     pub fn is_running(&self, name: &str) -> bool {

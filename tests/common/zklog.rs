@@ -5,8 +5,9 @@
 //! each server that acknowledged it (`<dataDir>/version-2/log.<zxid>`: a file header, then
 //! per transaction its Adler-32 checksum, its length, the serialized header and record, and
 //! an end-of-record byte; jute's binary format, big-endian). The header names the session
-//! that made the change. [`read_ensemble`] reads every server's logs and keeps each
-//! zxid once; [`audit_leases`] replays the election and checks each lease write against it.
+//! that made the change. [`read_ensemble`] reads every server's logs and keeps what a
+//! majority of them logged (a log may also hold proposals that were never committed);
+//! [`audit_leases`] replays the election and checks each lease write against it.
 //!
 //! This is what the fault tests' "no lease written by a deposed controller" rests on: not
 //! on what the controllers log about themselves, nor on sampling ZooKeeper now and then,
@@ -254,12 +255,29 @@ pub fn read_log_file(path: &Path) -> io::Result<Vec<Txn>> {
     Ok(txns)
 }
 
-/// Every transaction in the logs of the servers whose data directories are `data_dirs`
-/// (each holding `version-2/`), each zxid once, in order. Panics when two servers logged
-/// different transactions under one zxid, or when a zxid is missing between two others of
-/// its epoch (the history would be incomplete).
+/// The committed transactions in the logs of the servers whose data directories are
+/// `data_dirs` (each holding `version-2/`), in zxid order. See
+/// [`read_ensemble_described`].
 pub fn read_ensemble(data_dirs: &[&Path]) -> Vec<Txn> {
-    let mut all: BTreeMap<i64, Txn> = BTreeMap::new();
+    read_ensemble_described(data_dirs).0
+}
+
+/// The committed transactions of the ensemble whose servers' data directories are
+/// `data_dirs`, in zxid order, and what each log file held, for a person.
+///
+/// A server's log is not its committed history: a leader frozen past its followers'
+/// patience logs proposals no one acknowledges (typically closing every session, whose
+/// pings it missed), and when it comes back in a later epoch the new leader cannot send
+/// it a TRUNC ("peer zxid is from different epoch"): it sends a snapshot, and the log
+/// keeps those proposals, with what follows appended after them. So a transaction counts
+/// as committed when a majority of the servers logged it: Zab commits a proposal once a
+/// quorum has logged it, every elected leader's history holds it, TRUNC removes only what
+/// no quorum holds, and nothing here deletes log files. Panics when a zxid is missing
+/// between two committed ones of its epoch (the history would be incomplete).
+pub fn read_ensemble_described(data_dirs: &[&Path]) -> (Vec<Txn>, String) {
+    let mut described = String::new();
+    // zxid → each version logged, and by how many servers.
+    let mut logged: BTreeMap<i64, Vec<(Txn, usize)>> = BTreeMap::new();
     for dir in data_dirs {
         let logs = dir.join("version-2");
         let Ok(entries) = fs::read_dir(&logs) else {
@@ -274,40 +292,66 @@ pub fn read_ensemble(data_dirs: &[&Path]) -> Vec<Txn> {
             })
             .collect();
         files.sort();
+        // One vote per server, whatever its files repeat.
+        let mut server: BTreeMap<i64, Txn> = BTreeMap::new();
         for file in files {
             let txns = read_log_file(&file)
                 .unwrap_or_else(|e| panic!("zklog: cannot read {}: {e}", file.display()));
+            described.push_str(&format!(
+                "{}: {} transactions, {} to {}\n",
+                file.display(),
+                txns.len(),
+                txns.first()
+                    .map_or("-".into(), |t| format!("{:#x}", t.zxid)),
+                txns.last().map_or("-".into(), |t| format!("{:#x}", t.zxid))
+            ));
             for txn in txns {
-                match all.get(&txn.zxid) {
-                    Some(seen) => assert_eq!(
-                        seen,
-                        &txn,
-                        "zklog: two transactions with zxid {:#x} ({})",
-                        txn.zxid,
-                        file.display()
-                    ),
-                    None => {
-                        all.insert(txn.zxid, txn);
-                    }
-                }
+                server.insert(txn.zxid, txn);
+            }
+        }
+        for (zxid, txn) in server {
+            let versions = logged.entry(zxid).or_default();
+            match versions.iter_mut().find(|(v, _)| *v == txn) {
+                Some((_, votes)) => *votes += 1,
+                None => versions.push((txn, 1)),
             }
         }
     }
+    let majority = data_dirs.len() / 2 + 1;
+    let mut committed: BTreeMap<i64, Txn> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for (zxid, versions) in logged {
+        let mut found = false;
+        for (txn, votes) in versions {
+            if votes >= majority && !found {
+                committed.insert(zxid, txn);
+                found = true;
+            } else {
+                dropped.push(format!("{zxid:#x} (logged by {votes})"));
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        described.push_str(&format!(
+            "not committed (logged by fewer than {majority} servers): {}\n",
+            dropped.join(", ")
+        ));
+    }
     // Within an epoch (the high 32 bits) the counters run 1, 2, 3, ...
     let mut last: Option<i64> = None;
-    for &zxid in all.keys() {
+    for &zxid in committed.keys() {
         if let Some(prev) = last
             && prev >> 32 == zxid >> 32
         {
             assert_eq!(
                 zxid,
                 prev + 1,
-                "zklog: the logs lack the transactions between {prev:#x} and {zxid:#x}"
+                "zklog: the logs lack the transactions between {prev:#x} and {zxid:#x}\n{described}"
             );
         }
         last = Some(zxid);
     }
-    all.into_values().collect()
+    (committed.into_values().collect(), described)
 }
 
 /// One controller's time as leader, in ZooKeeper's order.
