@@ -20,6 +20,8 @@ pub struct NodeTracker {
     /// Nodes lost for good, not to be brought back from remembered registrations, with
     /// when their registration was first seen missing.
     lost: BTreeMap<String, Instant>,
+    /// Whether the warning that no node is registered was given since one last was.
+    all_missing_warned: bool,
 }
 
 #[derive(Debug)]
@@ -72,7 +74,30 @@ impl NodeTracker {
 
     /// The nodes to allocate on now. A node missing for longer than its grace period is
     /// dropped here, once and for all, until it registers again.
+    ///
+    /// While no node is registered at all, the grace periods stand still: every agent gone
+    /// at once is far likelier the controller's own isolation (its ZooKeeper side cut from
+    /// every agent) than every machine's death, and the replicas would have nowhere else to
+    /// go anyway. Giving the nodes up would delete every lease, and each agent, back, would
+    /// stop every replica. Kubernetes' node lifecycle controller stops evicting in a zone
+    /// whose nodes are all NotReady, for the same reason. Each missing node's grace period
+    /// starts again when the first node is back, so that the others, back a moment later,
+    /// are not given up in between.
     pub fn available(&mut self, now: Instant, policies: &[ResourcePolicy]) -> Vec<NodeInfo> {
+        if self.none_registered() {
+            if !self.nodes.is_empty() && !self.all_missing_warned {
+                tracing::warn!(
+                    nodes = self.nodes.len(),
+                    "no node is registered: the controller is likelier cut off than every node dead; no node is given up until one registers again"
+                );
+                self.all_missing_warned = true;
+            }
+            for tracked in self.nodes.values_mut() {
+                tracked.missing_since = Some(now);
+            }
+            return self.infos();
+        }
+        self.all_missing_warned = false;
         let expired: Vec<(String, Instant)> = self
             .nodes
             .iter()
@@ -87,6 +112,15 @@ impl NodeTracker {
             self.nodes.remove(&name);
             self.lost.insert(name, since);
         }
+        self.infos()
+    }
+
+    /// True when every node known is missing (or none is known).
+    fn none_registered(&self) -> bool {
+        self.nodes.values().all(|t| t.missing_since.is_some())
+    }
+
+    fn infos(&self) -> Vec<NodeInfo> {
         self.nodes
             .values()
             .map(|t| NodeInfo {
@@ -111,8 +145,12 @@ impl NodeTracker {
             .collect()
     }
 
-    /// When the next missing node's grace period ends.
+    /// When the next missing node's grace period ends; none while no node is registered
+    /// (see [`NodeTracker::available`]).
     pub fn next_deadline(&self, policies: &[ResourcePolicy]) -> Option<Instant> {
+        if self.none_registered() {
+            return None;
+        }
         self.nodes
             .values()
             .filter_map(|t| {
@@ -201,6 +239,32 @@ mod tests {
             names(&tracker.available(t0 + Duration::from_secs(13), &policies)),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn no_node_is_given_up_while_none_is_registered() {
+        let policies = [mk_policy("p", json!({"nodeGracePeriodSeconds": 10}))];
+        let mut tracker = NodeTracker::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        tracker.observe(vec![reg("a"), reg("b")], vec![], t0);
+        tracker.available(t0, &policies);
+        // Every registration goes at once: the controller, cut off, sees them expire.
+        tracker.observe(vec![], vec![], at(1));
+        assert_eq!(tracker.next_deadline(&policies), None);
+        for s in [11, 60, 600] {
+            assert_eq!(names(&tracker.available(at(s), &policies)), ["a", "b"]);
+        }
+        // One is back: the other's grace period starts now, not at its 1 s.
+        tracker.observe(vec![reg("a")], vec![], at(601));
+        assert_eq!(tracker.next_deadline(&policies), Some(at(610)));
+        assert_eq!(names(&tracker.available(at(605), &policies)), ["a", "b"]);
+        assert_eq!(names(&tracker.available(at(610), &policies)), ["a"]);
+        // A single node that dies is never given up either: there is nowhere to go.
+        let mut alone = NodeTracker::default();
+        alone.observe(vec![reg("a")], vec![], t0);
+        alone.observe(vec![], vec![], at(1));
+        assert_eq!(names(&alone.available(at(1000), &policies)), ["a"]);
     }
 
     #[test]
