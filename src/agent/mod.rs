@@ -4,6 +4,7 @@
 //! - [`supervisor`]: each replica's command: start, exits, restart policy, backoff, and
 //!   what a later corral needs to take the processes over;
 //! - [`process`]: launching into cgroups, stopping, adopting;
+//! - [`exits`]: the exits of processes an earlier corral started, noticed at once;
 //! - [`logs`]: each replica's output, rotated by its pump;
 //! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with;
 //! - [`trust`]: which leases read from ZooKeeper the agent enforces;
@@ -12,6 +13,7 @@
 pub mod adopt;
 pub mod daemon;
 pub mod disconnect;
+pub mod exits;
 pub mod health;
 pub mod hollow;
 pub mod logs;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::exits::ExitWatch;
 use super::health::{Probes, Target};
 use super::logs::LogSink;
 use super::process::{self, Backoff, ExitStatusInfo, LaunchSpec, ProcessId};
@@ -73,6 +74,8 @@ pub struct Supervisor {
     probes: Probes,
     /// Whether each replica was ready in its last report, to notice when that changes.
     reported_ready: HashMap<ReplicaKey, bool>,
+    /// Watches the main processes an earlier corral started, whose exits no SIGCHLD tells.
+    exits: Option<ExitWatch>,
 }
 
 /// Wakes whoever runs passes.
@@ -100,6 +103,7 @@ impl Supervisor {
             pumps: Vec::new(),
             probes: Probes::default(),
             reported_ready: HashMap::new(),
+            exits: None,
         }
     }
 
@@ -117,9 +121,28 @@ impl Supervisor {
         }
     }
 
-    /// Sets what is called whenever a background stop ends.
+    /// Sets what is called whenever a background stop ends, or a main process an earlier
+    /// corral started exits.
     pub fn set_waker(&mut self, waker: Waker) {
+        self.exits = ExitWatch::start(waker.clone())
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot watch for the exits of processes an earlier corral started; they are seen at the next pass");
+            })
+            .ok();
         self.waker = Some(waker);
+        self.watch_inherited();
+    }
+
+    /// Watches the main processes this corral did not start, and only those.
+    fn watch_inherited(&self) {
+        if let Some(exits) = &self.exits {
+            exits.set(
+                self.records
+                    .iter()
+                    .filter(|(key, _)| !self.children.contains_key(*key))
+                    .filter_map(|(_, r)| r.main),
+            );
+        }
     }
 
     /// True while `group` is being stopped in the background.
@@ -291,6 +314,7 @@ impl Supervisor {
             record.not_before_ms = now_ms + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             exited.push(key.clone());
         }
+        self.watch_inherited();
         exited
     }
 
