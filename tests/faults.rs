@@ -794,7 +794,6 @@ fn names(parts: &[&[&str]]) -> Vec<Vec<String>> {
 /// duplicate a replica. (a) holds for every workload all along, and no step replaces a
 /// replica (the agents are fail-static).
 #[test]
-#[ignore = "its check (d) flagged c1's lease deletes at the first zxid after a majority partition as written 'while nobody led' (CI run of 2026-11-30); ZooKeeper's fenced multi accepted them, so either the checker misses an election znode or the controller's new caches write from a stale view: to be settled before this runs in CI"]
 fn zookeeper_and_controller_faults() {
     let mut rig = Rig::up();
     let begin = rig.sampler.start;
@@ -901,19 +900,16 @@ fn zookeeper_and_controller_faults() {
     rig.finish();
 }
 
-/// A bug this harness found (see the README's Tests section): a partition that leaves
-/// ZooKeeper's quorum and the leading controller on one side and every agent on the other.
-/// The agents' sessions expire there; the leader gives every node up after its grace
-/// period and, with no node left to move them to, deletes every lease (the replicas go
-/// pending). The agents, fail-static, keep every replica running meanwhile; but once the
-/// partition heals they find their leases gone and stop every replica, while the leader
-/// allocates them again, elsewhere as often as not: every process of the cluster is
-/// replaced, and a replica that moved runs twice until its old node has read its leases.
-/// Losing every node at once is more likely the controller's own isolation than every
-/// machine's death (Kubernetes' node lifecycle controller stops evicting in a zone whose
-/// nodes are all NotReady, for that reason); this test asserts that nothing is replaced.
+/// A bug this harness found, now fixed: a partition that leaves ZooKeeper's quorum and the
+/// leading controller on one side and every agent on the other. The agents' sessions
+/// expire there; the leader gave every node up after its grace period and, with no node
+/// left to move them to, deleted every lease. The agents, fail-static, kept every replica
+/// running meanwhile, but once the partition healed they found their leases gone and
+/// stopped every replica, while the leader allocated them again, elsewhere as often as
+/// not. Losing every node at once is likelier the controller's own isolation than every
+/// machine's death, so the leader now gives no node up while none is registered
+/// (`controller::nodes`); nothing may be replaced.
 #[test]
-#[ignore = "corral bug: a partition of the control plane from every agent replaces every replica"]
 fn a_partition_of_the_control_plane_from_every_agent_replaces_nothing() {
     let mut rig = Rig::up();
     let begin = rig.sampler.start;
@@ -1012,13 +1008,13 @@ fn agent_faults_and_a_full_disk() {
     rig.finish();
 }
 
-/// A bug this harness found (see the README's Tests section): the agent notices the exit
-/// of a replica it started itself at once (SIGCHLD), but that of a replica an earlier
-/// agent started (adopted when the agent restarted, as after every upgrade) only at its
-/// next pass: the next resync (`--resync`, 5 s by default, 30 s in these tests) or lease
-/// change. Such a replica, killed, stays down that long instead of the 1 s backoff.
+/// A bug this harness found, now fixed: the agent noticed the exit of a replica it started
+/// itself at once (SIGCHLD), but that of a replica an earlier agent started (taken over
+/// when the agent restarted, as after every upgrade) only at its next pass: the next
+/// resync (`--resync`, 30 s in these tests) or lease change. Such a replica, killed,
+/// stayed down that long instead of the 1 s backoff. The agent now watches such processes
+/// with a pidfd each (`agent::exits`).
 #[test]
-#[ignore = "corral bug: an adopted replica that exits is restarted only at the next resync"]
 fn a_replica_an_earlier_agent_started_restarts_as_soon_as_it_is_killed() {
     let mut rig = Rig::up();
     rig.step(
