@@ -12,6 +12,7 @@
 pub mod acl;
 pub mod embedded;
 pub mod identities;
+pub mod memory;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
