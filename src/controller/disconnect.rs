@@ -12,7 +12,7 @@
 //!
 //! Without `disconnect`, the node's grace period alone decides, as before. Pure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::alloc::ReplicaKey;
@@ -42,22 +42,14 @@ pub fn held(
     if missing.is_empty() {
         return Vec::new();
     }
-    let by_name: HashMap<String, &Workload> = workloads
-        .iter()
-        .map(|w| {
-            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
-            (
-                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
-                w,
-            )
-        })
-        .collect();
+    let by_name = super::leases::by_name(workloads);
     let mut out = Vec::new();
     for lease in current {
         let Some(gone_for) = missing.get(&lease.node) else {
             continue;
         };
-        let Some(workload) = by_name.get(&lease.key.workload()) else {
+        let Some(workload) = by_name.get(&(lease.key.namespace.as_str(), lease.key.name.as_str()))
+        else {
             continue;
         };
         if i64::from(lease.key.index) >= i64::from(workload.spec.replicas) {

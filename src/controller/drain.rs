@@ -45,34 +45,25 @@ pub fn gate(
     let seen = Availability::new(current, reports);
     let placed: HashMap<&ReplicaKey, &Lease> = desired.iter().map(|l| (&l.key, l)).collect();
     let now: HashMap<&ReplicaKey, &Lease> = current.iter().map(|l| (&l.key, l)).collect();
-    let specs: HashMap<String, &Workload> = workloads
-        .iter()
-        .map(|w| {
-            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
-            (
-                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
-                w,
-            )
-        })
-        .collect();
-    let mut by_workload: BTreeMap<String, Vec<&Lease>> = BTreeMap::new();
+    let specs = super::leases::by_name(workloads);
+    let mut by_workload: BTreeMap<(&str, &str), Vec<&Lease>> = BTreeMap::new();
     for lease in on_cordoned {
         by_workload
-            .entry(lease.key.workload())
+            .entry((lease.key.namespace.as_str(), lease.key.name.as_str()))
             .or_default()
             .push(lease);
     }
     let mut kept = Vec::new();
-    for (name, mut leases) in by_workload {
+    for ((namespace, short), mut leases) in by_workload {
         // Deleted: its leases go, as always.
-        let Some(workload) = specs.get(&name) else {
+        let Some(workload) = specs.get(&(namespace, short)) else {
             continue;
         };
+        let name = format!("{namespace}/{short}");
         leases.sort_by_key(|l| l.key.index);
         let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
         let max_unavailable =
             u32::try_from(workload.spec.update.max_unavailable.max(1)).unwrap_or(1);
-        let (namespace, short) = name.split_once('/').unwrap_or(("default", &name));
         // Unavailable now, or changed by this pass otherwise than by the drain (a move off a
         // lost node, a rollout's replacement).
         let unavailable = (0..replicas)

@@ -1,7 +1,7 @@
 //! From an allocation to leases, and from the leases in the store to the changes that make
 //! them the desired ones. Pure: read, compare, write only the difference.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use crate::alloc::plan::Plan;
 use crate::alloc::{Observed, ReplicaKey, Res};
@@ -9,37 +9,52 @@ use crate::api::policy::ResourcePolicySpec;
 use crate::api::{ResourcePolicy, Workload};
 use crate::lease::{Lease, LeaseChange, Report};
 
-/// The lease of every placed replica in `plan`, stamped with `epoch`.
+/// Each workload by its namespace (`default` when it has none) and name.
+pub fn by_name(workloads: &[Workload]) -> HashMap<(&str, &str), &Workload> {
+    workloads
+        .iter()
+        .map(|w| {
+            (
+                (
+                    w.metadata.namespace.as_deref().unwrap_or("default"),
+                    w.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                w,
+            )
+        })
+        .collect()
+}
+
+/// The lease of every placed replica in `plan`, stamped with `epoch`. The workload's part
+/// of a lease is computed once per workload, policy and tenant, not once per replica.
 pub fn desired_leases(
     plan: &Plan,
     workloads: &[Workload],
     policies: &[ResourcePolicy],
     epoch: i64,
 ) -> Vec<Lease> {
-    let by_name: HashMap<String, &Workload> = workloads
-        .iter()
-        .map(|w| {
-            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
-            (
-                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
-                w,
-            )
-        })
-        .collect();
+    let by_name = by_name(workloads);
     let default_spec = ResourcePolicySpec::default();
     let specs: HashMap<&str, &ResourcePolicySpec> = policies
         .iter()
         .filter_map(|p| Some((p.metadata.name.as_deref()?, &p.spec)))
         .collect();
+    let mut first: HashMap<(&str, &str, &str), Lease> = HashMap::new();
     plan.allocations
         .iter()
         .filter_map(|a| {
-            let workload = by_name.get(&a.workload)?;
+            let id = (a.workload.as_str(), a.policy.as_str(), a.tenant.as_str());
+            if let Some(lease) = first.get(&id) {
+                return Some(lease.for_replica(a, epoch));
+            }
+            let workload = by_name.get(&a.workload.split_once('/')?)?;
             let spec = specs
                 .get(a.policy.as_str())
                 .copied()
                 .unwrap_or(&default_spec);
-            Some(Lease::new(a, workload, spec, epoch))
+            let lease = Lease::new(a, workload, spec, epoch);
+            first.insert(id, lease.clone());
+            Some(lease)
         })
         .collect()
 }
@@ -48,51 +63,69 @@ pub fn desired_leases(
 /// for something else, a delete for each that is no longer wanted. A lease that differs
 /// only by its epoch is left alone.
 pub fn lease_changes(current: &[Lease], desired: &[Lease]) -> Vec<LeaseChange> {
-    let now: BTreeMap<(&str, &ReplicaKey), &Lease> = current
+    let now: HashMap<(&str, &ReplicaKey), &Lease> = current
         .iter()
         .map(|l| ((l.node.as_str(), &l.key), l))
         .collect();
-    let want: BTreeMap<(&str, &ReplicaKey), &Lease> = desired
+    let want: HashMap<(&str, &ReplicaKey), &Lease> = desired
         .iter()
         .map(|l| ((l.node.as_str(), &l.key), l))
         .collect();
-    let mut changes = Vec::new();
-    for (id, lease) in &want {
-        if now
-            .get(id)
-            .is_none_or(|existing| !existing.same_grant(lease))
-        {
-            changes.push(LeaseChange::Put(Box::new((*lease).clone())));
-        }
-    }
-    for (node, key) in now.keys() {
-        if !want.contains_key(&(*node, *key)) {
-            changes.push(LeaseChange::Delete {
-                node: (*node).to_string(),
-                key: (*key).clone(),
-            });
-        }
-    }
-    changes
+    let mut puts: Vec<&Lease> = want
+        .iter()
+        .filter(|(id, lease)| {
+            now.get(*id)
+                .is_none_or(|existing| !existing.same_grant(lease))
+        })
+        .map(|(_, lease)| *lease)
+        .collect();
+    let mut deletes: Vec<(&str, &ReplicaKey)> = now
+        .keys()
+        .filter(|id| !want.contains_key(*id))
+        .copied()
+        .collect();
+    // In the order of (node, replica), as the store's batches are cut.
+    puts.sort_unstable_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+    deletes.sort_unstable();
+    puts.into_iter()
+        .map(|lease| LeaseChange::Put(Box::new(lease.clone())))
+        .chain(deletes.into_iter().map(|(node, key)| LeaseChange::Delete {
+            node: node.to_string(),
+            key: key.clone(),
+        }))
+        .collect()
 }
 
-/// `current` with `changes` applied: what the store holds after writing them.
-pub fn apply(current: Vec<Lease>, changes: &[LeaseChange]) -> Vec<Lease> {
-    let mut by_id: BTreeMap<(String, ReplicaKey), Lease> = current
-        .into_iter()
-        .map(|l| ((l.node.clone(), l.key.clone()), l))
+/// `current` with `changes` applied: what the store holds after writing them, in the
+/// order of (node, replica). Without changes, `current` as it is.
+pub fn apply(mut current: Vec<Lease>, changes: &[LeaseChange]) -> Vec<Lease> {
+    if changes.is_empty() {
+        return current;
+    }
+    let touched: HashSet<(&str, &ReplicaKey)> = changes
+        .iter()
+        .map(|change| match change {
+            LeaseChange::Put(lease) => (lease.node.as_str(), &lease.key),
+            LeaseChange::Delete { node, key } => (node.as_str(), key),
+        })
         .collect();
+    current.retain(|l| !touched.contains(&(l.node.as_str(), &l.key)));
+    // The last change of a lease wins, as in a batch.
+    let mut put: HashMap<(&str, &ReplicaKey), &Lease> = HashMap::new();
     for change in changes {
         match change {
             LeaseChange::Put(lease) => {
-                by_id.insert((lease.node.clone(), lease.key.clone()), (**lease).clone());
+                put.insert((lease.node.as_str(), &lease.key), lease);
             }
             LeaseChange::Delete { node, key } => {
-                by_id.remove(&(node.clone(), key.clone()));
+                put.remove(&(node.as_str(), key));
             }
         }
     }
-    by_id.into_values().collect()
+    current.extend(put.into_values().cloned());
+    // Sorted already but for the puts at the end: stable sort merges the two runs.
+    current.sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
+    current
 }
 
 /// Where each replica is now, by its lease.
@@ -249,6 +282,58 @@ mod tests {
         let mut expected = desired.clone();
         expected.sort_by(|a, b| (&a.node, &a.key).cmp(&(&b.node, &b.key)));
         assert_eq!(apply(current, &changes), expected);
+    }
+
+    #[test]
+    fn a_lease_built_from_another_replicas_is_the_one_built_anew() {
+        let policies = [mk_policy(
+            "p",
+            json!({"tenants": [{"namespace": "t", "limit": {"cpu": "3"}}]}),
+        )];
+        let workloads = [mk_workload(
+            "t",
+            "w",
+            3,
+            500,
+            64,
+            json!({"command": {"args": ["sh", "-c", "sleep 9"], "env": [{"name": "A", "value": "1"}],
+                   "healthCheck": {"tcp": {"port": 8080}}},
+                   "update": {"minReadySeconds": 2}, "disconnect": {"stopAfterSeconds": 5},
+                   "limits": {"cpu": "1", "memory": "128Mi"}}),
+        )];
+        let plan = plan(&workloads, &policies);
+        let leases = desired_leases(&plan, &workloads, &policies, 4);
+        assert_eq!(leases.len(), 3);
+        for (lease, allocation) in leases.iter().zip(&plan.allocations) {
+            assert_eq!(
+                *lease,
+                Lease::new(allocation, &workloads[0], &policies[0].spec, 4)
+            );
+        }
+        assert!(leases[1].same_grant(&leases[0].for_replica(&plan.allocations[1], 9)));
+        assert!(!leases[1].same_grant(&leases[0]));
+    }
+
+    #[test]
+    fn applying_nothing_or_a_later_change_of_the_same_lease() {
+        let policies = [mk_policy("p", json!({}))];
+        let workloads = [mk_workload("t", "w", 2, 500, 64, json!({}))];
+        let current = desired_leases(&plan(&workloads, &policies), &workloads, &policies, 1);
+        assert_eq!(apply(current.clone(), &[]), current);
+        let mut changed = current[0].clone();
+        changed.granted.cpu = 1;
+        let put = LeaseChange::Put(Box::new(changed.clone()));
+        let delete = LeaseChange::Delete {
+            node: changed.node.clone(),
+            key: changed.key.clone(),
+        };
+        assert_eq!(
+            apply(current.clone(), &[put.clone(), delete.clone()]),
+            current[1..]
+        );
+        let after = apply(current.clone(), &[delete, put]);
+        assert_eq!(after.len(), 2);
+        assert!(after.contains(&changed));
     }
 
     #[test]

@@ -156,44 +156,46 @@ pub fn gate(
     reports: &[Report],
     workloads: &[Workload],
 ) -> (Vec<Lease>, Vec<Rollout>) {
-    let now: HashMap<&ReplicaKey, &Lease> = current.iter().map(|l| (&l.key, l)).collect();
     let seen = Availability::new(current, reports);
+    let now = &seen.now;
     let reported = &seen.reported;
     let available = |key: &ReplicaKey| seen.available(key);
-    let mut by_workload: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let specs = super::leases::by_name(workloads);
+    // Each workload's leases in `desired`, by its name as the workload spells it.
+    let mut by_workload: BTreeMap<(&str, &str), (&Workload, Vec<usize>)> = BTreeMap::new();
     for (i, lease) in desired.iter().enumerate() {
-        if !lease.revision.is_empty() {
-            by_workload.entry(lease.key.workload()).or_default().push(i);
+        if lease.revision.is_empty() {
+            continue;
+        }
+        let id = (lease.key.namespace.as_str(), lease.key.name.as_str());
+        if let Some(workload) = specs.get(&id).copied() {
+            // Borrowed from the workload, not from `desired`, which the gate changes.
+            let id = (
+                workload.metadata.namespace.as_deref().unwrap_or("default"),
+                workload.metadata.name.as_deref().unwrap_or_default(),
+            );
+            by_workload
+                .entry(id)
+                .or_insert_with(|| (workload, Vec::new()))
+                .1
+                .push(i);
         }
     }
-    let specs: HashMap<String, &Workload> = workloads
-        .iter()
-        .map(|w| {
-            let ns = w.metadata.namespace.as_deref().unwrap_or("default");
-            (
-                format!("{ns}/{}", w.metadata.name.as_deref().unwrap_or_default()),
-                w,
-            )
-        })
-        .collect();
     let mut rollouts = Vec::new();
-    for (name, mut indices) in by_workload {
-        let Some(workload) = specs.get(&name) else {
-            continue;
-        };
+    for ((namespace, name), (workload, mut indices)) in by_workload {
         indices.sort_by_key(|i| desired[*i].key.index);
         let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
         let max_unavailable =
             u32::try_from(workload.spec.update.max_unavailable.max(1)).unwrap_or(1);
         let revision = desired[indices[0]].revision.clone();
-        let up = |i: u32| {
-            ReplicaKey::new(
-                workload.metadata.namespace.as_deref().unwrap_or("default"),
-                workload.metadata.name.as_deref().unwrap_or_default(),
-                i,
-            )
-        };
-        let available_now = (0..replicas).filter(|i| available(&up(*i))).count();
+        let mut probe = ReplicaKey::new(namespace, name, 0);
+        let available_now = (0..replicas)
+            .filter(|i| {
+                probe.index = *i;
+                available(&probe)
+            })
+            .count();
+        let name = format!("{namespace}/{name}");
         let unavailable = u32::try_from(replicas as usize - available_now.min(replicas as usize))
             .unwrap_or(u32::MAX);
         let mut budget = max_unavailable.saturating_sub(unavailable);

@@ -297,12 +297,74 @@ impl Lease {
         }
     }
 
-    /// True when `other` asks the node for the same thing (the epoch aside).
-    pub fn same_grant(&self, other: &Lease) -> bool {
+    /// The lease of another replica of the same workload, under the same policy and
+    /// tenant, placed by `allocation`: this one with the allocation's part replaced. What
+    /// [`Lease::new`] gives, without computing the workload's part (its command, revision
+    /// and settings) once per replica.
+    pub fn for_replica(&self, allocation: &Allocation, epoch: i64) -> Lease {
         Lease {
-            epoch: other.epoch,
+            key: ReplicaKey {
+                index: allocation.replica,
+                ..self.key.clone()
+            },
+            node: allocation.node.clone(),
+            epoch,
+            policy: allocation.policy.clone(),
+            priority: allocation.priority,
+            granted: allocation.granted,
+            request: allocation.request,
+            limits: allocation.limits,
+            io_weight: allocation.io_weight,
             ..self.clone()
-        } == *other
+        }
+    }
+
+    /// True when `other` asks the node for the same thing (the epoch aside). Every field
+    /// is named, so that a new one cannot be forgotten here.
+    pub fn same_grant(&self, other: &Lease) -> bool {
+        let Lease {
+            version,
+            key,
+            node,
+            epoch: _,
+            policy,
+            priority,
+            granted,
+            request,
+            limits,
+            io_weight,
+            cgroup,
+            tenant_limit,
+            work,
+            grace_seconds,
+            generation,
+            adopt_scope,
+            logs,
+            revision,
+            health,
+            min_ready_seconds,
+            stop_after_disconnect_seconds,
+        } = self;
+        *version == other.version
+            && *key == other.key
+            && *node == other.node
+            && *policy == other.policy
+            && *priority == other.priority
+            && *granted == other.granted
+            && *request == other.request
+            && *limits == other.limits
+            && *io_weight == other.io_weight
+            && *tenant_limit == other.tenant_limit
+            && *grace_seconds == other.grace_seconds
+            && *generation == other.generation
+            && *logs == other.logs
+            && *revision == other.revision
+            && *min_ready_seconds == other.min_ready_seconds
+            && *stop_after_disconnect_seconds == other.stop_after_disconnect_seconds
+            && *cgroup == other.cgroup
+            && *adopt_scope == other.adopt_scope
+            && *health == other.health
+            && *work == other.work
     }
 }
 
