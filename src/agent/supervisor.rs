@@ -355,14 +355,7 @@ impl Supervisor {
                 {
                     true
                 }
-                Some(r) => {
-                    let policy_allows = match restart {
-                        RestartPolicy::Always => true,
-                        RestartPolicy::OnFailure => r.last_failed != Some(false),
-                        RestartPolicy::Never => false,
-                    };
-                    policy_allows && now_ms >= r.not_before_ms
-                }
+                Some(r) => restart.restarts(r.last_failed) && now_ms >= r.not_before_ms,
             };
             if start {
                 due.insert(group.clone());
@@ -378,11 +371,7 @@ impl Supervisor {
             r.main.is_none()
                 && r.last_exit.is_some()
                 && now_ms >= r.not_before_ms
-                && match restart {
-                    RestartPolicy::Always => true,
-                    RestartPolicy::OnFailure => r.last_failed != Some(false),
-                    RestartPolicy::Never => false,
-                }
+                && restart.restarts(r.last_failed)
         })
     }
 
@@ -494,11 +483,7 @@ impl Supervisor {
         let work = want.and_then(|w| w.work.as_ref());
         let record = self.records.get(key).cloned().unwrap_or_default();
         let restarts = match work {
-            Some(Work::Command { restart, .. }) => match restart {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => record.last_failed != Some(false),
-                RestartPolicy::Never => false,
-            },
+            Some(Work::Command { restart, .. }) => restart.restarts(record.last_failed),
             _ => false,
         };
         let state = match work {

@@ -361,6 +361,19 @@ pub enum RestartPolicy {
     Never,
 }
 
+impl RestartPolicy {
+    /// Whether a command that exited is started again: `failed` says how its last run
+    /// ended, `None` when unknown (an earlier corral started it, and only it could read
+    /// the status), which counts as a failure.
+    pub fn restarts(self, failed: Option<bool>) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed != Some(false),
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
 /// Existing processes to take into the replica's cgroup. Exactly one way of matching is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
