@@ -12,8 +12,8 @@ use crate::agent::node::Agent;
 use crate::alloc::Res;
 use crate::api::Quantity;
 use crate::api::names::{check_label_key, check_label_value};
+use crate::lease::NodeRegistration;
 use crate::lease::zookeeper::{Role, ZkStore};
-use crate::lease::{FORMAT_VERSION, NodeRegistration};
 use crate::source::nodes;
 
 /// Arguments of `corral agent`.
@@ -131,14 +131,7 @@ pub fn registration(args: &Args) -> anyhow::Result<NodeRegistration> {
         Some(text) => parse_capacity(text, machine.capacity)?,
         None => machine.capacity,
     };
-    Ok(NodeRegistration {
-        version: FORMAT_VERSION,
-        name: args.node.clone(),
-        labels,
-        capacity,
-        cgroup_mode: String::new(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    })
+    Ok(NodeRegistration::new(&args.node, labels, capacity, ""))
 }
 
 /// `cpu=2,memory=4Gi,pids=1000`, each part optional, over `base`.

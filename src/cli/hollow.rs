@@ -13,7 +13,7 @@ use super::zk::ZkArgs;
 use crate::agent::hollow::{self, HOLLOW_CGROUP_MODE};
 use crate::alloc::Res;
 use crate::api::names::{check_label_key, check_label_value};
-use crate::lease::{FORMAT_VERSION, NodeRegistration};
+use crate::lease::NodeRegistration;
 use crate::source::nodes;
 
 /// What a hollow node offers unless `--capacity` says otherwise: 4 cores, 8 GiB, 10,000 pids.
@@ -89,14 +89,12 @@ pub fn registrations(args: &Args) -> anyhow::Result<Vec<NodeRegistration>> {
             }
             let mut labels = labels.clone();
             labels.insert("kubernetes.io/hostname".to_string(), name.clone());
-            Ok(NodeRegistration {
-                version: FORMAT_VERSION,
-                name,
+            Ok(NodeRegistration::new(
+                &name,
                 labels,
                 capacity,
-                cgroup_mode: HOLLOW_CGROUP_MODE.to_string(),
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            })
+                HOLLOW_CGROUP_MODE,
+            ))
         })
         .collect()
 }

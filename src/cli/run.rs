@@ -18,7 +18,7 @@ use crate::api::{ResourcePolicy, Workload};
 use crate::cgroup::fs::Cgroupfs;
 use crate::controller::{self, ControllerPass, UsageHistory};
 use crate::lease::embedded::EmbeddedStore;
-use crate::lease::{FORMAT_VERSION, LeaseStore, NodeRegistration, unix_now};
+use crate::lease::{LeaseStore, NodeRegistration, unix_now};
 use crate::source::watch::{ManifestSource, Reload};
 use crate::source::{self, nodes};
 use crate::state::{RunStatus, StateDir};
@@ -172,14 +172,12 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     let store = EmbeddedStore::open(&state.0)?;
     let epoch = store.next_epoch()?;
     store
-        .register_node(&NodeRegistration {
-            version: FORMAT_VERSION,
-            name: node.name.clone(),
-            labels: node.labels.clone(),
-            capacity: node.capacity,
-            cgroup_mode: fs.mode().to_string(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        })
+        .register_node(&NodeRegistration::new(
+            &node.name,
+            node.labels.clone(),
+            node.capacity,
+            &fs.mode().to_string(),
+        ))
         .await?;
     let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
     super::pump_logs(&mut agent);
@@ -418,7 +416,10 @@ impl Run {
         let resync = super::seconds::duration(args.resync);
         let mut resync_timer = tokio::time::interval(resync);
         resync_timer.tick().await;
+        // As in the agent's loop: after a stall, one pass, not a burst.
+        resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut child_exited =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
@@ -488,14 +489,12 @@ async fn with_zookeeper(
     manifests: Manifests,
     mut signals: Signals,
 ) -> anyhow::Result<u8> {
-    let registration = NodeRegistration {
-        version: FORMAT_VERSION,
-        name: node.name.clone(),
-        labels: node.labels.clone(),
-        capacity: node.capacity,
-        cgroup_mode: fs.mode().to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let registration = NodeRegistration::new(
+        &node.name,
+        node.labels.clone(),
+        node.capacity,
+        &fs.mode().to_string(),
+    );
     let root_dir = fs.root_dirs().first().cloned().unwrap_or_default();
     let mut agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
     super::pump_logs(&mut agent);

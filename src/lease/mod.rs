@@ -480,6 +480,25 @@ pub struct NodeRegistration {
     pub agent_version: String,
 }
 
+impl NodeRegistration {
+    /// The registration of `name`, by this build of corral.
+    pub fn new(
+        name: &str,
+        labels: BTreeMap<String, String>,
+        capacity: Res,
+        cgroup_mode: &str,
+    ) -> NodeRegistration {
+        NodeRegistration {
+            version: FORMAT_VERSION,
+            name: name.to_string(),
+            labels,
+            capacity,
+            cgroup_mode: cgroup_mode.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
 /// A change to the leases of one node.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LeaseChange {
