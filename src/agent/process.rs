@@ -31,6 +31,8 @@ use nix::unistd::Pid;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+pub use crate::cgroup::procs::{read as procs, read_bounded};
+
 use super::logs::{self, LogSink};
 use super::sandbox::{Sandbox, SandboxError, Step};
 use crate::alloc::admit::RunAs;
@@ -419,28 +421,8 @@ impl ProcessId {
 const STAT_MAX: usize = 4096;
 /// The most of a command line a pattern is matched against.
 const CMDLINE_MAX: usize = 64 << 10;
-/// The most read of a `cgroup.procs` file: two million processes.
-const PROCS_MAX: usize = 16 << 20;
 /// The largest pid file accepted: a process ID is at most 7 digits, with room for spaces.
 pub const PID_FILE_MAX: u64 = 32;
-
-/// Reads at most `max` bytes of `path`, opened so that no file can stall or bloat the
-/// reader: a FIFO or device does not block the open (`O_NONBLOCK`), a terminal is not made
-/// the controlling one, and what is larger than `max` is cut, never read whole.
-///
-/// # Errors
-/// The file cannot be opened or read.
-pub fn read_bounded(path: &Path, max: usize) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let mut bytes = Vec::new();
-    file.take(u64::try_from(max).unwrap_or(u64::MAX))
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
 
 /// The fields of `/proc/PID/stat` this module uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,32 +465,6 @@ fn parse_stat(contents: &str) -> Option<Stat> {
         ppid: field(4)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
     })
-}
-
-/// The processes listed in a `cgroup.procs` file, sorted and without duplicates (the kernel
-/// guarantees neither). An empty file is an empty group.
-pub fn procs(cgroup_procs_file: &Path) -> io::Result<Vec<u32>> {
-    let text = String::from_utf8(read_bounded(cgroup_procs_file, PROCS_MAX)?)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    parse_procs(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} does not list process IDs one per line",
-                cgroup_procs_file.display()
-            ),
-        )
-    })
-}
-
-fn parse_procs(contents: &str) -> Option<Vec<u32>> {
-    let pids: BTreeSet<u32> = contents
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(|line| line.parse().ok())
-        .collect::<Option<_>>()?;
-    Some(pids.into_iter().collect())
 }
 
 /// How [`stop`] emptied a group.
@@ -1236,13 +1192,6 @@ mod tests {
                 .unwrap()
                 .has_exited()
         );
-    }
-
-    #[test]
-    fn procs_lists_are_sorted_and_deduplicated() {
-        assert_eq!(parse_procs(""), Some(vec![]));
-        assert_eq!(parse_procs("30\n4\n30\n"), Some(vec![4, 30]));
-        assert_eq!(parse_procs("4\nfour\n"), None);
     }
 
     #[test]

@@ -393,13 +393,8 @@ impl Cgroupfs {
         let Some(file) = self.primary_procs_file(group) else {
             return Ok(Vec::new());
         };
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let mut pids: Vec<u32> =
-                    text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                pids.sort_unstable();
-                Ok(pids)
-            }
+        match super::procs::read(&file) {
+            Ok(pids) => Ok(pids),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(CgroupError::io("read", &file, e)),
         }
@@ -551,7 +546,7 @@ pub(super) fn has_xattr(dir: &Path, name: &str) -> bool {
 /// The group of `pid` in each hierarchy, from `/proc/PID/cgroup`: by v1 controller name, and
 /// under `""` the v2 one.
 fn process_cgroups(pid: u32) -> io::Result<HashMap<String, String>> {
-    let text = String::from_utf8(crate::agent::process::read_bounded(
+    let text = String::from_utf8(super::procs::read_bounded(
         Path::new(&format!("/proc/{pid}/cgroup")),
         64 << 10,
     )?)

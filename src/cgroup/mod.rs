@@ -2,7 +2,8 @@
 //! what it may write around it ([`root`]), the values corral writes ([`values`]), the tree
 //! as desired ([`desired`], [`tree`]) and as found ([`observe`]), the pure diff between
 //! them ([`diff`]), the filesystem below corral's root ([`fs`]), the executor that applies
-//! a diff ([`exec`]) and the v2 pressure files ([`pressure`]).
+//! a diff ([`exec`]), the v2 pressure files ([`pressure`]) and the one reader of
+//! `cgroup.procs` ([`procs`]).
 
 pub mod desired;
 pub mod diff;
@@ -11,6 +12,7 @@ pub mod fs;
 pub mod layout;
 pub mod observe;
 pub mod pressure;
+pub mod procs;
 pub mod root;
 pub mod tree;
 pub mod values;

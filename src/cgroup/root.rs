@@ -304,10 +304,10 @@ pub fn enter_leaf(fs: &Cgroupfs) -> io::Result<()> {
         if inside {
             std::fs::write(&procs, "0").map_err(|e| annotate(e, &procs))?;
         }
-        let left = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in left.lines().map(str::trim).filter(|p| !p.is_empty()) {
+        let left = super::procs::read(&dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in left {
             // A process may exit meanwhile; what stays is named by the controller check.
-            if let Err(e) = std::fs::write(&procs, pid) {
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                 tracing::debug!(pid, error = %e, "cannot move a process into corral's leaf");
             }
         }
