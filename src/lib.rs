@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod operator;
 pub mod source;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
 pub mod validate;

@@ -32,6 +32,7 @@ use crate::alloc::resources::Res;
 use crate::cgroup::pressure::Pressure;
 use crate::lease::zookeeper::Session;
 use crate::lease::{Report, UsageSample};
+use crate::sync::Lock;
 
 /// A label naming a kind of object.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,9 +154,7 @@ struct PlanTotals(Mutex<Plan>);
 
 impl Collector for PlanTotals {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(plan) = self.0.lock() else {
-            return Ok(());
-        };
+        let plan = self.0.locked();
         let (mut capacity, mut allocated, mut pending) = (Vec::new(), Vec::new(), Vec::new());
         for p in &plan.policies {
             let policy = || p.name.clone();
@@ -254,7 +253,7 @@ struct ReplicaUse(Mutex<Vec<(ReplicaKey, UsageSample)>>);
 
 impl ReplicaUse {
     fn samples(&self) -> Vec<(ReplicaKey, UsageSample)> {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        self.0.locked().clone()
     }
 }
 
@@ -376,21 +375,20 @@ impl Readiness {
 
     /// Marks the process ready.
     pub fn ready(&self) {
-        if let Ok(mut r) = self.0.lock() {
-            *r = None;
-        }
+        *self.0.locked() = None;
     }
 
     /// Marks the process not ready, for `reason`.
     pub fn not_ready(&self, reason: &str) {
-        if let Ok(mut r) = self.0.lock() {
+        {
+            let mut r = self.0.locked();
             *r = Some(reason.to_string());
         }
     }
 
     /// Why the process is not ready; `None` when it is.
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().map(|r| r.clone()).unwrap_or(None)
+        self.0.locked().clone()
     }
 }
 
@@ -558,7 +556,8 @@ impl ControllerMetrics {
         self.allocated.set(count(pass.plan.allocations.len()));
         self.pending.set(count(pass.plan.pending.len()));
         self.leases.set(count(pass.leases.len()));
-        if let Ok(mut totals) = self.totals.0.lock() {
+        {
+            let mut totals = self.totals.0.locked();
             *totals = Plan {
                 allocations: pass.plan.allocations.clone(),
                 policies: pass.plan.policies.clone(),
@@ -649,9 +648,7 @@ impl Default for AgentMetrics {
 impl AgentMetrics {
     /// Adds what the agent counted since the last call.
     pub fn observe(&self, stats: &AgentStats) {
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
+        let mut last = self.last.locked();
         self.passes.inc_by(stats.passes.saturating_sub(last.passes));
         self.writes.inc_by(stats.writes.saturating_sub(last.writes));
         self.drift_corrections.inc_by(
@@ -668,7 +665,8 @@ impl AgentMetrics {
     /// Shows the use in the agent's latest reports, replacing what the previous ones
     /// showed.
     pub fn report(&self, reports: &[Report]) {
-        if let Ok(mut latest) = self.replicas.0.lock() {
+        {
+            let mut latest = self.replicas.0.locked();
             *latest = reports
                 .iter()
                 .filter_map(|r| Some((r.key.clone()?, r.usage?)))

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
@@ -20,6 +20,7 @@ use rustix::process::{Pid, PidfdFlags};
 
 use super::process::ProcessId;
 use super::supervisor::Waker;
+use crate::sync::Lock;
 
 /// The processes watched, and the thread that watches them.
 pub struct ExitWatch {
@@ -67,11 +68,7 @@ impl ExitWatch {
         let wanted: HashSet<ProcessId> = processes.into_iter().collect();
         let mut gone = false;
         let changed = {
-            let mut watched = self
-                .shared
-                .watched
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut watched = self.shared.watched.locked();
             let before = watched.len();
             watched.retain(|id, _| wanted.contains(id));
             let mut changed = watched.len() != before;
@@ -99,11 +96,7 @@ impl ExitWatch {
 
     /// How many processes are watched.
     pub fn len(&self) -> usize {
-        self.shared
-            .watched
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.shared.watched.locked().len()
     }
 
     /// True when no process is watched.
@@ -141,8 +134,7 @@ impl Shared {
             // Copies of the descriptors, so that `set` never waits for the poll.
             let copies: Vec<(ProcessId, OwnedFd)> = self
                 .watched
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+                .locked()
                 .iter()
                 .filter_map(|(id, fd)| Some((*id, fd.try_clone().ok()?)))
                 .collect();
@@ -171,7 +163,7 @@ impl Shared {
                 continue;
             }
             {
-                let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut watched = self.watched.locked();
                 for id in &exited {
                     watched.remove(id);
                 }

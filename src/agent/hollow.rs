@@ -28,6 +28,7 @@ use crate::cgroup::desired::desired_tree;
 use crate::cgroup::tree::{GroupPath, Work};
 use crate::lease::zookeeper::{Role, ZkConfig, ZkStore};
 use crate::lease::{FORMAT_VERSION, Lease, NodeRegistration, ProcessReport, Report, unix_now};
+use crate::sync::Lock;
 
 /// The cgroup mode hollow nodes register with, and whose knobs they report.
 pub const HOLLOW_CGROUP_MODE: &str = "v2";
@@ -121,17 +122,16 @@ impl Hollow {
     /// The names of the hollow nodes still running.
     pub fn nodes(&self) -> Vec<String> {
         self.members
-            .lock()
-            .map(|m| m.iter().map(|m| m.name.clone()).collect())
-            .unwrap_or_default()
+            .locked()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
     }
 
     /// Stops the hollow agent of `node`: its session is closed, so its registration goes at
     /// once, as when a real agent stops. False when no such agent runs here.
     pub fn stop(&self, node: &str) -> bool {
-        let Ok(mut members) = self.members.lock() else {
-            return false;
-        };
+        let mut members = self.members.locked();
         let Some(at) = members.iter().position(|m| m.name == node) else {
             return false;
         };
@@ -155,7 +155,8 @@ pub fn start(
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     for registration in registrations {
         let (stop, stopped) = watch::channel(false);
-        if let Ok(mut members) = hollow.members.lock() {
+        {
+            let mut members = hollow.members.locked();
             members.push(Member {
                 name: registration.name.clone(),
                 stop: stop.clone(),

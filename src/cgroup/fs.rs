@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use super::layout::{Controller, Layout, Mode};
 use super::tree::GroupPath;
 use super::values;
+use crate::sync::Lock;
 
 /// A failed cgroup operation, with the file it was about.
 #[derive(Debug, thiserror::Error)]
@@ -306,7 +307,8 @@ impl Cgroupfs {
     /// # Errors
     /// A directory could not be removed (busy: processes or children left).
     pub fn remove(&self, group: &GroupPath) -> Result<(), CgroupError> {
-        if let Ok(mut open) = self.open.lock() {
+        {
+            let mut open = self.open.locked();
             let prefixes = self.dirs(Some(group));
             open.retain(|path, _| !prefixes.iter().any(|p| path.starts_with(p)));
         }
@@ -470,9 +472,7 @@ impl Cgroupfs {
     /// Reads a file, through an open file kept for the next read. A file whose group went
     /// away fails; it is then opened afresh once, which reports the real state.
     fn read_cached(&self, path: &Path) -> io::Result<String> {
-        let Ok(mut open) = self.open.lock() else {
-            return read_at_start(&File::open(path)?);
-        };
+        let mut open = self.open.locked();
         if let Some(file) = open.get(path) {
             match read_at_start(file) {
                 Ok(text) => return Ok(text),

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use super::leases;
 use crate::lease::zookeeper::{ChangeLog, Changes, ZkStore};
 use crate::lease::{Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
+use crate::sync::Lock;
 
 /// The safety net: everything is read whole at least this often.
 pub const FULL_READ: Duration = Duration::from_secs(60);
@@ -84,9 +85,7 @@ impl ClusterCache {
     fn read_again(&mut self) {
         everything(&self.nodes_log);
         everything(&self.reports_log);
-        if let Ok(mut leases) = self.leases.lock() {
-            *leases = None;
-        }
+        *self.leases.locked() = None;
         self.last_full = Instant::now();
     }
 
@@ -180,14 +179,13 @@ impl ClusterCache {
             for report in self.store.reports().await? {
                 by_node.entry(report.node.clone()).or_default().push(report);
             }
-            if let Ok(mut reports) = self.reports.lock() {
-                *reports = by_node;
-            }
+            *self.reports.locked() = by_node;
         } else {
             let names: Vec<String> = nodes_named(&changes, "reports").into_iter().collect();
             if !names.is_empty() {
                 let read = self.store.reports_of(&names).await?;
-                if let Ok(mut reports) = self.reports.lock() {
+                {
+                    let mut reports = self.reports.locked();
                     for name in &names {
                         reports.remove(name);
                     }
@@ -195,11 +193,7 @@ impl ClusterCache {
                 }
             }
         }
-        Ok(self
-            .reports
-            .lock()
-            .map(|r| r.values().flatten().cloned().collect())
-            .unwrap_or_default())
+        Ok(self.reports.locked().values().flatten().cloned().collect())
     }
 }
 
@@ -215,19 +209,18 @@ impl LeaseStore for ClusterCache {
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        if let Some(leases) = self.leases.lock().ok().and_then(|l| l.clone()) {
+        if let Some(leases) = self.leases.locked().clone() {
             return Ok(leases);
         }
         let read = self.store.leases().await?;
-        if let Ok(mut leases) = self.leases.lock() {
-            *leases = Some(read.clone());
-        }
+        *self.leases.locked() = Some(read.clone());
         Ok(read)
     }
 
     async fn write_leases(&self, epoch: i64, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let result = self.store.write_leases(epoch, changes).await;
-        if let Ok(mut leases) = self.leases.lock() {
+        {
+            let mut leases = self.leases.locked();
             *leases = match (&result, leases.take()) {
                 (Ok(()), Some(current)) => Some(leases::apply(current, changes)),
                 // Some batches may have been written, others not: read them again.
@@ -247,15 +240,15 @@ impl LeaseStore for ClusterCache {
 }
 
 fn take(log: &ChangeLog) -> Changes {
-    log.lock().map_or_else(
-        // A poisoned log may have lost paths: read everything.
-        |_| Changes::default(),
-        |mut changes| changes.take(),
-    )
+    // A poisoned log may have lost paths: read everything.
+    let poisoned = log.is_poisoned();
+    let taken = log.locked().take();
+    if poisoned { Changes::default() } else { taken }
 }
 
 fn everything(log: &ChangeLog) {
-    if let Ok(mut changes) = log.lock() {
+    {
+        let mut changes = log.locked();
         changes.all = true;
         changes.paths.clear();
     }

@@ -4,10 +4,11 @@
 //! without a server; corral itself never runs on it.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::{Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
 use crate::alloc::ReplicaKey;
+use crate::sync::Lock;
 
 /// Everything a store holds, in memory.
 #[derive(Debug, Default)]
@@ -39,7 +40,7 @@ impl MemoryStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 }
 

@@ -44,6 +44,7 @@ use super::acl::{self, AclId, AclSet, Base, Policy};
 use super::identities::AgentIdentities;
 use super::{FORMAT_VERSION, Lease, LeaseChange, LeaseStore, NodeRegistration, Report, StoreError};
 use crate::alloc::ReplicaKey;
+use crate::sync::Lock;
 
 /// Most operations in one `multi`; ZooKeeper refuses requests over 1 MiB.
 const MULTI_BATCH: usize = 500;
@@ -287,10 +288,11 @@ const MAX_LOGGED_CHANGES: usize = 100_000;
 
 impl Drop for ZkStore {
     fn drop(&mut self) {
-        if let Ok(Some(keeper)) = self.keeper.lock().map(|mut k| k.take()) {
+        if let Some(keeper) = self.keeper.locked().take() {
             keeper.abort();
         }
-        if let Ok(watches) = self.watches.lock() {
+        {
+            let watches = self.watches.locked();
             for watched in watches.iter() {
                 watched.task.abort();
             }
@@ -448,9 +450,7 @@ impl ZkStore {
             }
         }
         let keeper = tokio::spawn(Self::keep_session(Arc::downgrade(&store)));
-        if let Ok(mut slot) = store.keeper.lock() {
-            *slot = Some(keeper.abort_handle());
-        }
+        *store.keeper.locked() = Some(keeper.abort_handle());
         Ok(store)
     }
 
@@ -667,11 +667,10 @@ impl ZkStore {
 
     /// Warns about `path` once.
     fn warn_once(&self, path: &str, message: &str) {
-        let first = self
-            .warned
-            .lock()
-            .map(|mut w| w.len() < 10_000 && w.insert(path.to_string()))
-            .unwrap_or(false);
+        let first = {
+            let mut warned = self.warned.locked();
+            warned.len() < 10_000 && warned.insert(path.to_string())
+        };
         if first {
             tracing::warn!(%path, "{message}");
         }
@@ -723,7 +722,8 @@ impl ZkStore {
         let task = self
             .start_watch(path, counter.clone(), changes.clone())
             .await?;
-        if let Ok(mut watches) = self.watches.lock() {
+        {
+            let mut watches = self.watches.locked();
             watches.push(Watched {
                 path: path.to_string(),
                 counter,
@@ -752,7 +752,7 @@ impl ZkStore {
             loop {
                 let event = watcher.changed().await;
                 // Logged before the counter moves, so a subscriber woken by it finds it.
-                if let Some(Ok(mut log)) = changes.as_ref().map(|c| c.lock()) {
+                if let Some(mut log) = changes.as_ref().map(|c| c.locked()) {
                     if event.path.is_empty() || log.paths.len() >= MAX_LOGGED_CHANGES {
                         log.everything();
                     } else if !log.all {
@@ -780,23 +780,19 @@ impl ZkStore {
         type Restored = (String, watch::Sender<u64>, Option<ChangeLog>);
         let paths: Vec<Restored> = self
             .watches
-            .lock()
-            .map(|w| {
-                w.iter()
-                    .map(|w| (w.path.clone(), w.counter.clone(), w.changes.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .locked()
+            .iter()
+            .map(|w| (w.path.clone(), w.counter.clone(), w.changes.clone()))
+            .collect();
         for (path, counter, changes) in paths {
             // Events may have been lost while the watch was not set: read everything.
-            if let Some(Ok(mut log)) = changes.as_ref().map(|c| c.lock()) {
+            if let Some(mut log) = changes.as_ref().map(|c| c.locked()) {
                 log.everything();
             }
             match self.start_watch(&path, counter.clone(), changes).await {
                 Ok(task) => {
-                    if let Ok(mut watches) = self.watches.lock()
-                        && let Some(watched) = watches.iter_mut().find(|w| w.path == path)
-                    {
+                    let mut watches = self.watches.locked();
+                    if let Some(watched) = watches.iter_mut().find(|w| w.path == path) {
                         std::mem::replace(&mut watched.task, task).abort();
                     }
                 }
@@ -840,9 +836,7 @@ impl ZkStore {
                 SessionState::Expired | SessionState::AuthFailed | SessionState::Closed => {
                     tracing::warn!(?state, "ZooKeeper session ended; building a new one");
                     strong.session.send_replace(Session::Expired);
-                    if let Ok(mut leadership) = strong.leadership.lock() {
-                        *leadership = None;
-                    }
+                    *strong.leadership.locked() = None;
                     strong.rebuild().await;
                     states = strong.client().state_watcher();
                     // The new client may have lost its connection, or its session, already.
@@ -872,16 +866,14 @@ impl ZkStore {
                 }
             }
         }
-        let registration = self.registration.lock().ok().and_then(|r| r.clone());
+        let registration = self.registration.locked().clone();
         if let Some(node) = registration
             && let Err(e) = self.register_node(&node).await
         {
             tracing::warn!(error = %e, node = %node.name, "cannot register the node again");
         }
         self.restore_watches().await;
-        if let Ok(mut known) = self.known_leases.lock() {
-            known.clear();
-        }
+        self.known_leases.locked().clear();
         self.session.send_replace(Session::Connected);
         tracing::info!("ZooKeeper session rebuilt");
     }
@@ -904,8 +896,9 @@ impl ZkStore {
     ) -> Result<bool, StoreError> {
         let cached = self
             .provisioned
-            .lock()
-            .is_ok_and(|p| p.get(node).is_some_and(|known| known == ids));
+            .locked()
+            .get(node)
+            .is_some_and(|known| known == ids);
         if fix && cached {
             return Ok(false);
         }
@@ -947,9 +940,9 @@ impl ZkStore {
         }
         // Last: an agent registers once this exists, and must find the others there.
         changed |= self.ensure(&dir, &policy.node_dir(ids), fix).await? != Ensured::Kept;
-        if let Ok(mut provisioned) = self.provisioned.lock() {
-            provisioned.insert(node.to_string(), ids.to_vec());
-        }
+        self.provisioned
+            .locked()
+            .insert(node.to_string(), ids.to_vec());
         Ok(changed)
     }
 
@@ -1187,9 +1180,7 @@ impl ZkStore {
                 ahead.push((found.czxid, child));
             }
             let Some((_, predecessor)) = ahead.into_iter().max() else {
-                if let Ok(mut leadership) = self.leadership.lock() {
-                    *leadership = Some((format!("/leader/{own}"), stat.czxid));
-                }
+                *self.leadership.locked() = Some((format!("/leader/{own}"), stat.czxid));
                 return Ok(stat.czxid);
             };
             let predecessor = format!("/leader/{predecessor}");
@@ -1241,10 +1232,7 @@ impl ZkStore {
 
     /// The epoch this process leads with, if it leads.
     pub fn epoch(&self) -> Option<i64> {
-        self.leadership
-            .lock()
-            .ok()
-            .and_then(|l| l.as_ref().map(|(_, epoch)| *epoch))
+        self.leadership.locked().as_ref().map(|(_, epoch)| *epoch)
     }
 
     /// Gives up leadership: deletes the election znode so that the next candidate leads now,
@@ -1253,7 +1241,7 @@ impl ZkStore {
     /// # Errors
     /// The znode could not be deleted.
     pub async fn resign(&self) -> Result<(), StoreError> {
-        let own = self.leadership.lock().ok().and_then(|mut l| l.take());
+        let own = self.leadership.locked().take();
         if let Some((path, _)) = own {
             self.delete_if_present(&path).await?;
         }
@@ -1457,9 +1445,7 @@ impl ZkStore {
         for (path, data, _) in self.read_all(&paths).await? {
             leases.push(decode(&path, &data)?);
         }
-        if let Ok(mut known) = self.known_leases.lock() {
-            known.extend(paths);
-        }
+        self.known_leases.locked().extend(paths);
         Ok(leases)
     }
 
@@ -1497,16 +1483,11 @@ impl ZkStore {
     async fn ensure_node_dirs(&self, nodes: &[&str]) -> Result<(), StoreError> {
         for node in nodes {
             let dir = format!("/leases/{node}");
-            let known = self
-                .known_leases
-                .lock()
-                .is_ok_and(|known| known.contains(&dir));
+            let known = self.known_leases.locked().contains(&dir);
             if !known {
                 self.ensure(&dir, &self.policy().leases(&self.agent_ids(node)), false)
                     .await?;
-                if let Ok(mut known) = self.known_leases.lock() {
-                    known.insert(dir);
-                }
+                self.known_leases.locked().insert(dir);
             }
         }
         Ok(())
@@ -1713,9 +1694,7 @@ impl LeaseStore for ZkStore {
     /// provisioned is asked for first ([`StoreError::NotProvisioned`] until a controller
     /// provisioned it).
     async fn register_node(&self, node: &NodeRegistration) -> Result<(), StoreError> {
-        if let Ok(mut registration) = self.registration.lock() {
-            *registration = Some(node.clone());
-        }
+        *self.registration.locked() = Some(node.clone());
         self.ensure_provisioned(&node.name).await?;
         let client = self.client();
         let dir = format!("/nodes/{}", node.name);
@@ -1780,7 +1759,7 @@ impl LeaseStore for ZkStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let fence = match self.leadership.lock().ok().and_then(|l| l.clone()) {
+        let fence = match self.leadership.locked().clone() {
             Some((path, ours)) if ours == epoch => path,
             _ => return Err(StoreError::Fenced { ours: epoch }),
         };
@@ -1793,11 +1772,7 @@ impl LeaseStore for ZkStore {
             .collect();
         let nodes: Vec<&str> = nodes.into_iter().collect();
         self.ensure_node_dirs(&nodes).await?;
-        let known = self
-            .known_leases
-            .lock()
-            .map(|k| k.clone())
-            .unwrap_or_default();
+        let known = self.known_leases.locked().clone();
         let ops: Vec<WriteOp> = changes
             .iter()
             .map(|change| match change {
@@ -1817,18 +1792,15 @@ impl LeaseStore for ZkStore {
             && (is_zk(e, &ZkError::NodeExists) || is_zk(e, &ZkError::NoNode))
         {
             // The cache of what exists was stale: read what does, and try once more.
-            if let Ok(mut known) = self.known_leases.lock() {
+            {
+                let mut known = self.known_leases.locked();
                 for node in &nodes {
                     known.remove(&format!("/leases/{node}"));
                 }
             }
             self.ensure_node_dirs(&nodes).await?;
             self.read_leases(None).await?;
-            let known = self
-                .known_leases
-                .lock()
-                .map(|k| k.clone())
-                .unwrap_or_default();
+            let known = self.known_leases.locked().clone();
             let ops: Vec<WriteOp> = ops
                 .into_iter()
                 .filter_map(|op| match op {
@@ -1847,7 +1819,8 @@ impl LeaseStore for ZkStore {
         } else {
             result?;
         }
-        if let Ok(mut known) = self.known_leases.lock() {
+        {
+            let mut known = self.known_leases.locked();
             for change in changes {
                 match change {
                     LeaseChange::Put(l) => known.insert(znode("/leases", &l.node, &l.key)),

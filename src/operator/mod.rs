@@ -29,6 +29,7 @@ use tokio::sync::watch as channel;
 use crate::alloc::plan::{Pending, Plan, Preemption};
 use crate::controller::ControllerPass;
 use crate::lease::{Lease, Report};
+use crate::sync::Lock;
 
 pub use source::KubeSource;
 
@@ -254,9 +255,7 @@ impl Shared {
 
     /// Asks for a reconcile of each of `workloads` (`namespace/name`).
     pub fn trigger(&self, workloads: impl IntoIterator<Item = String>) {
-        if let Ok(triggers) = self.triggers.lock()
-            && let Some(tx) = triggers.as_ref()
-        {
+        if let Some(tx) = self.triggers.locked().as_ref() {
             for name in workloads {
                 let _ = tx.send(name);
             }
@@ -329,9 +328,7 @@ pub async fn run(
     // pass or the agents' reports: `Shared::trigger`), and all of them after the first
     // pass of each leadership.
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    if let Ok(mut triggers) = shared.triggers.lock() {
-        *triggers = Some(trigger_tx);
-    }
+    *shared.triggers.locked() = Some(trigger_tx);
     let triggered = futures::stream::unfold(trigger_rx, |mut rx| async move {
         let name = rx.recv().await?;
         let reference = match name.split_once('/') {

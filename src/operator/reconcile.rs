@@ -24,6 +24,7 @@ use crate::alloc::plan::Plan;
 use crate::api::workload::WorkloadStatus;
 use crate::api::{ResourcePolicy, Workload};
 use crate::metrics::ControllerMetrics;
+use crate::sync::Lock;
 
 /// How soon a deletion is checked again while the agents still hold the workload.
 pub const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
@@ -166,12 +167,7 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
     let adding = workload.metadata.deletion_timestamp.is_none()
         && !workload.finalizers().iter().any(|f| f == FINALIZER);
     let version = (workload.uid(), workload.resource_version());
-    if adding
-        && ctx
-            .finalized
-            .lock()
-            .is_ok_and(|f| f.get(&version.0) == Some(&version.1))
-    {
+    if adding && ctx.finalized.locked().get(&version.0) == Some(&version.1) {
         return Ok(Action::await_change());
     }
     let started = Instant::now();
@@ -186,7 +182,8 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(Error::from_finalizer);
-    if let Ok(mut finalized) = ctx.finalized.lock() {
+    {
+        let mut finalized = ctx.finalized.locked();
         if adding && result.is_ok() {
             finalized.insert(version.0, version.1);
         } else if !adding {
@@ -222,12 +219,7 @@ pub fn error_policy(workload: Arc<Workload>, error: &Error, ctx: Arc<Context>) -
 async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Result<Action, Error> {
     let snapshot = ctx.shared.snapshot();
     let name = full_name(workload);
-    let problem = ctx
-        .shared
-        .workload_problems
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&name).cloned());
+    let problem = ctx.shared.workload_problems.locked().get(&name).cloned();
     // A new object the allocator has not seen yet: its first status would only say "not
     // allocated yet", and the pass that follows triggers this again. One write less per
     // object, which counts when thousands are applied at once.
@@ -270,12 +262,8 @@ async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Res
     )
     .await;
     tracing::info!(workload = %name, "released; the finalizer goes");
-    if let Ok(mut noted) = ctx.noted.lock() {
-        noted.remove(&name);
-    }
-    if let Ok(mut written) = ctx.written.lock() {
-        written.remove(&name);
-    }
+    ctx.noted.locked().remove(&name);
+    ctx.written.locked().remove(&name);
     Ok(Action::await_change())
 }
 
@@ -343,9 +331,9 @@ async fn write_status(
         }
         let recent = ctx
             .written
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&name).copied())
+            .locked()
+            .get(&name)
+            .copied()
             .is_some_and(|at| at.elapsed() < USAGE_REFRESH);
         if recent && same_but_usage(old, status) {
             return Ok(());
@@ -364,9 +352,7 @@ async fn write_status(
     .await
     .map_err(|e| Error::api("the status", e))?;
     ctx.metrics.status_written("Workload");
-    if let Ok(mut written) = ctx.written.lock() {
-        written.insert(name, Instant::now());
-    }
+    ctx.written.locked().insert(name, Instant::now());
     Ok(())
 }
 
@@ -474,9 +460,7 @@ async fn announce(
         })
         .collect();
     {
-        let Ok(mut noted) = ctx.noted.lock() else {
-            return;
-        };
+        let mut noted = ctx.noted.locked();
         match noted.get_mut(&name) {
             None => {
                 // The first look since this controller started: what was reported
@@ -549,12 +533,7 @@ async fn record(
 /// Writes each policy's status that changed. Run after every pass while leading.
 pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
     let snapshot = ctx.shared.snapshot();
-    let problems = ctx
-        .shared
-        .policy_problems
-        .lock()
-        .map(|p| p.clone())
-        .unwrap_or_default();
+    let problems = ctx.shared.policy_problems.locked().clone();
     let api: Api<ResourcePolicy> = Api::all(ctx.client.clone());
     for policy in policies {
         ctx.metrics.reconciled("ResourcePolicy");

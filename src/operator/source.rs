@@ -22,6 +22,7 @@ use crate::controller::ControllerPass;
 use crate::controller::cluster::Desired;
 use crate::lease::Report;
 use crate::source::watch::Reload;
+use crate::sync::Lock;
 use crate::validate::FieldError;
 use crate::validate::semantic::{check_policy, check_workload};
 
@@ -164,20 +165,19 @@ impl KubeSource {
         self.policies = policies;
         // A Workload whose problem came or went shows it in its status: reconcile it, as
         // its own event may have been handled before this read.
-        let mut changed = Vec::new();
-        if let Ok(mut p) = self.shared.workload_problems.lock() {
-            changed = p
+        let changed: Vec<String> = {
+            let mut p = self.shared.workload_problems.locked();
+            let changed = p
                 .keys()
                 .chain(workload_problems.keys())
                 .filter(|name| p.get(*name) != workload_problems.get(*name))
                 .cloned()
                 .collect();
             *p = workload_problems;
-        }
+            changed
+        };
         self.shared.trigger(changed);
-        if let Ok(mut p) = self.shared.policy_problems.lock() {
-            *p = policy_problems;
-        }
+        *self.shared.policy_problems.locked() = policy_problems;
     }
 }
 

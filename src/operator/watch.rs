@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::Lock;
 use futures::{Stream, StreamExt, future};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -26,11 +27,12 @@ pub struct Unreadable(Arc<Mutex<BTreeMap<String, String>>>);
 impl Unreadable {
     /// Every unreadable object, with what is wrong.
     pub fn all(&self) -> BTreeMap<String, String> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+        self.0.locked().clone()
     }
 
     fn set(&self, name: String, problem: Option<String>) {
-        if let Ok(mut map) = self.0.lock() {
+        {
+            let mut map = self.0.locked();
             match problem {
                 Some(p) => map.insert(name, p),
                 None => map.remove(&name),
