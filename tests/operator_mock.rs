@@ -150,7 +150,7 @@ fn running(lease: &Lease) -> Report {
         lease_epoch: lease.epoch,
         applied: BTreeMap::from([("cpu.shares".into(), "102".into())]),
         process: ProcessReport {
-            state: "Running".into(),
+            state: corral::lease::ProcessState::Running,
             pid: Some(4242),
             pids: 1,
             ..ProcessReport::default()
@@ -599,7 +599,7 @@ async fn a_change_of_observed_use_alone_is_written_at_most_every_30_seconds() {
     assert!(calls.is_empty(), "{calls:#?}");
 
     // Anything else that changes is written at once, use included.
-    snapshot.reports[0].process.state = "Exited".into();
+    snapshot.reports[0].process.state = corral::lease::ProcessState::Exited;
     mock.set_snapshot(snapshot);
     let (_, calls) = mock.reconcile(&written, accept(&written)).await;
     let status = &calls[0].body["status"];

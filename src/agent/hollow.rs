@@ -27,7 +27,9 @@ use crate::alloc::ReplicaKey;
 use crate::cgroup::desired::desired_tree;
 use crate::cgroup::tree::{GroupPath, Work};
 use crate::lease::zookeeper::{Role, ZkConfig, ZkStore};
-use crate::lease::{FORMAT_VERSION, Lease, NodeRegistration, ProcessReport, Report, unix_now};
+use crate::lease::{
+    FORMAT_VERSION, Lease, NodeRegistration, ProcessReport, ProcessState, Report, unix_now,
+};
 use crate::sync::Lock;
 
 /// The cgroup mode hollow nodes register with, and whose knobs they report.
@@ -71,7 +73,11 @@ pub fn hollow_reports(
             .unwrap_or_default();
         let adopted = matches!(lease.work, Work::Adopt(_));
         let process = ProcessReport {
-            state: if adopted { "Adopted" } else { "Running" }.to_string(),
+            state: if adopted {
+                ProcessState::Adopted
+            } else {
+                ProcessState::Running
+            },
             pid: None,
             pids: 1,
             restarts: 0,
@@ -276,7 +282,7 @@ mod tests {
         assert_eq!(report.key.as_ref(), Some(&lease.key));
         assert_eq!(report.node, "n1");
         assert_eq!(report.lease_epoch, 7);
-        assert_eq!(report.process.state, "Running");
+        assert_eq!(report.process.state, crate::lease::ProcessState::Running);
         assert_eq!(report.process.ready, Some(true));
         assert_eq!(report.process.revision.as_deref(), Some("abc123"));
         assert!(

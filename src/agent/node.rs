@@ -576,7 +576,7 @@ impl Agent {
             if unenforced.contains(&group)
                 || group.parent().is_some_and(|t| unenforced.contains(&t))
             {
-                process.state = UNENFORCED.to_string();
+                process.state = crate::lease::ProcessState::Unenforced;
             }
             let mut report = Report {
                 version: FORMAT_VERSION,
@@ -638,10 +638,6 @@ impl Agent {
         })
     }
 }
-
-/// The state of a replica whose limits are not all in place: its command is not started
-/// (or, already running, is not reported Running) until they are.
-pub const UNENFORCED: &str = "Unenforced";
 
 /// What a person reads about a knob that has no file: the reason its controller is
 /// missing, with what to do, when corral knows it.

@@ -21,7 +21,7 @@ use crate::api::workload::{AdoptOnDelete, RestartPolicy};
 use crate::cgroup::exec::Processes;
 use crate::cgroup::fs::Cgroupfs;
 use crate::cgroup::tree::{DesiredGroup, DesiredTree, GroupPath, ObservedTree, Work};
-use crate::lease::{Lease, LogLimits, ProcessReport};
+use crate::lease::{Lease, LogLimits, ProcessReport, ProcessState};
 use crate::state::private;
 
 /// What is known of one replica's command across corral restarts.
@@ -487,15 +487,15 @@ impl Supervisor {
             _ => false,
         };
         let state = match work {
-            Some(Work::Adopt(_)) if pids > 0 => "Adopted",
-            Some(Work::Adopt(_)) => "Waiting",
-            _ if record.main.is_some() || pids > 0 => "Running",
+            Some(Work::Adopt(_)) if pids > 0 => ProcessState::Adopted,
+            Some(Work::Adopt(_)) => ProcessState::Waiting,
+            _ if record.main.is_some() || pids > 0 => ProcessState::Running,
             _ if record.last_exit.is_some() && restarts && record.not_before_ms > now_ms => {
-                "BackingOff"
+                ProcessState::BackingOff
             }
-            _ if record.last_exit.is_some() => "Exited",
-            Some(Work::Command { .. }) => "Starting",
-            None => "None",
+            _ if record.last_exit.is_some() => ProcessState::Exited,
+            Some(Work::Command { .. }) => ProcessState::Starting,
+            None => ProcessState::None,
         };
         let ready = match (want, work) {
             // Processes no record knows (a state directory lost): they ran before this
@@ -516,7 +516,7 @@ impl Supervisor {
             _ => None,
         };
         ProcessReport {
-            state: state.to_string(),
+            state,
             pid: record.main.map(|m| m.pid),
             pids,
             restarts: record.restarts,
@@ -916,8 +916,14 @@ mod tests {
         assert_eq!(again.records[&key], exited(Some(true), 5));
         let (desired, group) = tree(RestartPolicy::Always);
         let want = desired.groups.get(&group);
-        assert_eq!(again.report(&key, want, 0, 0).state, "BackingOff");
-        assert_eq!(again.report(&key, want, 0, 5).state, "Exited");
+        assert_eq!(
+            again.report(&key, want, 0, 0).state,
+            crate::lease::ProcessState::BackingOff
+        );
+        assert_eq!(
+            again.report(&key, want, 0, 5).state,
+            crate::lease::ProcessState::Exited
+        );
         let (never, group) = tree(RestartPolicy::Never);
         assert_eq!(
             again.report(&key, never.groups.get(&group), 0, 0).state,

@@ -117,7 +117,7 @@ pub fn report_refusals(node: &str, reports: &mut Vec<Report>, refused: &[(Refusa
                 node: node.to_string(),
                 problems: vec![problem],
                 process: ProcessReport {
-                    state: "Refused".into(),
+                    state: crate::lease::ProcessState::Refused,
                     ..ProcessReport::default()
                 },
                 changed_at: *since,

@@ -10,7 +10,7 @@ use super::plan::human;
 use crate::alloc::ReplicaKey;
 use crate::alloc::plan::Pending;
 use crate::alloc::resources::Kind;
-use crate::lease::{Lease, Report, UsageSample};
+use crate::lease::{Lease, ProcessState, Report, UsageSample};
 
 /// One row: a replica with its lease and its latest report.
 #[derive(Clone, Debug, Serialize)]
@@ -131,16 +131,16 @@ pub fn state(row: &Row) -> String {
         return "Allocated".to_string();
     };
     let p = &report.process;
-    let mut text = match (p.state.as_str(), p.pid) {
-        ("Running", Some(pid)) => format!("Running (pid {pid})"),
-        ("Exited" | "BackingOff", _) => format!(
+    let mut text = match (p.state, p.pid) {
+        (ProcessState::Running, Some(pid)) => format!("Running (pid {pid})"),
+        (ProcessState::Exited | ProcessState::BackingOff, _) => format!(
             "{} ({})",
             p.state,
             p.last_exit.as_deref().unwrap_or("exited")
         ),
         (state, _) => state.to_string(),
     };
-    if p.state == "Running" && p.ready == Some(false) {
+    if p.state == ProcessState::Running && p.ready == Some(false) {
         text.push_str(", not ready");
     }
     // A process of another revision than its lease's is being replaced, or waits its turn.

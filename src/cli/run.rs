@@ -355,7 +355,7 @@ impl Run {
         let unenforced = pass
             .reports
             .iter()
-            .filter(|r| r.process.state == crate::agent::node::UNENFORCED)
+            .filter(|r| r.process.state == crate::lease::ProcessState::Unenforced)
             .count();
         Ok(pass.outcome.failures.len() + unenforced)
     }

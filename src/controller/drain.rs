@@ -127,7 +127,7 @@ mod tests {
             key: Some(lease.key.clone()),
             node: lease.node.clone(),
             process: ProcessReport {
-                state: "Running".into(),
+                state: crate::lease::ProcessState::Running,
                 ready: Some(true),
                 ..ProcessReport::default()
             },

@@ -17,10 +17,6 @@ use crate::alloc::ReplicaKey;
 use crate::api::Workload;
 use crate::lease::{Lease, Report};
 
-/// Process states in which a report from an agent that does not report readiness counts
-/// as ready.
-const READY_STATES: [&str; 2] = ["Running", "Adopted"];
-
 /// Where one workload's rollout stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -122,7 +118,7 @@ impl<'a> Availability<'a> {
                 let ready = r
                     .process
                     .ready
-                    .unwrap_or_else(|| READY_STATES.contains(&r.process.state.as_str()));
+                    .unwrap_or_else(|| r.process.state.ready_without_check());
                 ready
                     && r.process
                         .revision
@@ -271,7 +267,7 @@ mod tests {
             key: Some(ReplicaKey::new("t", "w", index)),
             node: "n1".into(),
             process: ProcessReport {
-                state: "Running".into(),
+                state: crate::lease::ProcessState::Running,
                 revision: Some(revision.into()),
                 ready: Some(ready),
                 ..ProcessReport::default()

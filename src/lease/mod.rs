@@ -437,10 +437,8 @@ pub struct UsageSample {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessReport {
-    /// `Running`, `Starting`, `BackingOff`, `Exited`, `Adopted`, `Waiting` (adopt rule
-    /// matched nothing yet), `Unenforced` (a limit of its group or its tenant's is not in
-    /// place: its command is not started, and `problems` say why) or `None`.
-    pub state: String,
+    /// What the replica's processes are doing.
+    pub state: ProcessState,
     /// The main process, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -460,6 +458,73 @@ pub struct ProcessReport {
     /// count as ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+}
+
+/// What a replica's processes are doing, as its report says it. The wire text is the
+/// variant's name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProcessState {
+    /// Its command runs.
+    Running,
+    /// Its command is about to start.
+    Starting,
+    /// Its command exited and waits out its backoff before it starts again.
+    BackingOff,
+    /// Its command exited and is not started again (its restart policy).
+    Exited,
+    /// Its adopt rule's processes are in its group.
+    Adopted,
+    /// Its adopt rule matched nothing yet.
+    Waiting,
+    /// A limit of its group or its tenant's is not in place: its command is not started,
+    /// and the report's `problems` say why.
+    Unenforced,
+    /// The agent refused the lease (no leader it trusts wrote it): nothing of it is
+    /// enforced, and the report's `problems` say why.
+    Refused,
+    /// Nothing runs: the lease asks for no work.
+    #[default]
+    None,
+    /// A state this corral does not know, from a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ProcessState {
+    /// True for the states that count as ready when an agent from before readiness
+    /// reports no `ready`.
+    pub fn ready_without_check(self) -> bool {
+        matches!(self, ProcessState::Running | ProcessState::Adopted)
+    }
+
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Running => "Running",
+            ProcessState::Starting => "Starting",
+            ProcessState::BackingOff => "BackingOff",
+            ProcessState::Exited => "Exited",
+            ProcessState::Adopted => "Adopted",
+            ProcessState::Waiting => "Waiting",
+            ProcessState::Unenforced => "Unenforced",
+            ProcessState::Refused => "Refused",
+            ProcessState::None => "None",
+            ProcessState::Unknown => "Unknown",
+        }
+    }
+}
+
+/// Compares with the wire text, as the tests and people write states.
+impl PartialEq<&str> for ProcessState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A node's registration.
@@ -632,6 +697,29 @@ mod tests {
     use super::*;
     use crate::cgroup::pressure::{Pressure, Stall};
     use serde_json::json;
+
+    #[test]
+    fn process_states_keep_their_wire_text_and_an_unknown_one_still_reads() {
+        for state in [
+            ProcessState::Running,
+            ProcessState::Starting,
+            ProcessState::BackingOff,
+            ProcessState::Exited,
+            ProcessState::Adopted,
+            ProcessState::Waiting,
+            ProcessState::Unenforced,
+            ProcessState::Refused,
+            ProcessState::None,
+        ] {
+            let text = serde_json::to_value(state).unwrap();
+            assert_eq!(text, json!(state.as_str()));
+            assert_eq!(serde_json::from_value::<ProcessState>(text).unwrap(), state);
+        }
+        let newer: ProcessState = serde_json::from_value(json!("Hibernating")).unwrap();
+        assert_eq!(newer, ProcessState::Unknown);
+        assert!(ProcessState::Adopted.ready_without_check());
+        assert!(!ProcessState::BackingOff.ready_without_check());
+    }
 
     #[test]
     fn a_report_from_before_pressure_still_reads_and_a_v1_sample_writes_as_before() {

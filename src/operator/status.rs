@@ -30,7 +30,7 @@ use crate::api::workload::{
 };
 use crate::cgroup::observe::MemoryEvents;
 use crate::cgroup::pressure::{Pressure, Pressures, Stall};
-use crate::lease::{Lease, Report, UsageSample};
+use crate::lease::{Lease, ProcessState, Report, UsageSample};
 
 /// What the statuses are computed from.
 #[derive(Clone, Debug, Default)]
@@ -49,8 +49,6 @@ pub struct Observed<'a> {
     pub held: Option<&'a BTreeMap<u32, String>>,
 }
 
-/// Process states in which a replica counts as ready.
-const READY_STATES: [&str; 2] = ["Running", "Adopted"];
 /// How many items a condition's message lists before it says "and N more".
 const MESSAGE_ITEMS: usize = 3;
 
@@ -133,7 +131,7 @@ pub fn workload_status(
             for p in &report.problems {
                 failures.push(format!("replica {index} on {}: {p}", report.node));
             }
-            if report.process.state == crate::agent::node::UNENFORCED {
+            if report.process.state == ProcessState::Unenforced {
                 stalled.push((
                     "LimitsNotApplied",
                     format!(
@@ -146,12 +144,12 @@ pub fn workload_status(
             let is_ready = report
                 .process
                 .ready
-                .unwrap_or_else(|| READY_STATES.contains(&report.process.state.as_str()));
+                .unwrap_or_else(|| report.process.state.ready_without_check());
             if is_ready {
                 ready += 1;
             } else {
-                let mut state = report.process.state.clone();
-                if READY_STATES.contains(&state.as_str()) {
+                let mut state = report.process.state.to_string();
+                if report.process.state.ready_without_check() {
                     state.push_str(", not ready yet (minReadySeconds or its health check)");
                 }
                 if let Some(exit) = &report.process.last_exit {
@@ -666,7 +664,7 @@ mod tests {
             lease_epoch: lease.epoch,
             applied: BTreeMap::from([("cpu.shares".into(), "102".into())]),
             process: ProcessReport {
-                state: "Running".into(),
+                state: crate::lease::ProcessState::Running,
                 pid: Some(42),
                 pids: 1,
                 ..ProcessReport::default()
@@ -1005,7 +1003,7 @@ mod tests {
         let status = observed(&reports);
         assert_eq!(kstatus(4, &status), "Current", "{status:#?}");
         assert_eq!(status.observed_generation, Some(4));
-        reports[1].process.state = "Starting".into();
+        reports[1].process.state = crate::lease::ProcessState::Starting;
         let status = observed(&reports);
         assert_eq!(kstatus(4, &status), "InProgress");
         let reconciling = find(&status, "Reconciling");
@@ -1116,7 +1114,7 @@ mod tests {
         workload.metadata.generation = Some(1);
         let leases = [mk_lease("n1", "web", 0, 7)];
         let mut report = running(&leases[0]);
-        report.process.state = "Unenforced".into();
+        report.process.state = crate::lease::ProcessState::Unenforced;
         report.process.pid = None;
         report.problems = vec![
             "memory.max cannot be applied: the memory controller is not delegated to corral".into(),

@@ -312,7 +312,7 @@ fn replica(
     ReplicaRow {
         name: lease.key.name.clone(),
         replica: lease.key.index,
-        state: report.map_or_else(|| NO_REPORT.to_string(), |r| r.process.state.clone()),
+        state: report.map_or_else(|| NO_REPORT.to_string(), |r| r.process.state.to_string()),
         limits: lease.limits,
         figures: Figures {
             grant_cpu: lease.granted.cpu,
@@ -444,7 +444,7 @@ mod tests {
             node: lease.node.clone(),
             usage,
             process: ProcessReport {
-                state: "Running".into(),
+                state: crate::lease::ProcessState::Running,
                 pids: 1,
                 ..ProcessReport::default()
             },
