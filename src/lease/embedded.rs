@@ -155,27 +155,7 @@ impl Files {
                 });
             }
         };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let version = value
-            .get("version")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        if version > u64::from(FORMAT_VERSION) {
-            return Err(StoreError::Corrupt {
-                path,
-                message: format!(
-                    "written by a newer corral (format {version}, this one reads {FORMAT_VERSION})"
-                ),
-            });
-        }
-        serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
-            path,
-            message: e.to_string(),
-        })
+        super::decode_versioned(&path, text.as_bytes())
     }
 
     /// Read, change and write one file under the lock. Writes only when the change changed

@@ -685,6 +685,34 @@ pub trait LeaseStore {
     async fn write_reports(&self, node: &str, reports: &[Report]) -> Result<(), StoreError>;
 }
 
+/// Decodes what a store holds at `path` (a znode or a file): JSON whose `version` field, 0
+/// when absent, is at most [`FORMAT_VERSION`]. The one decoder of both stores.
+///
+/// # Errors
+/// Not JSON, written by a newer corral, or not a `T`: [`StoreError::Corrupt`], naming
+/// `path`.
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    data: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| corrupt(e.to_string()))?;
+    let version = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if version > u64::from(FORMAT_VERSION) {
+        return Err(corrupt(format!(
+            "written by a newer corral (format {version}, this one reads {FORMAT_VERSION})"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -1651,27 +1651,7 @@ impl WriteOp {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &str, data: &[u8]) -> Result<T, StoreError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(data).map_err(|e| StoreError::Corrupt {
-            path: PathBuf::from(path),
-            message: e.to_string(),
-        })?;
-    let version = value
-        .get("version")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    if version > u64::from(FORMAT_VERSION) {
-        return Err(StoreError::Corrupt {
-            path: PathBuf::from(path),
-            message: format!(
-                "written by a newer corral (format {version}, this one reads {FORMAT_VERSION})"
-            ),
-        });
-    }
-    serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from(path),
-        message: e.to_string(),
-    })
+    super::decode_versioned(Path::new(path), data)
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
