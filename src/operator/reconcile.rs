@@ -129,21 +129,22 @@ impl Error {
     fn api(what: &'static str, source: kube::Error) -> Error {
         match &source {
             kube::Error::Api(status) if status.is_conflict() => Error::Conflict { what, source },
-            // The finalizer's JSON patch tests the list it read; another writer changed it.
-            kube::Error::Api(status) if what == "the finalizer" && status.code == 422 => {
-                Error::Conflict { what, source }
-            }
             _ => Error::Kube { what, source },
         }
     }
 
     fn from_finalizer(e: finalizer::Error<Error>) -> Error {
+        const WHAT: &str = "the finalizer";
         match e {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
             finalizer::Error::AddFinalizer(source) | finalizer::Error::RemoveFinalizer(source) => {
-                match Error::api("the finalizer", source) {
-                    conflict @ Error::Conflict { .. } => conflict,
-                    other => Error::Finalizer(other.to_string()),
+                match &source {
+                    // The finalizer's JSON patch tests the list it read: a 422 means another
+                    // writer changed it, a conflict like any other.
+                    kube::Error::Api(status) if status.is_conflict() || status.code == 422 => {
+                        Error::Conflict { what: WHAT, source }
+                    }
+                    _ => Error::Finalizer(Error::Kube { what: WHAT, source }.to_string()),
                 }
             }
             other => Error::Finalizer(other.to_string()),
