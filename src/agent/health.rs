@@ -102,6 +102,19 @@ impl Probes {
         changed
     }
 
+    /// True when [`Probes::tick`] would start a check of `key`, whose running process
+    /// started at `process_started_ms`, at `now_ms`: so that the caller builds an exec
+    /// check's launch only then, not at every tick.
+    pub fn due(&self, key: &ReplicaKey, process_started_ms: u64, now_ms: u64) -> bool {
+        match self.states.get(key) {
+            None => true,
+            Some(s) if s.process_started_ms != process_started_ms => true,
+            Some(s) => {
+                s.running.as_ref().is_none_or(JoinHandle::is_finished) && now_ms >= s.next_ms
+            }
+        }
+    }
+
     /// True when a check has ended and its result is not read yet.
     pub fn any_finished(&self) -> bool {
         self.states
@@ -226,6 +239,20 @@ mod tests {
         assert!(probes.healthy(&key, 1));
         assert!(settle(&mut probes, &key, &probe, 1, 2000));
         assert!(!probes.healthy(&key, 1));
+    }
+
+    #[test]
+    fn a_check_is_due_when_none_runs_and_its_period_has_passed() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let key = ReplicaKey::new("t", "w", 0);
+        let mut probe = probe(listener.local_addr().unwrap().port(), 1);
+        probe.period_seconds = 10;
+        let mut probes = Probes::default();
+        assert!(probes.due(&key, 1, 0), "never checked");
+        settle(&mut probes, &key, &probe, 1, 0);
+        assert!(!probes.due(&key, 1, 5_000), "within its period");
+        assert!(probes.due(&key, 1, 10_000), "its period has passed");
+        assert!(probes.due(&key, 2, 5_000), "another process");
     }
 
     #[test]

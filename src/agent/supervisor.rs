@@ -433,19 +433,25 @@ impl Supervisor {
             if record.main.is_none() {
                 continue;
             }
+            // An exec check's launch (the replica's user, env and groups) is built only when
+            // a check starts, not at every 250 ms tick.
             let launch = match &probe.check {
-                crate::lease::ProbeCheck::Exec(_) => GroupPath::replica(&lease.key)
-                    .ok()
-                    .and_then(|group| {
-                        self.launch_spec(fs, &group, &lease.work, LogLimits::default())
-                            .ok()
-                    })
-                    .map(|mut spec| {
-                        spec.log.path = PathBuf::new();
-                        spec.log_pump = None;
-                        spec
-                    }),
-                crate::lease::ProbeCheck::Tcp(_) => None,
+                crate::lease::ProbeCheck::Exec(_)
+                    if self.probes.due(&lease.key, record.started_ms, now_ms) =>
+                {
+                    GroupPath::replica(&lease.key)
+                        .ok()
+                        .and_then(|group| {
+                            self.launch_spec(fs, &group, &lease.work, LogLimits::default())
+                                .ok()
+                        })
+                        .map(|mut spec| {
+                            spec.log.path = PathBuf::new();
+                            spec.log_pump = None;
+                            spec
+                        })
+                }
+                _ => None,
             };
             targets.push(Target {
                 key: &lease.key,
