@@ -136,9 +136,11 @@ async fn enforce(
     let mut have_leases = false;
     let mut refused = Vec::new();
     let mut reader_alive = true;
-    // The leases read last, and those enforced: fewer while the session is lost.
+    // The leases read last, and which of them are not enforced (stopped for a lost
+    // session); a new read is enforced whole or in part at once.
     let mut read_leases: Vec<Lease> = Vec::new();
-    let mut enforced: Vec<Lease> = Vec::new();
+    let mut not_enforced: Vec<usize> = Vec::new();
+    let mut fresh_read = false;
     let mut contact = Contact::new(Instant::now());
     let session = store.session();
     // The session of the last read, and whether replicas were stopped for a lost session.
@@ -159,6 +161,7 @@ async fn enforce(
                         refused = refusals;
                         read_in = session;
                         have_leases = true;
+                        fresh_read = true;
                     }
                     None => continue,
                 }
@@ -185,19 +188,21 @@ async fn enforce(
         } else {
             contact.lost_for(now)
         };
-        let now_enforced = disconnect::enforceable(&read_leases, lost_for);
-        stopped_for_loss |= now_enforced.len() < read_leases.len();
-        let trigger = if now_enforced == enforced {
+        // Which leases the lost session stops, compared without copying any lease: this
+        // runs at every 250 ms tick.
+        let stop = disconnect::stopped(&read_leases, lost_for);
+        stopped_for_loss |= !stop.is_empty();
+        let trigger = if !std::mem::take(&mut fresh_read) && stop == not_enforced {
             trigger
         } else {
-            if now_enforced.len() < read_leases.len() {
+            if !stop.is_empty() && stop != not_enforced {
                 tracing::warn!(
-                    stopped = read_leases.len() - now_enforced.len(),
+                    stopped = stop.len(),
                     "no confirmed ZooKeeper session for longer than their disconnect.stopAfterSeconds: stopping those replicas"
                 );
             }
-            agent.set_leases(now_enforced.clone());
-            enforced = now_enforced;
+            agent.set_leases(disconnect::enforceable(&read_leases, lost_for));
+            not_enforced = stop;
             Some(Trigger::Leases)
         };
         let trigger = match trigger {

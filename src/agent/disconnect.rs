@@ -43,19 +43,32 @@ impl Contact {
     }
 }
 
-/// The leases to enforce after `lost_for` without a confirmed session: all of them but
-/// those whose `stopAfterDisconnectSeconds` has passed.
-pub fn enforceable(leases: &[Lease], lost_for: Option<Duration>) -> Vec<Lease> {
+/// The positions in `leases` of those whose `stopAfterDisconnectSeconds` has passed after
+/// `lost_for` without a confirmed session: cheap enough to ask at every tick.
+pub fn stopped(leases: &[Lease], lost_for: Option<Duration>) -> Vec<usize> {
     let Some(lost_for) = lost_for else {
-        return leases.to_vec();
+        return Vec::new();
     };
     leases
         .iter()
-        .filter(|l| {
+        .enumerate()
+        .filter(|(_, l)| {
             l.stop_after_disconnect_seconds
-                .is_none_or(|after| lost_for < Duration::from_secs(u64::from(after)))
+                .is_some_and(|after| lost_for >= Duration::from_secs(u64::from(after)))
         })
-        .cloned()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The leases to enforce after `lost_for` without a confirmed session: all of them but
+/// those whose `stopAfterDisconnectSeconds` has passed.
+pub fn enforceable(leases: &[Lease], lost_for: Option<Duration>) -> Vec<Lease> {
+    let stop = stopped(leases, lost_for);
+    leases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !stop.contains(i))
+        .map(|(_, l)| l.clone())
         .collect()
 }
 
