@@ -16,6 +16,7 @@
 //! leadership again; while disconnected it does nothing. It trusts a node's registration
 //! only from that node's own znode (see [`ZkStore::nodes`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,6 +177,9 @@ pub async fn run<D: Desired>(
         let mut rolling = false;
         // When a replica kept on its missing node may move.
         let mut release_at: Option<Instant> = None;
+        // The cordoned nodes, read again only after the watch on `/cordons` fires (and at
+        // each new leadership), not at every pass.
+        let mut cordoned: Option<BTreeSet<String>> = None;
         loop {
             if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
                 match pass(
@@ -187,6 +191,7 @@ pub async fn run<D: Desired>(
                     &mut tracker,
                     &usage,
                     &reports,
+                    &mut cordoned,
                 )
                 .await
                 {
@@ -216,6 +221,7 @@ pub async fn run<D: Desired>(
                     }
                     Err(e) => {
                         cache.invalidate();
+                        cordoned = None;
                         tracing::warn!(error = %e, "controller pass failed; retrying on the next change")
                     }
                 }
@@ -233,7 +239,7 @@ pub async fn run<D: Desired>(
                     }
                 }
                 _ = registrations.changed() => {}
-                _ = cordons.changed() => {}
+                _ = cordons.changed() => cordoned = None,
                 _ = joins.changed() => {
                     more_joins = serve_joins(&store).await;
                     reports_only = true;
@@ -374,11 +380,15 @@ async fn pass<D: Desired>(
     tracker: &mut NodeTracker,
     usage: &UsageHistory,
     reports: &[Report],
+    cordoned: &mut Option<BTreeSet<String>>,
 ) -> Result<(ControllerPass, Vec<String>), StoreError> {
     let (registered, remembered) = cache.registrations().await?;
     tracker.observe(registered, remembered, Instant::now());
     let nodes = tracker.available(Instant::now(), source.policies());
-    let cordoned: std::collections::BTreeSet<String> = store.cordons().await?.into_keys().collect();
+    if cordoned.is_none() {
+        *cordoned = Some(store.cordons().await?.into_keys().collect());
+    }
+    let cordoned = cordoned.as_ref().map_or_else(BTreeSet::new, Clone::clone);
     let done = reconcile(
         &*cache,
         epoch,
