@@ -87,17 +87,37 @@ fn events(api: &ApiServer, namespace: &str, name: &str) -> Vec<(String, String)>
         .collect()
 }
 
+/// The operator end to end on a real API server, one cluster through named steps: two
+/// controllers (a leader and a standby) and an agent, then each step below in turn.
 #[test]
 fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     let api = ApiServer::start();
     let mut c = shop_cluster(&api);
+    let (m1, m2) = a_leader_and_a_standby(&mut c, &api);
+    applied_workloads_run_and_their_status_says_so(&api, &c);
+    the_leader_serves_metrics_and_the_standby_does_not_lead(&m1, &m2);
+    what_corral_refuses_says_why_in_its_status(&api, &c);
+    an_object_corral_cannot_read_is_reported_and_the_watch_goes_on(&api, &mut c);
+    a_workload_that_fits_nowhere_is_pending_with_the_reason(&api, &c);
+    drift_is_corrected_and_an_event_says_so(&api, &mut c);
+    the_standby_takes_over_and_keeps_status_current(&api, &mut c);
+    a_workload_deleted_while_no_controller_runs_waits_for_one(&api, &mut c);
+}
 
+/// An agent, a leading controller and a standby, each controller with its metrics
+/// address.
+fn a_leader_and_a_standby(c: &mut Cluster, api: &ApiServer) -> (String, String) {
     c.start_agent("n1");
     let (m1, m2) = (free_addr(), free_addr());
     c.start_kube_controller("c1", api.kubeconfig(), "1", Some(&m1));
     c.wait_for_log("c1", "leading epoch=", Duration::from_secs(30));
     c.start_kube_controller("c2", api.kubeconfig(), "1", Some(&m2));
+    (m1, m2)
+}
 
+/// A policy and a Workload applied with kubectl: allocated, enforced and running, as the
+/// conditions, columns, events and managed fields say.
+fn applied_workloads_run_and_their_status_says_so(api: &ApiServer, c: &Cluster) {
     let applied = api.kubectl_stdin(
         &["apply", "-f", "-"],
         &format!("{}---\n{}", policy(), web(3, "500m")),
@@ -106,16 +126,12 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
 
     // Allocated, enforced and running, as the conditions say.
     wait(
-        &api,
-        &c,
+        api,
+        c,
         &["--for=condition=Ready", "-n", "shop", "workload/web"],
     );
-    wait(
-        &api,
-        &c,
-        &["--for=condition=Ready", "resourcepolicy/cluster"],
-    );
-    let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    wait(api, c, &["--for=condition=Ready", "resourcepolicy/cluster"]);
+    let workload = get_json(api, &["get", "-n", "shop", "workload/web"]);
     let status = &workload["status"];
     assert_eq!(status["phase"], "Running", "{status:#}");
     assert_eq!(status["readyReplicas"], 3);
@@ -143,7 +159,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         );
     }
     let managed = get_json(
-        &api,
+        api,
         &["get", "-n", "shop", "workload/web", "--show-managed-fields"],
     );
     let managers: Vec<&str> = managed["metadata"]["managedFields"]
@@ -163,15 +179,15 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         .filter_map(|m| m["manager"].as_str())
         .collect();
     assert_eq!(finalizer_managers, ["corral-controller"], "{managed:#}");
-    let policy_status = get_json(&api, &["get", "resourcepolicy/cluster"]);
+    let policy_status = get_json(api, &["get", "resourcepolicy/cluster"]);
     assert_eq!(policy_status["status"]["nodeCount"], 1);
     assert_eq!(policy_status["status"]["allocated"]["cpu"], "900m");
     assert!(
-        events(&api, "shop", "web")
+        events(api, "shop", "web")
             .iter()
             .any(|(reason, note)| reason == "Allocated" && note.ends_with("3 on n1")),
         "{:?}",
-        events(&api, "shop", "web")
+        events(api, "shop", "web")
     );
     let columns = api.kubectl_ok(&["get", "-n", "shop", "workloads"]);
     assert!(
@@ -181,9 +197,11 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             .is_some_and(|l| l.contains("Running")),
         "{columns}"
     );
+}
 
-    // Metrics and health of the leader; the standby is ready but does not lead.
-    let (line, body) = http_get(&m1, "/metrics");
+/// Metrics and health of the leader; the standby is ready but does not lead.
+fn the_leader_serves_metrics_and_the_standby_does_not_lead(m1: &str, m2: &str) {
+    let (line, body) = http_get(m1, "/metrics");
     assert!(line.contains("200"), "{line}");
     for needle in [
         "corral_leases 3",
@@ -194,10 +212,13 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     ] {
         assert!(body.contains(needle), "{needle} missing:\n{body}");
     }
-    assert!(http_get(&m1, "/healthz").0.contains("200"));
-    assert!(http_get(&m2, "/readyz").0.contains("200"));
-    assert!(http_get(&m2, "/metrics").1.contains("corral_leader 0"));
+    assert!(http_get(m1, "/healthz").0.contains("200"));
+    assert!(http_get(m2, "/readyz").0.contains("200"));
+    assert!(http_get(m2, "/metrics").1.contains("corral_leader 0"));
+}
 
+/// Objects the API server accepts and corral refuses.
+fn what_corral_refuses_says_why_in_its_status(api: &ApiServer, c: &Cluster) {
     // An object the API server accepts and corral refuses (a schema cannot say that a
     // regular expression compiles): its status says why.
     let bad = web(1, "500m")
@@ -207,8 +228,8 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             "adopt: {commandPattern: \"(unclosed\"}",
         );
     refused_with(
-        &api,
-        &c,
+        api,
+        c,
         "unclosed",
         &bad,
         "spec.adopt.commandPattern: is not a valid regular expression",
@@ -220,16 +241,22 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "command: {args: [id], securityContext: {runAsUser: 0}}",
     );
     refused_with(
-        &api,
-        &c,
+        api,
+        c,
         "rooted",
         &root,
         "spec.command.securityContext.runAsUser: user 0 is root",
     );
+}
 
+/// An object corral cannot read at all.
+fn an_object_corral_cannot_read_is_reported_and_the_watch_goes_on(
+    api: &ApiServer,
+    c: &mut Cluster,
+) {
     // An object corral cannot read at all, as the API server may hold after its CRD
     // changed: it is reported, and the watch goes on for every other object.
-    let crd = get_json(&api, &["get", "crd/workloads.corral.dev"]);
+    let crd = get_json(api, &["get", "crd/workloads.corral.dev"]);
     let mut loose = crd.clone();
     loose["metadata"]
         .as_object_mut()
@@ -264,8 +291,8 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     let applied = api.kubectl_stdin(&["apply", "-f", "-"], &small);
     assert!(applied.status.success(), "{applied:?}");
     wait(
-        &api,
-        &c,
+        api,
+        c,
         &["--for=condition=Ready", "-n", "shop", "workload/after"],
     );
     let log = c.log("c1");
@@ -294,8 +321,8 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     );
     // Its status says so, for kubectl describe.
     wait(
-        &api,
-        &c,
+        api,
+        c,
         &[
             "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=Unreadable",
             "-n",
@@ -316,7 +343,10 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "workload/after",
         "--timeout=60s",
     ]);
+}
 
+/// A workload that fits nowhere.
+fn a_workload_that_fits_nowhere_is_pending_with_the_reason(api: &ApiServer, c: &Cluster) {
     // A workload that fits nowhere: pending, with the allocator's reason, as an event too.
     let big = web(1, "4")
         .replace("name: web", "name: big")
@@ -324,8 +354,8 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     let applied = api.kubectl_stdin(&["apply", "-f", "-"], &big);
     assert!(applied.status.success(), "{applied:?}");
     wait(
-        &api,
-        &c,
+        api,
+        c,
         &[
             "--for=jsonpath={.status.conditions[?(@.type==\"Allocated\")].reason}=ReplicasPending",
             "-n",
@@ -333,7 +363,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             "workload/big",
         ],
     );
-    let pending: Vec<(String, String)> = events(&api, "shop", "big")
+    let pending: Vec<(String, String)> = events(api, "shop", "big")
         .into_iter()
         .filter(|(reason, _)| reason == "Pending")
         .collect();
@@ -345,7 +375,10 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "{pending:?}"
     );
     api.kubectl_ok(&["delete", "-n", "shop", "workload/big", "--timeout=60s"]);
+}
 
+/// Drift in a replica's group.
+fn drift_is_corrected_and_an_event_says_so(api: &ApiServer, c: &mut Cluster) {
     // Drift: something else changes a value in a replica's group; the agent restores it
     // at its next resync, and the workload's events say so.
     let shares = Path::new("/sys/fs/cgroup/cpu")
@@ -354,12 +387,15 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     let want = std::fs::read_to_string(&shares).unwrap();
     std::fs::write(&shares, "2").unwrap();
     c.wait_until("the drift corrected event", Duration::from_secs(30), |_| {
-        events(&api, "shop", "web")
+        events(api, "shop", "web")
             .iter()
             .any(|(reason, note)| reason == "DriftCorrected" && note.contains("cpu.shares was 2"))
     });
     assert_eq!(std::fs::read_to_string(&shares).unwrap(), want);
+}
 
+/// The leader dies.
+fn the_standby_takes_over_and_keeps_status_current(api: &ApiServer, c: &mut Cluster) {
     // The leader dies: the standby takes over and keeps status current.
     c.kill("c1");
     api.kubectl_ok(&[
@@ -372,8 +408,8 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "{\"spec\":{\"replicas\":2}}",
     ]);
     wait(
-        &api,
-        &c,
+        api,
+        c,
         &[
             "--for=jsonpath={.status.readyReplicas}=2",
             "-n",
@@ -381,7 +417,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
             "workload/web",
         ],
     );
-    let workload = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    let workload = get_json(api, &["get", "-n", "shop", "workload/web"]);
     assert_eq!(workload["status"]["observedGeneration"], 2);
     assert_eq!(workload["status"]["replicas"], 2);
     assert_eq!(
@@ -395,7 +431,10 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         c.knob("n1", 2, "cpu.cfs_quota_us").is_none(),
         "replica 2's group is gone"
     );
+}
 
+/// Deleted while no controller runs.
+fn a_workload_deleted_while_no_controller_runs_waits_for_one(api: &ApiServer, c: &mut Cluster) {
     // Deleted while no controller runs: the finalizer holds it, and the agent keeps its
     // processes, until a controller comes back.
     c.terminate("c2");
@@ -407,11 +446,11 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
     .unwrap();
     let pid: u64 = procs.lines().next().unwrap().trim().parse().unwrap();
     api.kubectl_ok(&["delete", "-n", "shop", "workload/web", "--wait=false"]);
-    let held = get_json(&api, &["get", "-n", "shop", "workload/web"]);
+    let held = get_json(api, &["get", "-n", "shop", "workload/web"]);
     assert!(held["metadata"]["deletionTimestamp"].is_string());
     assert!(!gone(pid), "the replica runs while no controller does");
     c.start("c2");
-    wait(&api, &c, &["--for=delete", "-n", "shop", "workload/web"]);
+    wait(api, c, &["--for=delete", "-n", "shop", "workload/web"]);
     assert!(
         gone(pid),
         "the replica's process is stopped before the object goes"
@@ -421,7 +460,7 @@ fn workloads_applied_with_kubectl_run_and_show_status_events_and_metrics() {
         "its group is removed"
     );
     assert!(
-        events(&api, "shop", "web")
+        events(api, "shop", "web")
             .iter()
             .any(|(reason, _)| reason == "Released")
     );
