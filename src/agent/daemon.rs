@@ -26,6 +26,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::disconnect::{self, Contact};
 use super::node::{Agent, Trigger, unix_now_ms};
+use super::triggers::Triggers;
 use super::trust::{self, Refusal};
 use crate::lease::zookeeper::{Session, ZkStore};
 use crate::lease::{Lease, LeaseStore, NodeRegistration, Report, StoreError, unix_now};
@@ -121,18 +122,7 @@ async fn enforce(
     metrics: &AgentMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut resync_timer = tokio::time::interval(resync);
-    // After a stall, one pass is enough; a burst of passes would only repeat it.
-    resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut child_exited = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-    // A background stop that ended: a pass removes the emptied group.
-    let stopped = Arc::new(tokio::sync::Notify::new());
-    agent.set_waker({
-        let stopped = stopped.clone();
-        Arc::new(move || stopped.notify_one())
-    });
+    let mut triggers = Triggers::new(agent, resync)?;
     let mut have_leases = false;
     let mut refused = Vec::new();
     let mut reader_alive = true;
@@ -167,10 +157,7 @@ async fn enforce(
                 }
                 Some(Trigger::Leases)
             }
-            _ = resync_timer.tick() => Some(Trigger::Resync),
-            _ = child_exited.recv() => Some(Trigger::Processes),
-            () = stopped.notified() => Some(Trigger::Processes),
-            _ = tick.tick() => None,
+            trigger = triggers.next() => trigger,
             _ = shutdown.changed() => return Ok(()),
         };
         if !have_leases {

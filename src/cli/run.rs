@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use super::ManifestArgs;
 use super::live;
 use crate::agent::node::{Agent, Trigger, unix_now_ms};
+use crate::agent::triggers::Triggers;
 use crate::alloc::NodeInfo;
 use crate::api::{ResourcePolicy, Workload};
 use crate::cgroup::fs::Cgroupfs;
@@ -414,20 +415,10 @@ impl Run {
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
         let resync = super::seconds::duration(args.resync);
-        let mut resync_timer = tokio::time::interval(resync);
-        resync_timer.tick().await;
-        // As in the agent's loop: after a stall, one pass, not a burst.
-        resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut child_exited =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut triggers = Triggers::new(agent, resync)?;
+        // The first pass has run.
+        triggers.postpone_resync();
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
-        let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
-        agent.set_waker({
-            let stopped = stopped.clone();
-            std::sync::Arc::new(move || stopped.notify_one())
-        });
         loop {
             tokio::select! {
                 _ = signals.interrupt.recv() => break,
@@ -439,24 +430,22 @@ impl Run {
                     }
                     Reload::Kept => self.publish(agent),
                 },
-                _ = resync_timer.tick() => {
-                    // Grants change between edits only under the Usage strategy.
-                    if self.source.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
-                        self.control().await?;
+                trigger = triggers.next() => match trigger {
+                    Some(Trigger::Resync) => {
+                        // Grants change between edits only under the Usage strategy.
+                        if self.source.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
+                            self.control().await?;
+                        }
+                        self.enforce(agent, Trigger::Resync).await?;
                     }
-                    self.enforce(agent, Trigger::Resync).await?;
-                }
-                _ = child_exited.recv() => {
-                    self.enforce(agent, Trigger::Processes).await?;
-                }
-                () = stopped.notified() => {
-                    self.enforce(agent, Trigger::Processes).await?;
-                }
-                _ = tick.tick() => {
-                    if agent.restart_due(unix_now_ms()) {
+                    Some(trigger) => {
+                        self.enforce(agent, trigger).await?;
+                    }
+                    None if agent.restart_due(unix_now_ms()) => {
                         self.enforce(agent, Trigger::Processes).await?;
                     }
-                }
+                    None => {}
+                },
                 _ = redraw.tick(), if table => {
                     let text = self.table(agent).await?;
                     let mut out = std::io::stdout().lock();
