@@ -1752,21 +1752,27 @@ impl LeaseStore for ZkStore {
             .collect();
         let nodes: Vec<&str> = nodes.into_iter().collect();
         self.ensure_node_dirs(&nodes).await?;
-        let known = self.known_leases.locked().clone();
-        let ops: Vec<WriteOp> = changes
-            .iter()
-            .map(|change| match change {
-                LeaseChange::Put(lease) => {
-                    let path = znode("/leases", &lease.node, &lease.key);
-                    if known.contains(&path) {
-                        WriteOp::Set(path, encode(lease.as_ref()))
-                    } else {
-                        WriteOp::Create(path, encode(lease.as_ref()), self.lease_acl(&lease.node))
+        // Built under the lock, without copying the set of every lease's path.
+        let ops: Vec<WriteOp> = {
+            let known = self.known_leases.locked();
+            changes
+                .iter()
+                .map(|change| match change {
+                    LeaseChange::Put(lease) => {
+                        let path = znode("/leases", &lease.node, &lease.key);
+                        if known.contains(&path) {
+                            WriteOp::Set(path, encode(lease.as_ref()))
+                        } else {
+                            let acl = self.lease_acl(&lease.node);
+                            WriteOp::Create(path, encode(lease.as_ref()), acl)
+                        }
                     }
-                }
-                LeaseChange::Delete { node, key } => WriteOp::Delete(znode("/leases", node, key)),
-            })
-            .collect();
+                    LeaseChange::Delete { node, key } => {
+                        WriteOp::Delete(znode("/leases", node, key))
+                    }
+                })
+                .collect()
+        };
         let result = self.commit(Some(&fence), &ops).await;
         if let Err(e) = &result
             && (is_zk(e, &ZkError::NodeExists) || is_zk(e, &ZkError::NoNode))
@@ -1780,21 +1786,24 @@ impl LeaseStore for ZkStore {
             }
             self.ensure_node_dirs(&nodes).await?;
             self.read_leases(None).await?;
-            let known = self.known_leases.locked().clone();
-            let ops: Vec<WriteOp> = ops
-                .into_iter()
-                .filter_map(|op| match op {
-                    WriteOp::Create(path, data, _) | WriteOp::Set(path, data) => {
-                        Some(if known.contains(&path) {
-                            WriteOp::Set(path, data)
-                        } else {
-                            let acl = self.lease_acl(node_of(&path));
-                            WriteOp::Create(path, data, acl)
-                        })
-                    }
-                    WriteOp::Delete(path) => known.contains(&path).then_some(WriteOp::Delete(path)),
-                })
-                .collect();
+            let ops: Vec<WriteOp> = {
+                let known = self.known_leases.locked();
+                ops.into_iter()
+                    .filter_map(|op| match op {
+                        WriteOp::Create(path, data, _) | WriteOp::Set(path, data) => {
+                            Some(if known.contains(&path) {
+                                WriteOp::Set(path, data)
+                            } else {
+                                let acl = self.lease_acl(node_of(&path));
+                                WriteOp::Create(path, data, acl)
+                            })
+                        }
+                        WriteOp::Delete(path) => {
+                            known.contains(&path).then_some(WriteOp::Delete(path))
+                        }
+                    })
+                    .collect()
+            };
             self.commit(Some(&fence), &ops).await?;
         } else {
             result?;
