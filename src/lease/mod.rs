@@ -726,6 +726,98 @@ mod tests {
     use crate::cgroup::pressure::{Pressure, Stall};
     use serde_json::json;
 
+    /// Leases and a registration as this version stores them, pinned in
+    /// `src/lease/testdata/stored-v1.json`. A lease embeds types of other layers (the
+    /// cgroup layer's `Work`, the API's `AdoptRule` and `RestartPolicy`, the allocator's
+    /// `RunAs` and `AdoptScope`): a rename there that changes what sits in ZooKeeper fails
+    /// here, and what an agent of this version wrote must still read. To change the format
+    /// on purpose, raise `FORMAT_VERSION`, keep this file as the older version's, and add
+    /// the new one (`CORRAL_UPDATE_GOLDEN=1` writes it).
+    #[test]
+    fn the_stored_format_is_pinned_and_still_reads() {
+        use crate::alloc::admit::{AdoptScope, RunAs};
+        use crate::alloc::fixtures::mk_lease;
+        use crate::api::workload::{AdoptOnDelete, AdoptRule, RestartPolicy};
+
+        let mut command = mk_lease("n1", "web", 2, 7);
+        command.work = Work::Command {
+            args: vec!["sh".into(), "-c".into(), "exec serve".into()],
+            env: vec![("PORT".into(), "8080".into())],
+            working_dir: Some("/srv".into()),
+            restart: RestartPolicy::OnFailure,
+            run_as: RunAs {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![5],
+            },
+        };
+        command.limits = Limits {
+            cpu: Some(500),
+            memory: Some(64 << 20),
+            pids: None,
+        };
+        command.io_weight = Some(200);
+        command.tenant_limit = Some(Res::new(2000, 1 << 30, 1000));
+        command.generation = Some(3);
+        command.revision = revision(&command.work, Some("2026-11-30T00:00:00Z"));
+        command.health = Some(HealthProbe {
+            check: ProbeCheck::Exec(vec!["true".into()]),
+            period_seconds: 5,
+            timeout_seconds: 1,
+            failure_threshold: 3,
+        });
+        command.min_ready_seconds = 2;
+        command.stop_after_disconnect_seconds = Some(30);
+        let mut adopt = mk_lease("n2", "legacy", 0, 7);
+        adopt.work = Work::Adopt(AdoptRule {
+            command_pattern: Some("^nginx: master".into()),
+            on_delete: AdoptOnDelete::Release,
+            ..AdoptRule::default()
+        });
+        adopt.adopt_scope = Some(AdoptScope {
+            users: Vec::new(),
+            allow_root: false,
+            cgroup_prefixes: vec!["/system.slice".into()],
+        });
+        adopt.revision = String::new();
+        let registration = NodeRegistration::new(
+            "n1",
+            BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            Res::new(4000, 8 << 30, 4_194_304),
+            "v2",
+        );
+        let built = json!({
+            "leases": [&command, &adopt],
+            "registration": {"version": registration.version, "name": &registration.name,
+                "labels": &registration.labels, "capacity": registration.capacity,
+                "cgroupMode": &registration.cgroup_mode, "agentVersion": "0.1.0"},
+        });
+
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/lease/testdata/stored-v1.json");
+        if std::env::var_os("CORRAL_UPDATE_GOLDEN").is_some() {
+            let text = serde_json::to_string_pretty(&built).unwrap() + "\n";
+            std::fs::write(&path, text).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pinned: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            built, pinned,
+            "the stored format changed: see this test's documentation"
+        );
+        for (want, stored) in [&command, &adopt]
+            .into_iter()
+            .zip(pinned["leases"].as_array().unwrap())
+        {
+            let read: Lease = decode_versioned(&path, stored.to_string().as_bytes()).unwrap();
+            assert_eq!(&read, want);
+        }
+        let read: NodeRegistration =
+            decode_versioned(&path, pinned["registration"].to_string().as_bytes()).unwrap();
+        assert_eq!(read.name, "n1");
+        assert_eq!(read.cgroup_mode, "v2");
+    }
+
     #[test]
     fn process_states_keep_their_wire_text_and_an_unknown_one_still_reads() {
         for state in [
