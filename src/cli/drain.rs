@@ -58,7 +58,7 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         let store = ZkStore::connect(config).await?;
         let known = store.nodes().await?;
         if !known.iter().any(|n| n.name == args.node)
-            && !store.leases().await?.iter().any(|l| l.node == args.node)
+            && store.node_leases(&args.node).await?.is_empty()
         {
             bail!(
                 "node {:?} is not registered and holds no lease; registered: {}",
@@ -83,11 +83,11 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         let deadline = Instant::now() + super::seconds::duration(args.timeout);
         let mut last = String::new();
         loop {
+            // The node's own leases, not the cluster's, at every poll.
             let left: Vec<String> = store
-                .leases()
+                .node_leases(&args.node)
                 .await?
                 .into_iter()
-                .filter(|l| l.node == args.node)
                 .map(|l| l.key.to_string())
                 .collect();
             if left.is_empty() {
