@@ -651,18 +651,25 @@ fn unavailable(missing: &Missing, knob: &str) -> String {
 /// Processes for the structural operations of a pass, which hold none.
 struct NoProcesses;
 
+/// A process operation handed to [`NoProcesses`].
+#[derive(Debug, thiserror::Error)]
+#[error("not a structural operation")]
+struct NotStructural;
+
 impl exec::Processes for NoProcesses {
-    fn start(&mut self, _: &GroupPath) -> Result<(), String> {
-        Err("not a structural operation".into())
+    type Error = NotStructural;
+
+    fn start(&mut self, _: &GroupPath) -> Result<(), NotStructural> {
+        Err(NotStructural)
     }
-    fn adopt(&mut self, _: &GroupPath, _: &[u32]) -> Result<(), String> {
-        Err("not a structural operation".into())
+    fn adopt(&mut self, _: &GroupPath, _: &[u32]) -> Result<(), NotStructural> {
+        Err(NotStructural)
     }
-    fn release(&mut self, _: &GroupPath) -> Result<(), String> {
-        Err("not a structural operation".into())
+    fn release(&mut self, _: &GroupPath) -> Result<(), NotStructural> {
+        Err(NotStructural)
     }
-    fn stop(&mut self, _: &GroupPath, _: std::time::Duration) -> Result<(), String> {
-        Err("not a structural operation".into())
+    fn stop(&mut self, _: &GroupPath, _: std::time::Duration) -> Result<(), NotStructural> {
+        Err(NotStructural)
     }
 }
 

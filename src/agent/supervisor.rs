@@ -544,8 +544,10 @@ impl Supervisor {
         group: &GroupPath,
         work: &Work,
         logs: LogLimits,
-    ) -> Result<LaunchSpec, String> {
-        let key = group.key().ok_or("a tenant group runs nothing")?;
+    ) -> Result<LaunchSpec, ProcessError> {
+        let key = group
+            .key()
+            .ok_or_else(|| ProcessError::TenantGroup(group.clone()))?;
         let Work::Command {
             args,
             env,
@@ -554,7 +556,7 @@ impl Supervisor {
             ..
         } = work
         else {
-            return Err(format!("{group} has no command"));
+            return Err(ProcessError::NoCommand(group.clone()));
         };
         let mut env = env.clone();
         env.push((
@@ -592,6 +594,32 @@ impl Supervisor {
     }
 }
 
+/// Why a process operation of a pass failed, as the replica's report shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A tenant's group runs and holds no process of its own.
+    #[error("{0} is a tenant group: it runs no command and holds no adopted process")]
+    TenantGroup(GroupPath),
+    /// No lease asks for this group.
+    #[error("{0} has no lease")]
+    NoLease(GroupPath),
+    /// The group's lease asks for no command.
+    #[error("{0} has no command")]
+    NoCommand(GroupPath),
+    /// The command could not be started.
+    #[error(transparent)]
+    Launch(#[from] process::LaunchError),
+    /// A process could not be moved into or out of the group.
+    #[error(transparent)]
+    Move(#[from] process::MoveError),
+    /// The group's processes could not be read.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::fs::CgroupError),
+    /// Processes that could not be moved back where they came from, each with why.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NotReleased(Vec<process::MoveError>),
+}
+
 /// [`Processes`] for the executor: starts, adopts and stops through [`process`].
 pub struct ProcessOps<'a> {
     supervisor: &'a mut Supervisor,
@@ -601,21 +629,25 @@ pub struct ProcessOps<'a> {
 }
 
 impl Processes for ProcessOps<'_> {
-    fn start(&mut self, group: &GroupPath) -> Result<(), String> {
-        let key = group.key().ok_or("a tenant group runs nothing")?;
+    type Error = ProcessError;
+
+    fn start(&mut self, group: &GroupPath) -> Result<(), ProcessError> {
+        let key = group
+            .key()
+            .ok_or_else(|| ProcessError::TenantGroup(group.clone()))?;
         let want = self
             .desired
             .groups
             .get(group)
-            .ok_or_else(|| format!("{group} has no lease"))?;
+            .ok_or_else(|| ProcessError::NoLease(group.clone()))?;
         let work = want
             .work
             .as_ref()
-            .ok_or_else(|| format!("{group} has no command"))?;
+            .ok_or_else(|| ProcessError::NoCommand(group.clone()))?;
         let spec = self
             .supervisor
             .launch_spec(self.fs, group, work, want.logs)?;
-        let launched = process::launch(&spec).map_err(|e| e.to_string())?;
+        let launched = process::launch(&spec)?;
         let record = self.supervisor.records.entry(key.clone()).or_default();
         if record.last_exit.is_some() {
             record.restarts += 1;
@@ -628,7 +660,7 @@ impl Processes for ProcessOps<'_> {
         Ok(())
     }
 
-    fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String> {
+    fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), ProcessError> {
         let join = self.fs.procs_files(group);
         let release = matches!(
             self.desired.groups.get(group).and_then(|g| g.work.as_ref()),
@@ -649,7 +681,7 @@ impl Processes for ProcessOps<'_> {
                 Ok(()) => moved += 1,
                 // It exited between the scan and the move: nothing to adopt.
                 Err(process::MoveError::Gone { .. }) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
         if let Some(key) = group.key() {
@@ -660,10 +692,10 @@ impl Processes for ProcessOps<'_> {
 
     /// Moves each process of the group back to the groups the first adopted process came
     /// from, or to each hierarchy's root where those are gone.
-    fn release(&mut self, group: &GroupPath) -> Result<(), String> {
+    fn release(&mut self, group: &GroupPath) -> Result<(), ProcessError> {
         let key = group
             .key()
-            .ok_or("a tenant group holds no adopted process")?;
+            .ok_or_else(|| ProcessError::TenantGroup(group.clone()))?;
         let origin = self
             .supervisor
             .records
@@ -688,28 +720,28 @@ impl Processes for ProcessOps<'_> {
             roots
         };
         let mut left = Vec::new();
-        for pid in self.fs.procs(group).map_err(|e| e.to_string())? {
+        for pid in self.fs.procs(group)? {
             match process::move_into(pid, &target) {
                 Ok(()) | Err(process::MoveError::Gone { .. }) => {}
-                Err(e) => left.push(e.to_string()),
+                Err(e) => left.push(e),
             }
         }
         if !left.is_empty() {
-            return Err(left.join("; "));
+            return Err(ProcessError::NotReleased(left));
         }
         self.supervisor.records.remove(&key);
         tracing::info!(group = %group, "released the adopted processes");
         Ok(())
     }
 
-    fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), String> {
+    fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), ProcessError> {
         self.stop_all(&[(group.clone(), grace)]).remove(0)
     }
 
     /// Starts stopping the groups, each in a thread of its own, and returns at once: no pass
     /// waits out a grace period, and stopping many replicas takes one grace period, not one
     /// per replica. The group is removed by a later pass, once it is empty.
-    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), String>> {
+    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), ProcessError>> {
         groups
             .iter()
             .map(|(group, grace)| {

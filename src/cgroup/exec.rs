@@ -10,30 +10,33 @@ use super::tree::GroupPath;
 
 /// Starting, adopting and stopping processes, for the executor.
 pub trait Processes {
+    /// Why an operation failed, as the replica's report shows it.
+    type Error: std::fmt::Display;
+
     /// Starts the command of a replica group.
     ///
     /// # Errors
     /// Why it could not start, for a person.
-    fn start(&mut self, group: &GroupPath) -> Result<(), String>;
+    fn start(&mut self, group: &GroupPath) -> Result<(), Self::Error>;
     /// Moves processes into a group.
     ///
     /// # Errors
     /// Why not, for a person.
-    fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), String>;
+    fn adopt(&mut self, group: &GroupPath, pids: &[u32]) -> Result<(), Self::Error>;
     /// Moves a group's adopted processes back where they came from, leaving them running.
     ///
     /// # Errors
     /// Processes are left in the group.
-    fn release(&mut self, group: &GroupPath) -> Result<(), String>;
+    fn release(&mut self, group: &GroupPath) -> Result<(), Self::Error>;
     /// Stops every process in a group: SIGTERM, then SIGKILL after `grace`.
     ///
     /// # Errors
     /// Processes are left.
-    fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), String>;
+    fn stop(&mut self, group: &GroupPath, grace: Duration) -> Result<(), Self::Error>;
 
     /// Stops several groups; one result per group, in order. By default one after the
     /// other; an implementation may stop them together.
-    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), String>> {
+    fn stop_all(&mut self, groups: &[(GroupPath, Duration)]) -> Vec<Result<(), Self::Error>> {
         groups
             .iter()
             .map(|(g, grace)| self.stop(g, *grace))
@@ -99,7 +102,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                     Ok(()) => outcome.done.push(op.to_string()),
                     Err(e) => {
                         broken.insert(group.clone());
-                        outcome.fail(op, Some(group), &e.to_string());
+                        outcome.fail(op, Some(group), e);
                     }
                 }
             }
@@ -181,7 +184,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
             },
             Op::Remove { group } => match fs.remove(group) {
                 Ok(()) => outcome.done.push(op.to_string()),
-                Err(e) => outcome.fail(op, Some(group), &e.to_string()),
+                Err(e) => outcome.fail(op, Some(group), e),
             },
         }
     }
@@ -197,7 +200,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                         knobs.retain(|k| k != knob);
                     }
                 }
-                Err(e) => outcome.fail(op, group.as_ref(), &e.to_string()),
+                Err(e) => outcome.fail(op, group.as_ref(), e),
             }
         }
     }
@@ -210,7 +213,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
             Some(knobs) => outcome.fail(
                 op,
                 Some(group),
-                &format!(
+                format!(
                     "not done, so that nothing runs without its limits: {} could not be applied",
                     knobs.join(", ")
                 ),
@@ -268,7 +271,7 @@ impl Outcome {
         }
     }
 
-    fn fail(&mut self, op: &Op, group: Option<&GroupPath>, error: &str) {
+    fn fail(&mut self, op: &Op, group: Option<&GroupPath>, error: impl std::fmt::Display) {
         self.failures.push(Failure {
             op: op.to_string(),
             group: group.cloned(),
@@ -291,6 +294,8 @@ mod tests {
     struct Recorder(Vec<String>);
 
     impl Processes for Recorder {
+        type Error = String;
+
         fn start(&mut self, group: &GroupPath) -> Result<(), String> {
             self.0.push(format!("start {group}"));
             Ok(())
