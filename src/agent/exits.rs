@@ -153,20 +153,23 @@ impl Shared {
                 let mut count = [0u8; 8];
                 let _ = rustix::io::read(self.wake.as_fd(), &mut count);
             }
-            let exited: Vec<ProcessId> = fds[1..]
+            let readable: Vec<ProcessId> = fds[1..]
                 .iter()
                 .zip(&copies)
                 .filter(|(fd, _)| !fd.revents().is_empty())
                 .map(|(_, (id, _))| *id)
                 .collect();
+            // Only those still watched: a process unwatched while this poll ran on its copy
+            // calls nothing.
+            let exited: Vec<ProcessId> = {
+                let mut watched = self.watched.locked();
+                readable
+                    .into_iter()
+                    .filter(|id| watched.remove(id).is_some())
+                    .collect()
+            };
             if exited.is_empty() {
                 continue;
-            }
-            {
-                let mut watched = self.watched.locked();
-                for id in &exited {
-                    watched.remove(id);
-                }
             }
             tracing::debug!(processes = ?exited, "exited");
             (self.on_exit)();
