@@ -62,8 +62,8 @@ impl ExitWatch {
         })
     }
 
-    /// Watches exactly `processes` from now on. A process that has exited already, or
-    /// whose pidfd cannot be opened, calls the waker at once: a pass reads it.
+    /// Watches exactly `processes` from now on. A process that has exited already calls
+    /// the waker at once: a pass reads it.
     pub fn set(&self, processes: impl IntoIterator<Item = ProcessId>) {
         let wanted: HashSet<ProcessId> = processes.into_iter().collect();
         let mut gone = false;
@@ -81,7 +81,10 @@ impl ExitWatch {
                         watched.insert(id, fd);
                         changed = true;
                     }
-                    None => gone = true,
+                    // Gone already: a pass reads its exit. Still running but without a
+                    // pidfd (a kernel before 5.3): left to the resync, never a wake, which
+                    // each pass would repeat without end.
+                    None => gone |= !id.is_alive(),
                 }
             }
             changed
