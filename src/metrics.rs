@@ -78,8 +78,8 @@ struct ReplicaLabels {
 impl ReplicaLabels {
     fn of(key: &ReplicaKey) -> ReplicaLabels {
         ReplicaLabels {
-            namespace: key.namespace.clone(),
-            workload: key.name.clone(),
+            namespace: key.namespace().to_string(),
+            workload: key.name().to_string(),
             replica: key.index,
         }
     }
@@ -177,9 +177,7 @@ impl Collector for PlanTotals {
         }
         let mut granted = Vec::new();
         for a in &plan.allocations {
-            let Some((namespace, workload)) = a.workload.split_once('/') else {
-                continue;
-            };
+            let (namespace, workload) = (a.workload.namespace(), a.workload.name());
             for (resource, amount) in per_resource(a.granted) {
                 let labels = ReplicaResourceLabels {
                     namespace: namespace.to_string(),
@@ -297,8 +295,8 @@ impl Collector for ReplicaUse {
                 for (kind, stall) in [("some", Some(p.some)), ("full", p.full)] {
                     let Some(stall) = stall else { continue };
                     let labels = PressureLabels {
-                        namespace: key.namespace.clone(),
-                        workload: key.name.clone(),
+                        namespace: key.namespace().to_string(),
+                        workload: key.name().to_string(),
                         replica: key.index,
                         resource,
                         kind,
@@ -310,8 +308,8 @@ impl Collector for ReplicaUse {
             if let Some(e) = usage.memory_events {
                 for (event, count) in [("high", e.high), ("max", e.max), ("oom_kill", e.oom_kill)] {
                     let labels = EventLabels {
-                        namespace: key.namespace.clone(),
-                        workload: key.name.clone(),
+                        namespace: key.namespace().to_string(),
+                        workload: key.name().to_string(),
                         replica: key.index,
                         event,
                     };
@@ -863,7 +861,7 @@ mod tests {
         };
         let mut first = pass(vec![policy.clone()], vec![tenant]);
         first.plan.allocations.push(crate::alloc::plan::Allocation {
-            workload: "shop/web".into(),
+            workload: "shop/web".parse().unwrap(),
             replica: 2,
             key: "shop.web.2".into(),
             node: "n1".into(),

@@ -32,7 +32,7 @@ fn plan(policies: &[ResourcePolicy], workloads: &[Workload], nodes: &[NodeInfo])
 fn placed(plan: &Plan) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for a in &plan.allocations {
-        *counts.entry(a.workload.clone()).or_insert(0) += 1;
+        *counts.entry(a.workload.to_string()).or_insert(0) += 1;
     }
     counts
 }
@@ -438,7 +438,7 @@ fn an_unchanged_input_keeps_every_replica_where_it_is() {
     for a in &first.allocations {
         if a.node != "n0" {
             assert_eq!(
-                where_is(&third, &a.workload, a.replica),
+                where_is(&third, &a.workload.to_string(), a.replica),
                 Some(a.node.clone())
             );
         }

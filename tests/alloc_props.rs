@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use corral::alloc::fixtures::{mk_node, mk_policy, mk_workload};
 use corral::alloc::{self, Allocator, Input, NodeInfo, Observed, Plan, ReplicaKey, Res};
-use corral::api::{ResourcePolicy, Workload};
+use corral::api::{ResourcePolicy, Workload, WorkloadRef};
 
 const TENANTS: [&str; 3] = ["t0", "t1", "t2"];
 
@@ -155,7 +155,10 @@ fn run(
 }
 
 /// Node and grant of each placed replica, and the replicas pending.
-type Outcome = (BTreeMap<(String, u32), (String, Res)>, Vec<(String, u32)>);
+type Outcome = (
+    BTreeMap<(WorkloadRef, u32), (String, Res)>,
+    Vec<(WorkloadRef, u32)>,
+);
 
 /// Placement and grants, without the reasons' wording (which depends on when a replica
 /// was last tried).

@@ -323,7 +323,7 @@ async fn deletion_waits_for_the_agents_then_removes_the_finalizer() {
         passes: 4,
         nodes: vec!["n1".into()],
         reports: vec![running(&lease)],
-        deleting: BTreeSet::from(["t/web".to_string()]),
+        deleting: BTreeSet::from(["t/web".parse().unwrap()]),
         ..Snapshot::default()
     });
     let (result, calls) = mock.reconcile(&terminating, accept(&terminating)).await;
@@ -345,7 +345,7 @@ async fn deletion_waits_for_the_agents_then_removes_the_finalizer() {
     mock.set_snapshot(Snapshot {
         passes: 5,
         nodes: vec!["n1".into()],
-        deleting: BTreeSet::from(["t/web".to_string()]),
+        deleting: BTreeSet::from(["t/web".parse().unwrap()]),
         ..Snapshot::default()
     });
     let (result, calls) = mock.reconcile(&terminating, accept(&terminating)).await;
@@ -383,7 +383,7 @@ async fn a_refused_workload_shows_why_in_its_status_and_an_event() {
         .workload_problems
         .lock()
         .unwrap()
-        .insert("t/web".into(), problem.into());
+        .insert("t/web".parse().unwrap(), problem.into());
     let workload = web(1, true);
     let (result, calls) = mock.reconcile(&workload, accept(&workload)).await;
     assert_eq!(result.unwrap(), Action::await_change());
@@ -450,15 +450,15 @@ async fn pending_preempted_and_drift_are_announced_once() {
     let mut plan = Plan::default();
     plan.pending.push(corral::alloc::plan::Pending {
         stalled: false,
-        workload: "t/web".into(),
+        workload: "t/web".parse().unwrap(),
         replica: 0,
         reason: "needs 4 cpu; the most free on matching nodes is 1.5".into(),
     });
     plan.preemptions.push(Preemption {
-        workload: "t/web".into(),
+        workload: "t/web".parse().unwrap(),
         replica: 0,
         node: "n1".into(),
-        by_workload: "t/urgent".into(),
+        by_workload: "t/urgent".parse().unwrap(),
         by_replica: 0,
     });
     mock.set_snapshot(Snapshot {

@@ -86,7 +86,10 @@ mod tests {
         let runs_on = mk_lease("n1", "runs-on", 0, 1);
         let leases = [stops, runs_on];
         let names = |leases: Vec<Lease>| -> Vec<String> {
-            leases.into_iter().map(|l| l.key.name).collect()
+            leases
+                .into_iter()
+                .map(|l| l.key.name().to_string())
+                .collect()
         };
         contact.observe(true, t0 + Duration::from_secs(5));
         contact.observe(false, t0 + Duration::from_secs(6));

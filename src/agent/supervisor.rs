@@ -559,10 +559,7 @@ impl Supervisor {
             return Err(ProcessError::NoCommand(group.clone()));
         };
         let mut env = env.clone();
-        env.push((
-            "CORRAL_WORKLOAD".into(),
-            format!("{}/{}", key.namespace, key.name),
-        ));
+        env.push(("CORRAL_WORKLOAD".into(), key.workload.to_string()));
         env.push(("CORRAL_REPLICA".into(), key.index.to_string()));
         Ok(LaunchSpec {
             args: args.clone(),

@@ -72,7 +72,7 @@ fn check(node: &str, item: &ReadLease, leader: Option<i64>) -> Result<(), String
         .as_ref()
         .map_err(|e| format!("unreadable: {e}"))?;
     let key = &lease.key;
-    if !is_dns_label(&key.namespace) || !is_dns_label(&key.name) {
+    if !is_dns_label(key.namespace()) || !is_dns_label(key.name()) {
         return Err("its key is not <namespace>.<name>.<index> of DNS labels".into());
     }
     if key.to_string() != item.key {
@@ -209,7 +209,7 @@ mod tests {
         let mut wrong_key = read(mk_lease("n1", "a", 0, 1), 10);
         wrong_key.key = "t.b.0".into();
         let mut escape = mk_lease("n1", "a", 0, 1);
-        escape.key.namespace = "..".into();
+        escape.key = crate::api::ReplicaKey::new("..", "a", 0);
         let unreadable = ReadLease {
             key: "t.c.0".into(),
             written: 10,

@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::input::{Demand, amounts_or};
 use super::resources::Kind;
 use super::selector;
+use crate::api::identity::namespace_of;
 use crate::api::policy::{IdRange, ResourcePolicySpec, TenantSettings};
 use crate::api::workload::MAX_PRIORITY;
-use crate::api::{ResourcePolicy, Workload};
+use crate::api::{ResourcePolicy, Workload, WorkloadRef};
 use crate::source::yaml::FieldPath;
 use crate::validate::FieldError;
 
@@ -328,7 +329,7 @@ pub fn describe_ranges(ranges: &[IdRange]) -> String {
 /// True when the policy's `namespaces` and `workloadSelector` take in `workload`: the
 /// condition for governing it, by precedence or by `policyRef`.
 pub fn admits(policy: &ResourcePolicySpec, workload: &Workload) -> bool {
-    let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = namespace_of(workload);
     let empty = BTreeMap::new();
     let labels = workload.metadata.labels.as_ref().unwrap_or(&empty);
     (policy.namespaces.is_empty() || policy.namespaces.iter().any(|n| n == namespace))
@@ -421,7 +422,7 @@ pub fn check(
     policy_name: &str,
     policy: &ResourcePolicySpec,
 ) -> Vec<FieldError> {
-    let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = namespace_of(workload);
     let rules = TenantRules::of(policy_name, policy, namespace);
     let spec = &workload.spec;
     let mut errors = Vec::new();
@@ -564,8 +565,8 @@ fn check_bounds(
 /// A Workload refused for its tenant's count of Workloads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverQuota {
-    /// `namespace/name`.
-    pub workload: String,
+    /// The workload.
+    pub workload: WorkloadRef,
     /// Why, for a person.
     pub message: String,
 }
@@ -580,11 +581,7 @@ pub fn over_quota(governed: &[(&Workload, Option<(&str, &ResourcePolicySpec)>)])
     for (workload, policy) in governed {
         let Some((name, spec)) = policy else { continue };
         specs.insert(name, spec);
-        let namespace = workload
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(workload).to_string();
         by_tenant
             .entry(((*name).to_string(), namespace))
             .or_default()
@@ -610,7 +607,7 @@ pub fn over_quota(governed: &[(&Workload, Option<(&str, &ResourcePolicySpec)>)])
         });
         for w in &workloads[max..] {
             out.push(OverQuota {
-                workload: format!("{namespace}/{}", w.metadata.name.as_deref().unwrap_or_default()),
+                workload: WorkloadRef::of(w),
                 message: format!(
                     "namespace {namespace} may have at most {max} Workload(s) under ResourcePolicy {policy:?} {}, and has {}; the oldest are admitted first",
                     rules.max_workloads.cite(),

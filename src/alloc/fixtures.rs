@@ -67,7 +67,7 @@ pub fn mk_lease(node: &str, name: &str, index: u32, epoch: i64) -> crate::lease:
     use super::plan::{Allocation, Limits};
     let workload = mk_workload("t", name, index + 1, 100, 10, json!({}));
     let allocation = Allocation {
-        workload: format!("t/{name}"),
+        workload: crate::api::WorkloadRef::new("t", name),
         replica: index,
         key: format!("t.{name}.{index}"),
         node: node.into(),

@@ -3,9 +3,9 @@
 //! node; its observed use, between request and limit, under `Usage`, where a replica under
 //! memory pressure keeps the memory it has.
 
-use super::input::ReplicaKey;
 use super::resources::{Kind, Res};
 use super::state::{Allocator, NodeId, WKey};
+use crate::api::WorkloadRef;
 use crate::api::policy::Strategy;
 
 /// Recomputes the grants of every replica on `node`.
@@ -48,7 +48,6 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             let threshold = f64::from(p.spec.usage.memory_pressure_percent);
             // One key to look observations up with, rewritten for each replica rather
             // than two strings allocated each.
-            let mut probe = ReplicaKey::new("", "", 0);
             let parts: Vec<Elastic> = replicas
                 .iter()
                 .map(|(key, index)| {
@@ -56,9 +55,7 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
                     let observed = if a.observed.is_empty() {
                         None
                     } else {
-                        probe.namespace.replace_range(.., &key.0);
-                        probe.name.replace_range(.., &key.1);
-                        probe.index = *index;
+                        let probe = WorkloadRef::new(key.0.clone(), key.1.clone()).replica(*index);
                         a.observed.get(&probe)
                     };
                     let used = observed.map(|o| o.percentile(percentile));
@@ -284,7 +281,7 @@ mod tests {
         workloads
             .iter()
             .map(|w| {
-                let name = format!("t/{}", w.metadata.name.as_deref().unwrap_or_default());
+                let name = crate::api::WorkloadRef::of(w);
                 let a = plan.allocations.iter().find(|a| a.workload == name);
                 a.map_or(-1, |a| a.granted.memory / MIB)
             })

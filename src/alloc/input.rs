@@ -2,11 +2,11 @@
 //! demand resolved against its policy's defaults.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::resources::{Kind, Res};
+use crate::api::identity::namespace_of;
 use crate::api::policy::ResourcePolicySpec;
 use crate::api::workload::PlacementMode;
 use crate::api::{ResourceAmounts, Workload};
@@ -23,40 +23,7 @@ pub struct NodeInfo {
     pub capacity: Res,
 }
 
-/// One replica of one workload: the lease key `<namespace>.<name>.<index>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ReplicaKey {
-    /// The workload's namespace.
-    pub namespace: String,
-    /// The workload's name.
-    pub name: String,
-    /// The replica's index, from 0.
-    pub index: u32,
-}
-
-impl ReplicaKey {
-    /// The key of replica `index` of the workload `namespace/name`.
-    pub fn new(namespace: &str, name: &str, index: u32) -> Self {
-        ReplicaKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            index,
-        }
-    }
-
-    /// `namespace/name`, as people name workloads.
-    pub fn workload(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-impl fmt::Display for ReplicaKey {
-    /// `namespace.name.index`: the lease key. Namespaces and names are DNS-1123 labels, so
-    /// the dots separate unambiguously and the key is one safe path component.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.namespace, self.name, self.index)
-    }
-}
+pub use crate::api::identity::ReplicaKey;
 
 /// Recent observations of one replica's use, oldest first, and what it is granted now.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -159,7 +126,7 @@ impl Demand {
             request.set(kind, r);
             limit.set(kind, l.max(r));
         }
-        let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = namespace_of(workload);
         let max_priority = super::admit::max_priority(policy, namespace);
         Demand {
             request,
@@ -266,6 +233,6 @@ mod tests {
     fn keys_are_lease_keys() {
         let k = ReplicaKey::new("team-a", "api", 3);
         assert_eq!(k.to_string(), "team-a.api.3");
-        assert_eq!(k.workload(), "team-a/api");
+        assert_eq!(k.workload, "team-a/api");
     }
 }

@@ -64,10 +64,7 @@ impl Plan {
     pub fn placement(&self) -> HashMap<ReplicaKey, String> {
         self.allocations
             .iter()
-            .filter_map(|a| {
-                let (namespace, name) = a.workload.split_once('/')?;
-                Some((ReplicaKey::new(namespace, name, a.replica), a.node.clone()))
-            })
+            .map(|a| (a.workload.replica(a.replica), a.node.clone()))
             .collect()
     }
 }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::WorkloadRef;
+
 use super::fair;
 use super::resources::Res;
 use super::state::{Allocator, Preempted};
@@ -30,8 +32,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocation {
-    /// `namespace/name`.
-    pub workload: String,
+    /// The workload.
+    pub workload: WorkloadRef,
     /// The replica's index.
     pub replica: u32,
     /// The lease key, `namespace.name.index`.
@@ -82,8 +84,8 @@ impl Limits {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pending {
-    /// `namespace/name`.
-    pub workload: String,
+    /// The workload.
+    pub workload: WorkloadRef,
     /// The replica's index.
     pub replica: u32,
     /// Why, for a person.
@@ -100,13 +102,13 @@ pub struct Pending {
 #[serde(rename_all = "camelCase")]
 pub struct Preemption {
     /// The preempted replica's workload.
-    pub workload: String,
+    pub workload: WorkloadRef,
     /// Its index.
     pub replica: u32,
     /// The node it lost.
     pub node: String,
     /// The workload of the replica that took its place.
-    pub by_workload: String,
+    pub by_workload: WorkloadRef,
     /// That replica's index.
     pub by_replica: u32,
 }
@@ -188,7 +190,7 @@ impl Allocator {
         let mut policy_allocated = vec![Res::ZERO; self.policies.len()];
         let mut policy_pending = vec![0usize; self.policies.len()];
         for (key, w) in &self.workloads {
-            let workload = format!("{}/{}", key.0, key.1);
+            let workload = WorkloadRef::new(key.0.clone(), key.1.clone());
             // Its replicas are alike: whether one can never fit is asked once.
             let mut never_fits: Option<bool> = None;
             for (index, replica) in w.replicas.iter().enumerate() {
@@ -282,10 +284,10 @@ impl Allocator {
 
 fn preemption(p: &Preempted) -> Preemption {
     Preemption {
-        workload: p.victim.workload(),
+        workload: p.victim.workload.clone(),
         replica: p.victim.index,
         node: p.node.clone(),
-        by_workload: p.by.workload(),
+        by_workload: p.by.workload.clone(),
         by_replica: p.by.index,
     }
 }

@@ -54,9 +54,7 @@ pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
         let reason = match a.preemptions.iter().find(|p| p.victim == victim) {
             Some(p) => format!(
                 "preempted on {} by {} (priority {}), and {reason}",
-                p.node,
-                p.by.workload(),
-                p.by_priority
+                p.node, p.by.workload, p.by_priority
             ),
             None => reason,
         };

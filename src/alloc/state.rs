@@ -15,6 +15,7 @@ use super::input::{Demand, NodeInfo, Observed, ReplicaKey, amounts_or};
 use super::node_index::{Against, Entry, NodeIndex, Want};
 use super::resources::{Kind, Res};
 use super::selector;
+use crate::api::identity::namespace_of;
 use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
 use crate::api::workload::PlacementMode;
 use crate::api::{ResourcePolicy, Workload};
@@ -325,7 +326,7 @@ impl Allocator {
         let mut queued: Vec<Vec<QueueKey>> = vec![Vec::new(); self.policies.len()];
         let mut added: HashSet<WKey> = HashSet::with_capacity(workloads.len());
         for (workload, policy) in workloads.iter().zip(governed) {
-            let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+            let namespace = namespace_of(workload);
             let name = workload.metadata.name.as_deref().unwrap_or_default();
             let key: WKey = (Arc::from(namespace), Arc::from(name));
             if !added.insert(key.clone()) {
@@ -830,7 +831,7 @@ impl Allocator {
 /// Why a workload's `policyRef` cannot name `policy`.
 pub fn not_admitted(policy: &ResourcePolicy, workload: &Workload) -> String {
     let name = policy.metadata.name.as_deref().unwrap_or_default();
-    let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = namespace_of(workload);
     if !policy.spec.namespaces.is_empty() && !policy.spec.namespaces.iter().any(|n| n == namespace)
     {
         format!(

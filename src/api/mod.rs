@@ -2,12 +2,14 @@
 //! `v1alpha1`), and the CRDs generated from them. Types only: no I/O.
 
 pub mod crd;
+pub mod identity;
 pub mod names;
 pub mod policy;
 pub mod quantity;
 pub mod resources;
 pub mod workload;
 
+pub use identity::{ReplicaKey, WorkloadRef};
 pub use policy::{ResourcePolicy, ResourcePolicySpec, Strategy};
 pub use quantity::Quantity;
 pub use resources::{ResourceAmounts, ResourceRequirements};

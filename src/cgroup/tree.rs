@@ -45,12 +45,12 @@ impl GroupPath {
     /// # Errors
     /// The namespace or name is not a DNS-1123 label.
     pub fn replica(key: &ReplicaKey) -> Result<GroupPath, BadGroupName> {
-        if !is_dns_label(&key.namespace) || !is_dns_label(&key.name) {
+        if !is_dns_label(key.namespace()) || !is_dns_label(key.name()) {
             return Err(BadGroupName(key.to_string()));
         }
         Ok(GroupPath {
-            tenant: key.namespace.clone(),
-            replica: Some((key.name.clone(), key.index)),
+            tenant: key.namespace().to_string(),
+            replica: Some((key.name().to_string(), key.index)),
         })
     }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 
 use super::run::Where;
 use crate::agent::node::{Agent, Trigger};
+use crate::api::WorkloadRef;
 use crate::cgroup::fs::Cgroupfs;
 use crate::cgroup::layout::Layout;
 use crate::lease::embedded::EmbeddedStore;
@@ -34,7 +35,7 @@ pub struct Args {
 ///
 /// # Errors
 /// The manifests have problems (they are printed).
-fn chosen(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<BTreeSet<String>>> {
+fn chosen(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<BTreeSet<WorkloadRef>>> {
     if paths.is_empty() {
         return Ok(None);
     }
@@ -49,13 +50,7 @@ fn chosen(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<BTreeSet<String
         manifests
             .workloads
             .iter()
-            .map(|w| {
-                let ns = w.object.metadata.namespace.as_deref().unwrap_or("default");
-                format!(
-                    "{ns}/{}",
-                    w.object.metadata.name.as_deref().unwrap_or_default()
-                )
-            })
+            .map(|w| WorkloadRef::of(&w.object))
             .collect(),
     ))
 }
@@ -83,7 +78,7 @@ fn down_cluster(args: &Args, config: crate::lease::zookeeper::ZkConfig) -> anyho
                 .leases()
                 .await?
                 .into_iter()
-                .filter(|l| chosen.as_ref().is_none_or(|c| c.contains(&l.key.workload())))
+                .filter(|l| chosen.as_ref().is_none_or(|c| c.contains(&l.key.workload)))
                 .collect();
             let changes: Vec<LeaseChange> = gone
                 .iter()
@@ -166,11 +161,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .context("starting the runtime")?;
     let leases = runtime.block_on(store.leases())?;
     let chosen = chosen(&args.paths)?;
-    let (gone, kept): (Vec<_>, Vec<_>) = leases.into_iter().partition(|l| {
-        chosen
-            .as_ref()
-            .is_none_or(|c| c.contains(&l.key.workload()))
-    });
+    let (gone, kept): (Vec<_>, Vec<_>) = leases
+        .into_iter()
+        .partition(|l| chosen.as_ref().is_none_or(|c| c.contains(&l.key.workload)));
     let epoch = store.next_epoch()?;
     let changes: Vec<LeaseChange> = gone
         .iter()

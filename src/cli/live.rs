@@ -10,14 +10,15 @@ use super::plan::human;
 use crate::alloc::ReplicaKey;
 use crate::alloc::plan::Pending;
 use crate::alloc::resources::Kind;
+use crate::api::WorkloadRef;
 use crate::lease::{Lease, ProcessState, Report, UsageSample};
 
 /// One row: a replica with its lease and its latest report.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
-    /// `namespace/name`.
-    pub workload: String,
+    /// The workload.
+    pub workload: WorkloadRef,
     /// Index.
     pub replica: u32,
     /// Node, when placed.
@@ -39,7 +40,7 @@ pub fn rows(leases: &[Lease], reports: &[Report], pending: &[Pending]) -> Vec<Ro
     let mut rows: Vec<Row> = leases
         .iter()
         .map(|l| Row {
-            workload: l.key.workload(),
+            workload: l.key.workload.clone(),
             replica: l.key.index,
             node: Some(l.node.clone()),
             report: by_key.get(&(l.node.as_str(), &l.key)).map(|r| (*r).clone()),
@@ -92,7 +93,7 @@ pub fn render(rows: &[Row]) -> String {
             },
         );
         table.add_row([
-            row.workload.clone(),
+            row.workload.to_string(),
             row.replica.to_string(),
             row.node.clone().unwrap_or_else(|| "-".to_string()),
             granted,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::agent::logs::{self, LogSink};
-use crate::api::names::is_dns_label;
+use crate::api::WorkloadRef;
 use crate::lease::LogLimits;
 
 /// Arguments of `corral logs`.
@@ -56,16 +56,8 @@ pub struct PumpArgs {
 /// # Errors
 /// The name is not NAMESPACE/NAME, no output of it is here, or a file cannot be read.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let (namespace, name) = args
-        .workload
-        .split_once('/')
-        .filter(|(ns, name)| is_dns_label(ns) && is_dns_label(name))
-        .with_context(|| {
-            format!(
-                "{:?} is not NAMESPACE/NAME (two DNS-1123 labels, as in team-a/api)",
-                args.workload
-            )
-        })?;
+    let workload: WorkloadRef = args.workload.parse()?;
+    let (namespace, name) = (workload.namespace(), workload.name());
     let dir = args.state_dir.join("logs");
     let replicas = replicas_logged(&dir, namespace, name)?;
     let chosen: Vec<u32> = match args.replica {

@@ -139,7 +139,7 @@ pub fn render(plan: &Plan) -> String {
     let mut allocations = table(["WORKLOAD", "REPLICA", "NODE", "GRANTED", "LIMITS"]);
     for a in &plan.allocations {
         allocations.add_row([
-            a.workload.clone(),
+            a.workload.to_string(),
             a.replica.to_string(),
             a.node.clone(),
             amounts(a.granted),
@@ -154,7 +154,11 @@ pub fn render(plan: &Plan) -> String {
     if !plan.pending.is_empty() {
         let mut pending = table(["WORKLOAD", "REPLICA", "REASON"]);
         for p in &plan.pending {
-            pending.add_row([p.workload.clone(), p.replica.to_string(), p.reason.clone()]);
+            pending.add_row([
+                p.workload.to_string(),
+                p.replica.to_string(),
+                p.reason.clone(),
+            ]);
         }
         section(&format!("PENDING ({})", plan.pending.len()), pending);
     }
@@ -162,7 +166,7 @@ pub fn render(plan: &Plan) -> String {
         let mut preempted = table(["WORKLOAD", "REPLICA", "NODE", "PREEMPTED BY"]);
         for p in &plan.preemptions {
             preempted.add_row([
-                p.workload.clone(),
+                p.workload.to_string(),
                 p.replica.to_string(),
                 p.node.clone(),
                 format!("{} replica {}", p.by_workload, p.by_replica),

@@ -48,8 +48,7 @@ pub fn held(
         let Some(gone_for) = missing.get(&lease.node) else {
             continue;
         };
-        let Some(workload) = by_name.get(&(lease.key.namespace.as_str(), lease.key.name.as_str()))
-        else {
+        let Some(workload) = by_name.get(&lease.key.workload) else {
             continue;
         };
         if i64::from(lease.key.index) >= i64::from(workload.spec.replicas) {

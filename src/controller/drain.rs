@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::rollout::Availability;
 use crate::alloc::ReplicaKey;
-use crate::api::Workload;
+use crate::api::{Workload, WorkloadRef};
 use crate::lease::{Lease, Report};
 
 /// A replica kept on its cordoned node for now.
@@ -46,20 +46,19 @@ pub fn gate(
     let placed: HashMap<&ReplicaKey, &Lease> = desired.iter().map(|l| (&l.key, l)).collect();
     let now: HashMap<&ReplicaKey, &Lease> = current.iter().map(|l| (&l.key, l)).collect();
     let specs = super::leases::by_name(workloads);
-    let mut by_workload: BTreeMap<(&str, &str), Vec<&Lease>> = BTreeMap::new();
+    let mut by_workload: BTreeMap<&WorkloadRef, Vec<&Lease>> = BTreeMap::new();
     for lease in on_cordoned {
         by_workload
-            .entry((lease.key.namespace.as_str(), lease.key.name.as_str()))
+            .entry(&lease.key.workload)
             .or_default()
             .push(lease);
     }
     let mut kept = Vec::new();
-    for ((namespace, short), mut leases) in by_workload {
+    for (name, mut leases) in by_workload {
         // Deleted: its leases go, as always.
-        let Some(workload) = specs.get(&(namespace, short)) else {
+        let Some(workload) = specs.get(name) else {
             continue;
         };
-        let name = format!("{namespace}/{short}");
         leases.sort_by_key(|l| l.key.index);
         let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
         let max_unavailable =
@@ -68,7 +67,7 @@ pub fn gate(
         // lost node, a rollout's replacement).
         let unavailable = (0..replicas)
             .filter(|i| {
-                let key = ReplicaKey::new(namespace, short, *i);
+                let key = name.replica(*i);
                 let changed = match (now.get(&key), placed.get(&key)) {
                     (Some(cur), Some(new)) if cur.node == new.node => cur.revision != new.revision,
                     (Some(cur), Some(_)) => !cordoned.contains(&cur.node),

@@ -6,23 +6,12 @@ use std::collections::{HashMap, HashSet};
 use crate::alloc::plan::Plan;
 use crate::alloc::{Observed, ReplicaKey, Res};
 use crate::api::policy::ResourcePolicySpec;
-use crate::api::{ResourcePolicy, Workload};
+use crate::api::{ResourcePolicy, Workload, WorkloadRef};
 use crate::lease::{Lease, LeaseChange, Report};
 
-/// Each workload by its namespace (`default` when it has none) and name.
-pub fn by_name(workloads: &[Workload]) -> HashMap<(&str, &str), &Workload> {
-    workloads
-        .iter()
-        .map(|w| {
-            (
-                (
-                    w.metadata.namespace.as_deref().unwrap_or("default"),
-                    w.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                w,
-            )
-        })
-        .collect()
+/// Each workload by its identity.
+pub fn by_name(workloads: &[Workload]) -> HashMap<WorkloadRef, &Workload> {
+    workloads.iter().map(|w| (WorkloadRef::of(w), w)).collect()
 }
 
 /// The lease of every placed replica in `plan`, stamped with `epoch`. The workload's part
@@ -39,15 +28,15 @@ pub fn desired_leases(
         .iter()
         .filter_map(|p| Some((p.metadata.name.as_deref()?, &p.spec)))
         .collect();
-    let mut first: HashMap<(&str, &str, &str), Lease> = HashMap::new();
+    let mut first: HashMap<(&WorkloadRef, &str, &str), Lease> = HashMap::new();
     plan.allocations
         .iter()
         .filter_map(|a| {
-            let id = (a.workload.as_str(), a.policy.as_str(), a.tenant.as_str());
+            let id = (&a.workload, a.policy.as_str(), a.tenant.as_str());
             if let Some(lease) = first.get(&id) {
                 return Some(lease.for_replica(a, epoch));
             }
-            let workload = by_name.get(&a.workload.split_once('/')?)?;
+            let workload = by_name.get(&a.workload)?;
             let spec = specs
                 .get(a.policy.as_str())
                 .copied()

@@ -14,15 +14,15 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::ReplicaKey;
-use crate::api::Workload;
+use crate::api::{Workload, WorkloadRef};
 use crate::lease::{Lease, Report};
 
 /// Where one workload's rollout stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
-    /// `namespace/name`.
-    pub workload: String,
+    /// The workload.
+    pub workload: WorkloadRef,
     /// The revision being rolled out.
     pub revision: String,
     /// Replicas asked for.
@@ -158,40 +158,35 @@ pub fn gate(
     let available = |key: &ReplicaKey| seen.available(key);
     let specs = super::leases::by_name(workloads);
     // Each workload's leases in `desired`, by its name as the workload spells it.
-    let mut by_workload: BTreeMap<(&str, &str), (&Workload, Vec<usize>)> = BTreeMap::new();
+    let mut by_workload: BTreeMap<WorkloadRef, (&Workload, Vec<usize>)> = BTreeMap::new();
     for (i, lease) in desired.iter().enumerate() {
         if lease.revision.is_empty() {
             continue;
         }
-        let id = (lease.key.namespace.as_str(), lease.key.name.as_str());
-        if let Some(workload) = specs.get(&id).copied() {
-            // Borrowed from the workload, not from `desired`, which the gate changes.
-            let id = (
-                workload.metadata.namespace.as_deref().unwrap_or("default"),
-                workload.metadata.name.as_deref().unwrap_or_default(),
-            );
+        if let Some(workload) = specs.get(&lease.key.workload).copied() {
+            // A cheap clone (shared text): `desired`, which the gate changes, is not
+            // borrowed.
             by_workload
-                .entry(id)
+                .entry(lease.key.workload.clone())
                 .or_insert_with(|| (workload, Vec::new()))
                 .1
                 .push(i);
         }
     }
     let mut rollouts = Vec::new();
-    for ((namespace, name), (workload, mut indices)) in by_workload {
+    for (name, (workload, mut indices)) in by_workload {
         indices.sort_by_key(|i| desired[*i].key.index);
         let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
         let max_unavailable =
             u32::try_from(workload.spec.update.max_unavailable.max(1)).unwrap_or(1);
         let revision = desired[indices[0]].revision.clone();
-        let mut probe = ReplicaKey::new(namespace, name, 0);
+        let mut probe = name.replica(0);
         let available_now = (0..replicas)
             .filter(|i| {
                 probe.index = *i;
                 available(&probe)
             })
             .count();
-        let name = format!("{namespace}/{name}");
         let unavailable = u32::try_from(replicas as usize - available_now.min(replicas as usize))
             .unwrap_or(u32::MAX);
         let mut budget = max_unavailable.saturating_sub(unavailable);
@@ -200,7 +195,11 @@ pub fn gate(
             revision: revision.clone(),
             replicas,
             max_unavailable,
-            ..Rollout::default()
+            updated: 0,
+            available: 0,
+            outdated: 0,
+            waiting: Vec::new(),
+            replaced: 0,
         };
         for i in indices {
             let lease = &mut desired[i];

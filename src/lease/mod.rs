@@ -23,6 +23,7 @@ use crate::alloc::admit::{self, AdoptScope, RunAs, TenantRules};
 use crate::alloc::plan::{Allocation, Limits};
 use crate::alloc::{ReplicaKey, Res};
 use crate::api::Workload;
+use crate::api::identity::namespace_of;
 use crate::api::policy::{CgroupSettings, LogSettings, ResourcePolicySpec};
 use crate::cgroup::observe::MemoryEvents;
 use crate::cgroup::pressure::Pressures;
@@ -216,7 +217,7 @@ impl Lease {
         epoch: i64,
     ) -> Lease {
         let spec = &workload.spec;
-        let namespace = workload.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = namespace_of(workload);
         let rules = TenantRules::of(&allocation.policy, policy, namespace);
         let work = match (&spec.command, &spec.adopt) {
             (_, Some(adopt)) => Work::Adopt(adopt.clone()),

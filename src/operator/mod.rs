@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch as channel;
 
 use crate::alloc::plan::{Pending, Plan, Preemption};
+use crate::api::WorkloadRef;
 use crate::controller::ControllerPass;
 use crate::lease::{Lease, Report};
 use crate::sync::Lock;
@@ -52,7 +53,7 @@ pub struct Snapshot {
     /// The nodes allocated on.
     pub nodes: Vec<String>,
     /// Workloads being deleted when the pass was made: their leases are gone.
-    pub deleting: BTreeSet<String>,
+    pub deleting: BTreeSet<WorkloadRef>,
     /// Passes so far.
     pub passes: u64,
     /// Where each command workload's rollout stands.
@@ -60,7 +61,7 @@ pub struct Snapshot {
     /// Replicas kept on their missing node, with why.
     pub held: Vec<crate::controller::disconnect::Held>,
     /// The same, by workload (`namespace/name`): what its status is computed from.
-    pub views: HashMap<String, WorkloadView>,
+    pub views: HashMap<WorkloadRef, WorkloadView>,
 }
 
 /// What the last pass and reports say of one workload.
@@ -86,7 +87,7 @@ pub struct WorkloadView {
 
 impl Snapshot {
     /// What the snapshot says of `workload` (`namespace/name`).
-    pub fn view(&self, workload: &str) -> Cow<'_, WorkloadView> {
+    pub fn view(&self, workload: &WorkloadRef) -> Cow<'_, WorkloadView> {
         self.views
             .get(workload)
             .map_or_else(|| Cow::Owned(WorkloadView::default()), Cow::Borrowed)
@@ -95,10 +96,10 @@ impl Snapshot {
     /// Builds [`Snapshot::views`]: one walk over the pass, so that a reconcile reads only
     /// its own workload's part.
     pub fn index(&mut self) {
-        let mut views: HashMap<String, WorkloadView> = HashMap::new();
+        let mut views: HashMap<WorkloadRef, WorkloadView> = HashMap::new();
         for lease in &self.leases {
             views
-                .entry(lease.key.workload())
+                .entry(lease.key.workload.clone())
                 .or_default()
                 .leases
                 .push(lease.clone());
@@ -106,7 +107,7 @@ impl Snapshot {
         for report in &self.reports {
             if let Some(key) = &report.key {
                 views
-                    .entry(key.workload())
+                    .entry(key.workload.clone())
                     .or_default()
                     .reports
                     .push(report.clone());
@@ -136,7 +137,7 @@ impl Snapshot {
         }
         for held in &self.held {
             views
-                .entry(held.lease.key.workload())
+                .entry(held.lease.key.workload.clone())
                 .or_default()
                 .held
                 .insert(held.lease.key.index, held.reason.clone());
@@ -148,7 +149,7 @@ impl Snapshot {
     }
 
     /// The workloads whose view differs between `self` and `other`.
-    fn changed(&self, other: &Snapshot) -> BTreeSet<String> {
+    fn changed(&self, other: &Snapshot) -> BTreeSet<WorkloadRef> {
         self.views
             .keys()
             .chain(other.views.keys())
@@ -172,9 +173,9 @@ pub struct Shared {
     /// then.
     pub first_pass: channel::Sender<i64>,
     /// Where to send the workloads to reconcile because what their status shows changed.
-    pub triggers: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
-    /// Why a Workload is not used as written, by `namespace/name`.
-    pub workload_problems: Mutex<BTreeMap<String, String>>,
+    pub triggers: Mutex<Option<tokio::sync::mpsc::UnboundedSender<WorkloadRef>>>,
+    /// Why a Workload is not used as written.
+    pub workload_problems: Mutex<BTreeMap<WorkloadRef, String>>,
     /// Why a ResourcePolicy is not used as written, by name.
     pub policy_problems: Mutex<BTreeMap<String, String>>,
 }
@@ -200,7 +201,7 @@ impl Shared {
         pass: &ControllerPass,
         nodes: &[String],
         reports: &[Report],
-        deleting: &BTreeSet<String>,
+        deleting: &BTreeSet<WorkloadRef>,
     ) {
         let epoch = (*self.leading.borrow()).unwrap_or_default();
         let mut changed = BTreeSet::new();
@@ -253,8 +254,8 @@ impl Shared {
         self.trigger(changed);
     }
 
-    /// Asks for a reconcile of each of `workloads` (`namespace/name`).
-    pub fn trigger(&self, workloads: impl IntoIterator<Item = String>) {
+    /// Asks for a reconcile of each of `workloads`.
+    pub fn trigger(&self, workloads: impl IntoIterator<Item = WorkloadRef>) {
         if let Some(tx) = self.triggers.locked().as_ref() {
             for name in workloads {
                 let _ = tx.send(name);
@@ -297,20 +298,22 @@ pub async fn run(
 
     let shared = Arc::new(Shared::default());
     let changes = channel::Sender::new(0u64);
-    let unreadable_workloads = watch::Unreadable::default();
-    let unreadable_policies = watch::Unreadable::default();
-    let (workload_store, workload_events, mut workloads_listed) = watch::typed_reflector::<Workload>(
-        watch::untyped_api::<Workload>(client.clone()),
-        watcher::Config::default(),
-        unreadable_workloads.clone(),
-        changes.clone(),
-    );
-    let (policy_store, policy_events, mut policies_listed) = watch::typed_reflector::<ResourcePolicy>(
-        watch::untyped_api::<ResourcePolicy>(client.clone()),
-        watcher::Config::default(),
-        unreadable_policies.clone(),
-        changes.clone(),
-    );
+    let unreadable_workloads = watch::Unreadable::<WorkloadRef>::default();
+    let unreadable_policies = watch::Unreadable::<String>::default();
+    let (workload_store, workload_events, mut workloads_listed) =
+        watch::typed_reflector::<Workload, _>(
+            watch::untyped_api::<Workload>(client.clone()),
+            watcher::Config::default(),
+            unreadable_workloads.clone(),
+            changes.clone(),
+        );
+    let (policy_store, policy_events, mut policies_listed) =
+        watch::typed_reflector::<ResourcePolicy, _>(
+            watch::untyped_api::<ResourcePolicy>(client.clone()),
+            watcher::Config::default(),
+            unreadable_policies.clone(),
+            changes.clone(),
+        );
     let ctx = Arc::new(reconcile::Context::new(
         client,
         Arc::clone(&shared),
@@ -327,16 +330,12 @@ pub async fn run(
     // A Workload is reconciled when it changes, when what its status shows changed (a
     // pass or the agents' reports: `Shared::trigger`), and all of them after the first
     // pass of each leadership.
-    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<WorkloadRef>();
     *shared.triggers.locked() = Some(trigger_tx);
     let triggered = futures::stream::unfold(trigger_rx, |mut rx| async move {
         let name = rx.recv().await?;
-        let reference = match name.split_once('/') {
-            Some((namespace, name)) => {
-                kube::runtime::reflector::ObjectRef::<Workload>::new(name).within(namespace)
-            }
-            None => kube::runtime::reflector::ObjectRef::<Workload>::new(&name),
-        };
+        let reference = kube::runtime::reflector::ObjectRef::<Workload>::new(name.name())
+            .within(name.namespace());
         Some((reference, rx))
     });
     let leadership = futures::stream::unfold(shared.first_pass.subscribe(), |mut rx| async move {
@@ -430,7 +429,7 @@ mod tests {
     use super::*;
     use crate::alloc::fixtures::mk_lease;
 
-    fn shared() -> (Shared, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    fn shared() -> (Shared, tokio::sync::mpsc::UnboundedReceiver<WorkloadRef>) {
         let shared = Shared::default();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *shared.triggers.lock().unwrap() = Some(tx);
@@ -438,8 +437,14 @@ mod tests {
         (shared, rx)
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> BTreeSet<String> {
-        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WorkloadRef>) -> BTreeSet<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| r.to_string())
+            .collect()
+    }
+
+    fn w(name: &str) -> WorkloadRef {
+        name.parse().unwrap()
     }
 
     fn pass(leases: Vec<Lease>) -> ControllerPass {
@@ -478,21 +483,21 @@ mod tests {
         };
         shared.record_reports(std::slice::from_ref(&report));
         assert_eq!(drain(&mut rx), BTreeSet::from(["t/db".into()]));
-        assert_eq!(shared.snapshot().view("t/db").reports, [report]);
-        assert!(shared.snapshot().view("t/web").reports.is_empty());
+        assert_eq!(shared.snapshot().view(&w("t/db")).reports, [report]);
+        assert!(shared.snapshot().view(&w("t/web")).reports.is_empty());
 
         // web is deleted: its lease goes and it is marked deleting.
         shared.record(
             &pass(leases[1..].to_vec()),
             &nodes,
             &[],
-            &BTreeSet::from(["t/web".to_string()]),
+            &BTreeSet::from([w("t/web")]),
         );
         assert_eq!(
             drain(&mut rx),
             BTreeSet::from(["t/web".into(), "t/db".into()])
         );
-        assert!(shared.snapshot().view("t/web").deleting);
+        assert!(shared.snapshot().view(&w("t/web")).deleting);
     }
 
     #[test]

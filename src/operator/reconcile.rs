@@ -18,11 +18,10 @@ use serde_json::json;
 use super::status::{
     Observed, same_but_usage, same_policy_status, same_workload_status, workload_status,
 };
-use super::watch::full_name;
 use super::{FIELD_MANAGER, FINALIZER, Shared, Snapshot};
 use crate::alloc::plan::Plan;
 use crate::api::workload::WorkloadStatus;
-use crate::api::{ResourcePolicy, Workload};
+use crate::api::{ResourcePolicy, Workload, WorkloadRef};
 use crate::metrics::ControllerMetrics;
 use crate::sync::Lock;
 
@@ -49,9 +48,9 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     recorder: Recorder,
     /// What was already announced per workload, so that each event is sent once.
-    noted: Mutex<HashMap<String, Noted>>,
+    noted: Mutex<HashMap<WorkloadRef, Noted>>,
     /// When each workload's status was last written.
-    written: Mutex<HashMap<String, Instant>>,
+    written: Mutex<HashMap<WorkloadRef, Instant>>,
     /// By uid, the resource version a finalizer was added to, until the watch shows it.
     finalized: Mutex<HashMap<Option<String>, Option<String>>>,
 }
@@ -173,8 +172,10 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
     }
     let started = Instant::now();
     ctx.metrics.reconciled("Workload");
-    let namespace = workload.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<Workload> = Api::namespaced(
+        ctx.client.clone(),
+        crate::api::identity::namespace_of(&workload),
+    );
     let result = finalizer(&api, FINALIZER, workload, |event| async {
         match event {
             Finalize::Apply(workload) => apply(&workload, &ctx, &api).await,
@@ -200,7 +201,7 @@ pub async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Act
 /// What to do after a failed reconcile.
 pub fn error_policy(workload: Arc<Workload>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.category());
-    let name = full_name(workload.as_ref());
+    let name = WorkloadRef::of(workload.as_ref());
     match error {
         Error::CleanupWaiting(why) => {
             tracing::info!(workload = %name, %why, "deletion waits for the agents");
@@ -219,7 +220,7 @@ pub fn error_policy(workload: Arc<Workload>, error: &Error, ctx: Arc<Context>) -
 
 async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Result<Action, Error> {
     let snapshot = ctx.shared.snapshot();
-    let name = full_name(workload);
+    let name = WorkloadRef::of(workload);
     let problem = ctx.shared.workload_problems.locked().get(&name).cloned();
     // A new object the allocator has not seen yet: its first status would only say "not
     // allocated yet", and the pass that follows triggers this again. One write less per
@@ -248,7 +249,7 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
 
 async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Result<Action, Error> {
     let snapshot = ctx.shared.snapshot();
-    let name = full_name(workload);
+    let name = WorkloadRef::of(workload);
     let status = status_of(workload, &snapshot, None);
     write_status(workload, &status, ctx, api).await?;
     if let Some(why) = holding(&name, &snapshot) {
@@ -271,7 +272,7 @@ async fn cleanup(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Res
 /// Why the workload `name`, being deleted, is still held: a pass made since the deletion
 /// still has a lease of it, or an agent of a registered node still reports it. `None` once
 /// it is gone everywhere.
-pub fn holding(name: &str, snapshot: &Snapshot) -> Option<String> {
+pub fn holding(name: &WorkloadRef, snapshot: &Snapshot) -> Option<String> {
     let view = snapshot.view(name);
     if !view.deleting {
         return Some("no allocation pass has seen the deletion yet".into());
@@ -296,7 +297,7 @@ pub fn holding(name: &str, snapshot: &Snapshot) -> Option<String> {
 }
 
 fn status_of(workload: &Workload, snapshot: &Snapshot, problem: Option<&str>) -> WorkloadStatus {
-    let view = snapshot.view(&full_name(workload));
+    let view = snapshot.view(&WorkloadRef::of(workload));
     // Only this workload's part of the plan: the status reads its pending replicas.
     let plan = Plan {
         pending: view.pending.clone(),
@@ -325,7 +326,7 @@ async fn write_status(
     ctx: &Context,
     api: &Api<Workload>,
 ) -> Result<(), Error> {
-    let name = full_name(workload);
+    let name = WorkloadRef::of(workload);
     if let Some(old) = &workload.status {
         if same_workload_status(old, status) {
             return Ok(());
@@ -435,7 +436,7 @@ async fn announce(
     snapshot: &Snapshot,
     ctx: &Context,
 ) {
-    let name = full_name(workload);
+    let name = WorkloadRef::of(workload);
     let mut events = events_for(workload.status.as_ref(), status);
     let view = snapshot.view(&name);
     let drift: u64 = view
@@ -597,16 +598,14 @@ pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
 /// read once keeps that version, and its status says what is wrong now), once per
 /// problem: the typed controller never sees such an object.
 pub async fn unreadable_statuses(
-    unreadable: &BTreeMap<String, String>,
+    unreadable: &BTreeMap<WorkloadRef, String>,
     readable: &Store<Workload>,
-    written: &mut BTreeMap<String, String>,
+    written: &mut BTreeMap<WorkloadRef, String>,
     ctx: &Context,
 ) {
     written.retain(|name, _| unreadable.contains_key(name));
     for (name, problem) in unreadable {
-        let Some((namespace, object)) = name.split_once('/') else {
-            continue;
-        };
+        let (namespace, object) = (name.namespace(), name.name());
         let key = ObjectRef::<Workload>::new(object).within(namespace);
         if readable.get(&key).is_some() || written.get(name) == Some(problem) {
             continue;

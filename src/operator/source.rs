@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::watch::{Unreadable, full_name};
 use crate::alloc::admit;
-use crate::api::{ResourcePolicy, ResourcePolicySpec, Workload};
+use crate::api::{ResourcePolicy, ResourcePolicySpec, Workload, WorkloadRef};
 use crate::controller::ControllerPass;
 use crate::controller::cluster::Desired;
 use crate::lease::Report;
@@ -33,19 +33,19 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub struct KubeSource {
     workload_store: Store<Workload>,
     policy_store: Store<ResourcePolicy>,
-    unreadable_workloads: Unreadable,
-    unreadable_policies: Unreadable,
+    unreadable_workloads: Unreadable<WorkloadRef>,
+    unreadable_policies: Unreadable<String>,
     changes: watch::Receiver<u64>,
     shared: Arc<Shared>,
     workloads: Vec<Workload>,
     policies: Vec<ResourcePolicy>,
     problems: Vec<String>,
-    /// Workloads being deleted, by full name.
-    deleting: BTreeSet<String>,
+    /// Workloads being deleted.
+    deleting: BTreeSet<WorkloadRef>,
     /// A change was seen and not yet read.
     dirty: bool,
-    /// The last version of each object that corral accepted, by full name.
-    good_workloads: BTreeMap<String, Workload>,
+    /// The last version of each object that corral accepted.
+    good_workloads: BTreeMap<WorkloadRef, Workload>,
     good_policies: BTreeMap<String, ResourcePolicy>,
 }
 
@@ -55,8 +55,8 @@ impl KubeSource {
     pub fn new(
         workload_store: Store<Workload>,
         policy_store: Store<ResourcePolicy>,
-        unreadable_workloads: Unreadable,
-        unreadable_policies: Unreadable,
+        unreadable_workloads: Unreadable<WorkloadRef>,
+        unreadable_policies: Unreadable<String>,
         changes: watch::Receiver<u64>,
         shared: Arc<Shared>,
     ) -> KubeSource {
@@ -112,7 +112,7 @@ impl KubeSource {
         let policy_refs: Vec<&ResourcePolicy> = policies.iter().collect();
         self.deleting.clear();
         for workload in self.workload_store.state() {
-            let name = full_name(workload.as_ref());
+            let name = WorkloadRef::of(workload.as_ref());
             seen.insert(name.clone(), ());
             if workload.metadata.deletion_timestamp.is_some() {
                 self.deleting.insert(name);
@@ -148,7 +148,7 @@ impl KubeSource {
         for refused in &over {
             workload_problems.insert(refused.workload.clone(), refused.message.clone());
         }
-        workloads.retain(|w| !over.iter().any(|o| o.workload == full_name(w)));
+        workloads.retain(|w| !over.iter().any(|o| o.workload.is(w)));
         for (name, problem) in &policy_problems {
             problems.insert(format!("ResourcePolicy {name}"), problem.clone());
         }
@@ -159,13 +159,13 @@ impl KubeSource {
             .into_iter()
             .map(|(object, problem)| format!("{object}: {problem}"))
             .collect();
-        workloads.sort_by_key(full_name);
+        workloads.sort_by_key(WorkloadRef::of);
         policies.sort_by_key(ResourceExt::name_any);
         self.workloads = workloads;
         self.policies = policies;
         // A Workload whose problem came or went shows it in its status: reconcile it, as
         // its own event may have been handled before this read.
-        let changed: Vec<String> = {
+        let changed: Vec<WorkloadRef> = {
             let mut p = self.shared.workload_problems.locked();
             let changed = p
                 .keys()

@@ -22,6 +22,7 @@ use kube::ResourceExt;
 
 use crate::alloc::Res;
 use crate::alloc::plan::Plan;
+use crate::api::WorkloadRef;
 use crate::api::policy::{ResourcePolicy, ResourcePolicyStatus, ResourceTotals};
 use crate::api::quantity::Quantity;
 use crate::api::workload::{
@@ -60,17 +61,13 @@ pub fn workload_status(
     problem: Option<&str>,
     now: &Time,
 ) -> WorkloadStatus {
-    let name = format!(
-        "{}/{}",
-        workload.namespace().unwrap_or_else(|| "default".into()),
-        workload.name_any()
-    );
+    let name = WorkloadRef::of(workload);
     let generation = workload.metadata.generation;
     let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
     let leases: BTreeMap<u32, &Lease> = observed
         .leases
         .iter()
-        .filter(|l| l.key.workload() == name)
+        .filter(|l| l.key.workload == name)
         .map(|l| (l.key.index, l))
         .collect();
     let reports: BTreeMap<u32, &Report> = observed
@@ -78,7 +75,7 @@ pub fn workload_status(
         .iter()
         .filter_map(|r| {
             let key = r.key.as_ref()?;
-            (key.workload() == name && observed.registered.contains(&r.node))
+            (key.workload == name && observed.registered.contains(&r.node))
                 .then_some((key.index, r))
         })
         .collect();
@@ -903,7 +900,7 @@ mod tests {
         reports[1].process.ready = Some(true);
         let registered = ["n1".to_string()];
         let mut rollout = Rollout {
-            workload: "t/web".into(),
+            workload: "t/web".parse().unwrap(),
             revision: "new".into(),
             replicas: 2,
             updated: 1,

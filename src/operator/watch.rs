@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use crate::api::WorkloadRef;
+use crate::api::identity::DEFAULT_NAMESPACE;
 use crate::sync::Lock;
 use futures::{Stream, StreamExt, future};
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -19,18 +21,49 @@ use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-/// Objects the API server holds that corral cannot read: `namespace/name` (or `name`) →
-/// what is wrong.
-#[derive(Clone, Debug, Default)]
-pub struct Unreadable(Arc<Mutex<BTreeMap<String, String>>>);
+/// How objects of a kind are told apart: a Workload by its [`WorkloadRef`], a
+/// ResourcePolicy (cluster-scoped) by its name.
+pub trait Identity: Ord + Clone + Debug + Send + Sync + 'static {
+    /// The identity of `obj`.
+    fn of(obj: &DynamicObject) -> Self;
+}
 
-impl Unreadable {
+impl Identity for WorkloadRef {
+    fn of(obj: &DynamicObject) -> Self {
+        WorkloadRef::new(
+            obj.metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(DEFAULT_NAMESPACE),
+            obj.name_any(),
+        )
+    }
+}
+
+impl Identity for String {
+    fn of(obj: &DynamicObject) -> Self {
+        obj.name_any()
+    }
+}
+
+/// Objects the API server holds that corral cannot read: their identity → what is wrong.
+#[derive(Clone, Debug)]
+pub struct Unreadable<Id>(Arc<Mutex<BTreeMap<Id, String>>>);
+
+impl<Id> Default for Unreadable<Id> {
+    fn default() -> Self {
+        Unreadable(Arc::default())
+    }
+}
+
+impl<Id: Identity> Unreadable<Id> {
     /// Every unreadable object, with what is wrong.
-    pub fn all(&self) -> BTreeMap<String, String> {
+    pub fn all(&self) -> BTreeMap<Id, String> {
         self.0.locked().clone()
     }
 
-    fn set(&self, name: String, problem: Option<String>) {
+    fn set(&self, obj: &DynamicObject, problem: Option<String>) {
+        let name = Id::of(obj);
         {
             let mut map = self.0.locked();
             match problem {
@@ -41,7 +74,7 @@ impl Unreadable {
     }
 }
 
-/// `namespace/name`, or `name` for a cluster-scoped object.
+/// `namespace/name`, or `name` for a cluster-scoped object: for logs.
 pub fn full_name<K: ResourceExt>(obj: &K) -> String {
     match obj.namespace() {
         Some(ns) => format!("{ns}/{}", obj.name_any()),
@@ -72,10 +105,10 @@ pub fn convert<K: DeserializeOwned>(obj: &DynamicObject) -> Result<K, String> {
 /// applied, deletions included. The receiver returned turns true once the first list is
 /// in the store: `Store::wait_until_ready` wakes only one waiter, and the
 /// `kube::runtime::Controller` over the store is one already.
-pub fn typed_reflector<K>(
+pub fn typed_reflector<K, Id: Identity>(
     api: Api<DynamicObject>,
     config: watcher::Config,
-    unreadable: Unreadable,
+    unreadable: Unreadable<Id>,
     changes: tokio::sync::watch::Sender<u64>,
 ) -> (
     Store<K>,
@@ -115,10 +148,10 @@ fn watcher(
 }
 
 /// The typed event for an untyped one; `None` drops it (the store keeps what it had).
-fn typed_event<K>(
+fn typed_event<K, Id: Identity>(
     event: Result<Event<DynamicObject>, watcher::Error>,
     known: &Store<K>,
-    unreadable: &Unreadable,
+    unreadable: &Unreadable<Id>,
 ) -> Option<Result<Event<K>, watcher::Error>>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone,
@@ -138,12 +171,12 @@ where
     let read = |obj: &DynamicObject| -> Option<K> {
         match convert::<K>(obj) {
             Ok(k) => {
-                unreadable.set(full_name(obj), None);
+                unreadable.set(obj, None);
                 Some(k)
             }
             Err(problem) => {
                 tracing::warn!(object = %full_name(obj), %problem, "cannot read the object; keeping its last readable version");
-                unreadable.set(full_name(obj), Some(problem));
+                unreadable.set(obj, Some(problem));
                 last(obj)
             }
         }
@@ -152,7 +185,7 @@ where
         Event::Apply(obj) => read(&obj).map(|k| Ok(Event::Apply(k))),
         Event::InitApply(obj) => read(&obj).map(|k| Ok(Event::InitApply(k))),
         Event::Delete(obj) => {
-            unreadable.set(full_name(&obj), None);
+            unreadable.set(&obj, None);
             convert::<K>(&obj)
                 .ok()
                 .or_else(|| last(&obj))
@@ -201,7 +234,7 @@ mod tests {
     fn an_unreadable_update_keeps_the_last_readable_version() {
         let mut writer: Writer<Workload> = Writer::default();
         let store = writer.as_reader();
-        let unreadable = Unreadable::default();
+        let unreadable = Unreadable::<WorkloadRef>::default();
         let good = typed_event(Ok(Event::Apply(dynamic(json!(2)))), &store, &unreadable)
             .unwrap()
             .unwrap();
@@ -215,7 +248,8 @@ mod tests {
             panic!("expected an Apply of the last readable version");
         };
         assert_eq!(kept.spec.replicas, 2);
-        assert!(unreadable.all()["t/web"].starts_with("spec.replicas:"));
+        let web: WorkloadRef = "t/web".parse().unwrap();
+        assert!(unreadable.all()[&web].starts_with("spec.replicas:"));
 
         // Never readable: nothing reaches the store, the watch goes on.
         let other = dynamic(json!("x"));
@@ -227,6 +261,6 @@ mod tests {
         // Deleting clears the problem.
         let deleted = typed_event(Ok(Event::Delete(other)), &store, &unreadable);
         assert!(matches!(deleted, Some(Ok(Event::Delete(_)))));
-        assert!(!unreadable.all().contains_key("t/web"));
+        assert!(!unreadable.all().contains_key(&web));
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::files::is_manifest;
-use crate::api::{ResourcePolicy, Workload};
+use crate::api::{ResourcePolicy, Workload, WorkloadRef};
 use crate::validate::{Manifests, Memo};
 
 /// How long after a file event corral waits for the rest of an editor's writes.
@@ -53,7 +53,7 @@ pub struct ManifestSource {
     /// It holds the memo of what was checked, and hands it back.
     loading: Option<tokio::task::JoinHandle<(Manifests, Memo)>>,
     /// A version that drops workloads, waiting to be read the same again.
-    settling: Option<(BTreeSet<String>, Instant)>,
+    settling: Option<(BTreeSet<WorkloadRef>, Instant)>,
     /// What each file gave when last read: an edit re-checks its own file only.
     memo: Memo,
 }
@@ -188,12 +188,15 @@ impl ManifestSource {
             }
             return Some(Reload::Kept);
         }
-        let names: BTreeSet<String> = manifests
+        let names: BTreeSet<WorkloadRef> = manifests
             .workloads
             .iter()
-            .map(|w| name(&w.object))
+            .map(|w| WorkloadRef::of(&w.object))
             .collect();
-        let drops = self.workloads.iter().any(|w| !names.contains(&name(w)));
+        let drops = self
+            .workloads
+            .iter()
+            .any(|w| !names.contains(&WorkloadRef::of(w)));
         let same_as_settling = self.settling.as_ref().is_some_and(|(n, _)| *n == names);
         if drops && !same_as_settling {
             self.settling = Some((names, Instant::now() + REMOVAL_SETTLE));
@@ -204,14 +207,6 @@ impl ManifestSource {
         tracing::info!("manifests reloaded");
         Some(Reload::Applied)
     }
-}
-
-fn name(w: &Workload) -> String {
-    format!(
-        "{}/{}",
-        w.metadata.namespace.as_deref().unwrap_or("default"),
-        w.metadata.name.as_deref().unwrap_or_default()
-    )
 }
 
 /// Watches the paths (a file's parent directory, since editors replace files by renaming)

@@ -79,13 +79,7 @@ pub fn check(seen: &[Seen], out: &mut Manifests) {
     let policy_objects: Vec<crate::api::ResourcePolicy> =
         out.policies.iter().map(|p| p.object.clone()).collect();
     for over in admit::over_quota(&admit::governed(&workloads, &policy_objects, &default_spec)) {
-        if let Some(w) = out.workloads.iter().find(|w| {
-            format!(
-                "{}/{}",
-                w.object.metadata.namespace.as_deref().unwrap_or("default"),
-                w.object.metadata.name.as_deref().unwrap_or_default()
-            ) == over.workload
-        }) {
+        if let Some(w) = out.workloads.iter().find(|w| over.workload.is(&w.object)) {
             let path = FieldPath::root().key("metadata").key("namespace");
             problems.push(Problem {
                 origin: w.origin.clone(),

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::{FieldError, Kind, ObjectRef};
+use crate::api::identity::DEFAULT_NAMESPACE;
 use crate::api::names::{DNS_LABEL_MESSAGE, check_label_key, check_label_value, is_dns_label};
 use crate::source::yaml::FieldPath;
 
@@ -33,7 +34,7 @@ pub fn check(kind: Kind, metadata: Option<&Value>) -> (ObjectRef, Vec<FieldError
     let mut errors = Vec::new();
     let mut object = ObjectRef {
         kind,
-        namespace: (kind == Kind::Workload).then(|| "default".to_string()),
+        namespace: (kind == Kind::Workload).then(|| DEFAULT_NAMESPACE.to_string()),
         name: None,
     };
     let map = match metadata {

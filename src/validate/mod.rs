@@ -24,6 +24,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::api::identity::DEFAULT_NAMESPACE;
 use crate::api::{API_VERSION, GROUP, ResourcePolicy, Workload};
 use crate::source::files::{ManifestText, Origin, ReadError};
 use crate::source::yaml::{self, Document, FieldPath};
@@ -337,7 +338,7 @@ impl Validator {
                         Some(Typed::Workload(mut w)) => {
                             w.metadata
                                 .namespace
-                                .get_or_insert_with(|| "default".to_string());
+                                .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
                             out.workloads.push(Sourced {
                                 origin: origin.clone(),
                                 line: start,

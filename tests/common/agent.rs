@@ -63,7 +63,7 @@ impl Drop for TestRoot {
 pub fn report_of<'a>(pass: &'a Pass, name: &str) -> &'a corral::lease::Report {
     pass.reports
         .iter()
-        .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
+        .find(|r| r.key.as_ref().is_some_and(|k| k.name() == name))
         .unwrap_or_else(|| panic!("no report for {name}: {:?}", pass.reports))
 }
 
@@ -86,7 +86,7 @@ pub fn allocation(
     io_weight: Option<i32>,
 ) -> Allocation {
     Allocation {
-        workload: format!("{ns}/{name}"),
+        workload: corral::api::WorkloadRef::new(ns, name),
         replica: 0,
         key: format!("{ns}.{name}.0"),
         node: "test-node".into(),

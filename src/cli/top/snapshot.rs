@@ -186,16 +186,11 @@ impl Snapshot {
             let key = &lease.key;
             let report = reports.get(&(lease.node.as_str(), key)).copied();
             let earlier = before
-                .get(&(
-                    lease.node.as_str(),
-                    key.namespace.as_str(),
-                    key.name.as_str(),
-                    key.index,
-                ))
+                .get(&(lease.node.as_str(), key.namespace(), key.name(), key.index))
                 .copied();
             tree.entry(lease.node.as_str())
                 .or_default()
-                .entry(key.namespace.as_str())
+                .entry(key.namespace())
                 .or_default()
                 .push(replica(lease, report, earlier, elapsed));
         }
@@ -310,7 +305,7 @@ fn replica(
             io: avg10(p.io),
         });
     ReplicaRow {
-        name: lease.key.name.clone(),
+        name: lease.key.name().to_string(),
         replica: lease.key.index,
         state: report.map_or_else(|| NO_REPORT.to_string(), |r| r.process.state.to_string()),
         limits: lease.limits,
