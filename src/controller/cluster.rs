@@ -13,7 +13,8 @@
 //!
 //! Guarantees: a controller that is not the leader never writes (the store refuses a write
 //! whose election znode is gone); on a lost session it stops writing and runs for
-//! leadership again; while disconnected it does nothing. It trusts a node's registration
+//! leadership again; while disconnected it does nothing. Where it stands in the election
+//! is one [`Leadership`], moved by one [`Leader`]. It trusts a node's registration
 //! only from that node's own znode (see [`ZkStore::nodes`]).
 
 use std::collections::BTreeSet;
@@ -24,12 +25,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::cache::ClusterCache;
+use super::leadership::{Leader, Leadership};
 use super::nodes::NodeTracker;
 use super::provision::{self, JOINS_PER_PASS};
 use super::{ControllerPass, UsageHistory, reconcile};
 use crate::alloc::plan::Pending;
 use crate::api::{ResourcePolicy, Workload};
-use crate::lease::zookeeper::{Session, ZkStore};
+use crate::lease::zookeeper::ZkStore;
 use crate::lease::{Report, StoreError, unix_now};
 use crate::metrics::ControllerMetrics;
 use crate::source::watch::{ManifestSource, Reload};
@@ -141,34 +143,22 @@ pub async fn run<D: Desired>(
     let (reports_changed, reports_log) = store.subscribe_changes("/reports").await?;
     let mut reports_changed = Some(reports_changed);
     let mut cache = ClusterCache::new(Arc::clone(&store), nodes_log, reports_log);
-    let mut session = store.session();
+    let mut leader = Leader::new(Arc::clone(&store), identity, metrics.leader.clone());
     let mut tracker = NodeTracker::default();
     let mut usage = UsageHistory::new(20);
     let mut reports: Vec<Report> = Vec::new();
     'campaign: loop {
         source.leading(None);
-        metrics.leader.set(0);
-        let epoch = tokio::select! {
-            result = store.campaign(identity) => match result {
-                Ok(epoch) => epoch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot run for leadership yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue 'campaign,
-                        _ = shutdown.changed() => return Ok(()),
-                    }
-                }
-            },
-            _ = shutdown.changed() => return Ok(()),
+        let Some(epoch) = leader.campaign(&mut shutdown).await else {
+            return Ok(());
         };
-        tracing::info!(epoch, %identity, "leading");
         // A new leader reads everything: its predecessor may have written since.
         cache.invalidate();
         provision_known(&store).await;
         let mut more_joins = serve_joins(&store).await;
         source.catch_up();
         source.leading(Some(epoch));
-        metrics.leader.set(1);
+        leader.announce();
         let mut resync_timer = tokio::time::interval(resync);
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A new read of the reports alone needs no allocation pass.
@@ -181,7 +171,7 @@ pub async fn run<D: Desired>(
         // each new leadership), not at every pass.
         let mut cordoned: Option<BTreeSet<String>> = None;
         loop {
-            if !std::mem::take(&mut reports_only) && *session.borrow() == Session::Connected {
+            if !std::mem::take(&mut reports_only) && leader.connected() {
                 match pass(
                     &store,
                     &mut cache,
@@ -213,10 +203,7 @@ pub async fn run<D: Desired>(
                         source.passed(&done, &nodes, &reports);
                     }
                     Err(StoreError::Fenced { .. }) => {
-                        tracing::warn!(
-                            epoch,
-                            "fenced: another controller leads now; running for leadership again"
-                        );
+                        leader.fenced();
                         continue 'campaign;
                     }
                     Err(e) => {
@@ -290,18 +277,14 @@ pub async fn run<D: Desired>(
                     }
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
-                changed = session.changed() => {
-                    if changed.is_err() || *session.borrow() == Session::Expired {
-                        tracing::warn!("session lost: leadership with it");
+                state = leader.session_changed() => {
+                    if state == Leadership::Campaigning {
                         continue 'campaign;
                     }
                 }
                 _ = shutdown.changed() => {
                     source.leading(None);
-                    metrics.leader.set(0);
-                    if let Err(e) = store.resign().await {
-                        tracing::warn!(error = %e, "cannot resign; another controller takes over when the session ends");
-                    }
+                    leader.resign().await;
                     return Ok(());
                 }
             }

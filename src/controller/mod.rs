@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cluster;
 pub mod disconnect;
 pub mod drain;
+pub mod leadership;
 pub mod leases;
 pub mod nodes;
 pub mod provision;

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod acl;
+pub mod election;
 pub mod embedded;
 pub mod identities;
 pub mod memory;
