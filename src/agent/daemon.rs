@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::disconnect::{self, Contact};
-use super::node::{Agent, Trigger, unix_now_ms};
-use super::triggers::Triggers;
+use super::enforcer::{Enforcer, Wake};
+use super::node::{Agent, Trigger};
 use super::trust::{self, Refusal};
 use crate::lease::zookeeper::{Session, ZkStore};
 use crate::lease::{Lease, LeaseStore, NodeRegistration, Report, StoreError, unix_now};
@@ -39,7 +39,7 @@ pub(crate) type Vetted = (Vec<Lease>, Vec<(Refusal, u64)>, i64);
 /// Runs the agent until `shutdown` changes. Workloads keep running after it returns.
 pub async fn run(
     store: Arc<ZkStore>,
-    mut agent: Agent,
+    agent: Agent,
     registration: NodeRegistration,
     resync: Duration,
     metrics: Arc<AgentMetrics>,
@@ -52,6 +52,7 @@ pub async fn run(
     tracing::info!(%node, "registered");
     metrics.readiness.ready();
 
+    let enforcer = Enforcer::new(agent, resync)?;
     let (leases_tx, mut leases_rx) = watch::channel::<Option<Vetted>>(None);
     let (reports_tx, reports_rx) = watch::channel::<Option<Vec<Report>>>(None);
     let reader = tokio::spawn(read_leases(
@@ -63,11 +64,10 @@ pub async fn run(
     ));
     let writer = tokio::spawn(write_reports(Arc::clone(&store), node.clone(), reports_rx));
     let result = enforce(
-        &mut agent,
+        enforcer,
         &store,
         &mut leases_rx,
         &reports_tx,
-        resync,
         &metrics,
         &mut shutdown,
     )
@@ -113,16 +113,14 @@ pub(crate) async fn register(
 /// Runs passes: on new leases, on process exits and restarts, and on every resync, with
 /// whatever leases were read last.
 async fn enforce(
-    agent: &mut Agent,
+    mut enforcer: Enforcer,
     // Only the session's state and id are read from it, never waited on.
     store: &ZkStore,
     leases: &mut watch::Receiver<Option<Vetted>>,
     reports: &watch::Sender<Option<Vec<Report>>>,
-    resync: Duration,
     metrics: &AgentMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut triggers = Triggers::new(agent, resync)?;
     let mut have_leases = false;
     let mut refused = Vec::new();
     let mut reader_alive = true;
@@ -137,7 +135,8 @@ async fn enforce(
     let mut read_in = 0;
     let mut stopped_for_loss = false;
     loop {
-        // `None`: the 250 ms tick, which passes only when something is due.
+        // `None`: the 250 ms tick with no pass due, at which the time without a session is
+        // weighed again.
         let trigger: Option<Trigger> = tokio::select! {
             changed = leases.changed(), if reader_alive => {
                 if changed.is_err() {
@@ -157,7 +156,10 @@ async fn enforce(
                 }
                 Some(Trigger::Leases)
             }
-            trigger = triggers.next() => trigger,
+            wake = enforcer.wake() => match wake {
+                Wake::Pass(trigger) => Some(trigger),
+                Wake::Tick => None,
+            },
             _ = shutdown.changed() => return Ok(()),
         };
         if !have_leases {
@@ -179,6 +181,8 @@ async fn enforce(
         // runs at every 250 ms tick.
         let stop = disconnect::stopped(&read_leases, lost_for);
         stopped_for_loss |= !stop.is_empty();
+        // The leases to enforce, when they change in this pass.
+        let mut trigger_with = None;
         let trigger = if !std::mem::take(&mut fresh_read) && stop == not_enforced {
             trigger
         } else {
@@ -188,16 +192,15 @@ async fn enforce(
                     "no confirmed ZooKeeper session for longer than their disconnect.stopAfterSeconds: stopping those replicas"
                 );
             }
-            agent.set_leases(disconnect::enforceable(&read_leases, lost_for));
             not_enforced = stop;
+            trigger_with = Some(disconnect::enforceable(&read_leases, lost_for));
             Some(Trigger::Leases)
         };
-        let trigger = match trigger {
-            Some(trigger) => trigger,
-            None if agent.restart_due(unix_now_ms()) => Trigger::Processes,
-            None => continue,
+        let Some(trigger) = trigger else {
+            continue;
         };
-        let mut pass = tokio::task::block_in_place(|| agent.pass(trigger));
+        let mut pass = enforcer.pass(trigger, trigger_with.take());
+        let agent = enforcer.agent();
         trust::report_refusals(agent.node(), &mut pass.reports, &refused);
         metrics.observe(&agent.stats);
         metrics.report(&pass.reports);

@@ -7,13 +7,14 @@
 //! - [`exits`]: the exits of processes an earlier corral started, noticed at once;
 //! - [`logs`]: each replica's output, rotated by its pump;
 //! - [`sandbox`]: the user, capabilities and seccomp filter a replica's command runs with;
-//! - [`triggers`]: what calls for a pass besides new leases, for both loops that run them;
+//! - [`enforcer`]: when a pass is due and running it, for both loops that run them;
 //! - [`trust`]: which leases read from ZooKeeper the agent enforces;
 //! - [`hollow`]: many simulated nodes in one process, for measuring at scale.
 
 pub mod adopt;
 pub mod daemon;
 pub mod disconnect;
+pub mod enforcer;
 pub mod exits;
 pub mod health;
 pub mod hollow;
@@ -22,5 +23,4 @@ pub mod node;
 pub mod process;
 pub mod sandbox;
 pub mod supervisor;
-pub mod triggers;
 pub mod trust;

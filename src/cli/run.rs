@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 
 use super::ManifestArgs;
 use super::live;
-use crate::agent::node::{Agent, Trigger, unix_now_ms};
-use crate::agent::triggers::Triggers;
+use crate::agent::enforcer::{Enforcer, Wake};
+use crate::agent::node::{Agent, Trigger};
 use crate::alloc::NodeInfo;
 use crate::api::{ResourcePolicy, Workload};
 use crate::cgroup::fs::Cgroupfs;
@@ -182,6 +182,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
         .await?;
     let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
     super::pump_logs(&mut agent);
+    let mut enforcer = Enforcer::new(agent, super::seconds::duration(args.resync))?;
     let source = ManifestSource::new(&args.manifests.paths, manifests, !args.once)?;
     let mut run = Run {
         store,
@@ -197,17 +198,18 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     run.control().await?;
     let failures = if args.once {
         // Converge for good before exiting: stops run in the background otherwise.
-        run.enforce_with(&mut agent, |agent| agent.settle(Trigger::Leases))
+        run.enforce_with(&mut enforcer, |e, leases| e.settle(Trigger::Leases, leases))
             .await?
     } else {
-        run.enforce(&mut agent, Trigger::Leases).await?
+        run.enforce(&mut enforcer, Trigger::Leases).await?
     };
     if args.once {
-        print!("{}", run.table(&agent).await?);
+        print!("{}", run.table(enforcer.agent()).await?);
         return Ok(u8::from(failures > 0));
     }
-    run.watch_loop(&mut agent, args, table, &mut signals)
-        .await?;
+    // The first pass has run.
+    enforcer.postpone_resync();
+    run.watch_loop(&mut enforcer, table, &mut signals).await?;
     let running = run.store.node_leases(&run.node.name).await?.len();
     eprintln!(
         "corral stopped. {running} replica(s) keep running in their cgroups under {}; `corral down` stops them and removes the groups.",
@@ -312,37 +314,40 @@ impl Run {
     }
 
     /// One agent pass; returns the number of failed operations.
-    async fn enforce(&mut self, agent: &mut Agent, trigger: Trigger) -> anyhow::Result<usize> {
-        self.enforce_with(agent, |agent| agent.pass(trigger)).await
+    async fn enforce(
+        &mut self,
+        enforcer: &mut Enforcer,
+        trigger: Trigger,
+    ) -> anyhow::Result<usize> {
+        self.enforce_with(enforcer, |e, leases| e.pass(trigger, leases))
+            .await
     }
 
     /// Passes as `passes` runs them, with the leases of the last controller pass; returns
     /// the number of failed operations.
     async fn enforce_with(
         &mut self,
-        agent: &mut Agent,
-        passes: impl FnOnce(&mut Agent) -> crate::agent::node::Pass,
+        enforcer: &mut Enforcer,
+        passes: impl FnOnce(&mut Enforcer, Option<Vec<crate::lease::Lease>>) -> crate::agent::node::Pass,
     ) -> anyhow::Result<usize> {
+        let node = enforcer.agent().node().to_string();
         // This process is the store's only writer while it runs (the run lock), so the
         // leases of the last controller pass are the store's.
         let leases = match &self.last {
             Some(pass) => pass
                 .leases
                 .iter()
-                .filter(|l| l.node == agent.node())
+                .filter(|l| l.node == node)
                 .cloned()
                 .collect(),
-            None => self.store.node_leases(agent.node()).await?,
+            None => self.store.node_leases(&node).await?,
         };
-        agent.set_leases(leases);
-        let pass = tokio::task::block_in_place(|| passes(agent));
+        let pass = passes(enforcer, Some(leases));
         for failure in &pass.outcome.failures {
             tracing::warn!(op = %failure.op, error = %failure.error, "failed");
         }
         if self.reported != pass.reports {
-            self.store
-                .write_reports(agent.node(), &pass.reports)
-                .await?;
+            self.store.write_reports(&node, &pass.reports).await?;
             self.reported.clone_from(&pass.reports);
             // A rollout goes on as replaced replicas become ready, and its status with it.
             self.recontrol |= self
@@ -351,7 +356,7 @@ impl Run {
                 .is_some_and(|p| p.rollouts.iter().any(|r| r.in_progress()));
         }
         self.usage.record(&pass.reports);
-        self.publish(agent);
+        self.publish(enforcer.agent());
         // A replica without its limits is a failure too: `--once` must not exit 0 for it.
         let unenforced = pass
             .reports
@@ -409,15 +414,10 @@ impl Run {
 
     async fn watch_loop(
         &mut self,
-        agent: &mut Agent,
-        args: &Args,
+        enforcer: &mut Enforcer,
         table: bool,
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
-        let resync = super::seconds::duration(args.resync);
-        let mut triggers = Triggers::new(agent, resync)?;
-        // The first pass has run.
-        triggers.postpone_resync();
         let mut redraw = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -426,28 +426,25 @@ impl Run {
                 reload = self.source.changed() => match reload {
                     Reload::Applied => {
                         self.control().await?;
-                        self.enforce(agent, Trigger::Leases).await?;
+                        self.enforce(enforcer, Trigger::Leases).await?;
                     }
-                    Reload::Kept => self.publish(agent),
+                    Reload::Kept => self.publish(enforcer.agent()),
                 },
-                trigger = triggers.next() => match trigger {
-                    Some(Trigger::Resync) => {
+                wake = enforcer.wake() => match wake {
+                    Wake::Pass(Trigger::Resync) => {
                         // Grants change between edits only under the Usage strategy.
                         if self.source.policies.iter().any(|p| p.spec.strategy == crate::api::Strategy::Usage) {
                             self.control().await?;
                         }
-                        self.enforce(agent, Trigger::Resync).await?;
+                        self.enforce(enforcer, Trigger::Resync).await?;
                     }
-                    Some(trigger) => {
-                        self.enforce(agent, trigger).await?;
+                    Wake::Pass(trigger) => {
+                        self.enforce(enforcer, trigger).await?;
                     }
-                    None if agent.restart_due(unix_now_ms()) => {
-                        self.enforce(agent, Trigger::Processes).await?;
-                    }
-                    None => {}
+                    Wake::Tick => {}
                 },
                 _ = redraw.tick(), if table => {
-                    let text = self.table(agent).await?;
+                    let text = self.table(enforcer.agent()).await?;
                     let mut out = std::io::stdout().lock();
                     // Clear the screen and draw from the top.
                     write!(out, "\x1b[H\x1b[2J{text}\nCtrl-C exits; workloads keep running.\n")?;
@@ -461,7 +458,7 @@ impl Run {
                     break;
                 }
                 self.control().await?;
-                self.enforce(agent, Trigger::Leases).await?;
+                self.enforce(enforcer, Trigger::Leases).await?;
             }
         }
         Ok(())
