@@ -278,10 +278,17 @@ async fn one_nodes_identity_cannot_forge_a_lease_register_another_node_or_jam_th
 
     // A lease for node-a that runs `id` as root there: created, replaced, removed.
     let mut evil = mk_lease("node-a", "evil", 0, c.epoch);
-    evil.work = serde_json::from_value(serde_json::json!(
-        {"command": {"args": ["/bin/sh", "-c", "id > /tmp/pwned"], "env": [], "restart": "Never"}}
-    ))
-    .unwrap();
+    evil.work = corral::cgroup::tree::Work::Command {
+        args: vec!["/bin/sh".into(), "-c".into(), "id > /tmp/pwned".into()],
+        env: vec![],
+        working_dir: None,
+        restart: corral::api::workload::RestartPolicy::Never,
+        run_as: corral::alloc::admit::RunAs {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        },
+    };
     let data = serde_json::to_vec(&evil).unwrap();
     refused(
         "create a lease for node-a",

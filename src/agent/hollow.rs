@@ -9,7 +9,7 @@
 //! reports sent by the real agent's writer. Only the enforcement is hollow: it touches no
 //! cgroup and starts no process, and reports every accepted lease as running and ready,
 //! with the knob values a real agent would write (computed by the same pure functions,
-//! [`crate::cgroup::desired`]) and the lease's revision.
+//! [`crate::agent::desired`]) and the lease's revision.
 //!
 //! A hollow agent ends as a real one does: its process killed, its session times out; one
 //! stopped on purpose ([`Hollow::stop`]) closes its session, and its registration goes at
@@ -22,9 +22,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::daemon::{self, Vetted};
+use super::desired::desired_tree;
 use super::trust;
 use crate::alloc::ReplicaKey;
-use crate::cgroup::desired::desired_tree;
 use crate::cgroup::tree::{GroupPath, Work};
 use crate::lease::zookeeper::{Role, ZkConfig, ZkStore};
 use crate::lease::{

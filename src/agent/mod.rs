@@ -1,6 +1,7 @@
 //! The node agent: turns leases into cgroups and processes, and reports what it observed.
 //!
 //! - [`node`]: the pass: leases → desired tree → observe → diff → apply → reports;
+//! - [`desired`]: leases → the desired cgroup tree, the one translation between the two;
 //! - [`supervisor`]: each replica's command: start, exits, restart policy, backoff, and
 //!   what a later corral needs to take the processes over;
 //! - [`process`]: launching into cgroups, stopping, adopting;
@@ -13,6 +14,7 @@
 
 pub mod adopt;
 pub mod daemon;
+pub mod desired;
 pub mod disconnect;
 pub mod enforcer;
 pub mod exits;

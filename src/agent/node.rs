@@ -9,10 +9,10 @@ use std::time::Instant;
 use regex::Regex;
 
 use super::adopt;
+use super::desired::desired_tree;
 use super::process;
 use super::supervisor::Supervisor;
 use crate::alloc::ReplicaKey;
-use crate::cgroup::desired::desired_tree;
 use crate::cgroup::diff::{self, Op};
 use crate::cgroup::exec::{self, Outcome};
 use crate::cgroup::fs::{CgroupError, Cgroupfs};

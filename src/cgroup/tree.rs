@@ -127,9 +127,9 @@ impl From<GroupPath> for String {
     }
 }
 
-/// What runs in a replica's group.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// What runs in a replica's group. Not serializable: a lease stores it as
+/// [`crate::lease::stored::WorkV1`].
+#[derive(Clone, Debug, PartialEq)]
 pub enum Work {
     /// A command corral starts and restarts.
     Command {
@@ -143,11 +143,89 @@ pub enum Work {
         restart: crate::api::workload::RestartPolicy,
         /// The user and groups it runs as; a lease written before corral knew users runs
         /// as nobody.
-        #[serde(default)]
         run_as: crate::alloc::admit::RunAs,
     },
     /// Existing processes corral moves in.
     Adopt(crate::api::workload::AdoptRule),
+}
+
+/// A health check, as the agent runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthProbe {
+    /// What is checked.
+    pub check: ProbeCheck,
+    /// Seconds between checks.
+    pub period_seconds: u32,
+    /// Seconds before a check counts as failed.
+    pub timeout_seconds: u32,
+    /// Failures in a row that make a healthy replica unhealthy.
+    pub failure_threshold: u32,
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeCheck {
+    /// Runs a command as the replica's user, in its group; exit 0 passes.
+    Exec(Vec<String>),
+    /// Connects to this port on 127.0.0.1.
+    Tcp(u16),
+}
+
+impl HealthProbe {
+    /// The probe for a workload's check.
+    pub fn of(check: &crate::api::workload::HealthCheck) -> Option<HealthProbe> {
+        let positive = |n: i32| u32::try_from(n).ok().filter(|n| *n > 0);
+        let probe = match (&check.exec, &check.tcp) {
+            (Some(exec), None) => ProbeCheck::Exec(exec.command.clone()),
+            (None, Some(tcp)) => ProbeCheck::Tcp(u16::try_from(tcp.port).ok().filter(|p| *p > 0)?),
+            _ => return None,
+        };
+        Some(HealthProbe {
+            check: probe,
+            period_seconds: positive(check.period_seconds)?,
+            timeout_seconds: positive(check.timeout_seconds)?,
+            failure_threshold: positive(check.failure_threshold)?,
+        })
+    }
+}
+
+/// How one replica's output is kept: files of at most `max_bytes`, `max_files` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimits {
+    /// The size at which the current file is rotated.
+    pub max_bytes: u64,
+    /// Files kept, the current one included.
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    /// 10 MiB × 5, the kubelet's defaults.
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+impl LogLimits {
+    /// The limits a policy sets.
+    pub fn of(settings: &crate::api::policy::LogSettings) -> LogLimits {
+        let default = LogLimits::default();
+        LogLimits {
+            max_bytes: settings
+                .max_size
+                .units()
+                .ok()
+                .and_then(|b| u64::try_from(b).ok())
+                .filter(|b| *b > 0)
+                .unwrap_or(default.max_bytes),
+            max_files: u32::try_from(settings.max_files)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(default.max_files),
+        }
+    }
 }
 
 /// One group as it should be.
@@ -160,11 +238,11 @@ pub struct DesiredGroup {
     /// Seconds between SIGTERM and SIGKILL when its processes are stopped.
     pub grace_seconds: u32,
     /// How its command's output is rotated.
-    pub logs: crate::lease::LogLimits,
+    pub logs: LogLimits,
     /// The revision of its work: a running command of another revision is replaced.
     pub revision: String,
     /// The health check that decides when it is ready.
-    pub health: Option<crate::lease::HealthProbe>,
+    pub health: Option<HealthProbe>,
     /// Seconds its command must run before it is ready.
     pub min_ready_seconds: u32,
 }

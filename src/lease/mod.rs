@@ -14,6 +14,7 @@ pub mod election;
 pub mod embedded;
 pub mod identities;
 pub mod memory;
+pub mod stored;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
@@ -25,17 +26,20 @@ use crate::alloc::plan::{Allocation, Limits};
 use crate::alloc::{ReplicaKey, Res};
 use crate::api::Workload;
 use crate::api::identity::namespace_of;
-use crate::api::policy::{CgroupSettings, LogSettings, ResourcePolicySpec};
+use crate::api::policy::{CgroupSettings, ResourcePolicySpec};
 use crate::cgroup::observe::MemoryEvents;
 use crate::cgroup::pressure::Pressures;
 use crate::cgroup::tree::Work;
+pub use crate::cgroup::tree::{HealthProbe, LogLimits, ProbeCheck};
 
 /// The version of the JSON written; a reader refuses a newer one.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One replica's allocation on one node.
+///
+/// Stored as a [`stored::LeaseV1`], never as it is: see [`stored`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "stored::LeaseV1", from = "stored::LeaseV1")]
 pub struct Lease {
     /// [`FORMAT_VERSION`].
     pub version: u32,
@@ -56,88 +60,33 @@ pub struct Lease {
     /// Limits; `null` for none.
     pub limits: Limits,
     /// Block IO weight.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_weight: Option<i32>,
     /// How the policy turns grants into cgroup values.
     pub cgroup: CgroupSettings,
     /// The tenant's limit under the policy, written to its parent group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_limit: Option<Res>,
     /// What runs.
     pub work: Work,
     /// Seconds between SIGTERM and SIGKILL.
     pub grace_seconds: u32,
     /// The workload's `metadata.generation`, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     /// For an adopt rule, which processes it may take, as the policy allows the tenant;
     /// without it, nothing is adopted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt_scope: Option<AdoptScope>,
     /// How the replica's output is rotated.
-    #[serde(default)]
     pub logs: LogLimits,
     /// The revision of `work`: a new one replaces the running process (see
     /// [`revision`]). Empty for adopted processes, and in leases written before rollouts,
     /// which never replace anything.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision: String,
     /// The health check that decides when the replica is ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthProbe>,
     /// Seconds the replica must run (and be healthy) before it counts as ready.
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub min_ready_seconds: u32,
     /// Seconds without a confirmed ZooKeeper session after which the agent stops the
     /// replica (`disconnect.stopAfterSeconds`); absent: it keeps it running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_disconnect_seconds: Option<u32>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// A health check, as the agent runs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthProbe {
-    /// What is checked.
-    pub check: ProbeCheck,
-    /// Seconds between checks.
-    pub period_seconds: u32,
-    /// Seconds before a check counts as failed.
-    pub timeout_seconds: u32,
-    /// Failures in a row that make a healthy replica unhealthy.
-    pub failure_threshold: u32,
-}
-
-/// What a health check does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ProbeCheck {
-    /// Runs a command as the replica's user, in its group; exit 0 passes.
-    Exec(Vec<String>),
-    /// Connects to this port on 127.0.0.1.
-    Tcp(u16),
-}
-
-impl HealthProbe {
-    /// The probe for a workload's check.
-    pub fn of(check: &crate::api::workload::HealthCheck) -> Option<HealthProbe> {
-        let positive = |n: i32| u32::try_from(n).ok().filter(|n| *n > 0);
-        let probe = match (&check.exec, &check.tcp) {
-            (Some(exec), None) => ProbeCheck::Exec(exec.command.clone()),
-            (None, Some(tcp)) => ProbeCheck::Tcp(u16::try_from(tcp.port).ok().filter(|p| *p > 0)?),
-            _ => return None,
-        };
-        Some(HealthProbe {
-            check: probe,
-            period_seconds: positive(check.period_seconds)?,
-            timeout_seconds: positive(check.timeout_seconds)?,
-            failure_threshold: positive(check.failure_threshold)?,
-        })
-    }
 }
 
 /// The revision of what a command replica runs: a short hash of its arguments,
@@ -155,8 +104,11 @@ pub fn revision(work: &Work, restarted_at: Option<&str>) -> String {
     else {
         return String::new();
     };
+    // The user as stored (`stored::RunAsV1`), not as the allocator spells it: a rename
+    // there must not change every revision, which would replace every replica.
     let identity = serde_json::json!({
-        "args": args, "env": env, "workingDir": working_dir, "runAs": run_as,
+        "args": args, "env": env, "workingDir": working_dir,
+        "runAs": stored::RunAsV1::from(run_as),
         "restartedAt": restarted_at,
     });
     let digest =
@@ -165,46 +117,6 @@ pub fn revision(work: &Work, restarted_at: Option<&str>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// How one replica's output is kept: files of at most `max_bytes`, `max_files` of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LogLimits {
-    /// The size at which the current file is rotated.
-    pub max_bytes: u64,
-    /// Files kept, the current one included.
-    pub max_files: u32,
-}
-
-impl Default for LogLimits {
-    /// 10 MiB × 5, the kubelet's defaults.
-    fn default() -> Self {
-        LogLimits {
-            max_bytes: 10 << 20,
-            max_files: 5,
-        }
-    }
-}
-
-impl LogLimits {
-    /// The limits a policy sets.
-    pub fn of(settings: &LogSettings) -> LogLimits {
-        let default = LogLimits::default();
-        LogLimits {
-            max_bytes: settings
-                .max_size
-                .units()
-                .ok()
-                .and_then(|b| u64::try_from(b).ok())
-                .filter(|b| *b > 0)
-                .unwrap_or(default.max_bytes),
-            max_files: u32::try_from(settings.max_files)
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or(default.max_files),
-        }
-    }
 }
 
 impl Lease {
@@ -729,12 +641,12 @@ mod tests {
     use serde_json::json;
 
     /// Leases and a registration as this version stores them, pinned in
-    /// `src/lease/testdata/stored-v1.json`. A lease embeds types of other layers (the
-    /// cgroup layer's `Work`, the API's `AdoptRule` and `RestartPolicy`, the allocator's
-    /// `RunAs` and `AdoptScope`): a rename there that changes what sits in ZooKeeper fails
-    /// here, and what an agent of this version wrote must still read. To change the format
-    /// on purpose, raise `FORMAT_VERSION`, keep this file as the older version's, and add
-    /// the new one (`CORRAL_UPDATE_GOLDEN=1` writes it).
+    /// `src/lease/testdata/stored-v1.json`. A lease is stored through its own types
+    /// ([`stored`]), never as the types of other layers it is built from: a change there
+    /// cannot reach ZooKeeper unnoticed, and this pins the text of what they write. What
+    /// an agent of this version wrote must still read. To change the format on purpose,
+    /// raise `FORMAT_VERSION`, keep this file as the older version's, add the new one
+    /// (`CORRAL_UPDATE_GOLDEN=1` writes it) and new types beside `stored::LeaseV1`.
     #[test]
     fn the_stored_format_is_pinned_and_still_reads() {
         use crate::alloc::admit::{AdoptScope, RunAs};

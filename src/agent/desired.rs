@@ -1,11 +1,13 @@
 //! The tree a node's leases ask for: a group per tenant, holding the tenant's limit and the
-//! sum of its replicas' grants, and a group per replica with its values and its work.
+//! sum of its replicas' grants, and a group per replica with its values and its work. The
+//! one translation from leases to the cgroup layer: the cgroup layer knows nothing of
+//! leases.
 
 use std::collections::BTreeMap;
 
-use super::tree::{DesiredGroup, DesiredTree, GroupPath};
-use super::values::{self, Amounts};
 use crate::alloc::{ReplicaKey, Res};
+use crate::cgroup::tree::{DesiredGroup, DesiredTree, GroupPath, LogLimits};
+use crate::cgroup::values::{self, Amounts};
 use crate::lease::Lease;
 
 /// The desired tree for `leases` (all of one node). `v2_controllers` are the controllers
@@ -71,7 +73,7 @@ pub fn desired_tree(
                 knobs,
                 work: None,
                 grace_seconds: 0,
-                logs: crate::lease::LogLimits::default(),
+                logs: LogLimits::default(),
                 revision: String::new(),
                 health: None,
                 min_ready_seconds: 0,
