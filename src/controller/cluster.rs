@@ -129,166 +129,320 @@ pub struct ControllerStatus {
 /// The store could not be watched at all.
 pub async fn run<D: Desired>(
     store: Arc<ZkStore>,
-    mut source: D,
+    source: D,
     identity: &str,
     resync: Duration,
     metrics: &ControllerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let (mut registrations, nodes_log) = store.subscribe_changes("/nodes").await?;
-    let mut joins = store.subscribe("/join").await?;
-    let mut cordons = store.subscribe("/cordons").await?;
-    // Reports are followed for the source's status and for rollouts, which go on as
-    // replaced replicas become ready.
-    let (reports_changed, reports_log) = store.subscribe_changes("/reports").await?;
-    let mut reports_changed = Some(reports_changed);
-    let mut cache = ClusterCache::new(Arc::clone(&store), nodes_log, reports_log);
-    let mut leader = Leader::new(Arc::clone(&store), identity, metrics.leader.clone());
-    let mut tracker = NodeTracker::default();
-    let mut usage = UsageHistory::new(20);
-    let mut reports: Vec<Report> = Vec::new();
-    'campaign: loop {
-        source.leading(None);
+    let mut controller = Controller::follow(store, source, identity, metrics).await?;
+    let mut leader = Leader::new(
+        Arc::clone(&controller.store),
+        identity,
+        metrics.leader.clone(),
+    );
+    loop {
+        controller.source.leading(None);
         let Some(epoch) = leader.campaign(&mut shutdown).await else {
             return Ok(());
         };
-        // A new leader reads everything: its predecessor may have written since.
-        cache.invalidate();
-        provision_known(&store).await;
-        let mut more_joins = serve_joins(&store).await;
-        source.catch_up();
-        source.leading(Some(epoch));
+        let mut term = controller.take_over(epoch, resync).await;
         leader.announce();
-        let mut resync_timer = tokio::time::interval(resync);
-        resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A new read of the reports alone needs no allocation pass.
-        let mut reports_only = false;
-        // A rollout waits for reports: while one does, a new read of them calls for a pass.
-        let mut rolling = false;
-        // When a replica kept on its missing node may move.
-        let mut release_at: Option<Instant> = None;
-        // The cordoned nodes, read again only after the watch on `/cordons` fires (and at
-        // each new leadership), not at every pass.
-        let mut cordoned: Option<BTreeSet<String>> = None;
         loop {
-            if !std::mem::take(&mut reports_only) && leader.connected() {
-                match pass(
-                    &store,
-                    &mut cache,
-                    epoch,
-                    identity,
-                    &source,
-                    &mut tracker,
-                    &usage,
-                    &reports,
-                    &mut cordoned,
-                )
-                .await
-                {
-                    Ok((done, nodes)) => {
-                        // A rollout or a drain goes on as replicas become ready elsewhere.
-                        rolling = done.rollouts.iter().any(|r| r.in_progress())
-                            || !done.draining.is_empty();
-                        release_at = done.next_release().map(|d| Instant::now() + d);
-                        for held in &done.held {
-                            tracing::debug!(replica = %held.lease.key, reason = %held.reason, "kept on its missing node");
-                        }
-                        metrics.passed(&done);
-                        if source.wants_reports() {
-                            match cache.read_reports().await {
-                                Ok(read) => reports = read,
-                                Err(e) => tracing::warn!(error = %e, "cannot read reports"),
-                            }
-                        }
-                        source.passed(&done, &nodes, &reports);
-                    }
-                    Err(StoreError::Fenced { .. }) => {
-                        leader.fenced();
-                        continue 'campaign;
-                    }
-                    Err(e) => {
-                        cache.invalidate();
-                        cordoned = None;
-                        tracing::warn!(error = %e, "controller pass failed; retrying on the next change")
-                    }
-                }
+            if !std::mem::take(&mut term.reports_only)
+                && leader.connected()
+                && controller.pass(&mut term).await == Passed::Fenced
+            {
+                leader.fenced();
+                break;
             }
-            // A node's grace ending, or a replica kept on a missing node free to move.
-            let deadline = [tracker.next_deadline(source.policies()), release_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(tokio::time::Instant::from_std);
-            tokio::select! {
-                reload = source.changed() => {
-                    if reload == Reload::Kept {
-                        publish(&store, epoch, identity, &source, &ControllerPass::default(), &[]).await;
-                    }
-                }
-                _ = registrations.changed() => {}
-                _ = cordons.changed() => cordoned = None,
-                _ = joins.changed() => {
-                    more_joins = serve_joins(&store).await;
-                    reports_only = true;
-                }
-                () = tokio::time::sleep(Duration::from_secs(1)), if more_joins => {
-                    more_joins = serve_joins(&store).await;
-                    reports_only = true;
-                }
-                changed = async {
-                    match reports_changed.as_mut() {
-                        Some(rx) => rx.changed().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(rx) = reports_changed.as_mut() {
-                        rx.borrow_and_update();
-                    }
-                    if changed.is_err() {
-                        reports_changed = None;
-                        reports_only = true;
-                    } else if source.follows_reports() || rolling {
-                        // Agents write their reports one by one: read them once per burst.
-                        tokio::time::sleep(REPORTS_DEBOUNCE).await;
-                        if let Some(rx) = reports_changed.as_mut() {
-                            rx.borrow_and_update();
-                        }
-                        match cache.read_reports().await {
-                            Ok(read) => {
-                                reports = read;
-                                source.reported(&reports);
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot read reports"),
-                        }
-                        reports_only = !rolling;
-                    } else {
-                        reports_only = true;
-                    }
-                }
-                _ = resync_timer.tick() => {
-                    cache.expire(Instant::now());
-                    more_joins = serve_joins(&store).await;
-                    match cache.read_reports().await {
-                        Ok(read) => {
-                            usage.record(&read);
-                            reports = read;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot read reports"),
-                    }
-                }
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
-                state = leader.session_changed() => {
-                    if state == Leadership::Campaigning {
-                        continue 'campaign;
-                    }
-                }
-                _ = shutdown.changed() => {
-                    source.leading(None);
+            match controller.wait(&mut term, &mut leader, &mut shutdown).await {
+                Next::Pass => {}
+                Next::Campaign => break,
+                Next::Shutdown => {
+                    controller.source.leading(None);
                     leader.resign().await;
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+/// What the controller keeps across leaderships: the store's watches, what it read, and
+/// the nodes' history.
+struct Controller<'a, D> {
+    store: Arc<ZkStore>,
+    source: D,
+    identity: &'a str,
+    metrics: &'a ControllerMetrics,
+    registrations: watch::Receiver<u64>,
+    joins: watch::Receiver<u64>,
+    cordons: watch::Receiver<u64>,
+    /// Reports are followed for the source's status and for rollouts, which go on as
+    /// replaced replicas become ready; `None` once the watch ended.
+    reports_changed: Option<watch::Receiver<u64>>,
+    cache: ClusterCache,
+    tracker: NodeTracker,
+    usage: UsageHistory,
+    reports: Vec<Report>,
+}
+
+/// What one leadership keeps between its passes.
+struct Term {
+    epoch: i64,
+    resync: tokio::time::Interval,
+    /// A new read of the reports alone needs no allocation pass.
+    reports_only: bool,
+    /// A rollout waits for reports: while one does, a new read of them calls for a pass.
+    rolling: bool,
+    /// When a replica kept on its missing node may move.
+    release_at: Option<Instant>,
+    /// The cordoned nodes, read again only after the watch on `/cordons` fires (and at
+    /// each new leadership), not at every pass.
+    cordoned: Option<BTreeSet<String>>,
+    /// More agents wait to join than one pass serves.
+    more_joins: bool,
+}
+
+/// How a pass ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Passed {
+    /// Made, or failed and to be tried again at the next change.
+    Done,
+    /// Refused: another controller leads now.
+    Fenced,
+}
+
+/// What to do after a wait.
+enum Next {
+    /// Pass (unless only the reports were read: [`Term::reports_only`]).
+    Pass,
+    /// Leadership was lost: run for it again.
+    Campaign,
+    /// Shut down.
+    Shutdown,
+}
+
+impl<'a, D: Desired> Controller<'a, D> {
+    /// Sets the watches on the nodes, the join requests, the cordons and the reports.
+    async fn follow(
+        store: Arc<ZkStore>,
+        source: D,
+        identity: &'a str,
+        metrics: &'a ControllerMetrics,
+    ) -> Result<Self, StoreError> {
+        let (registrations, nodes_log) = store.subscribe_changes("/nodes").await?;
+        let joins = store.subscribe("/join").await?;
+        let cordons = store.subscribe("/cordons").await?;
+        let (reports_changed, reports_log) = store.subscribe_changes("/reports").await?;
+        let cache = ClusterCache::new(Arc::clone(&store), nodes_log, reports_log);
+        Ok(Controller {
+            store,
+            source,
+            identity,
+            metrics,
+            registrations,
+            joins,
+            cordons,
+            reports_changed: Some(reports_changed),
+            cache,
+            tracker: NodeTracker::default(),
+            usage: UsageHistory::new(20),
+            reports: Vec::new(),
+        })
+    }
+
+    /// The start of a leadership: everything is read again (the predecessor may have
+    /// written since), the known nodes and waiting agents are provisioned, and the source
+    /// catches up with what changed while this controller stood by.
+    async fn take_over(&mut self, epoch: i64, resync: Duration) -> Term {
+        self.cache.invalidate();
+        provision_known(&self.store).await;
+        let more_joins = serve_joins(&self.store).await;
+        self.source.catch_up();
+        self.source.leading(Some(epoch));
+        let mut resync = tokio::time::interval(resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Term {
+            epoch,
+            resync,
+            reports_only: false,
+            rolling: false,
+            release_at: None,
+            cordoned: None,
+            more_joins,
+        }
+    }
+
+    /// One pass, and what follows it: the term learns whether a rollout or a drain goes
+    /// on and when a kept replica may move; the source, the metrics and `/status` are told.
+    async fn pass(&mut self, term: &mut Term) -> Passed {
+        match self.allocate(term).await {
+            Ok((done, nodes)) => {
+                // A rollout or a drain goes on as replicas become ready elsewhere.
+                term.rolling =
+                    done.rollouts.iter().any(|r| r.in_progress()) || !done.draining.is_empty();
+                term.release_at = done.next_release().map(|d| Instant::now() + d);
+                for held in &done.held {
+                    tracing::debug!(replica = %held.lease.key, reason = %held.reason, "kept on its missing node");
+                }
+                self.metrics.passed(&done);
+                if self.source.wants_reports() {
+                    self.read_reports().await;
+                }
+                self.source.passed(&done, &nodes, &self.reports);
+                Passed::Done
+            }
+            Err(StoreError::Fenced { .. }) => Passed::Fenced,
+            Err(e) => {
+                self.cache.invalidate();
+                term.cordoned = None;
+                tracing::warn!(error = %e, "controller pass failed; retrying on the next change");
+                Passed::Done
+            }
+        }
+    }
+
+    /// The nodes available now, the allocation, the leases written. Returns the pass and
+    /// the nodes it allocated on.
+    async fn allocate(
+        &mut self,
+        term: &mut Term,
+    ) -> Result<(ControllerPass, Vec<String>), StoreError> {
+        let (registered, remembered) = self.cache.registrations().await?;
+        self.tracker.observe(registered, remembered, Instant::now());
+        let nodes = self
+            .tracker
+            .available(Instant::now(), self.source.policies());
+        if term.cordoned.is_none() {
+            term.cordoned = Some(self.store.cordons().await?.into_keys().collect());
+        }
+        let cordoned = term.cordoned.clone().unwrap_or_default();
+        let done = reconcile(
+            &self.cache,
+            term.epoch,
+            self.source.workloads(),
+            self.source.policies(),
+            &super::Seen {
+                nodes: &nodes,
+                missing: &self.tracker.missing(Instant::now()),
+                usage: &self.usage,
+                reports: &self.reports,
+                cordoned: &cordoned,
+            },
+        )
+        .await?;
+        if done.changes > 0 {
+            tracing::info!(
+                changes = done.changes,
+                pending = done.plan.pending.len(),
+                "leases written"
+            );
+        }
+        let names: Vec<String> = nodes.into_iter().map(|n| n.name).collect();
+        self.publish(term.epoch, &done, &names).await;
+        Ok((done, names))
+    }
+
+    /// Waits for what calls for the next pass: a change of the objects, the nodes, the
+    /// cordons or the join requests, reports (read here when the source or a rollout
+    /// follows them), the resync, a grace period's end; or for the end of the leadership.
+    async fn wait(
+        &mut self,
+        term: &mut Term,
+        leader: &mut Leader<ZkStore>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Next {
+        // A node's grace ending, or a replica kept on a missing node free to move.
+        let deadline = [
+            self.tracker.next_deadline(self.source.policies()),
+            term.release_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            reload = self.source.changed() => {
+                if reload == Reload::Kept {
+                    self.publish(term.epoch, &ControllerPass::default(), &[]).await;
+                }
+            }
+            _ = self.registrations.changed() => {}
+            _ = self.cordons.changed() => term.cordoned = None,
+            _ = self.joins.changed() => {
+                term.more_joins = serve_joins(&self.store).await;
+                term.reports_only = true;
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)), if term.more_joins => {
+                term.more_joins = serve_joins(&self.store).await;
+                term.reports_only = true;
+            }
+            changed = async {
+                match self.reports_changed.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => self.reports_changed(changed.is_ok(), term).await,
+            _ = term.resync.tick() => {
+                self.cache.expire(Instant::now());
+                term.more_joins = serve_joins(&self.store).await;
+                if self.read_reports().await {
+                    self.usage.record(&self.reports);
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+            state = leader.session_changed() => {
+                if state == Leadership::Campaigning {
+                    return Next::Campaign;
+                }
+            }
+            _ = shutdown.changed() => return Next::Shutdown,
+        }
+        Next::Pass
+    }
+
+    /// Agents wrote reports (or, `ok` false, the watch on them ended): read them once per
+    /// burst when the source or a rollout follows them; a pass follows only for a rollout.
+    async fn reports_changed(&mut self, ok: bool, term: &mut Term) {
+        if let Some(rx) = self.reports_changed.as_mut() {
+            rx.borrow_and_update();
+        }
+        if !ok {
+            self.reports_changed = None;
+            term.reports_only = true;
+        } else if self.source.follows_reports() || term.rolling {
+            // Agents write their reports one by one: read them once per burst.
+            tokio::time::sleep(REPORTS_DEBOUNCE).await;
+            if let Some(rx) = self.reports_changed.as_mut() {
+                rx.borrow_and_update();
+            }
+            if self.read_reports().await {
+                self.source.reported(&self.reports);
+            }
+            term.reports_only = !term.rolling;
+        } else {
+            term.reports_only = true;
+        }
+    }
+
+    /// Reads the reports again; false (with a warning) when they cannot be read.
+    async fn read_reports(&mut self) -> bool {
+        match self.cache.read_reports().await {
+            Ok(read) => {
+                self.reports = read;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read reports");
+                false
+            }
+        }
+    }
+
+    async fn publish(&self, epoch: i64, done: &ControllerPass, nodes: &[String]) {
+        publish(&self.store, epoch, self.identity, &self.source, done, nodes).await;
     }
 }
 
@@ -349,53 +503,6 @@ async fn serve_joins(store: &ZkStore) -> bool {
         }
     }
     plan.deferred > 0
-}
-
-/// One pass: the nodes available now, the allocation, the leases written. Returns the pass
-/// and the nodes it allocated on.
-#[allow(clippy::too_many_arguments)]
-async fn pass<D: Desired>(
-    store: &ZkStore,
-    cache: &mut ClusterCache,
-    epoch: i64,
-    identity: &str,
-    source: &D,
-    tracker: &mut NodeTracker,
-    usage: &UsageHistory,
-    reports: &[Report],
-    cordoned: &mut Option<BTreeSet<String>>,
-) -> Result<(ControllerPass, Vec<String>), StoreError> {
-    let (registered, remembered) = cache.registrations().await?;
-    tracker.observe(registered, remembered, Instant::now());
-    let nodes = tracker.available(Instant::now(), source.policies());
-    if cordoned.is_none() {
-        *cordoned = Some(store.cordons().await?.into_keys().collect());
-    }
-    let cordoned = cordoned.as_ref().map_or_else(BTreeSet::new, Clone::clone);
-    let done = reconcile(
-        &*cache,
-        epoch,
-        source.workloads(),
-        source.policies(),
-        &super::Seen {
-            nodes: &nodes,
-            missing: &tracker.missing(Instant::now()),
-            usage,
-            reports,
-            cordoned: &cordoned,
-        },
-    )
-    .await?;
-    if done.changes > 0 {
-        tracing::info!(
-            changes = done.changes,
-            pending = done.plan.pending.len(),
-            "leases written"
-        );
-    }
-    let names: Vec<String> = nodes.into_iter().map(|n| n.name).collect();
-    publish(store, epoch, identity, source, &done, &names).await;
-    Ok((done, names))
 }
 
 async fn publish<D: Desired>(
