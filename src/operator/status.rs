@@ -2,16 +2,10 @@
 //! controller's last plan, the leases it wrote and the agents' reports. Pure: no I/O, so
 //! every condition's reason and message is unit-tested.
 //!
-//! A Workload has three conditions:
-//! - `Allocated`: every replica has a node (`AllReplicasAllocated`), or which ones are
-//!   pending and why (`ReplicasPending`), or why the object itself is refused (`Invalid`);
-//! - `Enforced`: every allocated replica's agent applied its current lease (`Applied`), or
-//!   which agents have not yet (`WaitingForAgents`), or what failed (`EnforcementFailed`);
-//! - `Ready`: every replica runs the current spec and is ready (`AllReplicasRunning`), or
-//!   a rollout is under way (`RollingOut`), or how the others are (`ReplicasNotRunning`);
-//! - `RolledOut`: every replica runs the current revision (`AllReplicasUpdated`), or how
-//!   far the rollout is (`RollingOut`);
-//! - `Reconciling` and `Stalled`, as kstatus reads them.
+//! A Workload has six conditions (`Allocated`, `Enforced`, `Ready`, `RolledOut`, and
+//! `Reconciling` and `Stalled` as kstatus reads them), a ResourcePolicy four (`Valid`,
+//! `Ready`, `Reconciling`, `Stalled`); [`super::conditions`] lists each one's reasons and
+//! what they mean.
 //!
 //! A condition keeps its `lastTransitionTime` while its status does not change.
 
@@ -20,6 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use super::conditions::{ConditionType, Reason, condition};
 use crate::alloc::Res;
 use crate::alloc::plan::Plan;
 use crate::api::WorkloadRef;
@@ -95,10 +90,10 @@ pub fn workload_status(
     let mut failures = Vec::new();
     let mut not_ready = Vec::new();
     // What no waiting mends: each with its condition reason.
-    let mut stalled: Vec<(&str, String)> = Vec::new();
+    let mut stalled: Vec<(Reason, String)> = Vec::new();
     if let Some(problem) = problem {
         stalled.push((
-            "SpecRefused",
+            Reason::SpecRefused,
             format!(
                 "generation {} is refused: {problem}",
                 generation.unwrap_or_default()
@@ -130,7 +125,7 @@ pub fn workload_status(
             }
             if report.process.state == ProcessState::Unenforced {
                 stalled.push((
-                    "LimitsNotApplied",
+                    Reason::LimitsNotApplied,
                     format!(
                         "replica {index} on {}: its limits cannot be applied, so it is not started: {}",
                         report.node,
@@ -166,7 +161,8 @@ pub fn workload_status(
             match pending.get(&index) {
                 Some((reason, never)) => {
                     if *never {
-                        stalled.push(("CannotBePlaced", format!("replica {index}: {reason}")));
+                        stalled
+                            .push((Reason::CannotBePlaced, format!("replica {index}: {reason}")));
                     }
                     not_ready.push(format!("replica {index}: pending: {reason}"));
                 }
@@ -178,12 +174,12 @@ pub fn workload_status(
     let allocated = u32::try_from(leases.keys().filter(|i| **i < replicas).count()).unwrap_or(0);
 
     let allocated_condition = if let Some(problem) = problem {
-        condition("Allocated", false, "Invalid", problem)
+        condition(ConditionType::Allocated, false, Reason::Invalid, problem)
     } else if allocated == replicas {
         condition(
-            "Allocated",
+            ConditionType::Allocated,
             true,
-            "AllReplicasAllocated",
+            Reason::AllReplicasAllocated,
             &format!(
                 "{} {} a node",
                 of(replicas, replicas, "replica"),
@@ -199,9 +195,9 @@ pub fn workload_status(
             })
             .collect();
         condition(
-            "Allocated",
+            ConditionType::Allocated,
             false,
-            "ReplicasPending",
+            Reason::ReplicasPending,
             &format!(
                 "{} pending: {}",
                 of(replicas - allocated, replicas, "replica"),
@@ -210,26 +206,31 @@ pub fn workload_status(
         )
     };
     let enforced_condition = if !failures.is_empty() {
-        condition("Enforced", false, "EnforcementFailed", &listed(&failures))
+        condition(
+            ConditionType::Enforced,
+            false,
+            Reason::EnforcementFailed,
+            &listed(&failures),
+        )
     } else if !not_enforced.is_empty() {
         condition(
-            "Enforced",
+            ConditionType::Enforced,
             false,
-            "WaitingForAgents",
+            Reason::WaitingForAgents,
             &listed(&not_enforced),
         )
     } else if allocated == 0 && replicas > 0 {
         condition(
-            "Enforced",
+            ConditionType::Enforced,
             false,
-            "NothingAllocated",
+            Reason::NothingAllocated,
             "no replica has a node yet, so there is nothing to enforce",
         )
     } else {
         condition(
-            "Enforced",
+            ConditionType::Enforced,
             true,
-            "Applied",
+            Reason::Applied,
             &format!(
                 "the agents applied the leases of {}",
                 count(allocated, "replica")
@@ -244,46 +245,53 @@ pub fn workload_status(
     let all_running = ready == replicas && rolling.is_none();
     let ready_condition = if let Some(problem) = problem {
         condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "SpecRefused",
+            Reason::SpecRefused,
             &format!(
                 "generation {} is not applied: {problem}. What runs is the last accepted spec: {running}",
                 generation.unwrap_or_default()
             ),
         )
     } else if all_running {
-        condition("Ready", true, "AllReplicasRunning", &running)
+        condition(
+            ConditionType::Ready,
+            true,
+            Reason::AllReplicasRunning,
+            &running,
+        )
     } else if let Some(rolling) = &rolling {
         condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "RollingOut",
+            Reason::RollingOut,
             &format!("not every replica runs the current spec yet: {rolling}; {running}"),
         )
     } else {
         condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "ReplicasNotRunning",
+            Reason::ReplicasNotRunning,
             &format!("{running}; {}", listed(&not_ready)),
         )
     };
     let rolled_out_condition = match (&rolling, observed.rollout) {
-        (Some(rolling), _) => condition("RolledOut", false, "RollingOut", rolling),
+        (Some(rolling), _) => {
+            condition(ConditionType::RolledOut, false, Reason::RollingOut, rolling)
+        }
         (None, Some(rollout)) => condition(
-            "RolledOut",
+            ConditionType::RolledOut,
             true,
-            "AllReplicasUpdated",
+            Reason::AllReplicasUpdated,
             &format!(
                 "every allocated replica runs revision {} of the spec",
                 rollout.revision
             ),
         ),
         (None, None) => condition(
-            "RolledOut",
+            ConditionType::RolledOut,
             true,
-            "NothingToRollOut",
+            Reason::NothingToRollOut,
             "no rollout: adopted processes, or no allocation pass yet",
         ),
     };
@@ -292,31 +300,46 @@ pub fn workload_status(
     let stalled_condition = match stalled.first() {
         Some((reason, _)) => {
             let lines: Vec<String> = stalled.iter().map(|(_, m)| m.clone()).collect();
-            condition("Stalled", true, reason, &listed(&lines))
+            condition(ConditionType::Stalled, true, *reason, &listed(&lines))
         }
-        None => condition("Stalled", false, "NotStalled", "nothing stands in the way"),
+        None => condition(
+            ConditionType::Stalled,
+            false,
+            Reason::NotStalled,
+            "nothing stands in the way",
+        ),
     };
     let reconciling_condition = if !stalled.is_empty() {
         condition(
-            "Reconciling",
+            ConditionType::Reconciling,
             false,
-            "Stalled",
+            Reason::Stalled,
             "corral cannot make progress; see Stalled",
         )
     } else if all_running {
-        condition("Reconciling", false, "Reconciled", &running)
+        condition(
+            ConditionType::Reconciling,
+            false,
+            Reason::Reconciled,
+            &running,
+        )
     } else if let Some(rolling) = &rolling {
-        condition("Reconciling", true, "RollingOut", rolling)
+        condition(
+            ConditionType::Reconciling,
+            true,
+            Reason::RollingOut,
+            rolling,
+        )
     } else {
         let reason = if allocated < replicas {
-            "ReplicasPending"
+            Reason::ReplicasPending
         } else if !not_enforced.is_empty() {
-            "WaitingForAgents"
+            Reason::WaitingForAgents
         } else {
-            "ReplicasStarting"
+            Reason::ReplicasStarting
         };
         condition(
-            "Reconciling",
+            ConditionType::Reconciling,
             true,
             reason,
             &format!("{running}; {}", listed(&not_ready)),
@@ -393,11 +416,31 @@ pub fn unreadable_status(generation: Option<i64>, problem: &str, now: &Time) -> 
         phase: WorkloadPhase::Pending,
         conditions: stamp(
             vec![
-                condition("Allocated", false, "Unreadable", &message),
-                condition("Enforced", false, "Unreadable", "see Allocated"),
-                condition("Ready", false, "Unreadable", "see Allocated"),
-                condition("Reconciling", false, "Stalled", "see Stalled"),
-                condition("Stalled", true, "Unreadable", &message),
+                condition(
+                    ConditionType::Allocated,
+                    false,
+                    Reason::Unreadable,
+                    &message,
+                ),
+                condition(
+                    ConditionType::Enforced,
+                    false,
+                    Reason::Unreadable,
+                    "see Allocated",
+                ),
+                condition(
+                    ConditionType::Ready,
+                    false,
+                    Reason::Unreadable,
+                    "see Allocated",
+                ),
+                condition(
+                    ConditionType::Reconciling,
+                    false,
+                    Reason::Stalled,
+                    "see Stalled",
+                ),
+                condition(ConditionType::Stalled, true, Reason::Unreadable, &message),
             ],
             &[],
             generation,
@@ -419,20 +462,25 @@ pub fn policy_status(
     let report = plan.and_then(|p| p.policies.iter().find(|r| r.name == name));
     let generation = policy.metadata.generation;
     let valid = match problem {
-        Some(problem) => condition("Valid", false, "Invalid", problem),
-        None => condition("Valid", true, "Accepted", "the policy is in use as written"),
+        Some(problem) => condition(ConditionType::Valid, false, Reason::Invalid, problem),
+        None => condition(
+            ConditionType::Valid,
+            true,
+            Reason::Accepted,
+            "the policy is in use as written",
+        ),
     };
     let ready = match (problem, report) {
         (Some(_), _) => condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "Invalid",
+            Reason::Invalid,
             "the policy is refused; see Valid",
         ),
         (None, Some(r)) if r.nodes > 0 => condition(
-            "Ready",
+            ConditionType::Ready,
             true,
-            "GoverningNodes",
+            Reason::GoverningNodes,
             &format!(
                 "governs {} node(s) with {}; {} replica(s) pending",
                 r.nodes,
@@ -441,9 +489,9 @@ pub fn policy_status(
             ),
         ),
         (None, _) => condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "NoNodes",
+            Reason::NoNodes,
             "no registered node matches the policy's nodeSelector, or a policy of higher precedence governs them",
         ),
     };
@@ -451,23 +499,28 @@ pub fn policy_status(
     // governs nodes yet or not (that is its Ready).
     let stalled = match problem {
         Some(problem) => condition(
-            "Stalled",
+            ConditionType::Stalled,
             true,
-            "SpecRefused",
+            Reason::SpecRefused,
             &format!(
                 "generation {} is refused: {problem}",
                 generation.unwrap_or_default()
             ),
         ),
-        None => condition("Stalled", false, "NotStalled", "the policy is in use"),
+        None => condition(
+            ConditionType::Stalled,
+            false,
+            Reason::NotStalled,
+            "the policy is in use",
+        ),
     };
     let reconciling = condition(
-        "Reconciling",
+        ConditionType::Reconciling,
         false,
         if problem.is_some() {
-            "Stalled"
+            Reason::Stalled
         } else {
-            "Reconciled"
+            Reason::Reconciled
         },
         "corral has read this generation",
     );
@@ -561,17 +614,6 @@ fn listed(items: &[String]) -> String {
         text.push_str(&format!("; and {} more", items.len() - MESSAGE_ITEMS));
     }
     text
-}
-
-fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: None,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    }
 }
 
 /// Sets each condition's generation, and its transition time: kept from `previous` when
