@@ -25,6 +25,7 @@ use super::daemon::{self, Vetted};
 use super::desired::desired_tree;
 use super::trust;
 use crate::alloc::ReplicaKey;
+use crate::cgroup::layout::Mode;
 use crate::cgroup::tree::{GroupPath, Work};
 use crate::lease::zookeeper::{Role, ZkConfig, ZkStore};
 use crate::lease::{
@@ -33,7 +34,7 @@ use crate::lease::{
 use crate::sync::Lock;
 
 /// The cgroup mode hollow nodes register with, and whose knobs they report.
-pub const HOLLOW_CGROUP_MODE: &str = "v2";
+pub const HOLLOW_CGROUP_MODE: Mode = Mode::V2;
 
 /// The v2 controllers a hollow node pretends its root enables for its tenants.
 const HOLLOW_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];

@@ -8,6 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use super::{ResourcePolicy, Workload};
+use crate::operator::conditions::{ConditionType, Reason};
 
 /// One generated CRD and the file it is kept in under `crds/`.
 pub struct GeneratedCrd {
@@ -84,18 +85,15 @@ pub fn policy() -> CustomResourceDefinition {
     crd
 }
 
-/// The reason of the `Reconciling` condition of the CRDs' default status.
-pub const NOT_YET_SEEN: &str = "NotYetSeen";
-
 /// The status an object has before corral writes one: the API server fills it in on
 /// every read while `status` is absent, so that kstatus (Flux, Helm's `--wait`) reads a
 /// new object as InProgress until corral has seen it, and forever when no controller
 /// runs, rather than as Current.
 fn not_yet_seen(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let default = serde_json::json!({"conditions": [{
-        "type": "Reconciling",
+        "type": ConditionType::Reconciling.as_str(),
         "status": "True",
-        "reason": NOT_YET_SEEN,
+        "reason": Reason::NotYetSeen.as_str(),
         "message": "corral has not read this object yet",
         "lastTransitionTime": "1970-01-01T00:00:00Z",
     }]});

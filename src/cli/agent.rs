@@ -12,6 +12,7 @@ use crate::agent::node::Agent;
 use crate::alloc::Res;
 use crate::api::Quantity;
 use crate::api::names::{check_label_key, check_label_value};
+use crate::cgroup::layout::Mode;
 use crate::lease::NodeRegistration;
 use crate::lease::zookeeper::{Role, ZkStore};
 use crate::source::nodes;
@@ -71,18 +72,13 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         bail!("corral agent needs --zookeeper");
     };
     config.role = Role::Agent;
-    let registration = registration(args)?;
     let fs = super::cgroupfs(Some(&args.cgroup_root), args.host_cgroup_namespace)?;
-    let mode = fs.mode().to_string();
+    let registration = registration(args, fs.mode())?;
     // One agent per state directory, and no `corral down` or `corral run` beside it.
     let state = crate::state::StateDir(args.state_dir.clone());
     let _lock = state.lock_run().map_err(anyhow::Error::msg)?;
     let mut agent = Agent::new(&args.node, fs, &args.state_dir, false)?;
     super::pump_logs(&mut agent);
-    let registration = NodeRegistration {
-        cgroup_mode: mode,
-        ..registration
-    };
     let resync = super::seconds::duration(args.resync);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,11 +104,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         })
 }
 
-/// The node's registration from this machine and the options.
+/// The node's registration from this machine, its cgroup mode and the options.
 ///
 /// # Errors
 /// A bad node name, label or capacity.
-pub fn registration(args: &Args) -> anyhow::Result<NodeRegistration> {
+pub fn registration(args: &Args, cgroup_mode: Mode) -> anyhow::Result<NodeRegistration> {
     if !nodes::is_node_name(&args.node) {
         bail!("--node {:?} must be a DNS subdomain", args.node);
     }
@@ -131,7 +127,12 @@ pub fn registration(args: &Args) -> anyhow::Result<NodeRegistration> {
         Some(text) => parse_capacity(text, machine.capacity)?,
         None => machine.capacity,
     };
-    Ok(NodeRegistration::new(&args.node, labels, capacity, ""))
+    Ok(NodeRegistration::new(
+        &args.node,
+        labels,
+        capacity,
+        cgroup_mode,
+    ))
 }
 
 /// `cpu=2,memory=4Gi,pids=1000`, each part optional, over `base`.

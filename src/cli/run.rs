@@ -177,7 +177,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
             &node.name,
             node.labels.clone(),
             node.capacity,
-            &fs.mode().to_string(),
+            fs.mode(),
         ))
         .await?;
     let mut agent = Agent::new(&node.name, fs, &state.0, false)?;
@@ -475,12 +475,8 @@ async fn with_zookeeper(
     manifests: Manifests,
     mut signals: Signals,
 ) -> anyhow::Result<u8> {
-    let registration = NodeRegistration::new(
-        &node.name,
-        node.labels.clone(),
-        node.capacity,
-        &fs.mode().to_string(),
-    );
+    let registration =
+        NodeRegistration::new(&node.name, node.labels.clone(), node.capacity, fs.mode());
     let root_dir = fs.root_dirs().first().cloned().unwrap_or_default();
     let mut agent = Agent::new(&node.name, fs, &args.place.state_dir, false)?;
     super::pump_logs(&mut agent);

@@ -27,6 +27,7 @@ use crate::alloc::{ReplicaKey, Res};
 use crate::api::Workload;
 use crate::api::identity::namespace_of;
 use crate::api::policy::{CgroupSettings, ResourcePolicySpec};
+use crate::cgroup::layout::Mode;
 use crate::cgroup::observe::MemoryEvents;
 use crate::cgroup::pressure::Pressures;
 use crate::cgroup::tree::Work;
@@ -453,8 +454,8 @@ pub struct NodeRegistration {
     pub labels: BTreeMap<String, String>,
     /// What it has.
     pub capacity: Res,
-    /// `v1`, `hybrid` or `v2`.
-    pub cgroup_mode: String,
+    /// How its cgroups are mounted.
+    pub cgroup_mode: CgroupMode,
     /// corral's version on the node.
     pub agent_version: String,
 }
@@ -465,16 +466,116 @@ impl NodeRegistration {
         name: &str,
         labels: BTreeMap<String, String>,
         capacity: Res,
-        cgroup_mode: &str,
+        cgroup_mode: impl Into<CgroupMode>,
     ) -> NodeRegistration {
         NodeRegistration {
             version: FORMAT_VERSION,
             name: name.to_string(),
             labels,
             capacity,
-            cgroup_mode: cgroup_mode.to_string(),
+            cgroup_mode: cgroup_mode.into(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         }
+    }
+}
+
+/// How a node's cgroups are mounted, as its registration says: the wire text is `v1`,
+/// `hybrid` or `v2` ([`Mode`]'s). A text this corral does not know, from a newer agent,
+/// reads as [`CgroupMode::Other`] and is written back unchanged: a controller never refuses
+/// a node's whole registration over it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum CgroupMode {
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 controllers, and a cgroup2 mount without them.
+    Hybrid,
+    /// One unified v2 hierarchy.
+    V2,
+    /// A mode this corral does not know, with its text.
+    Other(String),
+}
+
+impl CgroupMode {
+    /// The mode whose wire text is `text`; [`CgroupMode::Other`] for a text this corral does
+    /// not know.
+    pub fn of(text: &str) -> CgroupMode {
+        match text {
+            "v1" => CgroupMode::V1,
+            "hybrid" => CgroupMode::Hybrid,
+            "v2" => CgroupMode::V2,
+            other => CgroupMode::Other(other.to_string()),
+        }
+    }
+
+    /// The wire text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CgroupMode::V1 => "v1",
+            CgroupMode::Hybrid => "hybrid",
+            CgroupMode::V2 => "v2",
+            CgroupMode::Other(text) => text,
+        }
+    }
+
+    /// The mode as this corral's cgroup layer knows it; `None` for [`CgroupMode::Other`].
+    pub fn known(&self) -> Option<Mode> {
+        match self {
+            CgroupMode::V1 => Some(Mode::V1),
+            CgroupMode::Hybrid => Some(Mode::Hybrid),
+            CgroupMode::V2 => Some(Mode::V2),
+            CgroupMode::Other(_) => None,
+        }
+    }
+}
+
+impl From<Mode> for CgroupMode {
+    fn from(mode: Mode) -> CgroupMode {
+        match mode {
+            Mode::V1 => CgroupMode::V1,
+            Mode::Hybrid => CgroupMode::Hybrid,
+            Mode::V2 => CgroupMode::V2,
+        }
+    }
+}
+
+/// Reads the wire text, as [`CgroupMode::of`] does.
+impl From<&str> for CgroupMode {
+    fn from(text: &str) -> CgroupMode {
+        CgroupMode::of(text)
+    }
+}
+
+/// Reads the wire text, as [`CgroupMode::of`] does.
+impl From<String> for CgroupMode {
+    fn from(text: String) -> CgroupMode {
+        match CgroupMode::of(&text) {
+            CgroupMode::Other(_) => CgroupMode::Other(text),
+            known => known,
+        }
+    }
+}
+
+/// The wire text.
+impl From<CgroupMode> for String {
+    fn from(mode: CgroupMode) -> String {
+        match mode {
+            CgroupMode::Other(text) => text,
+            known => known.as_str().to_string(),
+        }
+    }
+}
+
+/// Compares with the wire text, as the tests and people write modes.
+impl PartialEq<&str> for CgroupMode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for CgroupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -729,7 +830,49 @@ mod tests {
         let read: NodeRegistration =
             decode_versioned(&path, pinned["registration"].to_string().as_bytes()).unwrap();
         assert_eq!(read.name, "n1");
-        assert_eq!(read.cgroup_mode, "v2");
+        assert_eq!(read.cgroup_mode, CgroupMode::V2);
+    }
+
+    #[test]
+    fn cgroup_modes_keep_their_wire_text_and_an_unknown_one_still_reads() {
+        for (mode, text) in [
+            (CgroupMode::V1, "v1"),
+            (CgroupMode::Hybrid, "hybrid"),
+            (CgroupMode::V2, "v2"),
+        ] {
+            assert_eq!(serde_json::to_value(&mode).unwrap(), json!(text));
+            assert_eq!(
+                serde_json::from_value::<CgroupMode>(json!(text)).unwrap(),
+                mode
+            );
+            assert_eq!(CgroupMode::of(text), mode);
+            let known = mode.known().unwrap();
+            assert_eq!(
+                known.to_string(),
+                text,
+                "the cgroup layer's text is the same"
+            );
+            assert_eq!(CgroupMode::from(known), mode);
+        }
+        assert_eq!(CgroupMode::from(Mode::Hybrid), CgroupMode::Hybrid);
+
+        // A registration by a newer agent, with a mode this corral does not know, reads,
+        // and is written back as it came.
+        let registration = NodeRegistration::new("n1", BTreeMap::new(), Res::default(), "v3");
+        let mut value = serde_json::to_value(&registration).unwrap();
+        assert_eq!(value["cgroupMode"], json!("v3"));
+        value["cgroupMode"] = json!("unified-with-v4-extras");
+        let read: NodeRegistration = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(
+            read.cgroup_mode,
+            CgroupMode::Other("unified-with-v4-extras".into())
+        );
+        assert_eq!(read.cgroup_mode.known(), None);
+        assert_eq!(read.cgroup_mode.to_string(), "unified-with-v4-extras");
+        assert_eq!(serde_json::to_value(&read).unwrap(), value);
+        // Not a string at all is still an error: that is a corrupt registration.
+        value["cgroupMode"] = json!(2);
+        assert!(serde_json::from_value::<NodeRegistration>(value).is_err());
     }
 
     #[test]

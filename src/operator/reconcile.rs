@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::conditions::{self, ConditionType, Reason, find, reason_of};
 use super::status::{
     Observed, same_but_usage, same_policy_status, same_workload_status, workload_status,
 };
@@ -236,7 +237,7 @@ async fn apply(workload: &Workload, ctx: &Context, api: &Api<Workload>) -> Resul
             && !s.conditions.is_empty()
             && s.conditions
                 .iter()
-                .all(|c| c.reason == crate::api::crd::NOT_YET_SEEN)
+                .all(|c| reason_of(c) == Some(Reason::NotYetSeen))
     });
     if unwritten && problem.is_none() && !seen {
         return Ok(Action::await_change());
@@ -363,11 +364,11 @@ pub fn events_for(
     old: Option<&WorkloadStatus>,
     new: &WorkloadStatus,
 ) -> Vec<(EventType, &'static str, String)> {
-    let before = |type_: &str| -> Option<&Condition> {
-        old.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    let before = |type_: ConditionType| -> Option<&Condition> {
+        old.and_then(|s| find(&s.conditions, type_))
     };
-    let after = |type_: &str| new.conditions.iter().find(|c| c.type_ == type_);
-    let changed = |type_: &str| match (before(type_), after(type_)) {
+    let after = |type_: ConditionType| find(&new.conditions, type_);
+    let changed = |type_: ConditionType| match (before(type_), after(type_)) {
         (Some(b), Some(a)) => {
             b.status != a.status || b.reason != a.reason || b.message != a.message
         }
@@ -375,11 +376,14 @@ pub fn events_for(
         _ => false,
     };
     let mut events = Vec::new();
-    if let Some(allocated) = after("Allocated")
-        && changed("Allocated")
+    if let Some(allocated) = after(ConditionType::Allocated)
+        && changed(ConditionType::Allocated)
     {
-        match (allocated.status.as_str(), allocated.reason.as_str()) {
-            ("True", _) if before("Allocated").is_none_or(|b| b.status != "True") => {
+        match (conditions::status_of(allocated), reason_of(allocated)) {
+            (Some(true), _)
+                if before(ConditionType::Allocated)
+                    .is_none_or(|b| conditions::status_of(b) != Some(true)) =>
+            {
                 let nodes: BTreeMap<&str, usize> = new
                     .replica_statuses
                     .iter()
@@ -401,7 +405,7 @@ pub fn events_for(
             }
             // Only once the allocator said why: before its first pass over a new object,
             // "not allocated yet" is no news.
-            ("False", "ReplicasPending")
+            (Some(false), Some(Reason::ReplicasPending))
                 if new
                     .replica_statuses
                     .iter()
@@ -409,15 +413,15 @@ pub fn events_for(
             {
                 events.push((EventType::Warning, "Pending", allocated.message.clone()));
             }
-            ("False", "Invalid") => {
+            (Some(false), Some(Reason::Invalid)) => {
                 events.push((EventType::Warning, "Invalid", allocated.message.clone()));
             }
             _ => {}
         }
     }
-    if let Some(enforced) = after("Enforced")
-        && changed("Enforced")
-        && enforced.reason == "EnforcementFailed"
+    if let Some(enforced) = after(ConditionType::Enforced)
+        && changed(ConditionType::Enforced)
+        && reason_of(enforced) == Some(Reason::EnforcementFailed)
     {
         events.push((
             EventType::Warning,
@@ -554,11 +558,11 @@ pub async fn policy_statuses(policies: &[Arc<ResourcePolicy>], ctx: &Context) {
             continue;
         }
         // A policy that becomes invalid says so once, as a refused Workload does.
-        let was_invalid = policy.status.as_ref().is_some_and(|old| {
-            old.conditions
-                .iter()
-                .any(|c| c.type_ == "Valid" && c.status == "False")
-        });
+        let was_invalid = policy
+            .status
+            .as_ref()
+            .and_then(|old| find(&old.conditions, ConditionType::Valid))
+            .is_some_and(|valid| conditions::status_of(valid) == Some(false));
         if let Some(problem) = problems.get(&name)
             && !was_invalid
         {
@@ -637,5 +641,87 @@ pub async fn unreadable_statuses(
                 tracing::warn!(workload = %name, %error, "cannot write the status of an unreadable object");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::workload::ReplicaStatus;
+    use crate::operator::conditions::condition;
+
+    fn with(conditions: Vec<Condition>, pending: Option<&str>) -> WorkloadStatus {
+        WorkloadStatus {
+            replica_statuses: vec![ReplicaStatus {
+                node: pending.is_none().then(|| "n1".to_string()),
+                pending_reason: pending.map(str::to_string),
+                ..ReplicaStatus::default()
+            }],
+            conditions,
+            ..WorkloadStatus::default()
+        }
+    }
+
+    fn reasons(events: &[(EventType, &'static str, String)]) -> Vec<&'static str> {
+        events.iter().map(|(_, reason, _)| *reason).collect()
+    }
+
+    #[test]
+    fn a_change_of_condition_is_announced_once() {
+        let allocated = |status, reason| {
+            condition(
+                ConditionType::Allocated,
+                status,
+                reason,
+                "1 of 1 replica has a node",
+            )
+        };
+        let pending = with(
+            vec![allocated(false, Reason::ReplicasPending)],
+            Some("no node has 4 cpu free"),
+        );
+        let placed = with(vec![allocated(true, Reason::AllReplicasAllocated)], None);
+        let failed = with(
+            vec![condition(
+                ConditionType::Enforced,
+                false,
+                Reason::EnforcementFailed,
+                "memory.max: denied",
+            )],
+            None,
+        );
+        let refused = with(vec![allocated(false, Reason::Invalid)], None);
+
+        assert_eq!(reasons(&events_for(None, &pending)), ["Pending"]);
+        assert_eq!(reasons(&events_for(Some(&pending), &placed)), ["Allocated"]);
+        assert_eq!(
+            events_for(Some(&pending), &placed)[0].2,
+            "1 of 1 replica has a node; 1 on n1"
+        );
+        assert!(events_for(Some(&placed), &placed).is_empty());
+        assert_eq!(reasons(&events_for(None, &failed)), ["EnforcementFailed"]);
+        assert!(events_for(Some(&failed), &failed).is_empty());
+        assert_eq!(reasons(&events_for(None, &refused)), ["Invalid"]);
+        // Not yet allocated, before the allocator said why: no news.
+        let unplaced = with(vec![allocated(false, Reason::ReplicasPending)], None);
+        assert!(events_for(None, &unplaced).is_empty());
+    }
+
+    #[test]
+    fn a_reason_from_another_version_is_no_event_and_no_error() {
+        let mut foreign = condition(ConditionType::Allocated, false, Reason::Invalid, "?");
+        foreign.reason = "QuotaExceeded".into();
+        let mut unknown_status = condition(
+            ConditionType::Enforced,
+            false,
+            Reason::EnforcementFailed,
+            "memory.max: denied",
+        );
+        unknown_status.status = "Unknown".into();
+        let status = with(vec![foreign], None);
+        assert!(events_for(None, &status).is_empty());
+        // The reason alone says enforcement failed, whatever the status.
+        let status = with(vec![unknown_status], None);
+        assert_eq!(reasons(&events_for(None, &status)), ["EnforcementFailed"]);
     }
 }

@@ -2,16 +2,10 @@
 //! controller's last plan, the leases it wrote and the agents' reports. Pure: no I/O, so
 //! every condition's reason and message is unit-tested.
 //!
-//! A Workload has three conditions:
-//! - `Allocated`: every replica has a node (`AllReplicasAllocated`), or which ones are
-//!   pending and why (`ReplicasPending`), or why the object itself is refused (`Invalid`);
-//! - `Enforced`: every allocated replica's agent applied its current lease (`Applied`), or
-//!   which agents have not yet (`WaitingForAgents`), or what failed (`EnforcementFailed`);
-//! - `Ready`: every replica runs the current spec and is ready (`AllReplicasRunning`), or
-//!   a rollout is under way (`RollingOut`), or how the others are (`ReplicasNotRunning`);
-//! - `RolledOut`: every replica runs the current revision (`AllReplicasUpdated`), or how
-//!   far the rollout is (`RollingOut`);
-//! - `Reconciling` and `Stalled`, as kstatus reads them.
+//! A Workload has six conditions (`Allocated`, `Enforced`, `Ready`, `RolledOut`, and
+//! `Reconciling` and `Stalled` as kstatus reads them), a ResourcePolicy four (`Valid`,
+//! `Ready`, `Reconciling`, `Stalled`); [`super::conditions`] lists each one's reasons and
+//! what they mean.
 //!
 //! A condition keeps its `lastTransitionTime` while its status does not change.
 
@@ -20,8 +14,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use super::conditions::{ConditionType, Reason, condition};
 use crate::alloc::Res;
-use crate::alloc::plan::Plan;
+use crate::alloc::plan::{Plan, PolicyReport};
 use crate::api::WorkloadRef;
 use crate::api::policy::{ResourcePolicy, ResourcePolicyStatus, ResourceTotals};
 use crate::api::quantity::Quantity;
@@ -55,318 +50,524 @@ const MESSAGE_ITEMS: usize = 3;
 
 /// The status of `workload`. `problem` is why the object is refused, when it is; `now`
 /// stamps conditions that change.
+///
+/// In three steps: this workload's part of what was observed (`Mine`), what each replica
+/// says (`Tally`), and the conditions and phase that follow (`Facts`).
 pub fn workload_status(
     workload: &Workload,
     observed: &Observed<'_>,
     problem: Option<&str>,
     now: &Time,
 ) -> WorkloadStatus {
-    let name = WorkloadRef::of(workload);
     let generation = workload.metadata.generation;
     let replicas = u32::try_from(workload.spec.replicas.max(0)).unwrap_or(0);
-    let leases: BTreeMap<u32, &Lease> = observed
-        .leases
-        .iter()
-        .filter(|l| l.key.workload == name)
-        .map(|l| (l.key.index, l))
-        .collect();
-    let reports: BTreeMap<u32, &Report> = observed
-        .reports
-        .iter()
-        .filter_map(|r| {
-            let key = r.key.as_ref()?;
-            (key.workload == name && observed.registered.contains(&r.node))
-                .then_some((key.index, r))
-        })
-        .collect();
-    let pending: BTreeMap<u32, (&str, bool)> = observed
-        .plan
-        .map(|p| {
-            p.pending
-                .iter()
-                .filter(|p| p.workload == name)
-                .map(|p| (p.replica, (p.reason.as_str(), p.stalled)))
-                .collect()
-        })
-        .unwrap_or_default();
-
-    let mut rows = Vec::new();
-    let mut not_enforced = Vec::new();
-    let mut failures = Vec::new();
-    let mut not_ready = Vec::new();
-    // What no waiting mends: each with its condition reason.
-    let mut stalled: Vec<(&str, String)> = Vec::new();
-    if let Some(problem) = problem {
-        stalled.push((
-            "SpecRefused",
-            format!(
-                "generation {} is refused: {problem}",
-                generation.unwrap_or_default()
-            ),
-        ));
-    }
-    let mut ready = 0;
-    for index in 0..replicas {
-        let lease = leases.get(&index).copied();
-        // A report counts when it comes from the lease's node and applies this lease.
-        let report = reports
-            .get(&index)
-            .copied()
-            .filter(|r| lease.is_some_and(|l| l.node == r.node && r.lease_epoch == l.epoch));
-        let mut row = ReplicaStatus {
-            index: i32::try_from(index).unwrap_or(i32::MAX),
-            node: lease.map(|l| l.node.clone()),
-            granted: lease.map(|l| granted(&l.granted)),
-            lease_epoch: lease.map(|l| l.epoch),
-            pending_reason: pending.get(&index).map(|(r, _)| (*r).to_string()),
-            ..ReplicaStatus::default()
-        };
-        if let Some(report) = report {
-            row.applied.clone_from(&report.applied);
-            row.revision.clone_from(&report.process.revision);
-            row.usage = report.usage.as_ref().map(usage);
-            for p in &report.problems {
-                failures.push(format!("replica {index} on {}: {p}", report.node));
-            }
-            if report.process.state == ProcessState::Unenforced {
-                stalled.push((
-                    "LimitsNotApplied",
-                    format!(
-                        "replica {index} on {}: its limits cannot be applied, so it is not started: {}",
-                        report.node,
-                        report.problems.first().map_or("see the node's report", String::as_str)
-                    ),
-                ));
-            }
-            let is_ready = report
-                .process
-                .ready
-                .unwrap_or_else(|| report.process.state.ready_without_check());
-            if is_ready {
-                ready += 1;
-            } else {
-                let mut state = report.process.state.to_string();
-                if report.process.state.ready_without_check() {
-                    state.push_str(", not ready yet (minReadySeconds or its health check)");
-                }
-                if let Some(exit) = &report.process.last_exit {
-                    state.push_str(&format!(" (last exit: {exit})"));
-                }
-                not_ready.push(format!("replica {index}: {state}"));
-            }
-        } else if let Some(reason) = observed.held.and_then(|h| h.get(&index)) {
-            not_ready.push(format!("replica {index}: {reason}"));
-        } else if let Some(lease) = lease {
-            not_enforced.push(format!(
-                "replica {index} on {}: no report of lease epoch {} yet",
-                lease.node, lease.epoch
-            ));
-            not_ready.push(format!("replica {index}: not reported"));
-        } else {
-            match pending.get(&index) {
-                Some((reason, never)) => {
-                    if *never {
-                        stalled.push(("CannotBePlaced", format!("replica {index}: {reason}")));
-                    }
-                    not_ready.push(format!("replica {index}: pending: {reason}"));
-                }
-                None => not_ready.push(format!("replica {index}: not allocated yet")),
-            }
-        }
-        rows.push(row);
-    }
-    let allocated = u32::try_from(leases.keys().filter(|i| **i < replicas).count()).unwrap_or(0);
-
-    let allocated_condition = if let Some(problem) = problem {
-        condition("Allocated", false, "Invalid", problem)
-    } else if allocated == replicas {
-        condition(
-            "Allocated",
-            true,
-            "AllReplicasAllocated",
-            &format!(
-                "{} {} a node",
-                of(replicas, replicas, "replica"),
-                if replicas == 1 { "has" } else { "have" }
-            ),
-        )
-    } else {
-        let reasons: Vec<String> = (0..replicas)
-            .filter(|i| !leases.contains_key(i))
-            .map(|i| match pending.get(&i) {
-                Some((reason, _)) => format!("replica {i}: {reason}"),
-                None => format!("replica {i}: not allocated yet"),
-            })
-            .collect();
-        condition(
-            "Allocated",
-            false,
-            "ReplicasPending",
-            &format!(
-                "{} pending: {}",
-                of(replicas - allocated, replicas, "replica"),
-                listed(&reasons)
-            ),
-        )
-    };
-    let enforced_condition = if !failures.is_empty() {
-        condition("Enforced", false, "EnforcementFailed", &listed(&failures))
-    } else if !not_enforced.is_empty() {
-        condition(
-            "Enforced",
-            false,
-            "WaitingForAgents",
-            &listed(&not_enforced),
-        )
-    } else if allocated == 0 && replicas > 0 {
-        condition(
-            "Enforced",
-            false,
-            "NothingAllocated",
-            "no replica has a node yet, so there is nothing to enforce",
-        )
-    } else {
-        condition(
-            "Enforced",
-            true,
-            "Applied",
-            &format!(
-                "the agents applied the leases of {}",
-                count(allocated, "replica")
-            ),
-        )
-    };
-    let running = format!("{} running", of(ready, replicas, "replica"));
-    let rolling = observed
-        .rollout
-        .filter(|r| r.in_progress())
-        .map(crate::controller::rollout::Rollout::describe);
-    let all_running = ready == replicas && rolling.is_none();
-    let ready_condition = if let Some(problem) = problem {
-        condition(
-            "Ready",
-            false,
-            "SpecRefused",
-            &format!(
-                "generation {} is not applied: {problem}. What runs is the last accepted spec: {running}",
-                generation.unwrap_or_default()
-            ),
-        )
-    } else if all_running {
-        condition("Ready", true, "AllReplicasRunning", &running)
-    } else if let Some(rolling) = &rolling {
-        condition(
-            "Ready",
-            false,
-            "RollingOut",
-            &format!("not every replica runs the current spec yet: {rolling}; {running}"),
-        )
-    } else {
-        condition(
-            "Ready",
-            false,
-            "ReplicasNotRunning",
-            &format!("{running}; {}", listed(&not_ready)),
-        )
-    };
-    let rolled_out_condition = match (&rolling, observed.rollout) {
-        (Some(rolling), _) => condition("RolledOut", false, "RollingOut", rolling),
-        (None, Some(rollout)) => condition(
-            "RolledOut",
-            true,
-            "AllReplicasUpdated",
-            &format!(
-                "every allocated replica runs revision {} of the spec",
-                rollout.revision
-            ),
-        ),
-        (None, None) => condition(
-            "RolledOut",
-            true,
-            "NothingToRollOut",
-            "no rollout: adopted processes, or no allocation pass yet",
-        ),
-    };
-    // kstatus (Flux, Helm's --wait): Stalled=True is Failed, Reconciling=True InProgress,
-    // neither (with observedGeneration current) Current.
-    let stalled_condition = match stalled.first() {
-        Some((reason, _)) => {
-            let lines: Vec<String> = stalled.iter().map(|(_, m)| m.clone()).collect();
-            condition("Stalled", true, reason, &listed(&lines))
-        }
-        None => condition("Stalled", false, "NotStalled", "nothing stands in the way"),
-    };
-    let reconciling_condition = if !stalled.is_empty() {
-        condition(
-            "Reconciling",
-            false,
-            "Stalled",
-            "corral cannot make progress; see Stalled",
-        )
-    } else if all_running {
-        condition("Reconciling", false, "Reconciled", &running)
-    } else if let Some(rolling) = &rolling {
-        condition("Reconciling", true, "RollingOut", rolling)
-    } else {
-        let reason = if allocated < replicas {
-            "ReplicasPending"
-        } else if !not_enforced.is_empty() {
-            "WaitingForAgents"
-        } else {
-            "ReplicasStarting"
-        };
-        condition(
-            "Reconciling",
-            true,
-            reason,
-            &format!("{running}; {}", listed(&not_ready)),
-        )
-    };
-
-    let phase = if workload.metadata.deletion_timestamp.is_some() {
-        WorkloadPhase::Terminating
-    } else if ready == replicas && rolling.is_none() {
-        WorkloadPhase::Running
-    } else if allocated == 0 {
-        WorkloadPhase::Pending
-    } else if allocated < replicas || !failures.is_empty() {
-        WorkloadPhase::Degraded
-    } else {
-        WorkloadPhase::Allocated
-    };
+    let mine = Mine::of(&WorkloadRef::of(workload), observed);
+    let tally = Tally::of(replicas, &mine, observed.held, refusal(problem, generation));
+    let facts = Facts::new(
+        problem,
+        generation,
+        replicas,
+        observed.rollout,
+        &mine,
+        &tally,
+    );
+    let conditions = vec![
+        facts.allocated(),
+        facts.enforced(),
+        facts.ready(),
+        facts.rolled_out(),
+        facts.reconciling(),
+        facts.stalled(),
+    ];
+    let phase = facts.phase(workload.metadata.deletion_timestamp.is_some());
     let previous = workload
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let request = leases.values().next().map(|l| granted(&l.request));
     WorkloadStatus {
         observed_generation: generation,
         phase,
-        replicas: i32::try_from(allocated).unwrap_or(i32::MAX),
-        ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
-        updated_replicas: i32::try_from(observed.rollout.map_or(allocated, |r| r.updated))
+        replicas: i32::try_from(tally.allocated).unwrap_or(i32::MAX),
+        ready_replicas: i32::try_from(tally.ready).unwrap_or(i32::MAX),
+        updated_replicas: i32::try_from(observed.rollout.map_or(tally.allocated, |r| r.updated))
             .unwrap_or(i32::MAX),
         revision: observed
             .rollout
             .map(|r| r.revision.clone())
             .filter(|r| !r.is_empty()),
         selector: Some(format!("corral.dev/workload={}", workload.name_any())),
-        request,
-        replica_statuses: rows,
-        conditions: stamp(
-            vec![
-                allocated_condition,
-                enforced_condition,
-                ready_condition,
-                rolled_out_condition,
-                reconciling_condition,
-                stalled_condition,
-            ],
-            previous,
+        request: mine.leases.values().next().map(|l| granted(&l.request)),
+        replica_statuses: tally.rows,
+        conditions: stamp(conditions, previous, generation, now),
+    }
+}
+
+/// What `Stalled` says of a refused generation, first of all it says.
+fn refusal(problem: Option<&str>, generation: Option<i64>) -> Option<(Reason, String)> {
+    problem.map(|problem| {
+        (
+            Reason::SpecRefused,
+            format!(
+                "generation {} is refused: {problem}",
+                generation.unwrap_or_default()
+            ),
+        )
+    })
+}
+
+/// One workload's part of what was observed, by replica index.
+struct Mine<'a> {
+    /// Its leases.
+    leases: BTreeMap<u32, &'a Lease>,
+    /// Its reports from registered nodes.
+    reports: BTreeMap<u32, &'a Report>,
+    /// Its pending replicas: the allocator's reason, and whether no waiting mends it.
+    pending: BTreeMap<u32, (&'a str, bool)>,
+}
+
+impl<'a> Mine<'a> {
+    /// The part of `observed` that is the workload `name`'s.
+    fn of(name: &WorkloadRef, observed: &Observed<'a>) -> Mine<'a> {
+        let leases = observed
+            .leases
+            .iter()
+            .filter(|l| l.key.workload == *name)
+            .map(|l| (l.key.index, l))
+            .collect();
+        let reports = observed
+            .reports
+            .iter()
+            .filter_map(|r| {
+                let key = r.key.as_ref()?;
+                (key.workload == *name && observed.registered.contains(&r.node))
+                    .then_some((key.index, r))
+            })
+            .collect();
+        let pending = observed
+            .plan
+            .map(|p| {
+                p.pending
+                    .iter()
+                    .filter(|p| p.workload == *name)
+                    .map(|p| (p.replica, (p.reason.as_str(), p.stalled)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Mine {
+            leases,
+            reports,
+            pending,
+        }
+    }
+
+    /// The report that counts for replica `index`: from its lease's node, of this lease.
+    fn report(&self, index: u32) -> Option<&'a Report> {
+        let lease = self.leases.get(&index)?;
+        self.reports
+            .get(&index)
+            .copied()
+            .filter(|r| lease.node == r.node && r.lease_epoch == lease.epoch)
+    }
+}
+
+/// What the replicas say, one by one: the status's rows, and the lines the conditions'
+/// messages list.
+#[derive(Default)]
+struct Tally {
+    /// One row per replica.
+    rows: Vec<ReplicaStatus>,
+    /// Replicas with a node.
+    allocated: u32,
+    /// Replicas that run and are ready.
+    ready: u32,
+    /// Leases no agent reported yet.
+    not_enforced: Vec<String>,
+    /// What agents could not apply.
+    failures: Vec<String>,
+    /// How each replica that is not ready is.
+    not_ready: Vec<String>,
+    /// What no waiting mends, each with the reason `Stalled` gives it; `refusal` first.
+    stalled: Vec<(Reason, String)>,
+}
+
+impl Tally {
+    /// The tally of `replicas` replicas; `refused` is what `Stalled` says of a refused
+    /// generation.
+    fn of(
+        replicas: u32,
+        mine: &Mine<'_>,
+        held: Option<&BTreeMap<u32, String>>,
+        refused: Option<(Reason, String)>,
+    ) -> Tally {
+        let mut tally = Tally {
+            stalled: refused.into_iter().collect(),
+            ..Tally::default()
+        };
+        for index in 0..replicas {
+            let lease = mine.leases.get(&index).copied();
+            let report = mine.report(index);
+            tally
+                .rows
+                .push(row(index, lease, report, mine.pending.get(&index)));
+            if let Some(report) = report {
+                tally.reported(index, report);
+            } else if let Some(reason) = held.and_then(|h| h.get(&index)) {
+                tally.not_ready.push(format!("replica {index}: {reason}"));
+            } else if let Some(lease) = lease {
+                tally.not_enforced.push(format!(
+                    "replica {index} on {}: no report of lease epoch {} yet",
+                    lease.node, lease.epoch
+                ));
+                tally
+                    .not_ready
+                    .push(format!("replica {index}: not reported"));
+            } else {
+                tally.unplaced(index, mine.pending.get(&index));
+            }
+        }
+        tally.allocated =
+            u32::try_from(mine.leases.keys().filter(|i| **i < replicas).count()).unwrap_or(0);
+        tally
+    }
+
+    /// Replica `index`, whose agent reported its current lease.
+    fn reported(&mut self, index: u32, report: &Report) {
+        for p in &report.problems {
+            self.failures
+                .push(format!("replica {index} on {}: {p}", report.node));
+        }
+        if report.process.state == ProcessState::Unenforced {
+            self.stalled.push((
+                Reason::LimitsNotApplied,
+                format!(
+                    "replica {index} on {}: its limits cannot be applied, so it is not started: {}",
+                    report.node,
+                    report
+                        .problems
+                        .first()
+                        .map_or("see the node's report", String::as_str)
+                ),
+            ));
+        }
+        let is_ready = report
+            .process
+            .ready
+            .unwrap_or_else(|| report.process.state.ready_without_check());
+        if is_ready {
+            self.ready += 1;
+            return;
+        }
+        let mut state = report.process.state.to_string();
+        if report.process.state.ready_without_check() {
+            state.push_str(", not ready yet (minReadySeconds or its health check)");
+        }
+        if let Some(exit) = &report.process.last_exit {
+            state.push_str(&format!(" (last exit: {exit})"));
+        }
+        self.not_ready.push(format!("replica {index}: {state}"));
+    }
+
+    /// Replica `index`, which has no node: pending for the allocator's reason, or not
+    /// allocated yet.
+    fn unplaced(&mut self, index: u32, pending: Option<&(&str, bool)>) {
+        match pending {
+            Some((reason, never)) => {
+                if *never {
+                    self.stalled
+                        .push((Reason::CannotBePlaced, format!("replica {index}: {reason}")));
+                }
+                self.not_ready
+                    .push(format!("replica {index}: pending: {reason}"));
+            }
+            None => self
+                .not_ready
+                .push(format!("replica {index}: not allocated yet")),
+        }
+    }
+}
+
+/// Replica `index`'s row: its lease, and what its agent reported of it.
+fn row(
+    index: u32,
+    lease: Option<&Lease>,
+    report: Option<&Report>,
+    pending: Option<&(&str, bool)>,
+) -> ReplicaStatus {
+    let mut row = ReplicaStatus {
+        index: i32::try_from(index).unwrap_or(i32::MAX),
+        node: lease.map(|l| l.node.clone()),
+        granted: lease.map(|l| granted(&l.granted)),
+        lease_epoch: lease.map(|l| l.epoch),
+        pending_reason: pending.map(|(r, _)| (*r).to_string()),
+        ..ReplicaStatus::default()
+    };
+    if let Some(report) = report {
+        row.applied.clone_from(&report.applied);
+        row.revision.clone_from(&report.process.revision);
+        row.usage = report.usage.as_ref().map(usage);
+    }
+    row
+}
+
+/// What a workload's conditions and phase are computed from.
+struct Facts<'a> {
+    /// Why the object is refused, when it is.
+    problem: Option<&'a str>,
+    /// Its generation.
+    generation: Option<i64>,
+    /// How many replicas it asks for.
+    replicas: u32,
+    /// Where its rollout stands.
+    rollout: Option<&'a crate::controller::rollout::Rollout>,
+    /// Its part of what was observed.
+    mine: &'a Mine<'a>,
+    /// What its replicas say.
+    tally: &'a Tally,
+    /// `N of M replicas running`.
+    running: String,
+    /// How far the rollout under way is, when one is.
+    rolling: Option<String>,
+    /// Every replica runs the current spec and is ready.
+    all_running: bool,
+}
+
+impl<'a> Facts<'a> {
+    /// The facts of a workload of `replicas` replicas.
+    fn new(
+        problem: Option<&'a str>,
+        generation: Option<i64>,
+        replicas: u32,
+        rollout: Option<&'a crate::controller::rollout::Rollout>,
+        mine: &'a Mine<'a>,
+        tally: &'a Tally,
+    ) -> Facts<'a> {
+        let rolling = rollout
+            .filter(|r| r.in_progress())
+            .map(crate::controller::rollout::Rollout::describe);
+        Facts {
+            problem,
             generation,
-            now,
-        ),
+            replicas,
+            rollout,
+            mine,
+            tally,
+            running: format!("{} running", of(tally.ready, replicas, "replica")),
+            all_running: tally.ready == replicas && rolling.is_none(),
+            rolling,
+        }
+    }
+
+    /// `Allocated`: which replicas have a node, and why the others have none.
+    fn allocated(&self) -> Condition {
+        let (replicas, allocated) = (self.replicas, self.tally.allocated);
+        if let Some(problem) = self.problem {
+            return condition(ConditionType::Allocated, false, Reason::Invalid, problem);
+        }
+        if allocated == replicas {
+            return condition(
+                ConditionType::Allocated,
+                true,
+                Reason::AllReplicasAllocated,
+                &format!(
+                    "{} {} a node",
+                    of(replicas, replicas, "replica"),
+                    if replicas == 1 { "has" } else { "have" }
+                ),
+            );
+        }
+        let reasons: Vec<String> = (0..replicas)
+            .filter(|i| !self.mine.leases.contains_key(i))
+            .map(|i| match self.mine.pending.get(&i) {
+                Some((reason, _)) => format!("replica {i}: {reason}"),
+                None => format!("replica {i}: not allocated yet"),
+            })
+            .collect();
+        condition(
+            ConditionType::Allocated,
+            false,
+            Reason::ReplicasPending,
+            &format!(
+                "{} pending: {}",
+                of(replicas - allocated, replicas, "replica"),
+                listed(&reasons)
+            ),
+        )
+    }
+
+    /// `Enforced`: whether the agents applied the leases, or what failed.
+    fn enforced(&self) -> Condition {
+        let tally = self.tally;
+        if !tally.failures.is_empty() {
+            condition(
+                ConditionType::Enforced,
+                false,
+                Reason::EnforcementFailed,
+                &listed(&tally.failures),
+            )
+        } else if !tally.not_enforced.is_empty() {
+            condition(
+                ConditionType::Enforced,
+                false,
+                Reason::WaitingForAgents,
+                &listed(&tally.not_enforced),
+            )
+        } else if tally.allocated == 0 && self.replicas > 0 {
+            condition(
+                ConditionType::Enforced,
+                false,
+                Reason::NothingAllocated,
+                "no replica has a node yet, so there is nothing to enforce",
+            )
+        } else {
+            condition(
+                ConditionType::Enforced,
+                true,
+                Reason::Applied,
+                &format!(
+                    "the agents applied the leases of {}",
+                    count(tally.allocated, "replica")
+                ),
+            )
+        }
+    }
+
+    /// `Ready`: whether every replica runs the current spec and is ready.
+    fn ready(&self) -> Condition {
+        let running = &self.running;
+        if let Some(problem) = self.problem {
+            condition(
+                ConditionType::Ready,
+                false,
+                Reason::SpecRefused,
+                &format!(
+                    "generation {} is not applied: {problem}. What runs is the last accepted spec: {running}",
+                    self.generation.unwrap_or_default()
+                ),
+            )
+        } else if self.all_running {
+            condition(
+                ConditionType::Ready,
+                true,
+                Reason::AllReplicasRunning,
+                running,
+            )
+        } else if let Some(rolling) = &self.rolling {
+            condition(
+                ConditionType::Ready,
+                false,
+                Reason::RollingOut,
+                &format!("not every replica runs the current spec yet: {rolling}; {running}"),
+            )
+        } else {
+            condition(
+                ConditionType::Ready,
+                false,
+                Reason::ReplicasNotRunning,
+                &format!("{running}; {}", listed(&self.tally.not_ready)),
+            )
+        }
+    }
+
+    /// `RolledOut`: how far the rollout is.
+    fn rolled_out(&self) -> Condition {
+        match (&self.rolling, self.rollout) {
+            (Some(rolling), _) => {
+                condition(ConditionType::RolledOut, false, Reason::RollingOut, rolling)
+            }
+            (None, Some(rollout)) => condition(
+                ConditionType::RolledOut,
+                true,
+                Reason::AllReplicasUpdated,
+                &format!(
+                    "every allocated replica runs revision {} of the spec",
+                    rollout.revision
+                ),
+            ),
+            (None, None) => condition(
+                ConditionType::RolledOut,
+                true,
+                Reason::NothingToRollOut,
+                "no rollout: adopted processes, or no allocation pass yet",
+            ),
+        }
+    }
+
+    /// `Stalled`: what no waiting mends. kstatus (Flux, Helm's --wait) reads Stalled=True
+    /// as Failed, Reconciling=True as InProgress, neither (with observedGeneration current)
+    /// as Current.
+    fn stalled(&self) -> Condition {
+        match self.tally.stalled.first() {
+            Some((reason, _)) => {
+                let lines: Vec<String> =
+                    self.tally.stalled.iter().map(|(_, m)| m.clone()).collect();
+                condition(ConditionType::Stalled, true, *reason, &listed(&lines))
+            }
+            None => condition(
+                ConditionType::Stalled,
+                false,
+                Reason::NotStalled,
+                "nothing stands in the way",
+            ),
+        }
+    }
+
+    /// `Reconciling`: what corral still works toward, unless it is stalled.
+    fn reconciling(&self) -> Condition {
+        let tally = self.tally;
+        if !tally.stalled.is_empty() {
+            return condition(
+                ConditionType::Reconciling,
+                false,
+                Reason::Stalled,
+                "corral cannot make progress; see Stalled",
+            );
+        }
+        if self.all_running {
+            return condition(
+                ConditionType::Reconciling,
+                false,
+                Reason::Reconciled,
+                &self.running,
+            );
+        }
+        if let Some(rolling) = &self.rolling {
+            return condition(
+                ConditionType::Reconciling,
+                true,
+                Reason::RollingOut,
+                rolling,
+            );
+        }
+        let reason = if tally.allocated < self.replicas {
+            Reason::ReplicasPending
+        } else if !tally.not_enforced.is_empty() {
+            Reason::WaitingForAgents
+        } else {
+            Reason::ReplicasStarting
+        };
+        condition(
+            ConditionType::Reconciling,
+            true,
+            reason,
+            &format!("{}; {}", self.running, listed(&tally.not_ready)),
+        )
+    }
+
+    /// The phase; `deleting` when the object has a deletion timestamp.
+    fn phase(&self, deleting: bool) -> WorkloadPhase {
+        let tally = self.tally;
+        if deleting {
+            WorkloadPhase::Terminating
+        } else if self.all_running {
+            WorkloadPhase::Running
+        } else if tally.allocated == 0 {
+            WorkloadPhase::Pending
+        } else if tally.allocated < self.replicas || !tally.failures.is_empty() {
+            WorkloadPhase::Degraded
+        } else {
+            WorkloadPhase::Allocated
+        }
     }
 }
 
@@ -393,11 +594,31 @@ pub fn unreadable_status(generation: Option<i64>, problem: &str, now: &Time) -> 
         phase: WorkloadPhase::Pending,
         conditions: stamp(
             vec![
-                condition("Allocated", false, "Unreadable", &message),
-                condition("Enforced", false, "Unreadable", "see Allocated"),
-                condition("Ready", false, "Unreadable", "see Allocated"),
-                condition("Reconciling", false, "Stalled", "see Stalled"),
-                condition("Stalled", true, "Unreadable", &message),
+                condition(
+                    ConditionType::Allocated,
+                    false,
+                    Reason::Unreadable,
+                    &message,
+                ),
+                condition(
+                    ConditionType::Enforced,
+                    false,
+                    Reason::Unreadable,
+                    "see Allocated",
+                ),
+                condition(
+                    ConditionType::Ready,
+                    false,
+                    Reason::Unreadable,
+                    "see Allocated",
+                ),
+                condition(
+                    ConditionType::Reconciling,
+                    false,
+                    Reason::Stalled,
+                    "see Stalled",
+                ),
+                condition(ConditionType::Stalled, true, Reason::Unreadable, &message),
             ],
             &[],
             generation,
@@ -418,59 +639,6 @@ pub fn policy_status(
     let name = policy.name_any();
     let report = plan.and_then(|p| p.policies.iter().find(|r| r.name == name));
     let generation = policy.metadata.generation;
-    let valid = match problem {
-        Some(problem) => condition("Valid", false, "Invalid", problem),
-        None => condition("Valid", true, "Accepted", "the policy is in use as written"),
-    };
-    let ready = match (problem, report) {
-        (Some(_), _) => condition(
-            "Ready",
-            false,
-            "Invalid",
-            "the policy is refused; see Valid",
-        ),
-        (None, Some(r)) if r.nodes > 0 => condition(
-            "Ready",
-            true,
-            "GoverningNodes",
-            &format!(
-                "governs {} node(s) with {}; {} replica(s) pending",
-                r.nodes,
-                totals_text(&r.capacity),
-                r.pending
-            ),
-        ),
-        (None, _) => condition(
-            "Ready",
-            false,
-            "NoNodes",
-            "no registered node matches the policy's nodeSelector, or a policy of higher precedence governs them",
-        ),
-    };
-    // A refused policy is Failed for kstatus; an accepted one is Current, whether it
-    // governs nodes yet or not (that is its Ready).
-    let stalled = match problem {
-        Some(problem) => condition(
-            "Stalled",
-            true,
-            "SpecRefused",
-            &format!(
-                "generation {} is refused: {problem}",
-                generation.unwrap_or_default()
-            ),
-        ),
-        None => condition("Stalled", false, "NotStalled", "the policy is in use"),
-    };
-    let reconciling = condition(
-        "Reconciling",
-        false,
-        if problem.is_some() {
-            "Stalled"
-        } else {
-            "Reconciled"
-        },
-        "corral has read this generation",
-    );
     let previous = policy
         .status
         .as_ref()
@@ -483,12 +651,85 @@ pub fn policy_status(
         allocated: report.map(|r| totals(&r.allocated)),
         pending: report.map_or(0, |r| i32::try_from(r.pending).unwrap_or(i32::MAX)),
         conditions: stamp(
-            vec![valid, ready, reconciling, stalled],
+            policy_conditions(problem, report, generation),
             previous,
             generation,
             now,
         ),
     }
+}
+
+/// A policy's conditions: `Valid`, `Ready`, `Reconciling`, `Stalled`. `report` is what the
+/// last plan says of it.
+fn policy_conditions(
+    problem: Option<&str>,
+    report: Option<&PolicyReport>,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let valid = match problem {
+        Some(problem) => condition(ConditionType::Valid, false, Reason::Invalid, problem),
+        None => condition(
+            ConditionType::Valid,
+            true,
+            Reason::Accepted,
+            "the policy is in use as written",
+        ),
+    };
+    let ready = match (problem, report) {
+        (Some(_), _) => condition(
+            ConditionType::Ready,
+            false,
+            Reason::Invalid,
+            "the policy is refused; see Valid",
+        ),
+        (None, Some(r)) if r.nodes > 0 => condition(
+            ConditionType::Ready,
+            true,
+            Reason::GoverningNodes,
+            &format!(
+                "governs {} node(s) with {}; {} replica(s) pending",
+                r.nodes,
+                totals_text(&r.capacity),
+                r.pending
+            ),
+        ),
+        (None, _) => condition(
+            ConditionType::Ready,
+            false,
+            Reason::NoNodes,
+            "no registered node matches the policy's nodeSelector, or a policy of higher precedence governs them",
+        ),
+    };
+    // A refused policy is Failed for kstatus; an accepted one is Current, whether it
+    // governs nodes yet or not (that is its Ready).
+    let stalled = match problem {
+        Some(problem) => condition(
+            ConditionType::Stalled,
+            true,
+            Reason::SpecRefused,
+            &format!(
+                "generation {} is refused: {problem}",
+                generation.unwrap_or_default()
+            ),
+        ),
+        None => condition(
+            ConditionType::Stalled,
+            false,
+            Reason::NotStalled,
+            "the policy is in use",
+        ),
+    };
+    let reconciling = condition(
+        ConditionType::Reconciling,
+        false,
+        if problem.is_some() {
+            Reason::Stalled
+        } else {
+            Reason::Reconciled
+        },
+        "corral has read this generation",
+    );
+    vec![valid, ready, reconciling, stalled]
 }
 
 /// A report's usage sample as the status shows it.
@@ -561,17 +802,6 @@ fn listed(items: &[String]) -> String {
         text.push_str(&format!("; and {} more", items.len() - MESSAGE_ITEMS));
     }
     text
-}
-
-fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: None,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    }
 }
 
 /// Sets each condition's generation, and its transition time: kept from `previous` when
