@@ -8,7 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use super::{ResourcePolicy, Workload};
-use crate::operator::conditions::{ConditionType, Reason};
+use crate::api::conditions::{ConditionType, Reason};
 
 /// One generated CRD and the file it is kept in under `crds/`.
 pub struct GeneratedCrd {

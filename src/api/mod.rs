@@ -1,6 +1,7 @@
 //! The two kinds users write, `Workload` and `ResourcePolicy` (group `corral.dev`, version
 //! `v1alpha1`), and the CRDs generated from them. Types only: no I/O.
 
+pub mod conditions;
 pub mod crd;
 pub mod identity;
 pub mod names;

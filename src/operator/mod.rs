@@ -15,7 +15,6 @@
 //! then the finalizer goes and the object with it. A deletion made while no controller
 //! runs waits for the finalizer, and is handled when one comes back.
 
-pub mod conditions;
 pub mod reconcile;
 pub mod source;
 pub mod status;

@@ -15,12 +15,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::conditions::{self, ConditionType, Reason, find, reason_of};
 use super::status::{
     Observed, same_but_usage, same_policy_status, same_workload_status, workload_status,
 };
 use super::{FIELD_MANAGER, FINALIZER, Shared, Snapshot};
 use crate::alloc::plan::Plan;
+use crate::api::conditions::{self, ConditionType, Reason, find, reason_of};
 use crate::api::workload::WorkloadStatus;
 use crate::api::{ResourcePolicy, Workload, WorkloadRef};
 use crate::metrics::ControllerMetrics;
@@ -647,8 +647,8 @@ pub async fn unreadable_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::conditions::condition;
     use crate::api::workload::ReplicaStatus;
-    use crate::operator::conditions::condition;
 
     fn with(conditions: Vec<Condition>, pending: Option<&str>) -> WorkloadStatus {
         WorkloadStatus {

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::conditions::{ConditionType, Reason, condition};
 use crate::alloc::Res;
 use crate::alloc::plan::{Plan, PolicyReport};
 use crate::api::WorkloadRef;
+use crate::api::conditions::{ConditionType, Reason, condition};
 use crate::api::policy::{ResourcePolicy, ResourcePolicyStatus, ResourceTotals};
 use crate::api::quantity::Quantity;
 use crate::api::workload::{
