@@ -1,5 +1,6 @@
 //! The cgroup layer: where the hierarchies are ([`layout`]), which subtree corral owns and
-//! what it may write around it ([`root`]), the values corral writes ([`values`]), the tree
+//! what it may write around it ([`root`]), the one table of the files corral writes and
+//! reads, and how ([`knobs`]), the values corral writes ([`values`]), the tree
 //! as desired ([`desired`], [`tree`]) and as found ([`observe`]), the pure diff between
 //! them ([`diff`]), the filesystem below corral's root ([`fs`]), the executor that applies
 //! a diff ([`exec`]), the v2 pressure files ([`pressure`]) and the one reader of
@@ -9,6 +10,7 @@ pub mod desired;
 pub mod diff;
 pub mod exec;
 pub mod fs;
+pub mod knobs;
 pub mod layout;
 pub mod observe;
 pub mod pressure;
