@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::knobs::Knob;
 use super::tree::{DesiredGroup, DesiredTree, GroupPath};
 use super::values::{self, Amounts};
 use crate::alloc::{ReplicaKey, Res};
@@ -63,7 +64,7 @@ pub fn desired_tree(
         let mut knobs =
             values::tenant_knobs(v2, granted, lease.tenant_limit, &lease.cgroup, page_size);
         if v2 {
-            knobs.insert("cgroup.subtree_control", enabled.clone());
+            knobs.insert(Knob::SubtreeControl, enabled.clone());
         }
         tree.groups.insert(
             tenant,
@@ -79,7 +80,7 @@ pub fn desired_tree(
         );
     }
     if v2 {
-        tree.root_knobs.insert("cgroup.subtree_control", enabled);
+        tree.root_knobs.insert(Knob::SubtreeControl, enabled);
     }
     (tree, refused)
 }
