@@ -21,7 +21,7 @@ use corral::api::policy::IdRange;
 use corral::api::workload::{AdoptOnDelete, AdoptRule};
 use corral::cgroup::fs::Cgroupfs;
 use corral::cgroup::knobs::{CgroupFile, Knob, Stat};
-use corral::cgroup::layout::Layout;
+use corral::cgroup::layout::{Controller, Layout};
 use corral::cgroup::tree::GroupPath;
 use corral::cgroup::tree::Work;
 use corral::lease::Lease;
@@ -122,6 +122,29 @@ fn values_land_in_the_real_files_and_a_second_pass_writes_nothing() {
     );
     let pid = report_of(&first, "api").process.pid.unwrap();
     assert!(root.fs().procs(&g).unwrap().contains(&pid));
+    // Every v1 file of corral's table is a file of a real group (BFQ's weight where the
+    // kernel has BFQ); knob_path finds none of v2's.
+    let fs = root.fs();
+    let mounted = &fs.layout().v1;
+    let bfq = mounted
+        .get(&Controller::Io)
+        .is_some_and(|m| m.join("blkio.bfq.io_service_bytes").exists());
+    let files = Knob::ALL
+        .map(CgroupFile::from)
+        .into_iter()
+        .chain(Stat::ALL.map(CgroupFile::from));
+    for file in files {
+        let Some(path) = fs.knob_path(Some(&g), file) else {
+            // Only v2's files, and those of a controller this machine does not mount.
+            let unmounted = file.controller().is_some_and(|c| !mounted.contains_key(&c));
+            assert!(!file.version().on(false) || unmounted, "{file}");
+            continue;
+        };
+        if file == Knob::BlkioBfqWeight.into() && !bfq {
+            continue;
+        }
+        assert!(path.exists(), "{}", path.display());
+    }
 
     let writes_before = agent.stats.writes;
     let second = agent.pass(Trigger::Resync);
