@@ -30,6 +30,7 @@ use corral::alloc::fixtures::{mk_policy, mk_workload};
 use corral::alloc::plan::Limits;
 use corral::api::policy::IdRange;
 use corral::api::workload::AdoptRule;
+use corral::cgroup::knobs::{CgroupFile, Knob, Stat};
 use corral::cgroup::layout::{Layout, Mode};
 use corral::cgroup::tree::Work;
 use corral::lease::Lease;
@@ -252,6 +253,15 @@ fn agent_writes_the_v2_files_and_a_second_pass_writes_nothing() {
                 root.dir(group)
             );
         }
+    }
+    // Every v2 file of corral's table is a file of a real group.
+    let files = Knob::ALL
+        .map(CgroupFile::from)
+        .into_iter()
+        .chain(Stat::ALL.map(CgroupFile::from));
+    for file in files.filter(|f| f.version().on(true)) {
+        let path = root.dir("shop/api.0").join(file.name());
+        assert!(path.exists(), "{}", path.display());
     }
     let pid = report.process.pid.expect("the command runs");
     assert_eq!(

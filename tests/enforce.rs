@@ -20,7 +20,8 @@ use corral::api::ResourcePolicySpec;
 use corral::api::policy::IdRange;
 use corral::api::workload::{AdoptOnDelete, AdoptRule};
 use corral::cgroup::fs::Cgroupfs;
-use corral::cgroup::layout::Layout;
+use corral::cgroup::knobs::{CgroupFile, Knob, Stat};
+use corral::cgroup::layout::{Controller, Layout};
 use corral::cgroup::tree::GroupPath;
 use corral::cgroup::tree::Work;
 use corral::lease::Lease;
@@ -40,7 +41,7 @@ impl TestRoot {
         TestRoot::new(Layout::detect().unwrap())
     }
 
-    fn knob(&self, group: &GroupPath, knob: &str) -> String {
+    fn knob(&self, group: &GroupPath, knob: impl Into<CgroupFile>) -> String {
         let path = self.fs().knob_path(Some(group), knob).unwrap();
         std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -104,26 +105,46 @@ fn values_land_in_the_real_files_and_a_second_pass_writes_nothing() {
         first.outcome.failures
     );
     let g = group("shop", "api");
-    assert_eq!(root.knob(&g, "cpu.shares"), "256", "250m is 256 shares");
-    assert_eq!(root.knob(&g, "cpu.cfs_period_us"), "100000");
+    assert_eq!(root.knob(&g, Knob::CpuShares), "256", "250m is 256 shares");
+    assert_eq!(root.knob(&g, Knob::CpuCfsPeriod), "100000");
     assert_eq!(
-        root.knob(&g, "cpu.cfs_quota_us"),
+        root.knob(&g, Knob::CpuCfsQuota),
         "150000",
         "1.5 CPU over 100 ms"
     );
-    assert_eq!(
-        root.knob(&g, "memory.limit_in_bytes"),
-        (64 << 20).to_string()
-    );
-    assert_eq!(root.knob(&g, "pids.max"), "64");
+    assert_eq!(root.knob(&g, Knob::MemoryLimit), (64 << 20).to_string());
+    assert_eq!(root.knob(&g, Knob::PidsMax), "64");
     let tenant = g.parent().unwrap();
     assert_eq!(
-        root.knob(&tenant, "cpu.shares"),
+        root.knob(&tenant, Knob::CpuShares),
         "256",
         "a tenant's shares are its replicas' sum"
     );
     let pid = report_of(&first, "api").process.pid.unwrap();
     assert!(root.fs().procs(&g).unwrap().contains(&pid));
+    // Every v1 file of corral's table is a file of a real group (BFQ's weight where the
+    // kernel has BFQ); knob_path finds none of v2's.
+    let fs = root.fs();
+    let mounted = &fs.layout().v1;
+    let bfq = mounted
+        .get(&Controller::Io)
+        .is_some_and(|m| m.join("blkio.bfq.io_service_bytes").exists());
+    let files = Knob::ALL
+        .map(CgroupFile::from)
+        .into_iter()
+        .chain(Stat::ALL.map(CgroupFile::from));
+    for file in files {
+        let Some(path) = fs.knob_path(Some(&g), file) else {
+            // Only v2's files, and those of a controller this machine does not mount.
+            let unmounted = file.controller().is_some_and(|c| !mounted.contains_key(&c));
+            assert!(!file.version().on(false) || unmounted, "{file}");
+            continue;
+        };
+        if file == Knob::BlkioBfqWeight.into() && !bfq {
+            continue;
+        }
+        assert!(path.exists(), "{}", path.display());
+    }
 
     let writes_before = agent.stats.writes;
     let second = agent.pass(Trigger::Resync);
@@ -164,7 +185,7 @@ fn a_memory_hog_is_oom_killed_in_a_64_mib_group() {
         Some("killed by SIGKILL"),
         "{report:?}"
     );
-    let oom = root.knob(&g, "memory.oom_control");
+    let oom = root.knob(&g, Stat::MemoryOomControl);
     assert!(oom.contains("oom_kill 1"), "{oom}");
     assert!(report.usage.is_none_or(|u| u.oom_kills >= 1), "{report:?}");
     let log =
@@ -186,7 +207,7 @@ fn a_busy_loop_under_a_20_percent_quota_uses_about_20_percent() {
     )]);
     agent.pass(Trigger::Leases);
     let g = group("lab", "spin");
-    let usage = || root.knob(&g, "cpuacct.usage").parse::<u64>().unwrap();
+    let usage = || root.knob(&g, Stat::CpuacctUsage).parse::<u64>().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (start, before) = (Instant::now(), usage());
     std::thread::sleep(Duration::from_secs(3));
@@ -196,7 +217,7 @@ fn a_busy_loop_under_a_20_percent_quota_uses_about_20_percent() {
         "used {:.1}% of a core under a 20% quota",
         share * 100.0
     );
-    let throttled = root.knob(&g, "cpu.stat");
+    let throttled = root.knob(&g, Stat::CpuStat);
     assert!(!throttled.contains("nr_throttled 0"), "{throttled}");
 }
 
@@ -214,11 +235,11 @@ fn drift_is_reverted_and_counted() {
     )]);
     agent.pass(Trigger::Leases);
     let g = group("shop", "api");
-    let path = root.fs().knob_path(Some(&g), "cpu.cfs_quota_us").unwrap();
+    let path = root.fs().knob_path(Some(&g), Knob::CpuCfsQuota).unwrap();
     std::fs::write(&path, "90000").unwrap();
-    assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "90000");
+    assert_eq!(root.knob(&g, Knob::CpuCfsQuota), "90000");
     agent.pass(Trigger::Resync);
-    assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(root.knob(&g, Knob::CpuCfsQuota), "50000");
     assert_eq!(agent.stats.drift_corrections, 1);
 }
 
@@ -677,23 +698,20 @@ fn v2_files_on_a_directory_laid_out_like_a_v2_hierarchy() {
         "{:?}",
         pass.outcome.failures
     );
-    let read = |group: Option<&GroupPath>, knob: &str| {
+    let read = |group: Option<&GroupPath>, knob: Knob| {
         std::fs::read_to_string(fs.knob_path(group, knob).unwrap()).unwrap()
     };
+    assert_eq!(read(None, Knob::SubtreeControl), "+cpu +memory +pids +io");
     assert_eq!(
-        read(None, "cgroup.subtree_control"),
-        "+cpu +memory +pids +io"
-    );
-    assert_eq!(
-        read(Some(&g), "cpu.weight"),
+        read(Some(&g), Knob::CpuWeight),
         "35",
         "250m is 256 shares, weight 35"
     );
-    assert_eq!(read(Some(&g), "cpu.max"), "150000 100000");
-    assert_eq!(read(Some(&g), "memory.max"), (200 << 20).to_string());
+    assert_eq!(read(Some(&g), Knob::CpuMax), "150000 100000");
+    assert_eq!(read(Some(&g), Knob::MemoryMax), (200 << 20).to_string());
     let high = corral::cgroup::values::memory_high(16 << 20, 200 << 20, 0.9, fs.page_size());
-    assert_eq!(read(Some(&g), "memory.high"), high.to_string());
-    assert_eq!(read(Some(&g), "pids.max"), "64");
+    assert_eq!(read(Some(&g), Knob::MemoryHigh), high.to_string());
+    assert_eq!(read(Some(&g), Knob::PidsMax), "64");
     let report = report_of(&pass, "api");
     assert_eq!(report.process.state, "Waiting");
     assert!(
@@ -743,24 +761,24 @@ fn v2_reports_carry_pressure_and_memory_events() {
     .unwrap();
     agent.pass(Trigger::Leases);
     let g = group("shop", "api");
-    let write = |knob: &str, text: &str| {
-        std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap();
+    let write = |stat: Stat, text: &str| {
+        std::fs::write(fs.knob_path(Some(&g), stat).unwrap(), text).unwrap();
     };
     write(
-        "memory.pressure",
+        Stat::MemoryPressure,
         "some avg10=23.45 avg60=10.00 avg300=2.00 total=5000000\n\
          full avg10=3.00 avg60=1.00 avg300=0.25 total=700000\n",
     );
     write(
-        "cpu.pressure",
+        Stat::CpuPressure,
         "some avg10=0.50 avg60=0.10 avg300=0.00 total=1234\n",
     );
-    write("io.pressure", "some avg10=twelve\n");
+    write(Stat::IoPressure, "some avg10=twelve\n");
     write(
-        "memory.events",
+        Stat::MemoryEvents,
         "low 0\nhigh 42\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
     );
-    write("memory.current", "1048576\n");
+    write(Stat::MemoryCurrent, "1048576\n");
     agent.pass(Trigger::Resync);
     let pass = agent.pass(Trigger::Resync);
     let usage = report_of(&pass, "api")
@@ -882,14 +900,14 @@ fn one_tenants_stubborn_processes_and_hostile_files_never_delay_another_tenant()
         adopt_from("zero", Path::new("/dev/zero")),
     ]);
     let g = group("team-b", "api");
-    let quota = root.fs().knob_path(Some(&g), "cpu.cfs_quota_us").unwrap();
+    let quota = root.fs().knob_path(Some(&g), Knob::CpuCfsQuota).unwrap();
     std::fs::write(&quota, "90000").unwrap();
     let started = Instant::now();
     let pass = agent.pass(Trigger::Resync);
     let took = started.elapsed();
     assert!(took < Duration::from_millis(500), "the pass took {took:?}");
     assert_eq!(
-        root.knob(&g, "cpu.cfs_quota_us"),
+        root.knob(&g, Knob::CpuCfsQuota),
         "50000",
         "team-b's drift is corrected"
     );
@@ -943,7 +961,7 @@ fn starting_replicas_under_the_smallest_quota_takes_no_time_from_the_agent() {
     assert!(took < Duration::from_secs(1), "ten starts took {took:?}");
     for i in 0..10 {
         let g = group("tiny", &format!("r{i}"));
-        assert_eq!(root.knob(&g, "cpu.cfs_quota_us"), "1000");
+        assert_eq!(root.knob(&g, Knob::CpuCfsQuota), "1000");
         wait_until(
             "the log pump to join its replica",
             Duration::from_secs(10),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::alloc::{ReplicaKey, Res};
+use crate::cgroup::knobs::Knob;
 use crate::cgroup::tree::{DesiredGroup, DesiredTree, GroupPath, LogLimits};
 use crate::cgroup::values::{self, Amounts};
 use crate::lease::Lease;
@@ -65,7 +66,7 @@ pub fn desired_tree(
         let mut knobs =
             values::tenant_knobs(v2, granted, lease.tenant_limit, &lease.cgroup, page_size);
         if v2 {
-            knobs.insert("cgroup.subtree_control", enabled.clone());
+            knobs.insert(Knob::SubtreeControl, enabled.clone());
         }
         tree.groups.insert(
             tenant,
@@ -81,7 +82,7 @@ pub fn desired_tree(
         );
     }
     if v2 {
-        tree.root_knobs.insert("cgroup.subtree_control", enabled);
+        tree.root_knobs.insert(Knob::SubtreeControl, enabled);
     }
     (tree, refused)
 }

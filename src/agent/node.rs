@@ -270,16 +270,7 @@ impl Agent {
         let structural: Vec<Op> = diff
             .ops
             .iter()
-            .filter(|op| {
-                matches!(
-                    op,
-                    Op::Create { .. }
-                        | Op::Write {
-                            knob: "cgroup.subtree_control",
-                            ..
-                        }
-                )
-            })
+            .filter(|op| op.is_structural())
             .cloned()
             .collect();
         let mut early = Outcome::default();
@@ -491,7 +482,7 @@ impl Agent {
                 && let Some(Some(was)) = observed.groups.get(group).and_then(|g| g.knobs.get(knob))
             {
                 self.stats.drift_corrections += 1;
-                tracing::info!(group = %group, knob, was = %was, now = %value, "drift corrected");
+                tracing::info!(group = %group, knob = knob.name(), was = %was, now = %value, "drift corrected");
                 if let Some(key) = GroupPath::key(group) {
                     let note = self.drift.entry(key).or_default();
                     note.corrections += 1;
@@ -546,7 +537,7 @@ impl Agent {
                 continue;
             };
             let found = observed.groups.get(&group);
-            let failed: BTreeSet<&str> = outcome
+            let failed: BTreeSet<_> = outcome
                 .failures
                 .iter()
                 .filter(|f| f.group.as_ref() == Some(&group))

@@ -7,8 +7,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::knobs::{Knob, Phase};
 use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree, Work};
-use super::values;
 
 /// One step of reconciliation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -23,8 +23,8 @@ pub enum Op {
     Write {
         /// The group.
         group: Option<GroupPath>,
-        /// The knob file.
-        knob: &'static str,
+        /// The knob.
+        knob: Knob,
         /// The value.
         value: String,
     },
@@ -99,13 +99,31 @@ impl fmt::Display for Op {
     }
 }
 
+impl Op {
+    /// True for the operations that make other knobs' files: creating a group, and writing
+    /// a knob of the [`Phase::Structure`] pass. The agent applies them first and reads the
+    /// tree again, so that one pass converges.
+    pub fn is_structural(&self) -> bool {
+        match self {
+            Op::Create { .. } => true,
+            Op::Write { knob, .. } => knob.phase() == Phase::Structure,
+            Op::Start { .. }
+            | Op::Adopt { .. }
+            | Op::Stop { .. }
+            | Op::Replace { .. }
+            | Op::Release { .. }
+            | Op::Remove { .. } => false,
+        }
+    }
+}
+
 /// The operations, and the knobs the kernel does not offer (reported, not written).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     /// In order.
     pub ops: Vec<Op>,
     /// `(group, knob)` for each knob the kernel lacks.
-    pub unavailable: Vec<(Option<GroupPath>, &'static str)>,
+    pub unavailable: Vec<(Option<GroupPath>, Knob)>,
 }
 
 /// What turns `observed` into `desired`. `start_now` names the replica groups whose command
@@ -125,11 +143,11 @@ pub fn diff(
     let mut out = Diff::default();
     for (knob, value) in &desired.root_knobs {
         match observed.root_knobs.get(knob) {
-            Some(None) => out.unavailable.push((None, knob)),
-            Some(Some(current)) if values::same_value(knob, value, current) => {}
+            Some(None) => out.unavailable.push((None, *knob)),
+            Some(Some(current)) if knob.same(value, current) => {}
             _ => out.ops.push(Op::Write {
                 group: None,
-                knob,
+                knob: *knob,
                 value: value.clone(),
             }),
         }
@@ -144,11 +162,11 @@ pub fn diff(
         }
         for (knob, value) in &want.knobs {
             match found.and_then(|f| f.knobs.get(knob)) {
-                Some(None) => out.unavailable.push((Some(group.clone()), knob)),
-                Some(Some(current)) if values::same_value(knob, value, current) => {}
+                Some(None) => out.unavailable.push((Some(group.clone()), *knob)),
+                Some(Some(current)) if knob.same(value, current) => {}
                 _ => out.ops.push(Op::Write {
                     group: Some(group.clone()),
-                    knob,
+                    knob: *knob,
                     value: value.clone(),
                 }),
             }
@@ -245,6 +263,7 @@ mod tests {
     use super::*;
     use crate::alloc::ReplicaKey;
     use crate::api::workload::RestartPolicy;
+    use crate::cgroup::knobs::Knob::{CpuShares, PidsMax};
     use crate::cgroup::tree::{DesiredGroup, ObservedGroup};
 
     fn replica(ns: &str, name: &str, i: u32) -> GroupPath {
@@ -266,7 +285,7 @@ mod tests {
         tree.groups.insert(
             GroupPath::tenant("t").unwrap(),
             DesiredGroup {
-                knobs: BTreeMap::from([("cpu.shares", "512".to_string())]),
+                knobs: BTreeMap::from([(CpuShares, "512".to_string())]),
                 work: None,
                 grace_seconds: 0,
                 logs: Default::default(),
@@ -277,8 +296,8 @@ mod tests {
             replica("t", "w", 0),
             DesiredGroup {
                 knobs: BTreeMap::from([
-                    ("cpu.shares", "512".to_string()),
-                    ("pids.max", "max".to_string()),
+                    (CpuShares, "512".to_string()),
+                    (PidsMax, "max".to_string()),
                 ]),
                 work: Some(command()),
                 grace_seconds: 5,
@@ -295,7 +314,7 @@ mod tests {
         tree.groups.insert(
             GroupPath::tenant("t").unwrap(),
             ObservedGroup {
-                knobs: BTreeMap::from([("cpu.shares", Some("512".into()))]),
+                knobs: BTreeMap::from([(CpuShares, Some("512".into()))]),
                 ..ObservedGroup::default()
             },
         );
@@ -303,8 +322,8 @@ mod tests {
             replica("t", "w", 0),
             ObservedGroup {
                 knobs: BTreeMap::from([
-                    ("cpu.shares", Some("512".into())),
-                    ("pids.max", Some("max".into())),
+                    (CpuShares, Some("512".into())),
+                    (PidsMax, Some("max".into())),
                 ]),
                 pids: vec![42],
                 ..ObservedGroup::default()
@@ -344,18 +363,18 @@ mod tests {
     fn drift_is_written_back_and_missing_knobs_are_reported() {
         let mut observed = applied();
         let w = observed.groups.get_mut(&replica("t", "w", 0)).unwrap();
-        w.knobs.insert("cpu.shares", Some("1024".into()));
-        w.knobs.insert("pids.max", None);
+        w.knobs.insert(CpuShares, Some("1024".into()));
+        w.knobs.insert(PidsMax, None);
         let d = diff(&desired(), &observed, &BTreeSet::new());
         assert_eq!(
             d.ops,
             [Op::Write {
                 group: Some(replica("t", "w", 0)),
-                knob: "cpu.shares",
+                knob: CpuShares,
                 value: "512".into()
             }]
         );
-        assert_eq!(d.unavailable, [(Some(replica("t", "w", 0)), "pids.max")]);
+        assert_eq!(d.unavailable, [(Some(replica("t", "w", 0)), PidsMax)]);
     }
 
     #[test]
@@ -446,11 +465,61 @@ mod tests {
                 .get_mut(&group)
                 .unwrap()
                 .knobs
-                .insert("cpu.shares", None);
+                .insert(CpuShares, None);
             let d = diff(&desired(), &observed, &start);
             assert!(d.ops.is_empty(), "{group}: {:?}", d.ops);
-            assert_eq!(d.unavailable, [(Some(group.clone()), "cpu.shares")]);
+            assert_eq!(d.unavailable, [(Some(group.clone()), CpuShares)]);
         }
+    }
+
+    /// Read-backs are compared by the knob's rule, and a group's knobs are written
+    /// structure first, then by name.
+    #[test]
+    fn knobs_are_compared_and_ordered_by_the_table() {
+        use crate::cgroup::knobs::Knob::{CpuMax, MemoryLimit, SubtreeControl};
+        let t = GroupPath::tenant("t").unwrap();
+        let mut want = DesiredTree::default();
+        want.groups.insert(
+            t.clone(),
+            DesiredGroup {
+                knobs: BTreeMap::from([
+                    (MemoryLimit, "-1".to_string()),
+                    (CpuMax, "max 100000".to_string()),
+                    (SubtreeControl, "cpu memory".to_string()),
+                ]),
+                ..DesiredGroup::default()
+            },
+        );
+        let mut found = ObservedTree::default();
+        found.groups.insert(
+            t.clone(),
+            ObservedGroup {
+                knobs: BTreeMap::from([
+                    (MemoryLimit, Some("9223372036854771712".into())),
+                    (CpuMax, Some("max 100000\n".into())),
+                    (SubtreeControl, Some("memory cpu".into())),
+                ]),
+                ..ObservedGroup::default()
+            },
+        );
+        assert!(diff(&want, &found, &BTreeSet::new()).ops.is_empty());
+        let ops = diff(&want, &ObservedTree::default(), &BTreeSet::new()).ops;
+        let order: Vec<String> = ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            order,
+            [
+                "create t",
+                "write t/cgroup.subtree_control = cpu memory",
+                "write t/cpu.max = max 100000",
+                "write t/memory.limit_in_bytes = -1",
+            ]
+        );
+        let structural: Vec<bool> = ops.iter().map(Op::is_structural).collect();
+        assert_eq!(structural, [true, true, false, false]);
+        assert_eq!(
+            serde_json::to_value(&ops[1]).unwrap(),
+            serde_json::json!({"op": "write", "group": "t", "knob": "cgroup.subtree_control", "value": "cpu memory"})
+        );
     }
 
     #[test]

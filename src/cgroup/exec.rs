@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::diff::Op;
 use super::fs::{CgroupError, Cgroupfs};
+use super::knobs::Knob;
 use super::tree::GroupPath;
 
 /// Starting, adopting and stopping processes, for the executor.
@@ -52,7 +53,7 @@ pub struct Failure {
     /// The group it was about (`None` for the root).
     pub group: Option<GroupPath>,
     /// The knob, for a failed write.
-    pub knob: Option<&'static str>,
+    pub knob: Option<Knob>,
     /// Why, with the file.
     pub error: String,
 }
@@ -84,7 +85,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
     let mut broken: BTreeSet<GroupPath> = BTreeSet::new();
     let mut retry: Vec<&Op> = Vec::new();
     // Groups with a limit not in place yet, and the knobs.
-    let mut unapplied: BTreeMap<GroupPath, Vec<&'static str>> = BTreeMap::new();
+    let mut unapplied: BTreeMap<GroupPath, Vec<Knob>> = BTreeMap::new();
     let mut waiting: Vec<&Op> = Vec::new();
     let skip = |broken: &BTreeSet<GroupPath>, group: &GroupPath| {
         broken.contains(group) || group.parent().is_some_and(|p| broken.contains(&p))
@@ -110,22 +111,20 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                 if group.as_ref().is_some_and(|g| skip(&broken, g)) {
                     continue;
                 }
-                match fs.write(group.as_ref(), knob, value) {
+                match fs.write(group.as_ref(), *knob, value) {
                     Ok(_) => {
                         outcome.writes += 1;
                         outcome.done.push(op.to_string());
                     }
                     Err(CgroupError::Unavailable { .. }) => {
-                        outcome
-                            .unavailable
-                            .push((group.clone(), (*knob).to_string()));
+                        outcome.unavailable.push((group.clone(), knob.to_string()));
                         if let Some(g) = group {
-                            unapplied.entry(g.clone()).or_default().push(knob);
+                            unapplied.entry(g.clone()).or_default().push(*knob);
                         }
                     }
                     Err(_) => {
                         if let Some(g) = group {
-                            unapplied.entry(g.clone()).or_default().push(knob);
+                            unapplied.entry(g.clone()).or_default().push(*knob);
                         }
                         retry.push(op);
                     }
@@ -190,7 +189,7 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
     }
     for op in retry.into_iter().rev() {
         if let Op::Write { group, knob, value } = op {
-            match fs.write(group.as_ref(), knob, value) {
+            match fs.write(group.as_ref(), *knob, value) {
                 Ok(_) => {
                     outcome.writes += 1;
                     outcome.done.push(op.to_string());
@@ -215,7 +214,11 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
                 Some(group),
                 format!(
                     "not done, so that nothing runs without its limits: {} could not be applied",
-                    knobs.join(", ")
+                    knobs
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
         }
@@ -225,10 +228,10 @@ pub fn apply(fs: &Cgroupfs, ops: &[Op], processes: &mut impl Processes) -> Outco
 
 /// The knobs of `group`, or of its tenant, that are not in place.
 fn limits_pending(
-    unapplied: &BTreeMap<GroupPath, Vec<&'static str>>,
+    unapplied: &BTreeMap<GroupPath, Vec<Knob>>,
     group: &GroupPath,
-) -> Option<Vec<&'static str>> {
-    let knobs: Vec<&'static str> = [Some(group.clone()), group.parent()]
+) -> Option<Vec<Knob>> {
+    let knobs: Vec<Knob> = [Some(group.clone()), group.parent()]
         .iter()
         .flatten()
         .filter_map(|g| unapplied.get(g))
@@ -276,7 +279,7 @@ impl Outcome {
             op: op.to_string(),
             group: group.cloned(),
             knob: match op {
-                Op::Write { knob, .. } => Some(knob),
+                Op::Write { knob, .. } => Some(*knob),
                 _ => None,
             },
             error: error.to_string(),
@@ -329,7 +332,7 @@ mod tests {
             },
             Op::Write {
                 group: Some(replica.clone()),
-                knob: "cpu.weight",
+                knob: Knob::CpuWeight,
                 value: "100".into(),
             },
             Op::Start {
@@ -404,12 +407,12 @@ mod tests {
         let ops = vec![
             Op::Write {
                 group: Some(tenant.clone()),
-                knob: "memory.max",
+                knob: Knob::MemoryMax,
                 value: "100".into(),
             },
             Op::Write {
                 group: Some(replica.clone()),
-                knob: "cpu.weight",
+                knob: Knob::CpuWeight,
                 value: "50".into(),
             },
             Op::Start {

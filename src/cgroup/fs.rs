@@ -1,7 +1,9 @@
 //! The cgroup filesystem below corral's root, for v1 (a directory per controller
 //! hierarchy) and v2 (one directory). Every path is `<mount>/<root>/<group>/<file>` with a
-//! validated root and [`GroupPath`], so nothing outside the root is ever written. Every
-//! write is read back and compared; a mismatch is an error, never ignored.
+//! validated root and [`GroupPath`], so nothing outside the root is ever written; `<file>`
+//! is a [`Knob`] or a [`Stat`] of [`super::knobs`], found in its controller's hierarchy
+//! and never on the version that lacks it. Every write is read back and compared as the
+//! table says; a mismatch is an error, never ignored.
 //!
 //! Written on std::fs rather than cgroups-rs 0.5, whose builder returns Ok after failed
 //! writes, whose v2 root is fixed at /sys/fs/cgroup, and which does not know
@@ -12,6 +14,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::knobs::{CgroupFile, Knob, Stat};
 use super::layout::{Controller, Layout, Mode};
 use super::tree::GroupPath;
 use super::values;
@@ -170,25 +173,27 @@ impl Cgroupfs {
             .collect()
     }
 
-    /// The file of `knob` for `group` (the root when `None`); `None` when the knob's
-    /// controller is not mounted.
-    pub fn knob_path(&self, group: Option<&GroupPath>, knob: &str) -> Option<PathBuf> {
+    /// The path of `file` (a [`Knob`] or a [`Stat`]) for `group` (the root when `None`);
+    /// `None` when this cgroup version has no such file, or its controller is not mounted.
+    pub fn knob_path(
+        &self,
+        group: Option<&GroupPath>,
+        file: impl Into<CgroupFile>,
+    ) -> Option<PathBuf> {
+        let file = file.into();
+        if !file.version().on(self.is_v2()) {
+            return None;
+        }
         let relative = match group {
             Some(g) => self.root_path().join(g.to_string()),
             None => self.root_path().to_path_buf(),
         };
-        if self.is_v2() {
-            return self
-                .layout
-                .unified
-                .as_ref()
-                .map(|m| m.join(relative).join(knob));
-        }
-        let controller = Controller::of_knob(knob)?;
-        self.layout
-            .v1
-            .get(&controller)
-            .map(|m| m.join(relative).join(knob))
+        let mount = if self.is_v2() {
+            self.layout.unified.as_ref()
+        } else {
+            self.layout.v1.get(&file.controller()?)
+        };
+        mount.map(|m| m.join(relative).join(file.name()))
     }
 
     /// The `cgroup.procs` files a process must be in to be in `group`.
@@ -322,16 +327,16 @@ impl Cgroupfs {
         Ok(())
     }
 
-    /// Reads a knob; `Ok(None)` when the kernel does not offer it.
+    /// Reads a knob or a stat; `Ok(None)` when the kernel does not offer it.
     ///
     /// # Errors
     /// The file exists but cannot be read.
     pub fn read(
         &self,
         group: Option<&GroupPath>,
-        knob: &str,
+        file: impl Into<CgroupFile>,
     ) -> Result<Option<String>, CgroupError> {
-        let Some(path) = self.knob_path(group, knob) else {
+        let Some(path) = self.knob_path(group, file) else {
             return Ok(None);
         };
         match self.read_cached(&path) {
@@ -341,15 +346,17 @@ impl Cgroupfs {
         }
     }
 
-    /// Writes a knob and reads it back; returns what the kernel holds.
+    /// Writes a knob as the table says ([`Knob::text`]) and reads it back; returns what the
+    /// kernel holds.
     ///
     /// # Errors
     /// [`CgroupError::Unavailable`] when the file does not exist, [`CgroupError::Io`] when
-    /// the write is refused, [`CgroupError::Mismatch`] when the value read back differs.
+    /// the write is refused, [`CgroupError::Mismatch`] when the value read back is not the
+    /// one written ([`Knob::same`]).
     pub fn write(
         &self,
         group: Option<&GroupPath>,
-        knob: &str,
+        knob: Knob,
         value: &str,
     ) -> Result<String, CgroupError> {
         let unavailable = || CgroupError::Unavailable {
@@ -360,22 +367,13 @@ impl Cgroupfs {
         if !path.exists() {
             return Err(unavailable());
         }
-        let text = if knob == "cgroup.subtree_control" {
-            // Written as "+cpu +memory", read back as "cpu memory".
-            value
-                .split_whitespace()
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        } else {
-            value.to_string()
-        };
+        let text = knob.text(value);
         std::fs::write(&path, &text).map_err(|e| CgroupError::io("write", &path, e))?;
         let read = std::fs::read_to_string(&path)
             .map_err(|e| CgroupError::io("read back", &path, e))?
             .trim_end()
             .to_string();
-        if !values::same_value(knob, value, &read) {
+        if !knob.same(value, &read) {
             return Err(CgroupError::Mismatch {
                 path,
                 written: value.to_string(),
@@ -455,7 +453,7 @@ impl Cgroupfs {
             return Vec::new();
         }
         let offered = self
-            .read(None, "cgroup.controllers")
+            .read(None, Stat::Controllers)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -634,16 +632,30 @@ mod tests {
         let fs = Cgroupfs::new(Layout::v1_at(Path::new("/cg")), "corral").unwrap();
         let g = replica("t", "w", 0);
         assert_eq!(
-            fs.knob_path(Some(&g), "cpu.shares").unwrap(),
+            fs.knob_path(Some(&g), Knob::CpuShares).unwrap(),
             PathBuf::from("/cg/cpu/corral/t/w.0/cpu.shares")
         );
         assert_eq!(
-            fs.knob_path(Some(&g), "memory.limit_in_bytes").unwrap(),
+            fs.knob_path(Some(&g), Knob::MemoryLimit).unwrap(),
             PathBuf::from("/cg/memory/corral/t/w.0/memory.limit_in_bytes")
         );
         assert_eq!(
-            fs.knob_path(Some(&g), "blkio.bfq.weight").unwrap(),
+            fs.knob_path(Some(&g), Knob::BlkioBfqWeight).unwrap(),
             PathBuf::from("/cg/blkio/corral/t/w.0/blkio.bfq.weight")
+        );
+        assert_eq!(
+            fs.knob_path(Some(&g), Stat::CpuacctUsage).unwrap(),
+            PathBuf::from("/cg/cpuacct/corral/t/w.0/cpuacct.usage")
+        );
+        // Never a file of the other version, nor a core file v1 has not.
+        assert_eq!(fs.knob_path(Some(&g), Knob::CpuWeight), None);
+        assert_eq!(fs.knob_path(None, Knob::SubtreeControl), None);
+        assert_eq!(fs.knob_path(None, Stat::Controllers), None);
+        let v2 = Cgroupfs::new(Layout::v2_at(Path::new("/cg2")), "corral").unwrap();
+        assert_eq!(v2.knob_path(Some(&g), Knob::CpuShares), None);
+        assert_eq!(
+            v2.knob_path(Some(&g), Knob::PidsMax).unwrap(),
+            PathBuf::from("/cg2/corral/t/w.0/pids.max")
         );
         assert_eq!(fs.procs_files(&g).len(), 5);
         for dir in fs.dirs(Some(&g)) {
@@ -659,17 +671,17 @@ mod tests {
         fs.create(None).unwrap();
         fs.create(g.parent().as_ref()).unwrap();
         fs.create(Some(&g)).unwrap();
-        std::fs::write(fs.knob_path(Some(&g), "cpu.weight").unwrap(), "100\n").unwrap();
-        assert_eq!(fs.write(Some(&g), "cpu.weight", "59").unwrap(), "59");
+        std::fs::write(fs.knob_path(Some(&g), Knob::CpuWeight).unwrap(), "100\n").unwrap();
+        assert_eq!(fs.write(Some(&g), Knob::CpuWeight, "59").unwrap(), "59");
         assert_eq!(
-            fs.read(Some(&g), "cpu.weight").unwrap().as_deref(),
+            fs.read(Some(&g), Knob::CpuWeight).unwrap().as_deref(),
             Some("59")
         );
         assert!(matches!(
-            fs.write(Some(&g), "cpu.max", "max 100000"),
+            fs.write(Some(&g), Knob::CpuMax, "max 100000"),
             Err(CgroupError::Unavailable { .. })
         ));
-        assert_eq!(fs.read(Some(&g), "cpu.max").unwrap(), None);
+        assert_eq!(fs.read(Some(&g), Knob::CpuMax).unwrap(), None);
         std::fs::create_dir(tmp.path().join("corral/not-ours.x")).unwrap();
         std::fs::create_dir(tmp.path().join("corral/t/stray")).unwrap();
         let groups: Vec<String> = fs
@@ -681,7 +693,7 @@ mod tests {
         assert_eq!(groups, ["t", "t/w.1"]);
         std::fs::remove_dir(tmp.path().join("corral/t/stray")).unwrap();
         // A real cgroup directory goes with its files; a plain one must be emptied first.
-        std::fs::remove_file(fs.knob_path(Some(&g), "cpu.weight").unwrap()).unwrap();
+        std::fs::remove_file(fs.knob_path(Some(&g), Knob::CpuWeight).unwrap()).unwrap();
         fs.remove(&g).unwrap();
         fs.remove(&g).unwrap();
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The controllers corral uses.
+/// The controllers corral uses. Which one each file belongs to is in [`super::knobs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Controller {
     /// CPU weight and bandwidth.
@@ -53,18 +53,6 @@ impl Controller {
             Controller::Memory => Some("memory"),
             Controller::Pids => Some("pids"),
             Controller::Io => Some("io"),
-        }
-    }
-
-    /// The controller a v1 knob file belongs to, by its prefix (`cpu.shares` → cpu).
-    pub fn of_knob(knob: &str) -> Option<Controller> {
-        match knob.split('.').next()? {
-            "cpu" => Some(Controller::Cpu),
-            "cpuacct" => Some(Controller::Cpuacct),
-            "memory" => Some(Controller::Memory),
-            "pids" => Some(Controller::Pids),
-            "blkio" | "io" => Some(Controller::Io),
-            _ => None,
         }
     }
 }
@@ -350,19 +338,5 @@ mod tests {
         let layout = Layout::detect().unwrap();
         // Whatever the machine, some hierarchy is mounted where tests run.
         assert!(!layout.v1.is_empty() || layout.unified.is_some());
-    }
-
-    #[test]
-    fn knobs_belong_to_their_controller() {
-        assert_eq!(
-            Controller::of_knob("cpu.cfs_quota_us"),
-            Some(Controller::Cpu)
-        );
-        assert_eq!(
-            Controller::of_knob("blkio.bfq.weight"),
-            Some(Controller::Io)
-        );
-        assert_eq!(Controller::of_knob("io.weight"), Some(Controller::Io));
-        assert_eq!(Controller::of_knob("cgroup.procs"), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The cgroup layer: where the hierarchies are ([`layout`]), which subtree corral owns and
-//! what it may write around it ([`root`]), the values corral writes ([`values`]), the tree
-//! as desired and as found ([`tree`]; the agent builds the desired one from its leases,
-//! in [`crate::agent::desired`]), reading it ([`observe`]), the pure diff between
+//! what it may write around it ([`root`]), the one table of the files corral writes and
+//! reads, and how ([`knobs`]), the values corral writes ([`values`]), the tree as desired
+//! and as found ([`tree`]; the agent builds the desired one from its leases, in
+//! [`crate::agent::desired`]), reading it ([`observe`]), the pure diff between
 //! them ([`diff`]), the filesystem below corral's root ([`fs`]), the executor that applies
 //! a diff ([`exec`]), the v2 pressure files ([`pressure`]) and the one reader of
 //! `cgroup.procs` ([`procs`]).
@@ -9,6 +10,7 @@
 pub mod diff;
 pub mod exec;
 pub mod fs;
+pub mod knobs;
 pub mod layout;
 pub mod observe;
 pub mod pressure;

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::fs::{CgroupError, Cgroupfs};
+use super::knobs::Stat;
 use super::pressure::{Pressure, Pressures};
 use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree};
 
@@ -17,7 +18,7 @@ use super::tree::{DesiredTree, GroupPath, ObservedGroup, ObservedTree};
 pub fn observe(fs: &Cgroupfs, desired: &DesiredTree) -> Result<ObservedTree, CgroupError> {
     let mut tree = ObservedTree::default();
     for knob in desired.root_knobs.keys() {
-        tree.root_knobs.insert(*knob, fs.read(None, knob)?);
+        tree.root_knobs.insert(*knob, fs.read(None, *knob)?);
     }
     let found: BTreeSet<GroupPath> = fs.groups()?.into_iter().collect();
     for group in &found {
@@ -27,7 +28,7 @@ pub fn observe(fs: &Cgroupfs, desired: &DesiredTree) -> Result<ObservedTree, Cgr
         };
         if let Some(want) = desired.groups.get(group) {
             for knob in want.knobs.keys() {
-                observed.knobs.insert(*knob, fs.read(Some(group), knob)?);
+                observed.knobs.insert(*knob, fs.read(Some(group), *knob)?);
             }
         }
         tree.groups.insert(group.clone(), observed);
@@ -93,10 +94,10 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
             .unwrap_or(0)
     };
     if fs.is_v2() {
-        let cpu_stat = fs.read(g, "cpu.stat")?;
-        let events = fs.read(g, "memory.events")?;
-        let pressure = |knob: &str| {
-            fs.read(g, knob)
+        let cpu_stat = fs.read(g, Stat::CpuStat)?;
+        let events = fs.read(g, Stat::MemoryEvents)?;
+        let pressure = |stat: Stat| {
+            fs.read(g, stat)
                 .ok()
                 .flatten()
                 .as_deref()
@@ -105,14 +106,14 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
         Ok(Counters {
             cpu_nanos: field(&cpu_stat, "usage_usec").saturating_mul(1000),
             throttled_nanos: field(&cpu_stat, "throttled_usec").saturating_mul(1000),
-            memory: number(fs.read(g, "memory.current")?),
-            memory_peak: number(fs.read(g, "memory.peak")?),
+            memory: number(fs.read(g, Stat::MemoryCurrent)?),
+            memory_peak: number(fs.read(g, Stat::MemoryPeak)?),
             oom_kills: field(&events, "oom_kill"),
-            pids: number(fs.read(g, "pids.current")?),
+            pids: number(fs.read(g, Stat::PidsCurrent)?),
             pressure: Pressures {
-                cpu: pressure("cpu.pressure"),
-                memory: pressure("memory.pressure"),
-                io: pressure("io.pressure"),
+                cpu: pressure(Stat::CpuPressure),
+                memory: pressure(Stat::MemoryPressure),
+                io: pressure(Stat::IoPressure),
             },
             memory_events: events.is_some().then(|| MemoryEvents {
                 high: field(&events, "high"),
@@ -121,15 +122,15 @@ pub fn counters(fs: &Cgroupfs, group: &GroupPath) -> Result<Counters, CgroupErro
             }),
         })
     } else {
-        let cpu_stat = fs.read(g, "cpu.stat")?;
-        let oom = fs.read(g, "memory.oom_control")?;
+        let cpu_stat = fs.read(g, Stat::CpuStat)?;
+        let oom = fs.read(g, Stat::MemoryOomControl)?;
         Ok(Counters {
-            cpu_nanos: number(fs.read(g, "cpuacct.usage")?),
+            cpu_nanos: number(fs.read(g, Stat::CpuacctUsage)?),
             throttled_nanos: field(&cpu_stat, "throttled_time"),
-            memory: number(fs.read(g, "memory.usage_in_bytes")?),
-            memory_peak: number(fs.read(g, "memory.max_usage_in_bytes")?),
+            memory: number(fs.read(g, Stat::MemoryUsage)?),
+            memory_peak: number(fs.read(g, Stat::MemoryMaxUsage)?),
             oom_kills: field(&oom, "oom_kill"),
-            pids: number(fs.read(g, "pids.current")?),
+            pids: number(fs.read(g, Stat::PidsCurrent)?),
             pressure: Pressures::default(),
             memory_events: None,
         })
@@ -150,21 +151,21 @@ mod tests {
         for dir in fs.dirs(Some(&g)) {
             std::fs::create_dir_all(dir).unwrap();
         }
-        let write = |knob: &str, text: &str| {
+        let write = |knob: Stat, text: &str| {
             std::fs::write(fs.knob_path(Some(&g), knob).unwrap(), text).unwrap()
         };
-        write("cpuacct.usage", "5000000000\n");
+        write(Stat::CpuacctUsage, "5000000000\n");
         write(
-            "cpu.stat",
+            Stat::CpuStat,
             "nr_periods 10\nnr_throttled 2\nthrottled_time 300000000\n",
         );
-        write("memory.usage_in_bytes", "1048576\n");
-        write("memory.max_usage_in_bytes", "2097152\n");
+        write(Stat::MemoryUsage, "1048576\n");
+        write(Stat::MemoryMaxUsage, "2097152\n");
         write(
-            "memory.oom_control",
+            Stat::MemoryOomControl,
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
         );
-        write("pids.current", "4\n");
+        write(Stat::PidsCurrent, "4\n");
         assert_eq!(
             counters(&fs, &g).unwrap(),
             Counters {
@@ -190,20 +191,23 @@ mod tests {
     }
 
     /// Writes a knob file of `g`, as the kernel would hold it.
-    fn put(fs: &Cgroupfs, g: &GroupPath, knob: &str, text: &str) {
+    fn put(fs: &Cgroupfs, g: &GroupPath, knob: Stat, text: &str) {
         std::fs::write(fs.knob_path(Some(g), knob).unwrap(), text).unwrap();
     }
 
     #[test]
     fn v2_counters_and_missing_files() {
         let (_tmp, fs, g) = v2_group();
-        let write = |knob: &str, text: &str| put(&fs, &g, knob, text);
+        let write = |knob: Stat, text: &str| put(&fs, &g, knob, text);
         write(
-            "cpu.stat",
+            Stat::CpuStat,
             "usage_usec 1500\nuser_usec 1000\nthrottled_usec 20\n",
         );
-        write("memory.current", "4096\n");
-        write("memory.events", "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n");
+        write(Stat::MemoryCurrent, "4096\n");
+        write(
+            Stat::MemoryEvents,
+            "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n",
+        );
         let c = counters(&fs, &g).unwrap();
         assert_eq!(
             (
@@ -230,19 +234,19 @@ mod tests {
     #[test]
     fn v2_pressure_and_memory_events_are_read_and_malformed_files_are_absent() {
         let (_tmp, fs, g) = v2_group();
-        let write = |knob: &str, text: &str| put(&fs, &g, knob, text);
+        let write = |knob: Stat, text: &str| put(&fs, &g, knob, text);
         write(
-            "memory.pressure",
+            Stat::MemoryPressure,
             "some avg10=12.34 avg60=5.00 avg300=1.00 total=987654\n\
              full avg10=2.00 avg60=1.00 avg300=0.50 total=12345\n",
         );
         write(
-            "cpu.pressure",
+            Stat::CpuPressure,
             "some avg10=0.00 avg60=0.00 avg300=0.00 total=42\n",
         );
-        write("io.pressure", "some avg10=banana\n");
+        write(Stat::IoPressure, "some avg10=banana\n");
         write(
-            "memory.events",
+            Stat::MemoryEvents,
             "low 0\nhigh 17\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n",
         );
         let c = counters(&fs, &g).unwrap();
@@ -271,8 +275,12 @@ mod tests {
         let (_tmp, fs, g) = v2_group();
         // A directory where the file should be: reading fails (EISDIR), as a kernel with
         // PSI disabled fails reads with EOPNOTSUPP.
-        std::fs::create_dir(fs.knob_path(Some(&g), "memory.pressure").unwrap()).unwrap();
-        std::fs::write(fs.knob_path(Some(&g), "memory.current").unwrap(), "4096\n").unwrap();
+        std::fs::create_dir(fs.knob_path(Some(&g), Stat::MemoryPressure).unwrap()).unwrap();
+        std::fs::write(
+            fs.knob_path(Some(&g), Stat::MemoryCurrent).unwrap(),
+            "4096\n",
+        )
+        .unwrap();
         let c = counters(&fs, &g).unwrap();
         assert_eq!((c.pressure.memory, c.memory), (None, 4096));
         assert_eq!(c.memory_events, None, "no memory.events: none, not zeros");

@@ -15,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::fs::Cgroupfs;
+use super::knobs::{Knob, Stat};
 use super::layout::{Controller, Layout};
 
 /// The `--cgroup-root` value that means "the delegated cgroup corral runs in".
@@ -325,9 +326,11 @@ fn annotate(e: io::Error, path: &Path) -> io::Error {
 pub struct Missing(pub BTreeMap<Controller, String>);
 
 impl Missing {
-    /// Why the controller of `knob` is missing, if it is.
+    /// Why the controller of `knob` (a knob's file name, as reports carry it) is missing,
+    /// if it is.
     pub fn reason_for(&self, knob: &str) -> Option<&str> {
-        Controller::of_knob(knob)
+        Knob::named(knob)
+            .and_then(Knob::controller)
             .and_then(|c| self.0.get(&c))
             .map(String::as_str)
     }
@@ -378,8 +381,8 @@ pub fn enable_controllers(fs: &Cgroupfs) -> Missing {
         chain.push(mount.join(parts[..n].join("/")));
     }
     for (i, dir) in chain.iter().enumerate() {
-        let offered = words(&dir.join("cgroup.controllers"));
-        let enabled = words(&dir.join("cgroup.subtree_control"));
+        let offered = words(&dir.join(Stat::Controllers.name()));
+        let enabled = words(&dir.join(Knob::SubtreeControl.name()));
         let mut enable = Vec::new();
         for (controller, name) in &wanted {
             if missing.contains_key(controller) || enabled.contains(*name) {
@@ -414,12 +417,9 @@ pub fn enable_controllers(fs: &Cgroupfs) -> Missing {
         if enable.is_empty() {
             continue;
         }
-        let file = dir.join("cgroup.subtree_control");
-        let text = enable
-            .iter()
-            .map(|(_, n)| format!("+{n}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let file = dir.join(Knob::SubtreeControl.name());
+        let text = Knob::SubtreeControl
+            .text(&enable.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(" "));
         match std::fs::write(&file, &text) {
             Ok(()) => {
                 tracing::info!(file = %file.display(), enabled = %text, "enabled controllers for corral's groups");

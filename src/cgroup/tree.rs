@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::knobs::Knob;
 use crate::alloc::ReplicaKey;
 use crate::api::names::is_dns_label;
 
@@ -231,8 +232,8 @@ impl LogLimits {
 /// One group as it should be.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredGroup {
-    /// Knob file → value to write.
-    pub knobs: BTreeMap<&'static str, String>,
+    /// Knob → value to write.
+    pub knobs: BTreeMap<Knob, String>,
     /// What runs in it (replica groups only).
     pub work: Option<Work>,
     /// Seconds between SIGTERM and SIGKILL when its processes are stopped.
@@ -253,14 +254,14 @@ pub struct DesiredTree {
     /// Every group, tenants before their replicas.
     pub groups: BTreeMap<GroupPath, DesiredGroup>,
     /// Knob values for the root group itself (v2: the controllers enabled for tenants).
-    pub root_knobs: BTreeMap<&'static str, String>,
+    pub root_knobs: BTreeMap<Knob, String>,
 }
 
 /// One group as found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObservedGroup {
-    /// Knob file → value read; `None` when the kernel does not offer that file.
-    pub knobs: BTreeMap<&'static str, Option<String>>,
+    /// Knob → value read; `None` when the kernel does not offer that file.
+    pub knobs: BTreeMap<Knob, Option<String>>,
     /// Processes in the group.
     pub pids: Vec<u32>,
     /// The grace period of the group's last lease, for stopping it once the lease is gone.
@@ -280,7 +281,7 @@ pub struct ObservedTree {
     /// Every group found below the root whose name is a corral group.
     pub groups: BTreeMap<GroupPath, ObservedGroup>,
     /// Knob values of the root group.
-    pub root_knobs: BTreeMap<&'static str, Option<String>>,
+    pub root_knobs: BTreeMap<Knob, Option<String>>,
     /// For groups with an adopt rule: matching processes that are not in the group yet
     /// (whether the group exists yet or not).
     pub adoptable: BTreeMap<GroupPath, Vec<u32>>,

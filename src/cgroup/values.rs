@@ -11,9 +11,13 @@
 //!   MemoryQoS); `memory.min` or `memory.low` = request when the policy protects memory.
 //! - `blkio.bfq.weight` (v1, 10–1000) from the 1–10000 IO weight by the inverse of runc's
 //!   blkio-to-io.weight conversion; `io.weight` (v2) takes it as is.
+//!
+//! Which files these go to, the word each takes for "no limit", how they are written and
+//! how a read-back is compared: the table in [`super::knobs`].
 
 use std::collections::BTreeMap;
 
+use super::knobs::Knob;
 use crate::alloc::Res;
 use crate::alloc::plan::Limits;
 use crate::api::policy::{CgroupSettings, MemoryProtection};
@@ -101,7 +105,7 @@ pub struct Amounts {
     pub io_weight: Option<i32>,
 }
 
-/// The knob files and values of a replica's group. `parent_quota` is the tenant group's CPU
+/// The knobs and values of a replica's group. `parent_quota` is the tenant group's CPU
 /// quota: v1 refuses a child quota above its parent's, so the child's is capped to it.
 pub fn replica_knobs(
     v2: bool,
@@ -109,7 +113,7 @@ pub fn replica_knobs(
     settings: &CgroupSettings,
     parent_quota: Option<i64>,
     page_size: i64,
-) -> BTreeMap<&'static str, String> {
+) -> BTreeMap<Knob, String> {
     let mut knobs = BTreeMap::new();
     let period = settings.cpu_period_micros;
     let shares = cpu_shares(amounts.granted.cpu);
@@ -120,12 +124,9 @@ pub fn replica_knobs(
         .map(|q| parent_quota.map_or(q, |p| q.min(p)));
     let memory = amounts.limits.memory.map(|m| round_to_page(m, page_size));
     if v2 {
-        knobs.insert("cpu.weight", shares_to_weight(shares).to_string());
-        knobs.insert("cpu.max", cpu_max(quota, period));
-        knobs.insert(
-            "memory.max",
-            memory.map_or("max".to_string(), |m| m.to_string()),
-        );
+        knobs.insert(Knob::CpuWeight, shares_to_weight(shares).to_string());
+        knobs.insert(Knob::CpuMax, cpu_max(quota, period));
+        knobs.insert(Knob::MemoryMax, limit(Knob::MemoryMax, memory));
         let high = amounts.limits.memory.map(|limit| {
             memory_high(
                 amounts.request.memory,
@@ -134,39 +135,33 @@ pub fn replica_knobs(
                 page_size,
             )
         });
-        knobs.insert(
-            "memory.high",
-            high.map_or("max".to_string(), |h| h.to_string()),
-        );
+        knobs.insert(Knob::MemoryHigh, limit(Knob::MemoryHigh, high));
         let protected = round_to_page(amounts.granted.memory, page_size).to_string();
         let (min, low) = match settings.memory_protection {
             MemoryProtection::Off => ("0".to_string(), "0".to_string()),
             MemoryProtection::Low => ("0".to_string(), protected),
             MemoryProtection::Min => (protected, "0".to_string()),
         };
-        knobs.insert("memory.min", min);
-        knobs.insert("memory.low", low);
-        knobs.insert("pids.max", pids_max(amounts.limits.pids));
+        knobs.insert(Knob::MemoryMin, min);
+        knobs.insert(Knob::MemoryLow, low);
+        knobs.insert(Knob::PidsMax, limit(Knob::PidsMax, amounts.limits.pids));
         if let Some(w) = amounts.io_weight {
-            knobs.insert("io.weight", format!("default {}", w.clamp(1, 10_000)));
+            knobs.insert(Knob::IoWeight, format!("default {}", w.clamp(1, 10_000)));
         }
     } else {
-        knobs.insert("cpu.shares", shares.to_string());
-        knobs.insert("cpu.cfs_period_us", period.to_string());
-        knobs.insert("cpu.cfs_quota_us", quota.unwrap_or(-1).to_string());
-        knobs.insert(
-            "memory.limit_in_bytes",
-            memory.map_or("-1".to_string(), |m| m.to_string()),
-        );
-        knobs.insert("pids.max", pids_max(amounts.limits.pids));
+        knobs.insert(Knob::CpuShares, shares.to_string());
+        knobs.insert(Knob::CpuCfsPeriod, period.to_string());
+        knobs.insert(Knob::CpuCfsQuota, limit(Knob::CpuCfsQuota, quota));
+        knobs.insert(Knob::MemoryLimit, limit(Knob::MemoryLimit, memory));
+        knobs.insert(Knob::PidsMax, limit(Knob::PidsMax, amounts.limits.pids));
         if let Some(w) = amounts.io_weight {
-            knobs.insert("blkio.bfq.weight", bfq_weight(w).to_string());
+            knobs.insert(Knob::BlkioBfqWeight, bfq_weight(w).to_string());
         }
     }
     knobs
 }
 
-/// The knob files and values of a tenant's parent group: shares as the sum of its
+/// The knobs and values of a tenant's parent group: shares as the sum of its
 /// replicas' grants (as kubelet sizes QoS parents), and the tenant's limit, if any.
 pub fn tenant_knobs(
     v2: bool,
@@ -174,7 +169,7 @@ pub fn tenant_knobs(
     limit: Option<Res>,
     settings: &CgroupSettings,
     page_size: i64,
-) -> BTreeMap<&'static str, String> {
+) -> BTreeMap<Knob, String> {
     let limit = limit.map(Limits::from_res).unwrap_or_default();
     let amounts = Amounts {
         granted,
@@ -184,9 +179,9 @@ pub fn tenant_knobs(
     };
     let mut knobs = replica_knobs(v2, &amounts, settings, None, page_size);
     // A tenant protects nothing beyond what its replicas protect.
-    knobs.remove("memory.min");
-    knobs.remove("memory.low");
-    knobs.remove("memory.high");
+    knobs.remove(&Knob::MemoryMin);
+    knobs.remove(&Knob::MemoryLow);
+    knobs.remove(&Knob::MemoryHigh);
     knobs
 }
 
@@ -198,45 +193,17 @@ pub fn tenant_quota(limit: Option<Res>, settings: &CgroupSettings) -> Option<i64
         .map(|cpu| cpu_quota(cpu, settings.cpu_period_micros))
 }
 
+/// v2 `cpu.max`: the quota, or the table's word for none, and the period.
 fn cpu_max(quota: Option<i64>, period: i64) -> String {
-    match quota {
-        Some(q) => format!("{q} {period}"),
-        None => format!("max {period}"),
-    }
+    format!("{} {period}", limit(Knob::CpuMax, quota))
 }
 
-fn pids_max(limit: Option<i64>) -> String {
-    limit.map_or("max".to_string(), |p| p.to_string())
-}
-
-/// True when `observed`, as read back from `knob`, is what writing `desired` means: the
-/// kernel writes unlimited memory back as a large number, and so on.
-pub fn same_value(knob: &str, desired: &str, observed: &str) -> bool {
-    let (desired, observed) = (desired.trim(), observed.trim());
-    if desired == observed {
-        return true;
-    }
-    match knob {
-        "memory.limit_in_bytes" => {
-            let unlimited =
-                |v: &str| v == "-1" || v.parse::<i64>().is_ok_and(|n| n >= V1_MEMORY_UNLIMITED);
-            unlimited(desired) && unlimited(observed)
-        }
-        // v2 prints the weight as "default N" and may list per-device weights after it.
-        "io.weight" => observed.lines().next().map(str::trim) == Some(desired),
-        // Written as "+cpu +memory", read back as "cpu memory".
-        "cgroup.subtree_control" => {
-            let names = |v: &str| {
-                let mut names: Vec<String> = v
-                    .split_whitespace()
-                    .map(|c| c.trim_start_matches('+').to_string())
-                    .collect();
-                names.sort();
-                names
-            };
-            names(desired) == names(observed)
-        }
-        _ => false,
+/// A limit as `knob` takes it: the number, or the table's word for none (`max`, `-1`).
+/// Only called for knobs that have such a word.
+fn limit(knob: Knob, value: Option<i64>) -> String {
+    match value {
+        Some(v) => v.to_string(),
+        None => knob.none().unwrap_or_default().to_string(),
     }
 }
 
@@ -302,13 +269,13 @@ mod tests {
             io_weight: Some(100),
         };
         let knobs = replica_knobs(false, &amounts, &CgroupSettings::default(), None, 4096);
-        let expected: BTreeMap<&str, String> = [
-            ("blkio.bfq.weight", "19"),
-            ("cpu.cfs_period_us", "100000"),
-            ("cpu.cfs_quota_us", "150000"),
-            ("cpu.shares", "256"),
-            ("memory.limit_in_bytes", "134217728"),
-            ("pids.max", "max"),
+        let expected: BTreeMap<Knob, String> = [
+            (Knob::BlkioBfqWeight, "19"),
+            (Knob::CpuCfsPeriod, "100000"),
+            (Knob::CpuCfsQuota, "150000"),
+            (Knob::CpuShares, "256"),
+            (Knob::MemoryLimit, "134217728"),
+            (Knob::PidsMax, "max"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
@@ -322,7 +289,7 @@ mod tests {
             Some(100_000),
             4096,
         );
-        assert_eq!(capped["cpu.cfs_quota_us"], "100000");
+        assert_eq!(capped[&Knob::CpuCfsQuota], "100000");
     }
 
     #[test]
@@ -342,14 +309,14 @@ mod tests {
             io_weight: None,
         };
         let knobs = replica_knobs(true, &amounts, &settings, None, 4096);
-        assert_eq!(knobs["cpu.weight"], "100");
-        assert_eq!(knobs["cpu.max"], "max 100000");
-        assert_eq!(knobs["memory.max"], (200 << 20).to_string());
-        assert_eq!(knobs["memory.high"], (190 << 20).to_string());
-        assert_eq!(knobs["memory.min"], (100 << 20).to_string());
-        assert_eq!(knobs["memory.low"], "0");
-        assert_eq!(knobs["pids.max"], "64");
-        assert!(!knobs.contains_key("io.weight"));
+        assert_eq!(knobs[&Knob::CpuWeight], "100");
+        assert_eq!(knobs[&Knob::CpuMax], "max 100000");
+        assert_eq!(knobs[&Knob::MemoryMax], (200 << 20).to_string());
+        assert_eq!(knobs[&Knob::MemoryHigh], (190 << 20).to_string());
+        assert_eq!(knobs[&Knob::MemoryMin], (100 << 20).to_string());
+        assert_eq!(knobs[&Knob::MemoryLow], "0");
+        assert_eq!(knobs[&Knob::PidsMax], "64");
+        assert!(!knobs.contains_key(&Knob::IoWeight));
     }
 
     #[test]
@@ -362,10 +329,10 @@ mod tests {
             &settings,
             4096,
         );
-        assert_eq!(knobs["cpu.shares"], "768");
-        assert_eq!(knobs["cpu.cfs_quota_us"], "150000");
-        assert_eq!(knobs["memory.limit_in_bytes"], "-1");
-        assert_eq!(knobs["pids.max"], "100");
+        assert_eq!(knobs[&Knob::CpuShares], "768");
+        assert_eq!(knobs[&Knob::CpuCfsQuota], "150000");
+        assert_eq!(knobs[&Knob::MemoryLimit], "-1");
+        assert_eq!(knobs[&Knob::PidsMax], "100");
         assert_eq!(
             tenant_quota(Some(Res::new(1500, 0, 0)), &settings),
             Some(150_000)
@@ -373,31 +340,46 @@ mod tests {
         assert_eq!(tenant_quota(None, &settings), None);
     }
 
+    /// Whatever the amounts, every value has its knob's shape (the word for none where
+    /// there is one) and goes to a knob of the version asked for.
     #[test]
-    fn read_back_values_compare_as_the_kernel_writes_them() {
-        assert!(same_value(
-            "memory.limit_in_bytes",
-            "-1",
-            "9223372036854771712"
-        ));
-        assert!(!same_value("memory.limit_in_bytes", "4096", "8192"));
-        assert!(same_value(
-            "io.weight",
-            "default 100",
-            "default 100\n8:0 200"
-        ));
-        assert!(same_value("cpu.shares", "256", "256\n"));
-        assert!(!same_value("cpu.shares", "256", "1024"));
-        assert!(same_value(
-            "cgroup.subtree_control",
-            "cpu memory",
-            "memory cpu"
-        ));
-        assert!(same_value(
-            "cgroup.subtree_control",
-            "cpu memory",
-            "+cpu +memory"
-        ));
-        assert!(!same_value("cgroup.subtree_control", "cpu memory", "cpu"));
+    fn every_value_has_its_knobs_shape_and_version() {
+        for v2 in [false, true] {
+            for protection in [
+                MemoryProtection::Off,
+                MemoryProtection::Low,
+                MemoryProtection::Min,
+            ] {
+                let settings = CgroupSettings {
+                    memory_protection: protection,
+                    ..CgroupSettings::default()
+                };
+                for (limits, io_weight) in [
+                    (Limits::default(), None),
+                    (
+                        Limits {
+                            cpu: Some(1500),
+                            memory: Some(128 << 20),
+                            pids: Some(64),
+                        },
+                        Some(100),
+                    ),
+                ] {
+                    let amounts = Amounts {
+                        granted: Res::new(250, 64 << 20, 10),
+                        request: Res::new(250, 64 << 20, 10),
+                        limits,
+                        io_weight,
+                    };
+                    let replica = replica_knobs(v2, &amounts, &settings, Some(100_000), 4096);
+                    let limit = (limits.cpu.is_some()).then(|| Res::new(1500, 128 << 20, 64));
+                    let tenant = tenant_knobs(v2, amounts.granted, limit, &settings, 4096);
+                    for (knob, value) in replica.iter().chain(&tenant) {
+                        assert!(knob.version().on(v2), "{knob} on v2={v2}");
+                        assert!(knob.spec().value.admits(value), "{knob} = {value:?}");
+                    }
+                }
+            }
+        }
     }
 }
