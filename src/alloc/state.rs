@@ -19,6 +19,8 @@ use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
 use crate::api::workload::PlacementMode;
 use crate::api::{ResourcePolicy, Workload};
 
+mod check;
+
 /// Index of a node, in name order.
 pub(super) type NodeId = usize;
 /// Index of a policy; the built-in default policy is the last.
@@ -424,6 +426,7 @@ impl Allocator {
                     .rebuild(p.nodes.iter().map(|id| self.nodes[*id].entry(*id)));
             }
         }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
     /// Puts `queued` in the policies' queues, and empties it.
@@ -500,6 +503,7 @@ impl Allocator {
     /// Removes a workload and frees what its replicas held.
     pub fn remove_workload(&mut self, namespace: &str, name: &str) {
         self.remove_key(&(Arc::from(namespace), Arc::from(name)));
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
     fn remove_key(&mut self, key: &WKey) {
@@ -546,6 +550,7 @@ impl Allocator {
                 super::grants::recompute(self, node);
             }
         }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
     /// Puts a replica on a node and accounts for it. The replica is not in its policy's
