@@ -419,12 +419,13 @@ mod tests {
                 w.replicas[index as usize].node = Some(other);
             }),
             ("replica placed and still queued", |a| {
+                // Accounted for, but left in the queue.
                 let queue_key = some_pending(a);
-                let w = &a.workloads[&queue_key.1];
-                let node = (0..a.nodes.len())
-                    .find(|n| w.footprint.fits_in(&a.nodes[*n].free()))
-                    .unwrap_or(0);
-                a.place(&queue_key, node);
+                let w = a.workloads.get_mut(&queue_key.1).expect("its workload");
+                w.replicas[queue_key.2 as usize].node = Some(0);
+                *w.per_node.entry(0).or_insert(0) += 1;
+                let amounts = (w.footprint, w.demand.request);
+                a.account(0, 0, &queue_key, amounts, true);
             }),
             ("pending replica dropped from the queue", |a| {
                 let queue_key = some_pending(a);
@@ -449,6 +450,87 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The narrow API refuses what would break the invariants, and changes nothing then.
+    #[test]
+    fn the_api_refuses_what_would_break_the_invariants() {
+        use crate::alloc::state::Taken;
+        let mut a = allocated("Priority");
+        // Waiting, of a priority above everything placed.
+        let urgent = mk_workload("a", "urgent", 1, 100, 64, json!({"priority": 100}));
+        a.add_workloads(&[&urgent], &HashMap::new());
+        let before = a.plan();
+        let (node, (priority, key, index)) = some_placed(&a);
+        let placed = (Reverse(priority), key, index);
+        let elsewhere = 1 - node;
+
+        let back = a.place(Taken(placed.clone()), elsewhere);
+        assert_eq!(back.map_err(|t| t.0), Err(placed.clone()), "placed twice");
+        a.defer(Taken(placed.clone()), "deferred while placed".into());
+        let pending = some_pending(&a);
+        a.set_grant(&pending.1, pending.2, Res::new(5, 0, 0));
+
+        // The lowest-priority pending replica, and a placed one of no lower priority.
+        let low = a.policies[0]
+            .pending
+            .last()
+            .cloned()
+            .expect("a pending replica");
+        let (top_node, (top_priority, top_key, top_index)) = a
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| s.replicas.last().map(|r| (n, r.clone())))
+            .max_by_key(|(_, r)| r.0)
+            .expect("a placed replica");
+        assert!(top_priority >= low.0.0, "{top_priority} < {}", low.0.0);
+        let top = [(Reverse(top_priority), top_key, top_index)];
+        assert!(
+            a.preempt(Taken(low.clone()), &top, top_node).is_err(),
+            "preempted a replica of no lower priority"
+        );
+        let lower = [placed.clone()];
+        let misqueued = (Reverse(i32::MAX), low.1.clone(), low.2);
+        assert!(
+            a.preempt(Taken(misqueued), &lower, node).is_err(),
+            "took a key of another priority than its workload's"
+        );
+        assert!(
+            a.preempt(Taken(placed.clone()), &[], node).is_err(),
+            "preempted for a replica already placed"
+        );
+        let high = a.policies[0]
+            .pending
+            .first()
+            .cloned()
+            .expect("a pending replica");
+        assert!(placed.0.0 < high.0.0);
+        assert!(
+            a.preempt(Taken(high.clone()), &lower, elsewhere).is_err(),
+            "preempted a replica on another node"
+        );
+        let twice = [placed.clone(), placed.clone()];
+        assert!(
+            a.preempt(Taken(high), &twice, node).is_err(),
+            "evicted twice"
+        );
+        a.end_pass(0);
+
+        assert_eq!(a.check_invariants(), Ok(()));
+        assert_eq!(a.plan(), before, "a refused change changed something");
+
+        // And what is allowed is done, through `account()`.
+        let urgent = a.pop_pending(0).expect("a pending replica");
+        assert_eq!(urgent.key().1.1.as_ref(), "urgent");
+        assert!(a.preempt(urgent, &lower, node).is_ok());
+        a.end_pass(0);
+        assert_eq!(a.check_invariants(), Ok(()));
+        assert_eq!(a.preemptions().len(), 1);
+        assert!(
+            a.policies[0].pending.contains(&lower[0]),
+            "the victim waits"
+        );
     }
 
     #[test]
