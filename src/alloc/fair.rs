@@ -13,29 +13,36 @@ use std::sync::Arc;
 use super::explain;
 use super::resources::Kind;
 use super::state::{Allocator, NodeId, PolicyId, PolicyState, Taken, TenantState, WKey};
+use super::strategy::PlacementStrategy;
 
-/// Places the policy's pending replicas by weighted DRF. Within a tenant, replicas go in
-/// priority order; one that cannot be placed stays pending and the tenant's next is tried.
-pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
-    let mut queues: BTreeMap<Arc<str>, VecDeque<Taken>> = BTreeMap::new();
-    for taken in a.take_pending(policy) {
-        queues
-            .entry(taken.key().1.0.clone())
-            .or_default()
-            .push_back(taken);
-    }
-    let mut turn: BTreeSet<(bool, u64, Arc<str>)> =
-        queues.keys().map(|t| order(a.policy(policy), t)).collect();
-    while let Some((_, _, tenant)) = turn.pop_first() {
-        let Some(queue) = queues.get_mut(&tenant) else {
-            continue;
-        };
-        let Some(taken) = queue.pop_front() else {
-            continue;
-        };
-        place_one(a, policy, taken);
-        if queues.get(&tenant).is_some_and(|q| !q.is_empty()) {
-            turn.insert(order(a.policy(policy), &tenant));
+/// Weighted DRF across the policy's tenants.
+pub(super) struct Fair;
+
+impl PlacementStrategy for Fair {
+    /// Places the policy's pending replicas by weighted DRF. Within a tenant, replicas go
+    /// in priority order; one that cannot be placed stays pending and the tenant's next is
+    /// tried.
+    fn place_pending(&self, a: &mut Allocator, policy: PolicyId) {
+        let mut queues: BTreeMap<Arc<str>, VecDeque<Taken>> = BTreeMap::new();
+        for taken in a.take_pending(policy) {
+            queues
+                .entry(taken.key().1.0.clone())
+                .or_default()
+                .push_back(taken);
+        }
+        let mut turn: BTreeSet<(bool, u64, Arc<str>)> =
+            queues.keys().map(|t| order(a.policy(policy), t)).collect();
+        while let Some((_, _, tenant)) = turn.pop_first() {
+            let Some(queue) = queues.get_mut(&tenant) else {
+                continue;
+            };
+            let Some(taken) = queue.pop_front() else {
+                continue;
+            };
+            place_one(a, policy, taken);
+            if queues.get(&tenant).is_some_and(|q| !q.is_empty()) {
+                turn.insert(order(a.policy(policy), &tenant));
+            }
         }
     }
 }

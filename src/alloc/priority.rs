@@ -3,17 +3,24 @@
 
 use super::explain;
 use super::state::{Allocator, PolicyId, Taken};
-use crate::api::policy::Strategy;
+use super::strategy::PlacementStrategy;
 
-/// Places the policy's pending replicas, highest priority first. A replica that fits
-/// nowhere may, under `Priority` and `PreemptLowerPriority`, take the place of replicas of
-/// strictly lower priority, which then wait in turn. What still fits nowhere stays pending
-/// with a reason.
-pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
-    let preempts = a.policy(policy).spec.strategy == Strategy::Priority;
-    // Preempted replicas rejoin the queue, and come in their turn.
-    while let Some(taken) = a.pop_pending(policy) {
-        place_one(a, policy, taken, preempts);
+/// Placement in priority order.
+pub(super) struct PriorityOrder {
+    /// Whether a replica may preempt (under `Priority`; the policy must allow it too).
+    pub preempt: bool,
+}
+
+impl PlacementStrategy for PriorityOrder {
+    /// Places the policy's pending replicas, highest priority first. A replica that fits
+    /// nowhere may, with `preempt` and under `PreemptLowerPriority`, take the place of
+    /// replicas of strictly lower priority, which then wait in turn. What still fits
+    /// nowhere stays pending with a reason.
+    fn place_pending(&self, a: &mut Allocator, policy: PolicyId) {
+        // Preempted replicas rejoin the queue, and come in their turn.
+        while let Some(taken) = a.pop_pending(policy) {
+            place_one(a, policy, taken, self.preempt);
+        }
     }
 }
 

@@ -576,12 +576,8 @@ impl Allocator {
     pub fn allocate(&mut self) {
         self.preemptions.clear();
         for policy in 0..self.policies.len() {
-            match self.policies[policy].spec.strategy {
-                Strategy::Fair => super::fair::place_pending(self, policy),
-                Strategy::Priority | Strategy::Demand | Strategy::Usage => {
-                    super::priority::place_pending(self, policy);
-                }
-            }
+            let strategy = super::strategy::for_strategy(self.policies[policy].spec.strategy);
+            strategy.place_pending(self, policy);
             self.end_pass(policy);
         }
         for node in 0..self.dirty.len() {
