@@ -1,5 +1,7 @@
 //! Properties of the allocator over random policies, workloads and nodes: the capacity
-//! invariant, determinism, no churn, monotonicity and incremental = full.
+//! invariant, determinism, no churn, monotonicity and incremental = full; and after every
+//! allocation and change, the allocator's own invariants (its totals are the sums of what
+//! is placed; each replica is placed or queued, never both).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -138,6 +140,8 @@ fn arb_observed() -> impl Strategy<Value = HashMap<ReplicaKey, Observed>> {
     )
 }
 
+/// What `alloc::allocate` does, step by step, with the allocator's invariants checked after
+/// the workloads are added and after the allocation.
 fn run(
     policies: &[ResourcePolicy],
     workloads: &[Workload],
@@ -145,13 +149,18 @@ fn run(
     observed: &HashMap<ReplicaKey, Observed>,
     current: &HashMap<ReplicaKey, String>,
 ) -> Plan {
-    alloc::allocate(&Input {
-        policies,
-        workloads,
-        nodes,
-        observed,
-        current,
-    })
+    let mut allocator = Allocator::new(policies, nodes);
+    allocator.set_observed(observed.clone());
+    let refs: Vec<&Workload> = workloads.iter().collect();
+    allocator.add_workloads(&refs, current);
+    assert_eq!(
+        allocator.check_invariants(),
+        Ok(()),
+        "after adding the workloads"
+    );
+    allocator.allocate();
+    assert_eq!(allocator.check_invariants(), Ok(()), "after allocating");
+    allocator.plan()
 }
 
 /// Node and grant of each placed replica, and the replicas pending.
@@ -217,6 +226,9 @@ proptest! {
     ) {
         let plan = run(&policies, &workloads, &nodes, &observed, &HashMap::new());
         prop_assert_eq!(&plan, &run(&policies, &workloads, &nodes, &observed, &HashMap::new()));
+        let current = HashMap::new();
+        let input = Input { policies: &policies, workloads: &workloads, nodes: &nodes, observed: &observed, current: &current };
+        prop_assert_eq!(&plan, &alloc::allocate(&input), "`run` is `alloc::allocate`");
         let mut rp = policies.clone();
         rp.reverse();
         let mut rw = workloads.clone();
@@ -272,15 +284,19 @@ proptest! {
         let refs: Vec<&Workload> = workloads.iter().collect();
         allocator.add_workloads(&refs, &HashMap::new());
         allocator.allocate();
+        prop_assert_eq!(allocator.check_invariants(), Ok(()));
         let before = allocator.plan();
 
         let mut after_set = workloads.clone();
         if !after_set.is_empty() {
             let gone = after_set.remove(removed.index(after_set.len()));
             allocator.remove_workload(gone.metadata.namespace.as_deref().unwrap(), gone.metadata.name.as_deref().unwrap());
+            prop_assert_eq!(allocator.check_invariants(), Ok(()), "after the removal");
         }
         allocator.add_workloads(&[&added], &HashMap::new());
+        prop_assert_eq!(allocator.check_invariants(), Ok(()), "after the addition");
         allocator.allocate();
+        prop_assert_eq!(allocator.check_invariants(), Ok(()), "after allocating again");
         after_set.push(added);
         let incremental = allocator.plan();
         let full = run(&policies, &after_set, &nodes, &HashMap::new(), &before.placement());

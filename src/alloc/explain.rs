@@ -1,48 +1,50 @@
-//! Why a replica is pending, in words a person can act on.
+//! Why a replica is pending, in words a person can act on. It only reads the allocator's
+//! state (and keeps its cache of reasons through [`Allocator::remember_reason`]).
 
 use super::resources::{Kind, Res};
-use super::state::{Allocator, DEFAULT_POLICY, PolicyId, WKey, labels_match};
+use super::state::{Allocator, DEFAULT_POLICY, PolicyId, labels_match};
+use crate::api::WorkloadRef;
 
 /// Why a replica of `key` fits on none of the policy's nodes. Replicas of one workload fail
 /// for the same reason until something is placed, so the text is cached per workload and
 /// placement epoch.
-pub(super) fn capacity(a: &mut Allocator, policy: PolicyId, key: &WKey) -> String {
-    if let Some((epoch, reason)) = a.reasons.get(key)
-        && *epoch == a.epoch
-    {
-        return reason.clone();
+pub(super) fn capacity(a: &mut Allocator, policy: PolicyId, key: &WorkloadRef) -> String {
+    if let Some(reason) = a.fresh_reason(key) {
+        return reason.to_string();
     }
     let reason = describe(a, policy, key);
-    a.reasons.insert(key.clone(), (a.epoch, reason.clone()));
+    a.remember_reason(key, reason.clone());
     reason
 }
 
 /// The reason a replica of `key` failed for, if one did and nothing was placed or removed
 /// since: another replica of the workload would fail the same way, so it need not search.
-pub(super) fn still_failing(a: &Allocator, key: &WKey) -> Option<String> {
-    a.reasons
-        .get(key)
-        .filter(|(epoch, _)| *epoch == a.epoch)
-        .map(|(_, reason)| reason.clone())
+pub(super) fn still_failing(a: &Allocator, key: &WorkloadRef) -> Option<String> {
+    a.fresh_reason(key).map(str::to_string)
 }
 
 /// True when a replica of `key` needs more than any node offers that the policy governs
 /// and the workload selects, even with nothing else on it: only a new node, or a change to
 /// the spec or the policy, places it. False without such nodes (it waits for one).
-pub(super) fn never_fits(a: &Allocator, policy: PolicyId, key: &WKey) -> bool {
-    let (p, w) = (&a.policies[policy], &a.workloads[key]);
-    p.nodes
+pub(super) fn never_fits(a: &Allocator, policy: PolicyId, key: &WorkloadRef) -> bool {
+    let Some(w) = a.workload(key) else {
+        return false;
+    };
+    a.policy(policy)
+        .nodes
         .iter()
-        .map(|id| &a.nodes[*id])
+        .map(|id| a.node(*id))
         .filter(|n| labels_match(&w.demand.node_selector, &n.info.labels))
         .map(|n| n.allocatable)
         .reduce(|m, n| m.max(n))
         .is_some_and(|largest| w.footprint.first_excess(&largest).is_some())
 }
 
-fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
-    let p = &a.policies[policy];
-    let w = &a.workloads[key];
+fn describe(a: &Allocator, policy: PolicyId, key: &WorkloadRef) -> String {
+    let p = a.policy(policy);
+    let Some(w) = a.workload(key) else {
+        return "its workload was removed".to_string();
+    };
     if p.nodes.is_empty() {
         return if p.name == DEFAULT_POLICY {
             "no ResourcePolicy governs this workload and every node belongs to one; set spec.policyRef or widen a policy's namespaces".to_string()
@@ -53,7 +55,7 @@ fn describe(a: &Allocator, policy: PolicyId, key: &WKey) -> String {
     let matching: Vec<_> = p
         .nodes
         .iter()
-        .map(|id| &a.nodes[*id])
+        .map(|id| a.node(*id))
         .filter(|n| labels_match(&w.demand.node_selector, &n.info.labels))
         .collect();
     if matching.is_empty() {

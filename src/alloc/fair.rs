@@ -12,40 +12,54 @@ use std::sync::Arc;
 
 use super::explain;
 use super::resources::Kind;
-use super::state::{Allocator, PolicyId, PolicyState, QueueKey, TenantState};
+use super::state::{Allocator, NodeId, PolicyId, PolicyState, Taken, TenantState};
+use super::strategy::PlacementStrategy;
+use crate::api::WorkloadRef;
 
-/// Places the policy's pending replicas by weighted DRF. Within a tenant, replicas go in
-/// priority order; one that cannot be placed stays pending and the tenant's next is tried.
-pub(super) fn place_pending(a: &mut Allocator, policy: PolicyId) {
-    let pending = std::mem::take(&mut a.policies[policy].pending);
-    let mut queues: BTreeMap<Arc<str>, VecDeque<QueueKey>> = BTreeMap::new();
-    for queue_key in pending {
-        queues
-            .entry(queue_key.1.0.clone())
-            .or_default()
-            .push_back(queue_key);
-    }
-    let mut turn: BTreeSet<(bool, u64, Arc<str>)> = queues
-        .keys()
-        .map(|t| order(&a.policies[policy], t))
-        .collect();
-    let mut waiting = BTreeSet::new();
-    while let Some((_, _, tenant)) = turn.pop_first() {
-        let Some(queue) = queues.get_mut(&tenant) else {
-            continue;
-        };
-        let Some(queue_key) = queue.pop_front() else {
-            continue;
-        };
-        if let Err(reason) = try_place(a, policy, &queue_key) {
-            a.set_reason(&queue_key, reason);
-            waiting.insert(queue_key);
+/// Weighted DRF across the policy's tenants.
+pub(super) struct Fair;
+
+impl PlacementStrategy for Fair {
+    /// Places the policy's pending replicas by weighted DRF. Within a tenant, replicas go
+    /// in priority order; one that cannot be placed stays pending and the tenant's next is
+    /// tried.
+    fn place_pending(&self, a: &mut Allocator, policy: PolicyId) {
+        let mut queues: BTreeMap<Arc<str>, VecDeque<Taken>> = BTreeMap::new();
+        for taken in a.take_pending(policy) {
+            queues
+                .entry(taken.key().1.namespace_arc().clone())
+                .or_default()
+                .push_back(taken);
         }
-        if queues.get(&tenant).is_some_and(|q| !q.is_empty()) {
-            turn.insert(order(&a.policies[policy], &tenant));
+        let mut turn: BTreeSet<(bool, u64, Arc<str>)> =
+            queues.keys().map(|t| order(a.policy(policy), t)).collect();
+        while let Some((_, _, tenant)) = turn.pop_first() {
+            let Some(queue) = queues.get_mut(&tenant) else {
+                continue;
+            };
+            let Some(taken) = queue.pop_front() else {
+                continue;
+            };
+            place_one(a, policy, taken);
+            if queues.get(&tenant).is_some_and(|q| !q.is_empty()) {
+                turn.insert(order(a.policy(policy), &tenant));
+            }
         }
     }
-    a.policies[policy].pending = waiting;
+}
+
+/// Places one replica, or defers it with the reason it cannot be placed now.
+fn place_one(a: &mut Allocator, policy: PolicyId, taken: Taken) {
+    let node = match node_for(a, policy, &taken.key().1) {
+        Ok(Some(node)) => node,
+        // A replica of a workload since removed: nothing to place, nothing to explain.
+        Ok(None) => return,
+        Err(reason) => return a.defer(taken, reason),
+    };
+    if let Err(taken) = a.place(taken, node) {
+        let reason = explain::capacity(a, policy, &taken.key().1);
+        a.defer(taken, reason);
+    }
 }
 
 /// A tenant's turn: those below their guarantee first, then by weighted dominant share
@@ -74,16 +88,20 @@ pub(super) fn dominant_share(p: &PolicyState, t: &TenantState) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Result<(), String> {
-    let key = &queue_key.1;
-    // A replica of a workload since removed: nothing to place, nothing to explain.
-    let Some(w) = a.workloads.get(key) else {
-        return Ok(());
+/// The node for a replica of `key`; `Ok(None)` when its workload was removed; why not,
+/// when the tenant's limit or others' guarantees hold it back, or no node has room.
+fn node_for(
+    a: &mut Allocator,
+    policy: PolicyId,
+    key: &WorkloadRef,
+) -> Result<Option<NodeId>, String> {
+    let Some(w) = a.workload(key) else {
+        return Ok(None);
     };
     let footprint = w.footprint;
-    let p = &a.policies[policy];
+    let p = a.policy(policy);
     a.within_tenant_limit(policy, key, w)?;
-    if let Some(t) = p.tenants.get(&key.0) {
+    if let Some(t) = p.tenants.get(key.namespace_arc()) {
         let others_unmet = p.unmet.minus(t.unmet());
         let needed = p.committed.plus(footprint).plus(others_unmet);
         if let Some(kind) = needed.first_excess(&p.total)
@@ -105,10 +123,7 @@ fn try_place(a: &mut Allocator, policy: PolicyId, queue_key: &QueueKey) -> Resul
         return Err(reason);
     }
     match a.choose_node(policy, w) {
-        Some(node) => {
-            a.place(queue_key, node);
-            Ok(())
-        }
+        Some(node) => Ok(Some(node)),
         None => Err(explain::capacity(a, policy, key)),
     }
 }

@@ -2,17 +2,20 @@
 //! `Priority` and `Fair`; a proportional share under `Demand` when requests exceed the
 //! node; its observed use, between request and limit, under `Usage`, where a replica under
 //! memory pressure keeps the memory it has.
+//!
+//! Grants change no total the allocator keeps (placement reserves footprints), and are
+//! set only on placed replicas ([`Allocator::set_grant`]).
 
 use super::resources::{Kind, Res};
-use super::state::{Allocator, NodeId, WKey};
+use super::state::{Allocator, NodeId, WorkloadState};
 use crate::api::WorkloadRef;
 use crate::api::policy::Strategy;
 
 /// Recomputes the grants of every replica on `node`.
 pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
-    let n = &a.nodes[node];
+    let n = a.node(node);
     let Some(policy) = n.policy else { return };
-    let p = &a.policies[policy];
+    let p = a.policy(policy);
     // A replica is granted its request when placed (`Allocator::place`): under these two
     // strategies that is all, and at 5,000 nodes going over them again cost a sixth of a
     // full allocation.
@@ -23,12 +26,12 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
     // Highest priority first, then by key: the order spare room and rounding go in. The
     // node holds them lowest priority first, then by key: its runs of one priority, last
     // run first.
-    let held: Vec<&(i32, WKey, u32)> = n.replicas.iter().collect();
-    let replicas: Vec<(WKey, u32)> = held
+    let held: Vec<&(i32, WorkloadRef, u32)> = n.replicas.iter().collect();
+    let replicas: Vec<(&WorkloadRef, u32, &WorkloadState)> = held
         .chunk_by(|a, b| a.0 == b.0)
         .rev()
         .flatten()
-        .map(|(_, key, index)| (key.clone(), *index))
+        .filter_map(|(_, key, index)| a.workload(key).map(|w| (key, *index, w)))
         .collect();
     let grants: Vec<Res> = match p.spec.strategy {
         // Returned above.
@@ -36,10 +39,7 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
         Strategy::Demand => {
             let parts: Vec<(Res, Res)> = replicas
                 .iter()
-                .map(|(key, _)| {
-                    let w = &a.workloads[key];
-                    (w.footprint, w.demand.request)
-                })
+                .map(|(_, _, w)| (w.footprint, w.demand.request))
                 .collect();
             proportional(&parts, allocatable)
         }
@@ -50,13 +50,12 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             // than two strings allocated each.
             let parts: Vec<Elastic> = replicas
                 .iter()
-                .map(|(key, index)| {
-                    let w = &a.workloads[key];
-                    let observed = if a.observed.is_empty() {
+                .map(|(key, index, w)| {
+                    let observed = if a.observed().is_empty() {
                         None
                     } else {
-                        let probe = WorkloadRef::new(key.0.clone(), key.1.clone()).replica(*index);
-                        a.observed.get(&probe)
+                        let probe = key.replica(*index);
+                        a.observed().get(&probe)
                     };
                     let used = observed.map(|o| o.percentile(percentile));
                     let within = |kind: Kind, amount: i64| {
@@ -83,10 +82,12 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             elastic(&parts, allocatable)
         }
     };
-    for ((key, index), grant) in replicas.into_iter().zip(grants) {
-        if let Some(w) = a.workloads.get_mut(&key) {
-            w.replicas[index as usize].grant = grant;
-        }
+    let keys: Vec<(WorkloadRef, u32)> = replicas
+        .into_iter()
+        .map(|(key, index, _)| (key.clone(), index))
+        .collect();
+    for ((key, index), grant) in keys.into_iter().zip(grants) {
+        a.set_grant(&key, index, grant);
     }
 }
 

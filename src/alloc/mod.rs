@@ -7,8 +7,10 @@
 //!
 //! - Which policy governs a workload or a node: [`govern`].
 //! - The state, placement (spread, pack) and preemption: [`state`].
-//! - Strategies: `Priority`, `Demand` and `Usage` place in priority order ([`priority`]),
-//!   `Fair` by weighted DRF ([`fair`]); grants per node: [`grants`].
+//! - Strategies, behind one trait chosen from the policy's `spec.strategy` ([`strategy`]):
+//!   `Priority`, `Demand` and `Usage` place in priority order ([`priority`]), `Fair` by
+//!   weighted DRF ([`fair`]); they change the state only through its narrow API, which
+//!   keeps its invariants. Grants per node: [`grants`].
 //! - Reasons for pending replicas: [`explain`]; the result: [`plan`].
 
 pub mod admit;
@@ -24,6 +26,7 @@ mod priority;
 pub mod resources;
 pub mod selector;
 pub mod state;
+mod strategy;
 
 use std::collections::HashMap;
 

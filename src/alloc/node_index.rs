@@ -172,6 +172,11 @@ impl NodeIndex {
         }
     }
 
+    /// What the index holds of node `id`, if it holds it.
+    pub fn entry(&self, id: NodeId) -> Option<&Entry> {
+        entry(&self.entries, id)
+    }
+
     /// Takes node `id` out of the index. (Nodes stay in their policy for the allocator's
     /// life; the tests move them out and in.)
     #[cfg(test)]

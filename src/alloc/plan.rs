@@ -180,17 +180,18 @@ impl Allocator {
     pub fn plan(&self) -> Plan {
         let mut plan = Plan::default();
         // Grown once rather than doubling through 150,000 entries at Kubernetes' scale.
-        let (placed, waiting) = self.workloads.values().fold((0, 0), |(p, w), s| {
+        let (placed, waiting) = self.workloads().values().fold((0, 0), |(p, w), s| {
             let on = s.replicas.iter().filter(|r| r.node.is_some()).count();
             (p + on, w + s.replicas.len() - on)
         });
         plan.allocations.reserve(placed);
         plan.pending.reserve(waiting);
-        let mut node_allocated = vec![Res::ZERO; self.nodes.len()];
-        let mut policy_allocated = vec![Res::ZERO; self.policies.len()];
-        let mut policy_pending = vec![0usize; self.policies.len()];
-        for (key, w) in &self.workloads {
-            let workload = WorkloadRef::new(key.0.clone(), key.1.clone());
+        let (nodes, policies) = (self.nodes(), self.policies());
+        let mut node_allocated = vec![Res::ZERO; nodes.len()];
+        let mut policy_allocated = vec![Res::ZERO; policies.len()];
+        let mut policy_pending = vec![0usize; policies.len()];
+        for (key, w) in self.workloads() {
+            let workload = key.clone();
             // Its replicas are alike: whether one can never fit is asked once.
             let mut never_fits: Option<bool> = None;
             for (index, replica) in w.replicas.iter().enumerate() {
@@ -203,10 +204,10 @@ impl Allocator {
                             workload: workload.clone(),
                             replica: index,
                             // `ReplicaKey`'s form, without building one.
-                            key: format!("{}.{}.{}", key.0, key.1, index),
-                            node: self.nodes[node].info.name.clone(),
-                            policy: self.policies[*policy].name.clone(),
-                            tenant: key.0.to_string(),
+                            key: key.replica(index).to_string(),
+                            node: nodes[node].info.name.clone(),
+                            policy: policies[*policy].name.clone(),
+                            tenant: key.namespace().to_string(),
                             priority: w.demand.priority,
                             granted: replica.grant,
                             request: w.demand.request,
@@ -240,11 +241,11 @@ impl Allocator {
                 }
             }
         }
-        plan.preemptions = self.preemptions.iter().map(preemption).collect();
-        for (id, n) in self.nodes.iter().enumerate() {
+        plan.preemptions = self.preemptions().iter().map(preemption).collect();
+        for (id, n) in nodes.iter().enumerate() {
             plan.nodes.push(NodeReport {
                 name: n.info.name.clone(),
-                policy: n.policy.map(|p| self.policies[p].name.clone()),
+                policy: n.policy.map(|p| policies[p].name.clone()),
                 capacity: n.info.capacity,
                 allocatable: n.allocatable,
                 allocated: node_allocated[id],
@@ -252,8 +253,8 @@ impl Allocator {
                 problem: n.unusable.clone(),
             });
         }
-        for (id, p) in self.policies.iter().enumerate() {
-            let is_default = id == self.policies.len() - 1;
+        for (id, p) in policies.iter().enumerate() {
+            let is_default = id == policies.len() - 1;
             let governs = !p.nodes.is_empty() || !p.tenants.is_empty();
             if is_default && !governs {
                 continue;

@@ -4,6 +4,19 @@
 //!
 //! Every ordering is by name and key, never by insertion, so that an incremental change
 //! gives the same result as a full allocation of the same state.
+//!
+//! The state keeps its own invariants: its fields are private to this module, and other
+//! modules read them through accessors and change them only through a narrow API (take a
+//! pending replica, place it, let it preempt, defer it, set a grant). Every change to what
+//! a node, policy or tenant holds goes through one function, `account`, so that
+//! - a node's `committed` and `requested` are the sums of its replicas' footprints and
+//!   requests, and never exceed what it offers;
+//! - a policy's and a tenant's holdings are the sums over their placed replicas;
+//! - a replica is pending (queued, or in a strategy's hands during its pass), placed, or
+//!   removed with its workload: never two of these.
+//!
+//! [`Allocator::check_invariants`] recomputes all of it from scratch; debug builds run it
+//! after every change.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -18,23 +31,24 @@ use super::selector;
 use crate::api::identity::namespace_of;
 use crate::api::policy::{PreemptionPolicy, ResourcePolicySpec, Strategy};
 use crate::api::workload::PlacementMode;
-use crate::api::{ResourcePolicy, Workload};
+use crate::api::{ResourcePolicy, Workload, WorkloadRef};
+
+mod check;
 
 /// Index of a node, in name order.
 pub(super) type NodeId = usize;
 /// Index of a policy; the built-in default policy is the last.
 pub(super) type PolicyId = usize;
 
-/// A workload's identity: namespace and name.
-pub(super) type WKey = (Arc<str>, Arc<str>);
-
 /// A replica's place in its policy's queue: higher priority first, then by key.
-pub(super) type QueueKey = (Reverse<i32>, WKey, u32);
+pub(super) type QueueKey = (Reverse<i32>, WorkloadRef, u32);
 
 /// The name under which the built-in default policy is reported.
 pub const DEFAULT_POLICY: &str = "(default)";
 
+/// A node: what it offers and what is placed on it. Read through [`Allocator::node`].
 pub(super) struct NodeState {
+    /// The node as given.
     pub info: NodeInfo,
     /// The governing policy; `None` when two policies of equal precedence claim the node.
     pub policy: Option<PolicyId>,
@@ -47,7 +61,7 @@ pub(super) struct NodeState {
     /// Σ requests of the replicas placed here (differs from `committed` under `Demand`).
     pub requested: Res,
     /// Replicas here, lowest priority first: the order preemption takes victims in.
-    pub replicas: BTreeSet<(i32, WKey, u32)>,
+    pub replicas: BTreeSet<(i32, WorkloadRef, u32)>,
     /// Bit `b` set when the node matches the node selector numbered `b`
     /// ([`Allocator::selector_bit`]).
     pub label_bits: u64,
@@ -85,9 +99,13 @@ impl NodeState {
     }
 }
 
+/// A tenant (a namespace) of one policy: its share settings and what it holds.
 pub(super) struct TenantState {
+    /// Its weight under `Fair`, at least 1.
     pub weight: i32,
+    /// What it is guaranteed, if anything.
     pub guarantee: Option<Res>,
+    /// The most it may hold, if bounded (`i64::MAX` for an unbounded resource).
     pub limit: Option<Res>,
     /// Σ footprints of this tenant's placed replicas on the policy's nodes.
     pub allocated: Res,
@@ -105,9 +123,14 @@ impl TenantState {
     }
 }
 
+/// A policy: its nodes, what they hold, its tenants and its queue of pending replicas.
+/// Read through [`Allocator::policy`].
 pub(super) struct PolicyState {
+    /// Its name, [`DEFAULT_POLICY`] for the built-in one.
     pub name: String,
+    /// Its spec.
     pub spec: ResourcePolicySpec,
+    /// The nodes it governs, by id.
     pub nodes: Vec<NodeId>,
     /// The policy's nodes by free room, for spread (most first) and pack (least first).
     pub by_free: NodeIndex,
@@ -115,8 +138,13 @@ pub(super) struct PolicyState {
     pub total: Res,
     /// Σ committed of the nodes.
     pub committed: Res,
-    /// Replicas waiting for a node.
-    pub pending: BTreeSet<QueueKey>,
+    /// Replicas waiting for a node. Only this module takes them off and puts them back
+    /// (strategies get them as [`Taken`]).
+    pending: BTreeSet<QueueKey>,
+    /// Replicas a strategy deferred in its current pass: back in `pending` once it ends,
+    /// so that the pass does not try them again.
+    deferred: BTreeSet<QueueKey>,
+    /// Its tenants: those its spec lists and those that have workloads under it.
     pub tenants: BTreeMap<Arc<str>, TenantState>,
     /// Σ unmet guarantees over tenants: held back from everyone else.
     pub unmet: Res,
@@ -125,25 +153,47 @@ pub(super) struct PolicyState {
     pub placed_priorities: BTreeMap<i32, usize>,
 }
 
+/// One replica of a workload.
 pub(super) struct Replica {
+    /// Where it is placed, if it is.
     pub node: Option<NodeId>,
+    /// What it is granted; zero while it is pending.
     pub grant: Res,
     /// Why it is pending, once an attempt failed.
     pub reason: Option<String>,
 }
 
+/// A workload: what it asks for and where its replicas are. Read through
+/// [`Allocator::workload`].
 pub(super) struct WorkloadState {
     /// The governing policy, or why there is none.
     pub policy: Result<PolicyId, String>,
+    /// What it asks for, resolved against its policy.
     pub demand: Demand,
     /// What placement reserves per replica: the request, or under `Demand` the floor.
     pub footprint: Res,
+    /// Its replicas, by index.
     pub replicas: Vec<Replica>,
     /// Replicas of this workload per node, for spreading (a B-tree: a workload has few
     /// nodes, and the spread search asks for many).
     pub per_node: BTreeMap<NodeId, u32>,
     /// The number of its node selector ([`Allocator::selector_bit`]), if it has one.
     pub label_bit: Option<u32>,
+}
+
+/// A pending replica a strategy took off its policy's queue ([`Allocator::pop_pending`],
+/// [`Allocator::take_pending`]). Only the queue makes one, so a strategy holds only
+/// replicas that are neither placed nor queued; it gives each back by placing it
+/// ([`Allocator::place`], [`Allocator::preempt`]) or deferring it ([`Allocator::defer`]).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "a replica taken off the queue is lost unless placed or deferred"]
+pub(super) struct Taken(QueueKey);
+
+impl Taken {
+    /// Its place in the queue: priority, workload, index.
+    pub fn key(&self) -> &QueueKey {
+        &self.0
+    }
 }
 
 /// A replica that lost its node to one of higher priority.
@@ -161,20 +211,22 @@ pub struct Preempted {
 
 /// The allocator: build it from policies and nodes, add workloads, allocate, read the plan.
 pub struct Allocator {
-    pub(super) nodes: Vec<NodeState>,
-    pub(super) node_ids: HashMap<String, NodeId>,
-    pub(super) policies: Vec<PolicyState>,
-    pub(super) policy_objects: Vec<ResourcePolicy>,
-    pub(super) workloads: BTreeMap<WKey, WorkloadState>,
-    pub(super) observed: HashMap<ReplicaKey, Observed>,
-    pub(super) preemptions: Vec<Preempted>,
+    nodes: Vec<NodeState>,
+    node_ids: HashMap<String, NodeId>,
+    policies: Vec<PolicyState>,
+    policy_objects: Vec<ResourcePolicy>,
+    workloads: BTreeMap<WorkloadRef, WorkloadState>,
+    observed: HashMap<ReplicaKey, Observed>,
+    /// Made by the last [`Allocator::allocate`].
+    preemptions: Vec<Preempted>,
     /// Nodes whose replicas' grants must be recomputed, by id.
     dirty: Vec<bool>,
     /// Bumped on every placement change; keys the cache of pending reasons.
-    pub(super) epoch: u64,
+    epoch: u64,
     /// While set, placements leave the policies' node indexes as they are, to be rebuilt.
     index_paused: bool,
-    pub(super) reasons: HashMap<WKey, (u64, String)>,
+    /// Why a replica of each workload last fitted nowhere, and at which epoch.
+    reasons: HashMap<WorkloadRef, (u64, String)>,
     /// The node selectors workloads have used, numbered in the order first seen: the
     /// number is a bit of each node's `label_bits`, which lets a search skip nodes of
     /// other labels many at a time. At most 64; later ones go unnumbered, and searches for
@@ -324,11 +376,11 @@ impl Allocator {
         // Replicas to queue, per policy: queued together at the end, as one sorted batch,
         // which costs less than as many insertions in a set of 150,000.
         let mut queued: Vec<Vec<QueueKey>> = vec![Vec::new(); self.policies.len()];
-        let mut added: HashSet<WKey> = HashSet::with_capacity(workloads.len());
+        let mut added: HashSet<WorkloadRef> = HashSet::with_capacity(workloads.len());
         for (workload, policy) in workloads.iter().zip(governed) {
             let namespace = namespace_of(workload);
             let name = workload.metadata.name.as_deref().unwrap_or_default();
-            let key: WKey = (Arc::from(namespace), Arc::from(name));
+            let key: WorkloadRef = WorkloadRef::new(namespace, name);
             if !added.insert(key.clone()) {
                 // A second copy in this batch replaces the first: what the first left to
                 // queue or to keep goes with it.
@@ -361,12 +413,12 @@ impl Allocator {
                 .collect();
             let queue_priority = Reverse(demand.priority);
             if let Ok(p) = policy
-                && !self.policies[p].tenants.contains_key(&key.0)
+                && !self.policies[p].tenants.contains_key(key.namespace_arc())
             {
-                let max = admit::max_replicas(&self.policies[p].spec, &key.0);
+                let max = admit::max_replicas(&self.policies[p].spec, key.namespace());
                 self.policies[p]
                     .tenants
-                    .insert(key.0.clone(), TenantState::unlisted(max));
+                    .insert(key.namespace_arc().clone(), TenantState::unlisted(max));
             }
             let count = demand.replicas;
             let label_bit = self.selector_bit(&demand.node_selector);
@@ -411,7 +463,8 @@ impl Allocator {
         let rebuild = kept.len() > self.nodes.len();
         self.index_paused = rebuild;
         for (queue_key, node) in kept {
-            if !self.try_keep(&queue_key, node) {
+            // Back on its current node if it still belongs and fits there.
+            if !self.put(&queue_key, node) {
                 let policy = self.workloads[&queue_key.1].policy.clone();
                 if let Ok(p) = policy {
                     self.policies[p].pending.insert(queue_key);
@@ -425,6 +478,7 @@ impl Allocator {
                     .rebuild(p.nodes.iter().map(|id| self.nodes[*id].entry(*id)));
             }
         }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
     /// Puts `queued` in the policies' queues, and empties it.
@@ -482,28 +536,13 @@ impl Allocator {
         }
     }
 
-    /// Places a replica back on its current node if it still belongs and fits there.
-    fn try_keep(&mut self, queue_key: &QueueKey, node: NodeId) -> bool {
-        let w = &self.workloads[&queue_key.1];
-        let Ok(policy) = w.policy else { return false };
-        let n = &self.nodes[node];
-        if n.policy != Some(policy)
-            || !labels_match(&w.demand.node_selector, &n.info.labels)
-            || !w.footprint.fits_in(&n.free())
-            || n.replicas.len() >= self.policies[policy].max_per_node()
-        {
-            return false;
-        }
-        self.place(queue_key, node);
-        true
-    }
-
     /// Removes a workload and frees what its replicas held.
     pub fn remove_workload(&mut self, namespace: &str, name: &str) {
-        self.remove_key(&(Arc::from(namespace), Arc::from(name)));
+        self.remove_key(&WorkloadRef::new(namespace, name));
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
-    fn remove_key(&mut self, key: &WKey) {
+    fn remove_key(&mut self, key: &WorkloadRef) {
         let Some(w) = self.workloads.get(key) else {
             return;
         };
@@ -535,25 +574,118 @@ impl Allocator {
     pub fn allocate(&mut self) {
         self.preemptions.clear();
         for policy in 0..self.policies.len() {
-            match self.policies[policy].spec.strategy {
-                Strategy::Fair => super::fair::place_pending(self, policy),
-                Strategy::Priority | Strategy::Demand | Strategy::Usage => {
-                    super::priority::place_pending(self, policy);
-                }
-            }
+            let strategy = super::strategy::for_strategy(self.policies[policy].spec.strategy);
+            strategy.place_pending(self, policy);
+            self.end_pass(policy);
         }
         for node in 0..self.dirty.len() {
             if std::mem::take(&mut self.dirty[node]) {
                 super::grants::recompute(self, node);
             }
         }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
     }
 
-    /// Puts a replica on a node and accounts for it. The replica is not in its policy's
-    /// queue: every caller has taken it off or never put it on (looking for it cost a
-    /// search of 150,000 keys per placement at Kubernetes' scale).
-    pub(super) fn place(&mut self, queue_key: &QueueKey, node: NodeId) {
-        let (_, key, index) = queue_key;
+    /// Puts the replicas a strategy deferred in its pass back in the policy's queue.
+    fn end_pass(&mut self, policy: PolicyId) {
+        let p = &mut self.policies[policy];
+        // Strategies empty the queue: then this swaps the two sets.
+        let mut deferred = std::mem::take(&mut p.deferred);
+        p.pending.append(&mut deferred);
+    }
+
+    /// Takes every pending replica of `policy` off its queue, in queue order: highest
+    /// priority first, then by key.
+    pub(super) fn take_pending(&mut self, policy: PolicyId) -> impl Iterator<Item = Taken> + use<> {
+        std::mem::take(&mut self.policies[policy].pending)
+            .into_iter()
+            .map(Taken)
+    }
+
+    /// Takes the first pending replica of `policy` off its queue: the highest priority,
+    /// then by key. Replicas [`Allocator::preempt`] evicts rejoin the queue and come in
+    /// their turn; deferred ones wait for the next allocation.
+    pub(super) fn pop_pending(&mut self, policy: PolicyId) -> Option<Taken> {
+        self.policies[policy].pending.pop_first().map(Taken)
+    }
+
+    /// Puts a taken replica on `node`, if the node may take it (see [`may_take`]), and
+    /// accounts for it; otherwise hands it back.
+    pub(super) fn place(&mut self, taken: Taken, node: NodeId) -> Result<(), Taken> {
+        if self.put(&taken.0, node) {
+            Ok(())
+        } else {
+            Err(taken)
+        }
+    }
+
+    /// Puts `by` on `node` in the place of `victims`, which must be replicas of strictly
+    /// lower priority on that node and make room for it: each is taken off the node,
+    /// recorded as preempted, and queued again (its policy's pass takes it in its turn).
+    /// When they are not all such, or do not make room, nothing changes and `by` comes back.
+    pub(super) fn preempt(
+        &mut self,
+        by: Taken,
+        victims: &[QueueKey],
+        node: NodeId,
+    ) -> Result<(), Taken> {
+        let Some(policy) = self.evictable(&by.0, victims, node) else {
+            return Err(by);
+        };
+        let (Reverse(by_priority), key, index) = &by.0;
+        let by_key = Self::replica_key(key, *index);
+        for victim in victims {
+            self.unplace(victim);
+            self.preemptions.push(Preempted {
+                victim: Self::replica_key(&victim.1, victim.2),
+                by: by_key.clone(),
+                by_priority: *by_priority,
+                node: self.nodes[node].info.name.clone(),
+            });
+            self.policies[policy].pending.insert(victim.clone());
+        }
+        self.place(by, node)
+    }
+
+    /// The policy of `by` when `victims` may make room for it on `node`: `by` is a pending
+    /// replica, each victim a distinct replica of strictly lower priority placed there,
+    /// and without them the node may take `by` (so that placing it cannot fail).
+    fn evictable(&self, by: &QueueKey, victims: &[QueueKey], node: NodeId) -> Option<PolicyId> {
+        let w = self.workloads.get(&by.1)?;
+        let policy = *w.policy.as_ref().ok()?;
+        let unplaced = w
+            .replicas
+            .get(by.2 as usize)
+            .is_some_and(|r| r.node.is_none());
+        if !unplaced || w.demand.priority != by.0.0 {
+            return None;
+        }
+        let (n, p) = (self.nodes.get(node)?, self.policies.get(policy)?);
+        let mut freed = Res::ZERO;
+        for (i, victim) in victims.iter().enumerate() {
+            let (Reverse(priority), key, index) = victim;
+            let v = self.workloads.get(key)?;
+            let on_node = v
+                .replicas
+                .get(*index as usize)
+                .is_some_and(|r| r.node == Some(node));
+            if !on_node
+                || v.demand.priority != *priority
+                || *priority >= by.0.0
+                || victims[..i].contains(victim)
+            {
+                return None;
+            }
+            freed = freed.plus(v.footprint);
+        }
+        may_take(n, p, policy, w, freed, victims.len()).then_some(policy)
+    }
+
+    /// Gives a taken replica back, pending for `reason`. It rejoins its policy's queue
+    /// when the strategy's pass ends.
+    pub(super) fn defer(&mut self, taken: Taken, reason: String) {
+        let (_, key, index) = &taken.0;
+        // A replica of a workload since removed, or ungoverned: no queue takes it.
         let Some(w) = self.workloads.get_mut(key) else {
             return;
         };
@@ -561,16 +693,111 @@ impl Allocator {
         let Some(replica) = w.replicas.get_mut(*index as usize) else {
             return;
         };
+        if replica.node.is_none() {
+            replica.reason = Some(reason);
+            self.policies[policy].deferred.insert(taken.0);
+        }
+    }
+
+    /// Sets what a placed replica is granted. No total depends on it: placement reserves
+    /// footprints.
+    pub(super) fn set_grant(&mut self, key: &WorkloadRef, index: u32, grant: Res) {
+        if let Some(replica) = self
+            .workloads
+            .get_mut(key)
+            .and_then(|w| w.replicas.get_mut(index as usize))
+            && replica.node.is_some()
+        {
+            replica.grant = grant;
+        }
+    }
+
+    /// Why a replica of `key` last fitted nowhere, if nothing was placed or removed since.
+    pub(super) fn fresh_reason(&self, key: &WorkloadRef) -> Option<&str> {
+        self.reasons
+            .get(key)
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .map(|(_, reason)| reason.as_str())
+    }
+
+    /// Records why a replica of `key` fits nowhere, until something is placed or removed.
+    pub(super) fn remember_reason(&mut self, key: &WorkloadRef, reason: String) {
+        self.reasons.insert(key.clone(), (self.epoch, reason));
+    }
+
+    /// Node `id`.
+    pub(super) fn node(&self, id: NodeId) -> &NodeState {
+        &self.nodes[id]
+    }
+
+    /// Every node, by id (in name order).
+    pub(super) fn nodes(&self) -> &[NodeState] {
+        &self.nodes
+    }
+
+    /// Policy `id`.
+    pub(super) fn policy(&self, id: PolicyId) -> &PolicyState {
+        &self.policies[id]
+    }
+
+    /// Every policy, by id (in name order, the built-in default last).
+    pub(super) fn policies(&self) -> &[PolicyState] {
+        &self.policies
+    }
+
+    /// The workload `key`, unless removed.
+    pub(super) fn workload(&self, key: &WorkloadRef) -> Option<&WorkloadState> {
+        self.workloads.get(key)
+    }
+
+    /// Every workload, by key.
+    pub(super) fn workloads(&self) -> &BTreeMap<WorkloadRef, WorkloadState> {
+        &self.workloads
+    }
+
+    /// The preemptions the last [`Allocator::allocate`] made, in order.
+    pub(super) fn preemptions(&self) -> &[Preempted] {
+        &self.preemptions
+    }
+
+    /// Observed use per replica.
+    pub(super) fn observed(&self) -> &HashMap<ReplicaKey, Observed> {
+        &self.observed
+    }
+
+    /// Puts a replica on a node and accounts for it, if the node may take it ([`may_take`])
+    /// and the replica is not placed yet; false otherwise. The replica is not in its
+    /// policy's queue: every caller has taken it off or never put it on (looking for it
+    /// cost a search of 150,000 keys per placement at Kubernetes' scale).
+    fn put(&mut self, queue_key: &QueueKey, node: NodeId) -> bool {
+        let (Reverse(priority), key, index) = queue_key;
+        let Some(w) = self.workloads.get_mut(key) else {
+            return false;
+        };
+        let Ok(policy) = w.policy else { return false };
+        let (Some(n), Some(p)) = (self.nodes.get(node), self.policies.get(policy)) else {
+            return false;
+        };
+        if w.demand.priority != *priority || !may_take(n, p, policy, w, Res::ZERO, 0) {
+            return false;
+        }
+        let Some(replica) = w.replicas.get_mut(*index as usize) else {
+            return false;
+        };
+        if replica.node.is_some() {
+            return false;
+        }
         replica.node = Some(node);
         replica.reason = None;
         replica.grant = w.demand.request;
         *w.per_node.entry(node).or_insert(0) += 1;
         let amounts = (w.footprint, w.demand.request);
         self.account(policy, node, queue_key, amounts, true);
+        true
     }
 
     /// Takes a replica off its node; it is neither queued nor explained.
-    pub(super) fn unplace(&mut self, queue_key: &QueueKey) {
+    fn unplace(&mut self, queue_key: &QueueKey) {
         let (_, key, index) = queue_key;
         let Some(w) = self.workloads.get_mut(key) else {
             return;
@@ -634,7 +861,7 @@ impl Allocator {
         if *count == 0 {
             p.placed_priorities.remove(priority);
         }
-        if let Some(t) = p.tenants.get_mut(&key.0) {
+        if let Some(t) = p.tenants.get_mut(key.namespace_arc()) {
             let before = t.unmet();
             t.allocated = change(t.allocated, footprint);
             t.placed = if add {
@@ -748,7 +975,7 @@ impl Allocator {
             }
             // Lowest priority first; within a priority the highest replica index, as a
             // scale-down would pick.
-            let mut candidates: Vec<&(i32, WKey, u32)> = n
+            let mut candidates: Vec<&(i32, WorkloadRef, u32)> = n
                 .replicas
                 .iter()
                 .take_while(|(victim_priority, _, _)| victim_priority < priority)
@@ -784,11 +1011,11 @@ impl Allocator {
     pub(super) fn within_tenant_limit(
         &self,
         policy: PolicyId,
-        key: &WKey,
+        key: &WorkloadRef,
         w: &WorkloadState,
     ) -> Result<(), String> {
         let footprint = w.footprint;
-        let Some(t) = self.policies[policy].tenants.get(&key.0) else {
+        let Some(t) = self.policies[policy].tenants.get(key.namespace_arc()) else {
             return Ok(());
         };
         if let Some(max) = t.max_replicas
@@ -796,7 +1023,9 @@ impl Allocator {
         {
             return Err(format!(
                 "tenant {} already has {} replica(s) placed, the most ResourcePolicy {:?} allows it (maxReplicas)",
-                key.0, t.placed, self.policies[policy].name
+                key.namespace(),
+                t.placed,
+                self.policies[policy].name
             ));
         }
         let Some(limit) = t.limit else { return Ok(()) };
@@ -804,7 +1033,7 @@ impl Allocator {
             None => Ok(()),
             Some(kind) => Err(format!(
                 "tenant {} is at its limit: it holds {} {} of {}, and a replica needs {} more",
-                key.0,
+                key.namespace(),
                 kind.format(t.allocated.get(kind)),
                 kind.name(),
                 kind.format(limit.get(kind)),
@@ -813,18 +1042,9 @@ impl Allocator {
         }
     }
 
-    /// Records why a replica is pending.
-    pub(super) fn set_reason(&mut self, queue_key: &QueueKey, reason: String) {
-        if let Some(w) = self.workloads.get_mut(&queue_key.1)
-            && let Some(r) = w.replicas.get_mut(queue_key.2 as usize)
-        {
-            r.reason = Some(reason);
-        }
-    }
-
     /// The key a replica is reported under.
-    pub(super) fn replica_key(key: &WKey, index: u32) -> ReplicaKey {
-        ReplicaKey::new(&key.0, &key.1, index)
+    pub(super) fn replica_key(key: &WorkloadRef, index: u32) -> ReplicaKey {
+        key.replica(index)
     }
 }
 
@@ -879,6 +1099,7 @@ impl PolicyState {
             total: Res::ZERO,
             committed: Res::ZERO,
             pending: BTreeSet::new(),
+            deferred: BTreeSet::new(),
             tenants,
             unmet,
             placed_priorities: BTreeMap::new(),
@@ -918,6 +1139,27 @@ impl TenantState {
             max_replicas: max_replicas.map(|m| usize::try_from(m).unwrap_or(0)),
         }
     }
+}
+
+/// Whether node `n` may take a replica of `w`, governed by `policy` (`p`), once `leaving`
+/// replicas holding `freed` have left it: the node is the policy's, matches the workload's
+/// node selector, and has room for its footprint and for one more replica.
+fn may_take(
+    n: &NodeState,
+    p: &PolicyState,
+    policy: PolicyId,
+    w: &WorkloadState,
+    freed: Res,
+    leaving: usize,
+) -> bool {
+    n.policy == Some(policy)
+        && n.replicas.len().saturating_sub(leaving) < p.max_per_node()
+        && w.footprint.fits_in(&n.free().plus(freed))
+        && match w.label_bit {
+            // Set on exactly the nodes that match it (nodes do not change).
+            Some(bit) => n.label_bits & (1 << bit) != 0,
+            None => labels_match(&w.demand.node_selector, &n.info.labels),
+        }
 }
 
 /// True when `labels` carry every pair of `selector`.

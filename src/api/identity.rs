@@ -61,6 +61,11 @@ impl WorkloadRef {
         &self.name
     }
 
+    /// The name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The key of replica `index` of this workload.
     pub fn replica(&self, index: u32) -> ReplicaKey {
         ReplicaKey {
