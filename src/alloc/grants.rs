@@ -8,7 +8,7 @@
 
 use super::input::ReplicaKey;
 use super::resources::{Kind, Res};
-use super::state::{Allocator, NodeId, WKey, WorkloadState};
+use super::state::{Allocator, NodeId, WKey};
 use crate::api::policy::Strategy;
 
 /// Recomputes the grants of every replica on `node`.
@@ -27,11 +27,11 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
     // node holds them lowest priority first, then by key: its runs of one priority, last
     // run first.
     let held: Vec<&(i32, WKey, u32)> = n.replicas.iter().collect();
-    let replicas: Vec<(&WKey, u32, &WorkloadState)> = held
+    let replicas: Vec<(WKey, u32)> = held
         .chunk_by(|a, b| a.0 == b.0)
         .rev()
         .flatten()
-        .filter_map(|(_, key, index)| a.workload(key).map(|w| (key, *index, w)))
+        .map(|(_, key, index)| (key.clone(), *index))
         .collect();
     let grants: Vec<Res> = match p.spec.strategy {
         // Returned above.
@@ -39,7 +39,11 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
         Strategy::Demand => {
             let parts: Vec<(Res, Res)> = replicas
                 .iter()
-                .map(|(_, _, w)| (w.footprint, w.demand.request))
+                .map(|(key, _)| {
+                    // Every replica on a node has its workload.
+                    a.workload(key)
+                        .map_or((Res::ZERO, Res::ZERO), |w| (w.footprint, w.demand.request))
+                })
                 .collect();
             proportional(&parts, allocatable)
         }
@@ -51,7 +55,10 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             let mut probe = ReplicaKey::new("", "", 0);
             let parts: Vec<Elastic> = replicas
                 .iter()
-                .map(|(key, index, w)| {
+                .map(|(key, index)| {
+                    let Some(w) = a.workload(key) else {
+                        return Elastic::default();
+                    };
                     let observed = if a.observed().is_empty() {
                         None
                     } else {
@@ -85,11 +92,7 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             elastic(&parts, allocatable)
         }
     };
-    let keys: Vec<(WKey, u32)> = replicas
-        .into_iter()
-        .map(|(key, index, _)| (key.clone(), index))
-        .collect();
-    for ((key, index), grant) in keys.into_iter().zip(grants) {
+    for ((key, index), grant) in replicas.into_iter().zip(grants) {
         a.set_grant(&key, index, grant);
     }
 }
@@ -134,7 +137,7 @@ pub(super) fn proportional(parts: &[(Res, Res)], allocatable: Res) -> Vec<Res> {
 }
 
 /// One replica under `Usage`: request ≤ hold ≤ target, each within its limit.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct Elastic {
     /// Guaranteed: placement made room for it.
     pub request: Res,
