@@ -7,7 +7,7 @@
 //! set only on placed replicas ([`Allocator::set_grant`]).
 
 use super::resources::{Kind, Res};
-use super::state::{Allocator, NodeId, WorkloadState};
+use super::state::{Allocator, NodeId};
 use crate::api::WorkloadRef;
 use crate::api::policy::Strategy;
 
@@ -27,11 +27,11 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
     // node holds them lowest priority first, then by key: its runs of one priority, last
     // run first.
     let held: Vec<&(i32, WorkloadRef, u32)> = n.replicas.iter().collect();
-    let replicas: Vec<(&WorkloadRef, u32, &WorkloadState)> = held
+    let replicas: Vec<(WorkloadRef, u32)> = held
         .chunk_by(|a, b| a.0 == b.0)
         .rev()
         .flatten()
-        .filter_map(|(_, key, index)| a.workload(key).map(|w| (key, *index, w)))
+        .map(|(_, key, index)| (key.clone(), *index))
         .collect();
     let grants: Vec<Res> = match p.spec.strategy {
         // Returned above.
@@ -39,23 +39,28 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
         Strategy::Demand => {
             let parts: Vec<(Res, Res)> = replicas
                 .iter()
-                .map(|(_, _, w)| (w.footprint, w.demand.request))
+                .map(|(key, _)| {
+                    // Every replica on a node has its workload.
+                    a.workload(key)
+                        .map_or((Res::ZERO, Res::ZERO), |w| (w.footprint, w.demand.request))
+                })
                 .collect();
             proportional(&parts, allocatable)
         }
         Strategy::Usage => {
             let percentile = p.spec.usage.percentile;
             let threshold = f64::from(p.spec.usage.memory_pressure_percent);
-            // One key to look observations up with, rewritten for each replica rather
-            // than two strings allocated each.
             let parts: Vec<Elastic> = replicas
                 .iter()
-                .map(|(key, index, w)| {
+                .map(|(key, index)| {
+                    let Some(w) = a.workload(key) else {
+                        return Elastic::default();
+                    };
                     let observed = if a.observed().is_empty() {
                         None
                     } else {
-                        let probe = key.replica(*index);
-                        a.observed().get(&probe)
+                        // The key shares the workload's text: no string is allocated.
+                        a.observed().get(&key.replica(*index))
                     };
                     let used = observed.map(|o| o.percentile(percentile));
                     let within = |kind: Kind, amount: i64| {
@@ -82,11 +87,7 @@ pub(super) fn recompute(a: &mut Allocator, node: NodeId) {
             elastic(&parts, allocatable)
         }
     };
-    let keys: Vec<(WorkloadRef, u32)> = replicas
-        .into_iter()
-        .map(|(key, index, _)| (key.clone(), index))
-        .collect();
-    for ((key, index), grant) in keys.into_iter().zip(grants) {
+    for ((key, index), grant) in replicas.into_iter().zip(grants) {
         a.set_grant(&key, index, grant);
     }
 }
@@ -131,7 +132,7 @@ pub(super) fn proportional(parts: &[(Res, Res)], allocatable: Res) -> Vec<Res> {
 }
 
 /// One replica under `Usage`: request ≤ hold ≤ target, each within its limit.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct Elastic {
     /// Guaranteed: placement made room for it.
     pub request: Res,
@@ -282,7 +283,7 @@ mod tests {
         workloads
             .iter()
             .map(|w| {
-                let name = crate::api::WorkloadRef::of(w);
+                let name = WorkloadRef::of(w);
                 let a = plan.allocations.iter().find(|a| a.workload == name);
                 a.map_or(-1, |a| a.granted.memory / MIB)
             })

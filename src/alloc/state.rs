@@ -611,6 +611,7 @@ impl Allocator {
 
     /// Puts a taken replica on `node`, if the node may take it (see [`may_take`]), and
     /// accounts for it; otherwise hands it back.
+    #[inline]
     pub(super) fn place(&mut self, taken: Taken, node: NodeId) -> Result<(), Taken> {
         if self.put(&taken.0, node) {
             Ok(())
@@ -1158,7 +1159,10 @@ fn may_take(
         && match w.label_bit {
             // Set on exactly the nodes that match it (nodes do not change).
             Some(bit) => n.label_bits & (1 << bit) != 0,
-            None => labels_match(&w.demand.node_selector, &n.info.labels),
+            None => {
+                w.demand.node_selector.is_empty()
+                    || labels_match(&w.demand.node_selector, &n.info.labels)
+            }
         }
 }
 
