@@ -16,8 +16,6 @@ use common::cgroups::{gone, is_log_pump, procs};
 use common::cli::{Cli as Setup, POLICY};
 use common::wait::wait_until;
 
-const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
-
 /// Workload `test/web`: `replicas` of `sleep 600` with `V=version` in the environment, a
 /// CPU limit, and `extra` lines appended to its spec (2-space indented).
 fn web(replicas: u32, version: &str, cpu_limit: &str, annotations: &str, extra: &str) -> String {
@@ -31,11 +29,7 @@ fn web(replicas: u32, version: &str, cpu_limit: &str, annotations: &str, extra: 
 }
 
 fn setup() -> Setup {
-    let hierarchies = CONTROLLERS
-        .iter()
-        .map(|c| Path::new("/sys/fs/cgroup").join(c))
-        .collect();
-    let setup = Setup::under("corral-rollout", hierarchies);
+    let setup = Setup::under("corral-rollout", common::cgroups::hierarchies());
     setup.write("policy.yaml", POLICY);
     setup
 }

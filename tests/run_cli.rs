@@ -14,9 +14,6 @@ use common::cgroups::{gone, is_log_pump, procs};
 use common::cli::{Cli as Setup, POLICY};
 use common::wait::wait_until;
 
-/// The v1 hierarchies (below /sys/fs/cgroup) whose copy of a test's root is swept on drop.
-const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
-
 fn workload(name: &str, cpu_limit: &str) -> String {
     common::cli::workload(name, cpu_limit, "32Mi")
 }
@@ -24,11 +21,7 @@ fn workload(name: &str, cpu_limit: &str) -> String {
 impl Setup {
     /// A root below every v1 hierarchy, the policy and workload `test/a` (200m).
     fn new() -> Setup {
-        let hierarchies = CONTROLLERS
-            .iter()
-            .map(|c| Path::new("/sys/fs/cgroup").join(c))
-            .collect();
-        let setup = Setup::under("corral-clitest", hierarchies);
+        let setup = Setup::under("corral-clitest", common::cgroups::hierarchies());
         setup.write("policy.yaml", POLICY);
         setup.write("a.yaml", &workload("a", "200m"));
         setup

@@ -144,12 +144,8 @@ impl Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = self.corral(&["down", "--cgroup-root", &self.root.clone()]);
-        for controller in ["cpu", "cpuacct", "memory", "pids", "blkio"] {
-            sweep(
-                &Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(&self.root),
-            );
+        for hierarchy in common::cgroups::hierarchies() {
+            sweep(&hierarchy.join(&self.root));
         }
     }
 }

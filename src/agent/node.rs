@@ -104,6 +104,49 @@ pub enum AgentError {
     Cgroup(#[from] CgroupError),
 }
 
+/// Puts the processes of corral's groups in those groups in every hierarchy. Before corral
+/// kept its groups in the hierarchies it limits nothing in (`devices`, `freezer`,
+/// `name=systemd`, ...), its replicas stayed in the agent's own groups there, where a
+/// container runtime stopping the agent's container would kill them; an agent taking over
+/// from such a version moves them. A process already there is not moved.
+fn complete_groups(fs: &Cgroupfs) {
+    let groups = match fs.groups() {
+        Ok(groups) => groups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list corral's groups to complete them");
+            return;
+        }
+    };
+    let mut moved = 0;
+    for group in &groups {
+        if let Err(e) = fs.create(Some(group)) {
+            tracing::warn!(%group, error = %e, "cannot complete the group in every hierarchy");
+            continue;
+        }
+        let files = fs.procs_files(group);
+        for pid in fs.procs(group).unwrap_or_default() {
+            let missing: Vec<_> = match fs.procs_files_of(pid) {
+                Ok(now) => files.iter().filter(|f| !now.contains(f)).cloned().collect(),
+                Err(_) => continue,
+            };
+            if missing.is_empty() {
+                continue;
+            }
+            match process::move_into(pid, &missing) {
+                Ok(()) => moved += 1,
+                Err(process::MoveError::Gone { .. }) => {}
+                Err(e) => tracing::warn!(%group, error = %e, "cannot complete a process's groups"),
+            }
+        }
+    }
+    if moved > 0 {
+        tracing::info!(
+            processes = moved,
+            "moved processes into corral's groups of the hierarchies they were missing from"
+        );
+    }
+}
+
 impl Agent {
     /// The agent of `node`, owning the subtree of `fs`, with its records in `state_dir`.
     /// Creates the root group unless `dry_run`.
@@ -128,6 +171,7 @@ impl Agent {
                     AgentError::Cgroup(e)
                 }
             })?;
+            complete_groups(&fs);
         }
         let supervisor = Supervisor::load(state_dir, node);
         if !dry_run

@@ -9,7 +9,7 @@
 //! writes, whose v2 root is fixed at /sys/fs/cgroup, and which does not know
 //! `blkio.bfq.weight` (this kernel has no `blkio.weight`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,14 @@ pub enum CgroupError {
     /// The root's name could form a path outside the cgroup mounts.
     #[error(transparent)]
     BadRoot(#[from] super::root::RootError),
+    /// corral's root in the devices hierarchy cannot get corral's device policy.
+    #[error("{path}: {reason}")]
+    Devices {
+        /// The group or file.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 impl CgroupError {
@@ -90,6 +98,15 @@ fn open_file_budget() -> usize {
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);
     usize::try_from(soft / 2).unwrap_or(512).min(8192)
+}
+
+/// One hierarchy corral keeps its groups in.
+struct Hierarchy {
+    /// Where it is mounted.
+    mount: PathBuf,
+    /// What `/proc/PID/cgroup` calls it: a controller of it (`cpu`, `freezer`), a name
+    /// (`name=systemd`), or `""` for cgroup2.
+    name: String,
 }
 
 /// The knob that lists a group's processes.
@@ -146,7 +163,8 @@ impl Cgroupfs {
         self.page_size
     }
 
-    /// The root's directories: one per mounted v1 hierarchy corral uses, or the v2 one.
+    /// The root's directories: one per hierarchy corral keeps its groups in (see
+    /// [`Cgroupfs::hierarchies`]).
     pub fn root_dirs(&self) -> Vec<PathBuf> {
         self.mounts()
             .into_iter()
@@ -154,12 +172,47 @@ impl Cgroupfs {
             .collect()
     }
 
-    fn mounts(&self) -> Vec<PathBuf> {
+    /// Every hierarchy corral keeps its groups in, by mount point: on v2 the one; on v1
+    /// each hierarchy mounted, those corral limits nothing in included (`devices`,
+    /// `freezer`, `name=systemd`, ...: see [`super::others`]), and on a hybrid host the
+    /// cgroup2 mount too (where it is in reach). A replica is in corral's group in each, so
+    /// no container runtime that kills by any of them takes it along with the agent.
+    fn hierarchies(&self) -> Vec<Hierarchy> {
         if self.is_v2() {
-            return self.layout.unified.iter().cloned().collect();
+            return self
+                .layout
+                .unified
+                .iter()
+                .map(|mount| Hierarchy {
+                    mount: mount.clone(),
+                    name: String::new(),
+                })
+                .collect();
         }
-        let distinct: BTreeSet<&PathBuf> = self.layout.v1.values().collect();
-        distinct.into_iter().cloned().collect()
+        let mut by_mount: BTreeMap<&PathBuf, &str> = BTreeMap::new();
+        for (controller, mount) in &self.layout.v1 {
+            by_mount.entry(mount).or_insert(controller.v1_name());
+        }
+        for (name, mount) in &self.layout.others {
+            by_mount.entry(mount).or_insert(name);
+        }
+        if self.layout.mode == Mode::Hybrid
+            && !self.layout.unified_outside_namespace()
+            && let Some(mount) = &self.layout.unified
+        {
+            by_mount.entry(mount).or_insert("");
+        }
+        by_mount
+            .into_iter()
+            .map(|(mount, name)| Hierarchy {
+                mount: mount.clone(),
+                name: name.to_string(),
+            })
+            .collect()
+    }
+
+    fn mounts(&self) -> Vec<PathBuf> {
+        self.hierarchies().into_iter().map(|h| h.mount).collect()
     }
 
     /// A group's directories, one per hierarchy.
@@ -210,7 +263,13 @@ impl Cgroupfs {
     /// # Errors
     /// A directory could not be created.
     pub fn create(&self, group: Option<&GroupPath>) -> Result<(), CgroupError> {
-        for dir in self.dirs(group) {
+        let cpuset = self.layout.others.get("cpuset");
+        let devices = self.layout.others.get("devices");
+        for mount in self.mounts() {
+            let dir = match group {
+                Some(g) => mount.join(self.root_path()).join(g.to_string()),
+                None => mount.join(self.root_path()),
+            };
             // The root's missing ancestors too, where they are corral's to make (no
             // systemd); a delegated group above it exists already.
             let made = if group.is_none() && self.place.owned_from.is_empty() {
@@ -226,6 +285,12 @@ impl Cgroupfs {
             if group.is_none() {
                 mark_root(&dir);
             }
+            if cpuset == Some(&mount) {
+                super::others::inherit_cpuset(&mount, &dir)?;
+            }
+            if group.is_none() && devices == Some(&mount) {
+                super::others::restrict_devices(&dir)?;
+            }
         }
         Ok(())
     }
@@ -237,19 +302,10 @@ impl Cgroupfs {
     /// `/proc/PID/cgroup` cannot be read, or lacks one of the hierarchies.
     pub fn procs_files_of(&self, pid: u32) -> io::Result<Vec<PathBuf>> {
         let paths = process_cgroups(pid)?;
-        self.mounts()
+        self.hierarchies()
             .into_iter()
-            .map(|mount| {
-                let path = if self.is_v2() {
-                    paths.get("")
-                } else {
-                    self.layout
-                        .v1
-                        .iter()
-                        .filter(|(_, m)| **m == mount)
-                        .find_map(|(c, _)| paths.get(c.v1_name()))
-                };
-                let path = path.ok_or_else(|| {
+            .map(|Hierarchy { mount, name }| {
+                let path = paths.get(&name).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("/proc/{pid}/cgroup does not list {}", mount.display()),
@@ -257,7 +313,7 @@ impl Cgroupfs {
                 })?;
                 // v2 paths are relative to this process's cgroup namespace; the mount may
                 // show a part of it only.
-                let path = if self.is_v2() {
+                let path = if name.is_empty() {
                     below(path, &self.layout.unified_root).ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::NotFound,

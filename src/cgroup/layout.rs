@@ -85,6 +85,13 @@ pub struct Layout {
     pub mode: Mode,
     /// Mount point of each v1 controller corral uses that is mounted.
     pub v1: BTreeMap<Controller, PathBuf>,
+    /// Mount point of every other v1 hierarchy, by the name `/proc/PID/cgroup` gives it
+    /// (`freezer`, `devices`, `cpuset`, `name=systemd`, ...), co-mounted with one of
+    /// corral's controllers or not. corral sets nothing there but keeps its groups in them
+    /// too: a container runtime finds and kills a container's processes through these
+    /// (runc through `devices` and `freezer`, systemd through `name=systemd`), so a replica
+    /// left in the agent's groups there would die with the agent's container.
+    pub others: BTreeMap<String, PathBuf>,
     /// The cgroup2 mount point, if any.
     pub unified: Option<PathBuf>,
     /// The group the cgroup2 mount shows at its mount point, as this process's cgroup
@@ -130,6 +137,7 @@ impl Layout {
     /// The layout described by the text of a `mountinfo` file.
     pub fn from_mountinfo(text: &str) -> Layout {
         let mut v1 = BTreeMap::new();
+        let mut others = BTreeMap::new();
         // Each cgroup2 mount point with the root of the mount seen there: a later mount on
         // the same point hides the earlier one (a pod's hostPath over the runtime's view).
         let mut unified_mounts: Vec<(PathBuf, String)> = Vec::new();
@@ -160,6 +168,11 @@ impl Layout {
                                 .or_insert_with(|| PathBuf::from(&mount_point));
                         }
                     }
+                    for name in options.iter().filter(|o| is_other_hierarchy(o)) {
+                        others
+                            .entry((*name).to_string())
+                            .or_insert_with(|| PathBuf::from(&mount_point));
+                    }
                 }
                 _ => {}
             }
@@ -188,6 +201,7 @@ impl Layout {
         Layout {
             mode,
             v1,
+            others,
             unified,
             unified_root,
         }
@@ -201,6 +215,7 @@ impl Layout {
                 .into_iter()
                 .map(|c| (c, root.join(c.v1_name())))
                 .collect(),
+            others: BTreeMap::new(),
             unified: None,
             unified_root: "/".to_string(),
         }
@@ -211,6 +226,7 @@ impl Layout {
         Layout {
             mode: Mode::V2,
             v1: BTreeMap::new(),
+            others: BTreeMap::new(),
             unified: Some(root.to_path_buf()),
             unified_root: "/".to_string(),
         }
@@ -220,6 +236,27 @@ impl Layout {
     pub fn is_v2(&self) -> bool {
         self.mode == Mode::V2
     }
+}
+
+/// The v1 controllers corral does not use, as mount options name them; a named hierarchy
+/// (`name=systemd`) is one too.
+const OTHER_CONTROLLERS: [&str; 9] = [
+    "cpuset",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "hugetlb",
+    "rdma",
+    "misc",
+];
+
+/// True when a v1 mount option names a hierarchy corral keeps its groups in without
+/// setting anything there (see [`Layout::others`]).
+fn is_other_hierarchy(option: &str) -> bool {
+    OTHER_CONTROLLERS.contains(&option)
+        || option.strip_prefix("name=").is_some_and(|n| !n.is_empty())
 }
 
 /// How much of the hierarchy a cgroup2 mount with this root shows, from this namespace:
@@ -291,6 +328,44 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert!(!layout.is_v2());
+    }
+
+    #[test]
+    fn the_other_v1_hierarchies_are_found_by_their_proc_names() {
+        let text = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+34 31 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset
+36 31 0:33 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer
+40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+42 31 0:39 / /sys/fs/cgroup/net_cls,net_prio rw - cgroup cgroup rw,net_cls,net_prio
+43 31 0:40 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory,clone_children
+";
+        let layout = Layout::from_mountinfo(text);
+        let names: Vec<&str> = layout.others.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "cpuset",
+                "devices",
+                "freezer",
+                "name=systemd",
+                "net_cls",
+                "net_prio"
+            ]
+        );
+        assert_eq!(
+            layout.others["name=systemd"],
+            PathBuf::from("/sys/fs/cgroup/systemd")
+        );
+        assert_eq!(
+            layout.others["net_prio"],
+            PathBuf::from("/sys/fs/cgroup/net_cls,net_prio")
+        );
+        // Options that are not hierarchies are not taken for one.
+        assert!(!layout.others.contains_key("xattr"));
+        assert!(!layout.others.contains_key("clone_children"));
+        assert!(!is_other_hierarchy("name="));
     }
 
     #[test]

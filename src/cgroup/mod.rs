@@ -4,8 +4,9 @@
 //! and as found ([`tree`]; the agent builds the desired one from its leases, in
 //! [`crate::agent::desired`]), reading it ([`observe`]), the pure diff between
 //! them ([`diff`]), the filesystem below corral's root ([`fs`]), the executor that applies
-//! a diff ([`exec`]), the v2 pressure files ([`pressure`]) and the one reader of
-//! `cgroup.procs` ([`procs`]).
+//! a diff ([`exec`]), the v2 pressure files ([`pressure`]), the one reader of
+//! `cgroup.procs` ([`procs`]), and the v1 hierarchies corral keeps its groups in without
+//! limiting anything there ([`others`]).
 
 pub mod diff;
 pub mod exec;
@@ -13,6 +14,7 @@ pub mod fs;
 pub mod knobs;
 pub mod layout;
 pub mod observe;
+pub mod others;
 pub mod pressure;
 pub mod procs;
 pub mod root;

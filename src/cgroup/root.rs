@@ -228,15 +228,18 @@ pub fn is_delegated(dir: &Path) -> bool {
 }
 
 /// Joins the cgroup namespace of PID 1 (the host's init, when the host's PID namespace is
-/// shared, as the chart's agent has it), then drops `CAP_SYS_ADMIN`, which only that
-/// needed (also when corral already was in that namespace). A pod on cgroup v2 gets a private cgroup namespace, and the kernel refuses to
+/// shared, as the chart's agent has it), runs `before_drop` (which may need
+/// `CAP_SYS_ADMIN` too), then drops `CAP_SYS_ADMIN` (also when corral already was in that
+/// namespace, and when `before_drop` failed, whose error is then returned). A pod on cgroup v2 gets a private cgroup namespace, and the kernel refuses to
 /// move a process into a group outside it (ENOENT); in the host's namespace, corral's
 /// groups are in reach. Returns false when corral already was in PID 1's namespace.
 /// Namespaces and capabilities are per thread: call it before any other thread starts.
 ///
 /// # Errors
 /// Other threads run, or the kernel refused (no `CAP_SYS_ADMIN`).
-pub fn join_host_namespace() -> Result<bool, String> {
+pub fn join_host_namespace(
+    before_drop: impl FnOnce() -> Result<(), String>,
+) -> Result<bool, String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let threads = std::fs::read_to_string("/proc/self/status")
@@ -268,9 +271,11 @@ pub fn join_host_namespace() -> Result<bool, String> {
             ));
         }
     }
+    let prepared = before_drop();
     // Dropped either way: on a v1 node the runtime shares the host's namespace already.
     crate::agent::sandbox::drop_capability(CAP_SYS_ADMIN)
         .map_err(|e| format!("dropping CAP_SYS_ADMIN: {e}"))?;
+    prepared?;
     Ok(own != host)
 }
 

@@ -66,7 +66,7 @@ pub struct Args {
 /// # Errors
 /// A bad option, no `--zookeeper`, or no permission to manage cgroups.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    super::join_host_cgroup_namespace(args.host_cgroup_namespace)?;
+    super::join_host_cgroup_namespace(args.host_cgroup_namespace, Some(&args.cgroup_root))?;
     crate::telemetry::init(crate::telemetry::Output::Stderr, args.log_json)?;
     let Some(mut config) = args.zk.config()? else {
         bail!("corral agent needs --zookeeper");

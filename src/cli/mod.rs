@@ -88,20 +88,40 @@ pub fn pump_logs(agent: &mut crate::agent::node::Agent) {
     }
 }
 
-/// Joins the host's cgroup namespace when `--host-cgroup-namespace` asks for it. Call it
-/// before any thread starts (before the runtime and the log output).
+/// Joins the host's cgroup namespace when `--host-cgroup-namespace` asks for it, and on a
+/// v1 or hybrid host makes corral's root (`root`, `corral` when `None`) before dropping
+/// `CAP_SYS_ADMIN`: the root's devices policy needs it (see [`crate::cgroup::others`]).
+/// Call it before any thread starts (before the runtime and the log output).
 ///
 /// # Errors
 /// The kernel refused; the error says what is needed.
-pub fn join_host_cgroup_namespace(asked: bool) -> anyhow::Result<()> {
+pub fn join_host_cgroup_namespace(asked: bool, root: Option<&str>) -> anyhow::Result<()> {
     if asked {
-        let joined = crate::cgroup::root::join_host_namespace()
+        let joined = crate::cgroup::root::join_host_namespace(|| make_v1_root(root))
             .map_err(|e| anyhow::anyhow!("--host-cgroup-namespace: {e}"))?;
         if joined {
             eprintln!("joined the host's cgroup namespace (PID 1's) and dropped CAP_SYS_ADMIN");
         }
     }
     Ok(())
+}
+
+/// On a v1 or hybrid host with a devices hierarchy, makes corral's root there and in every
+/// other hierarchy, with its devices policy. Nothing on v2, or for `self` (v2 only); a
+/// layout that cannot be read is reported later by [`cgroupfs`].
+fn make_v1_root(root: Option<&str>) -> Result<(), String> {
+    use crate::cgroup::{fs::Cgroupfs, layout::Layout};
+    let name = root.unwrap_or("corral");
+    let Ok(layout) = Layout::detect() else {
+        return Ok(());
+    };
+    if layout.is_v2() || !layout.others.contains_key("devices") || name == crate::cgroup::root::SELF
+    {
+        return Ok(());
+    }
+    Cgroupfs::new(layout, name)
+        .and_then(|fs| fs.create(None))
+        .map_err(|e| format!("making corral's cgroup root before dropping CAP_SYS_ADMIN: {e}"))
 }
 
 /// The cgroup subtree a command manages: `--cgroup-root` resolved on this host (`corral`

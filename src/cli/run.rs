@@ -99,7 +99,10 @@ pub struct Args {
 /// The state directory, the cgroup root or the store cannot be used.
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     if !args.dry_run {
-        super::join_host_cgroup_namespace(args.place.host_cgroup_namespace)?;
+        super::join_host_cgroup_namespace(
+            args.place.host_cgroup_namespace,
+            args.place.cgroup_root.as_deref(),
+        )?;
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

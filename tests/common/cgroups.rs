@@ -71,3 +71,26 @@ pub fn remove_tree(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+
+/// Every cgroup hierarchy this process sees (cgroup and cgroup2 mounts), by mount point:
+/// where a test's root may have a directory, since corral keeps its groups in every
+/// hierarchy (`devices`, `freezer` and `name=systemd` included).
+pub fn hierarchies() -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<std::path::PathBuf> = text
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fs_type = after.split_whitespace().next()?;
+            (fs_type == "cgroup" || fs_type == "cgroup2").then(|| {
+                before
+                    .split_whitespace()
+                    .nth(4)
+                    .map(std::path::PathBuf::from)
+            })?
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

@@ -611,8 +611,8 @@ impl Drop for Cluster {
         }
         for member in self.members.values() {
             if let Some(root) = &member.root {
-                for controller in CGROUP_CONTROLLERS {
-                    sweep(&Path::new("/sys/fs/cgroup").join(controller).join(root));
+                for hierarchy in super::cgroups::hierarchies() {
+                    sweep(&hierarchy.join(root));
                 }
             }
         }
