@@ -79,7 +79,9 @@ fn main() {
                 &PostParams::default(),
                 &serde_json::from_value(json!({
                     "apiVersion": "corral.dev/v1alpha1", "kind": "ResourcePolicy",
-                    "metadata": {"name": "bench"}, "spec": {"strategy": "Priority"},
+                    // Two nodes hold the burst of 1000: above the default 110 per node.
+                    "metadata": {"name": "bench"},
+                    "spec": {"strategy": "Priority", "maxReplicasPerNode": 1000},
                 }))
                 .unwrap(),
             )

@@ -301,9 +301,20 @@ fn replicas_outlive_the_container_corral_runs_in_and_the_next_corral_takes_them_
 
     // The next corral takes the same processes over and starts nothing.
     let third = Container::new();
-    setup.run = Some(third.spawn(&run_args(&setup)));
+    let run = third.spawn(&run_args(&setup));
+    let pid = u64::from(run.id());
+    setup.run = Some(run);
+    let mut status = Value::Null;
+    wait_until(
+        "the third corral's first pass",
+        Duration::from_secs(60),
+        || {
+            let output = setup.corral("status", &["-o", "json"]);
+            status = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            status["run"]["pid"].as_u64() == Some(pid)
+                && status["run"]["agent"]["passes"].as_u64() > Some(0)
+        },
+    );
     assert_eq!(running(&setup, 2), before, "the same processes, taken over");
-    let status: Value =
-        serde_json::from_slice(&setup.corral("status", &["-o", "json"]).stdout).unwrap();
     assert_eq!(status["run"]["agent"]["starts"], 0, "{status:#}");
 }

@@ -1513,6 +1513,45 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
         );
     }
     assert!(cap_bit(run.pid(), "CapEff:", 5), "and keeps CAP_KILL");
+
+    // The runtime stops the agent's container: on v2 it kills the container's group
+    // (cgroup.kill, or each process it lists). The replica is not in it and lives on, and
+    // the next agent, in a new container of its own, takes the same process over.
+    let pid = workload_pids(&replica)[0];
+    std::fs::write(agent.join("cgroup.kill"), "1").unwrap();
+    let killed = run.0.wait().unwrap();
+    assert!(!killed.success(), "corral was killed: {killed:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(pid), "the replica died with the agent's container");
+    let next = pods.0.join("pod2/agent");
+    std::fs::create_dir_all(&next).unwrap();
+    let mut run = Running(
+        corral_in_a_pod(&next, aside.path(), &joined)
+            .spawn()
+            .unwrap(),
+    );
+    let next_pid = u64::from(run.pid());
+    let mut status = Value::Null;
+    wait_until(
+        "the next agent's first pass",
+        Duration::from_secs(60),
+        || {
+            status = status_json(cli.state.path(), &cli.root);
+            status["run"]["pid"].as_u64() == Some(next_pid)
+                && status["run"]["agent"]["passes"].as_u64() > Some(0)
+        },
+    );
+    assert_eq!(
+        status["replicas"][0]["report"]["process"]["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{status:#}"
+    );
+    assert_eq!(status["run"]["agent"]["starts"], 0, "{status:#}");
+    assert_eq!(
+        workload_pids(&replica),
+        vec![pid],
+        "the same process, not a new one"
+    );
     assert!(run.terminate().success());
 }
 
