@@ -1518,6 +1518,11 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
     // (cgroup.kill, or each process it lists). The replica is not in it and lives on, and
     // the next agent, in a new container of its own, takes the same process over.
     let pid = workload_pids(&replica)[0];
+    // Once its pass ended: the records a next agent takes over from are written then.
+    wait_until("the replica's report", Duration::from_secs(60), || {
+        status_json(cli.state.path(), &cli.root)["replicas"][0]["report"]["process"]["pid"].as_u64()
+            == Some(u64::from(pid))
+    });
     std::fs::write(agent.join("cgroup.kill"), "1").unwrap();
     let killed = run.0.wait().unwrap();
     assert!(!killed.success(), "corral was killed: {killed:?}");
