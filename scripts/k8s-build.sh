@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/k8s-apiserver.sh and scripts/k8s-node.sh (sourced, not run): builds
 # Kubernetes commands from the Go module k8s.io/kubernetes into $CORRAL_K8S/bin.
 #
@@ -51,7 +52,7 @@ build_k8s() {
   local m="$work/kubernetes"
   mkdir -p "$m"
   (
-    cd "$m"
+    cd "$m" || exit 1
     [ -f go.mod ] || go mod init corral-kubernetes-build >/dev/null 2>&1
     # k8s.io/kubernetes's own go.mod names its staging modules; replace each with its release.
     local gomod
