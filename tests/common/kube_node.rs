@@ -34,6 +34,10 @@
 //! if the script itself was SIGKILLed. One node at a time on the machine: the script holds
 //! a lock on `/var/tmp/corral-k8s-node.lock` for its whole life, so a second `start` waits.
 //!
+//! The teardown finds processes through the cgroups under `/corral-e2e`: a process moved
+//! into a group elsewhere escapes it. Tests that run corral's agent on the node give it a
+//! cgroup root under [`CGROUP`] (e.g. `/corral-e2e/corral`).
+//!
 //! `CORRAL_K8S_NODE_KEEP=1` keeps the run's directory (logs of every component, certificates,
 //! kubeconfigs) and prints its path; `CORRAL_K8S_NODE_VERBOSE=1` echoes the script's
 //! progress to stderr as it comes.
@@ -419,9 +423,11 @@ impl KubeNode {
             self.note_processes();
         }
         let started = Instant::now();
-        // SAFETY: signals the child we spawned and have not reaped (its PID is still ours).
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: signals the child we spawned and have not reaped (its PID is still ours).
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
         }
         let deadline = started + TEARDOWN_TIMEOUT;
         let finished = loop {
