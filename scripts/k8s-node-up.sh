@@ -20,9 +20,10 @@
 #     cgroup filesystems;
 #   - in a private mount namespace held by a `sleep` (the "holder"), with tmpfs on /run
 #     (containerd's shim sockets, runc's state, pod network namespaces, the iptables lock)
-#     and /var/log (pod logs), and on /var/lib/cni (libcni's cache). Every mount that
-#     containerd and kubelet make (overlay root filesystems, secret and emptyDir volumes)
-#     lives and dies there: nothing is mounted on the machine. The cgroup filesystems stay
+#     and /var/log (pod logs), and on /var/lib/cni (libcni's cache) and /var/lib/kubelet
+#     (kubelet's device-plugin socket; its state is in the run's directory). Every mount
+#     that containerd and kubelet make (overlay root filesystems, secret and emptyDir
+#     volumes) lives and dies there: nothing is mounted on the machine. The cgroup filesystems stay
 #     visible, so hostPath volumes of /sys/fs/cgroup reach the machine's real cgroups. Three
 #     kernel settings kubelet would otherwise change machine-wide (vm.overcommit_memory,
 #     kernel.panic, kernel.panic_on_oops) are files holding kubelet's values there;
@@ -285,9 +286,10 @@ ip -n "$ns" route add default dev eth0
 innet sysctl -qw net.ipv4.ip_forward=1
 innet sysctl -qw net.bridge.bridge-nf-call-iptables=1
 
-# The holder of the private mount namespace. libcni's cache directory must exist on the
-# machine to be mounted over; it stays, empty.
-mkdir -p /var/lib/cni
+# The holder of the private mount namespace. The directories of libcni's cache and of
+# kubelet's fixed paths (its device-plugin socket) must exist on the machine to be mounted
+# over; they stay, empty.
+mkdir -p /var/lib/cni /var/lib/kubelet
 sysctls=""
 for s in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
   kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000; do
@@ -306,6 +308,7 @@ done
       mount -t tmpfs -o mode=0755,size=256m corral-node-run /run
       mount -t tmpfs -o mode=0755,size=1g corral-node-log /var/log
       mount -t tmpfs -o mode=0755,size=64m corral-node-cni /var/lib/cni
+      mount -t tmpfs -o mode=0755,size=64m corral-node-kubelet /var/lib/kubelet
       for key in "$@"; do
         mount --bind "$dir/sysctl/$(echo "$key" | tr / .)" "/proc/sys/$key"
       done
