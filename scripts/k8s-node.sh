@@ -18,10 +18,11 @@
 # time, python3, and apt-get (as root) when a package is missing.
 #
 # Idempotent: what is present and reports the right version is kept, so a second run only
-# checks versions (about a second). Cost of a cold run on 2 cores: kubelet,
-# kube-controller-manager, kube-scheduler and kube-proxy in one `go build`, 2m12s with the
-# Go build cache warm from kube-apiserver's build (which shares most packages), more from a
-# cold cache; CoreDNS about 2 minutes; the images a few seconds; the packages seconds.
+# checks versions (about 2 s, k8s-apiserver.sh's included). The first run on 2 cores, with
+# the Go module cache warm: kubelet, kube-controller-manager, kube-scheduler and kube-proxy
+# in one `go build`, 2 to 3.5 minutes after kube-apiserver's build (they share most of its
+# packages); CoreDNS 1.5 to 2 minutes; the images and the packages seconds. From an empty
+# Go build cache, this script and k8s-apiserver.sh took 15 minutes on a busy machine.
 set -euo pipefail
 
 coredns_version=1.11.3
