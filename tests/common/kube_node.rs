@@ -34,9 +34,14 @@
 //! if the script itself was SIGKILLed. One node at a time on the machine: the script holds
 //! a lock on `/var/tmp/corral-k8s-node.lock` for its whole life, so a second `start` waits.
 //!
-//! The teardown finds processes through the cgroups under `/corral-e2e`: a process moved
-//! into a group elsewhere escapes it. Tests that run corral's agent on the node give it a
-//! cgroup root under [`CGROUP`] (e.g. `/corral-e2e/corral`).
+//! For the chart's end-to-end tests:
+//! - the teardown finds processes through the cgroups under `/corral-e2e`: a process moved
+//!   into a group elsewhere escapes it. Give corral's agent a cgroup root under [`CGROUP`]
+//!   (`agent.cgroupRoot`, e.g. `corral-e2e/corral`);
+//! - hostPath volumes are the machine's paths: put them in the run's directory with
+//!   [`KubeNode::host_path`] (`agent.hostStateDir`, `agent.zookeeper.hostPath`);
+//! - images come from `docker save` archives ([`KubeNode::import_image`]); nothing can be
+//!   pulled. No StorageClass and no NetworkPolicy enforcement (the CNI bridge plugin).
 //!
 //! `CORRAL_K8S_NODE_KEEP=1` keeps the run's directory (logs of every component, certificates,
 //! kubeconfigs) and prints its path; `CORRAL_K8S_NODE_VERBOSE=1` echoes the script's
@@ -247,6 +252,17 @@ impl KubeNode {
     /// containerd's socket (namespace `k8s.io` holds the node's images).
     pub fn containerd_socket(&self) -> &Path {
         &self.containerd
+    }
+
+    /// A directory inside the run's directory, made if missing, for a pod's hostPath (e.g.
+    /// the chart's `agent.hostStateDir`): hostPath volumes are the machine's paths (kubelet's
+    /// mount namespace shares the machine's filesystems, but for /run, /var/log, /var/lib/cni
+    /// and /var/lib/kubelet), so one outside the run's directory would outlive it.
+    pub fn host_path(&self, name: &str) -> PathBuf {
+        let path = self.dir.join("hostpath").join(name);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("kube_node: cannot create {}: {e}", path.display()));
+        path
     }
 
     /// What the script said so far.
