@@ -31,9 +31,12 @@
 #     containerd's cgroup parent are /corral-e2e, so every container and every shim is
 #     under /corral-e2e too. Teardown SIGKILLs every process under /corral-e2e (listed from
 #     the cgroups, so shims that were reparented to PID 1 are found; zombies count as
-#     stopped: PID 1 here does not reap), removes the groups, the namespace (and with it
-#     its links and iptables rules) and the run's directory (etcd data, containerd and
-#     kubelet state, certificates, kubeconfigs). It never kills by name.
+#     stopped: PID 1 here does not reap) and every process sharing a network or mount
+#     namespace with one of them (a pod's process moved to another cgroup, as corral's
+#     agent does with its workloads), never one in the machine's own namespaces; then it
+#     removes the groups, the namespace (and with it its links and iptables rules) and the
+#     run's directory (etcd data, containerd and kubelet state, certificates,
+#     kubeconfigs). It never kills by name.
 #
 # One run at a time on the machine: the script holds a lock on /var/tmp/corral-k8s-node.lock
 # (children do not inherit it) for its whole life, and under it removes what a run that was
@@ -108,13 +111,46 @@ live() {
   [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
-# SIGKILLs every live process under /corral-e2e until none is left.
+# "net:N" and "mnt:N" (N the namespace's inode) of each PID given, one per line.
+namespaces_of() {
+  local p paths=()
+  for p in "$@"; do paths+=("/proc/$p/ns/net" "/proc/$p/ns/mnt"); done
+  [ ${#paths[@]} -eq 0 ] ||
+    find "${paths[@]}" -maxdepth 0 -printf '%l\n' 2>/dev/null | tr -d '[]' || true
+}
+
+# SIGKILLs every live process under /corral-e2e until none is left, and every process
+# elsewhere that shares a network or mount namespace with one of them or is in a node's
+# network namespace: a process that a pod moved into another cgroup (a workload started
+# by corral's agent with another cgroup root) goes too. Never one in the namespaces of
+# this script, its parent or PID 1, which are the machine's.
 kill_cgroup() {
-  local deadline=$((SECONDS + 30)) p left
+  local deadline=$((SECONDS + 30)) p s f machine left found
+  local -A spaces=()
+  machine="$(namespaces_of $$ "$PPID" 1)"
   while :; do
+    mapfile -t found < <(cgroup_pids)
+    for s in $(namespaces_of "${found[@]}"); do spaces[$s]=1; done
+    for f in /run/netns/"$ns_prefix"*; do
+      [ ! -e "$f" ] || spaces["net:$(stat -L -c %i "$f")"]=1
+    done
+    for s in $machine; do unset "spaces[$s]"; done
+    if [ ${#spaces[@]} -gt 0 ]; then
+      # Every process of the machine whose namespace is in the set.
+      while read -r f s; do
+        s="${s//[][]/}"
+        if [ -n "${spaces[$s]:-}" ]; then
+          f="${f#/proc/}"
+          found+=("${f%%/*}")
+        fi
+      done < <(find /proc/[0-9]*/ns/net /proc/[0-9]*/ns/mnt -maxdepth 0 -printf '%p %l\n' \
+        2>/dev/null || true)
+    fi
     left=()
-    for p in $(cgroup_pids); do
-      if live "$p"; then left+=("$p"); fi
+    for p in $(printf '%s\n' "${found[@]}" | sort -un); do
+      if [ "$p" != $$ ] && [ "$p" != "$PPID" ] && [ "$p" != 1 ] && live "$p"; then
+        left+=("$p")
+      fi
     done
     [ ${#left[@]} -gt 0 ] || return 0
     kill -KILL "${left[@]}" 2>/dev/null || true

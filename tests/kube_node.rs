@@ -1,8 +1,9 @@
 //! The one-node cluster of tests/common/kube_node.rs works, and leaves nothing behind: a pod
 //! runs (on the locally built pause image), Service names resolve through the cluster DNS
 //! from inside a pod, a ClusterIP Service answers through kube-proxy, a hostPath of
-//! /sys/fs/cgroup shows the machine's cgroups, and after teardown no process, mount,
-//! network namespace, cgroup or directory of the run remains.
+//! /sys/fs/cgroup shows the machine's cgroups, and after teardown no process (not even one
+//! moved out of the node's cgroup), mount, network namespace, cgroup or directory of the
+//! run remains.
 //!
 //! About 15 s on an idle machine (node up in ~10 s, down in ~2 s), after
 //! `scripts/k8s-node.sh` (run by the harness; a version check when all is built).
@@ -11,7 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kube_node::{BUSYBOX_IMAGE, CGROUP, DNS_IP, KubeNode, NODE_NAME, PAUSE_IMAGE};
+use common::kube_node::{
+    BUSYBOX_IMAGE, CGROUP, DNS_IP, KubeNode, NODE_NAME, PAUSE_IMAGE, cgroup_mounts, cgroup_pids,
+};
 
 /// Shaped like the chart's: `corral-zookeeper.<namespace>.svc.cluster.local`.
 const NAMESPACE: &str = "corral-smoke";
@@ -214,6 +217,20 @@ fn one_node_cluster_runs_pods_serves_dns_and_cluster_ips_then_leaves_nothing() {
         processes.len() >= 10,
         "expected the components, shims, pause and pod processes under the cgroup: {processes:?}"
     );
+    // A pod's process moved out of /corral-e2e, as a workload of corral's agent with another
+    // cgroup root would be: the teardown still finds it, by its namespaces.
+    let escapee = processes
+        .iter()
+        .copied()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x003600\x00")
+        })
+        .expect("the client pod's sleep under the node's cgroup");
+    for mount in cgroup_mounts() {
+        std::fs::write(mount.join("cgroup.procs"), escapee.to_string())
+            .unwrap_or_else(|e| panic!("moving {escapee} to {}: {e}", mount.display()));
+    }
+    assert!(!cgroup_pids().contains(&escapee));
     let down = node.stop();
     println!("node down in {down:?}");
     let left = node.leftovers();

@@ -35,9 +35,11 @@
 //! a lock on `/var/tmp/corral-k8s-node.lock` for its whole life, so a second `start` waits.
 //!
 //! For the chart's end-to-end tests:
-//! - the teardown finds processes through the cgroups under `/corral-e2e`: a process moved
-//!   into a group elsewhere escapes it. Give corral's agent a cgroup root under [`CGROUP`]
-//!   (`agent.cgroupRoot`, e.g. `corral-e2e/corral`);
+//! - the teardown finds processes through the cgroups under `/corral-e2e`, and then those
+//!   sharing a network or mount namespace with one of them (a workload that corral's agent
+//!   started in a pod and moved to its own cgroup root). One that left both escapes: give
+//!   the agent a cgroup root under [`CGROUP`] anyway (`agent.cgroupRoot`, e.g.
+//!   `corral-e2e/corral`);
 //! - hostPath volumes are the machine's paths: put them in the run's directory with
 //!   [`KubeNode::host_path`] (`agent.hostStateDir`, `agent.zookeeper.hostPath`);
 //! - images come from `docker save` archives ([`KubeNode::import_image`]); nothing can be
