@@ -471,7 +471,13 @@ pub fn binaries() -> PathBuf {
 /// set to SIGKILL: the kernel kills the child when that thread, i.e. the process, dies.
 /// (The death signal follows the thread that forked, so test threads, which end with their
 /// test, must not fork these.)
-fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+fn spawn_tied_to_process(cmd: Command) -> io::Result<Child> {
+    spawn_tied_to_process_with(cmd, libc::SIGKILL)
+}
+
+/// [`spawn_tied_to_process`] with another death signal, e.g. SIGTERM for a child that
+/// cleans up after itself when the test process dies (tests/common/kube_node.rs).
+pub fn spawn_tied_to_process_with(mut cmd: Command, signal: libc::c_int) -> io::Result<Child> {
     type Job = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -490,7 +496,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
     // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.

@@ -34,6 +34,9 @@ pub mod proxy;
 pub mod netns;
 
 #[allow(dead_code)]
+pub mod kube_node;
+
+#[allow(dead_code)]
 pub mod zklog;
 
 #[allow(dead_code)]
