@@ -218,6 +218,7 @@ def elf_files(root):
 
 def ldd_close(root):
     """Copy the shared libraries the ELF files in root need but root lacks."""
+    names = {n for _, _, files in os.walk(root) for n in files}
     changed = True
     while changed:
         changed = False
@@ -227,6 +228,10 @@ def ldd_close(root):
                 continue  # static, or not a program or library for this machine
             for line in r.stdout.splitlines():
                 if "not found" in line:
+                    # A library the program loads itself before this one, from its own
+                    # directory (the JVM's libjvm.so for its other libraries), is fine.
+                    if line.split()[0] in names:
+                        continue
                     die(f"{f}: {line.strip()}")
                 m = re.search(r"(?:=> )?(/\S+) \(0x", line)
                 if not m:
@@ -256,6 +261,8 @@ def main():
     ap.add_argument("--list", action="store_true",
                     help="only print the packages (with --with-deps, their closure) and their "
                     "versions, one a line; copy nothing")
+    ap.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                    help="leave out the paths this matches (re.search), as well as the docs")
     ap.add_argument("packages", nargs="*")
     a = ap.parse_args()
     binpkgs = closure(a.packages, a.with_deps) if a.packages else []
@@ -267,6 +274,7 @@ def main():
         die("--root is required")
     root = os.path.abspath(a.root)
     top_symlinks(root)
+    EXCLUDE.extend(re.compile(x) for x in a.exclude)
     if binpkgs:
         copied = copy_packages(root, binpkgs)
         copy_alternatives(root, copied)

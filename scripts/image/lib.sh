@@ -22,7 +22,8 @@ inputs_file() {
   local f
   for f in "$@"; do
     [ -e "$f" ] || die "input $f is missing"
-    _inputs+="file $f $(sha256sum <"$f" | cut -d' ' -f1)"$'\n'
+    # By name and content: where the file lies does not change the image.
+    _inputs+="file $(basename "$f") $(sha256sum <"$f" | cut -d' ' -f1)"$'\n'
   done
 }
 # The version of each Debian package, e.g. inputs_debs zookeeper openjdk-17-jre-headless.
