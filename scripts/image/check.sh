@@ -84,11 +84,18 @@ cleanup() {
     kill -9 "$ctd_pid" 2>/dev/null
     wait "$ctd_pid" 2>/dev/null
   fi
-  # Shims outlive containerd by design; any still running is one this containerd started
-  # (its command line names this run's socket): stop it by its PID.
+  # Shims outlive containerd by design; one still running is one this containerd started
+  # (its command line names this run's socket). They go once their task is deleted: give
+  # them a moment, then stop any left by its PID. Each had its socket in /run/containerd/s,
+  # named by the hash of containerd's address, namespace and container id (containerd
+  # 1.6's shim.SocketAddress): remove those of this run's containers.
+  for _ in $(seq 50); do pgrep -f -- "-address $tmp/sock" >/dev/null || break; sleep 0.1; done
   for p in $(pgrep -f -- "-address $tmp/sock" || true); do
     say "stopping leftover shim $p"
     kill -9 "$p" 2>/dev/null
+  done
+  for c in "${containers[@]}"; do
+    rm -f "/run/containerd/s/$(printf '%s' "$tmp/sock/k8s.io/$c" | sha256sum | cut -d' ' -f1)"
   done
   # Mounts under the temporary directory (rootfs overlays, shm), deepest first.
   awk -v t="$tmp" '$2 == t || index($2, t "/") == 1 { print $2 }' /proc/mounts | sort -r \
@@ -266,6 +273,36 @@ ctr_ task kill -s SIGTERM "$c"
 rc=0; wait "$runner" || rc=$?
 case "$rc" in 0|143) ;; *) die "zookeeper exited $rc on SIGTERM: $(tail -n 20 "$tmp/zk.out")" ;; esac
 say "ok: zookeeper stops on SIGTERM (status $rc)"
+# The image on its own, as `docker run zookeeper:3.8` would: its shipped zoo.cfg, which
+# enables the admin server (jetty, on java.beans without AWT's native libraries). Its
+# VOLUMEs, which docker and the CRI plugin make writable, are bind mounts here.
+c2="$id-zk2"
+mkdir -p "$zk"/own/{data,datalog,logs,tmp}
+chown 1000:1000 "$zk"/own/*
+run_ zk2 --rm --read-only --with-ns "network:/run/netns/$netns" \
+  --mount "type=bind,src=$zk/own/data,dst=/data,options=rbind:rw" \
+  --mount "type=bind,src=$zk/own/datalog,dst=/datalog,options=rbind:rw" \
+  --mount "type=bind,src=$zk/own/logs,dst=/logs,options=rbind:rw" \
+  --mount "type=bind,src=$zk/own/tmp,dst=/tmp,options=rbind:rw" \
+  "$zk_img" "$c2" /docker-entrypoint.sh zkServer.sh start-foreground >"$tmp/zk2.out" 2>&1 &
+runner=$!
+admin() {
+  nsenter --net="/run/netns/$netns" python3 -c '
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:8080/commands/ruok", timeout=2).read().decode())' 2>/dev/null
+}
+t0=$(date +%s)
+until grep -q '"error" : null' <<<"$(admin || true)"; do
+  ! grep -q 'not starting JettyAdminServer' "$tmp/zk2.out" \
+    || die "no admin server: $(grep -A3 'not starting JettyAdminServer' "$tmp/zk2.out")"
+  kill -0 "$runner" 2>/dev/null || die "zookeeper (own zoo.cfg) exited: $(tail -n 20 "$tmp/zk2.out")"
+  [ $(($(date +%s) - t0)) -lt 60 ] || die "no admin server on 8080 in 60 s: $(tail -n 20 "$tmp/zk2.out")"
+  sleep 0.5
+done
+ctr_ task kill -s SIGTERM "$c2"
+rc=0; wait "$runner" || rc=$?
+case "$rc" in 0|143) ;; *) die "zookeeper (own zoo.cfg) exited $rc on SIGTERM" ;; esac
+say "ok: zookeeper with the image's own zoo.cfg: admin server answers /commands/ruok"
 if grep -E ' (WARN|ERROR) ' "$tmp/zk.out" >&2; then
   say "(zookeeper's warnings and errors above, for a look; they fail nothing)"
 fi

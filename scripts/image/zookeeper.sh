@@ -46,22 +46,25 @@ done
 jdk=/usr/lib/jvm/java-17-openjdk-amd64
 main_jar=/usr/share/java/zookeeper.jar
 log_jar=/usr/share/java/slf4j-simple.jar
+# The admin server's jetty needs the servlet API, which Debian's jetty9 jars do not name in
+# their Class-Path (Debian's own zookeeper cannot start it either): added to the classpath.
+servlet_jar=/usr/share/java/servlet-api.jar
 uid=1000
 gid=1000
 # Beyond what jdeps finds (it cannot see classes loaded by name): see above.
 extra_modules=jdk.management,jdk.security.auth,jdk.crypto.ec
 base_debs="dash libc6 libgcc-s1 libstdc++6 zlib1g"
 
-for f in "$main_jar" "$log_jar"; do
-  [ -f "$f" ] || die "$f is missing: apt-get install zookeeper libslf4j-java"
+for f in "$main_jar" "$log_jar" "$servlet_jar"; do
+  [ -f "$f" ] || die "$f is missing: apt-get install zookeeper libslf4j-java libservlet-api-java"
 done
 [ -x "$jdk/bin/jlink" ] && [ -d "$jdk/jmods" ] \
   || die "no jlink and jmods in $jdk: apt-get install openjdk-17-jdk-headless"
 
-# The jars: zookeeper.jar, slf4j-simple, and every jar their manifests' Class-Path name,
+# The jars: zookeeper.jar, slf4j-simple, the servlet API, and every jar their manifests' Class-Path name,
 # recursively (Debian's jars name their dependencies by absolute path). Missing ones are
 # left out: Debian's zookeeper.jar names jline.jar, which only the CLI needs.
-jars="$(python3 - "$main_jar" "$log_jar" <<'EOF'
+jars="$(python3 - "$main_jar" "$log_jar" "$servlet_jar" <<'EOF'
 import os, sys, zipfile
 todo, seen = list(sys.argv[1:]), []
 while todo:
@@ -177,7 +180,7 @@ set -e
 case "\${1:-start-foreground}" in
   start-foreground) ;;
   print-cmd) print=1 ;;
-  version) exec java -cp "$main_jar:$log_jar" org.apache.zookeeper.version.VersionInfoMain ;;
+  version) exec java -cp "$main_jar:$log_jar:$servlet_jar" org.apache.zookeeper.version.VersionInfoMain ;;
   *) echo "zkServer.sh: only start-foreground, print-cmd and version in this image" >&2; exit 2 ;;
 esac
 cfg="\${ZOO_CONF_DIR:-/conf}/\${2:-zoo.cfg}"
@@ -189,7 +192,7 @@ set -- java "-Dzookeeper.log.dir=\${ZOO_LOG_DIR:-/logs}" \\
   "-XX:ErrorFile=\${ZOO_LOG_DIR:-/logs}/hs_err_pid%p.log" \\
   "-XX:OnOutOfMemoryError=kill -9 %p" \\
   "-Xmx\${ZK_SERVER_HEAP:-1000}m" \${SERVER_JVMFLAGS:-} \${JVMFLAGS:-} \\
-  -cp "$main_jar:$log_jar" org.apache.zookeeper.server.quorum.QuorumPeerMain "\$cfg"
+  -cp "$main_jar:$log_jar:$servlet_jar" org.apache.zookeeper.server.quorum.QuorumPeerMain "\$cfg"
 if [ -n "\${print:-}" ]; then echo "\$@"; exit 0; fi
 exec "\$@"
 EOF
