@@ -6,8 +6,8 @@
 #   corral.tar     ghcr.io/corral-dev/corral:<appVersion>                  (corral.sh)
 #   zookeeper.tar  zookeeper:3.8, the embedded server                      (zookeeper.sh)
 # Idempotent: each script rebuilds its image only when what it is made of changed (the
-# hash in FILE.tar.inputs, see lib.sh); FORCE=1 rebuilds all. Cold: about 25 s plus the
-# cargo build; warm, about 5 s (hashing the binary and the package lists).
+# hash in FILE.tar.inputs, see lib.sh); FORCE=1 rebuilds all. All three from scratch: about
+# 25 s plus the cargo build; up to date, about 3 s (hashing the binary, listing packages).
 # Arguments go to corral.sh (e.g. --binary PATH).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

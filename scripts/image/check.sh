@@ -48,7 +48,9 @@ for a in "${archives[@]}"; do
     pause.tar) pause_tar="$a" ;;
   esac
 done
-[ -n "$corral_tar" ] && [ -n "$zk_tar" ] && [ -n "$pause_tar" ] || die "build-all.sh printed ${archives[*]}"
+if [ -z "$corral_tar" ] || [ -z "$zk_tar" ] || [ -z "$pause_tar" ]; then
+  die "build-all.sh printed ${archives[*]}"
+fi
 
 tmp="$(mktemp -d /var/tmp/corral-image-check.XXXXXX)"
 id="cic$$"                 # container id prefix and netns name, unique to this run
@@ -220,6 +222,7 @@ for d in "$repo"/examples/*/; do
 done
 say "ok: corral validate -f on every examples/ directory"
 # The tools, as the workloads run them (sh -c), as the image's user; and the examples' pipe.
+# shellcheck disable=SC2016 # expanded by the image's shell
 script='set -e; id -u; id -g; for t in '"$tools"'; do command -v "$t" >/dev/null || { echo "no $t"; exit 1; }; done
   [ "$(head -c 5 /dev/zero | tr "\000" x)" = xxxxx ]; sleep 0.1; true; env >/dev/null; cat /etc/passwd >/dev/null
   echo scratch >/tmp/probe && ! touch /probe 2>/dev/null'

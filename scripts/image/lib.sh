@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the image scripts (sourced, not run): output place, messages, and the input hash
 # that lets a second build of unchanged inputs skip the work.
 #
@@ -7,6 +8,7 @@
 # rebuilt. The hash covers this file, pack.py and the calling script too, so editing how an
 # image is made rebuilds it.
 
+# shellcheck disable=SC2034 # used by the scripts that source this
 images_dir="${CORRAL_IMAGES:-/var/tmp/corral-images}"
 image_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pack="$image_lib_dir/pack.py"
