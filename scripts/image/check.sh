@@ -56,7 +56,6 @@ tmp="$(mktemp -d /var/tmp/corral-image-check.XXXXXX)"
 id="cic$$"                 # container id prefix and netns name, unique to this run
 netns="corral-img-$id"
 ctd_pid=""
-containers=()
 
 ctr_() { ctr --address "$tmp/sock" -n k8s.io "$@"; }
 # ctr run with this run's runc root, fifos and cgroup parent, not the node's defaults
@@ -64,7 +63,6 @@ ctr_() { ctr --address "$tmp/sock" -n k8s.io "$@"; }
 cgroup_parent="corral-image-check-$id"
 run_() { # NAME-SUFFIX and ctr run's arguments
   local c="$id-$1"; shift
-  containers+=("$c")
   ctr_ run --runc-root "$tmp/runc" --fifo-dir "$tmp/fifo" --cgroup "/$cgroup_parent/$c" "$@"
 }
 # containerd 1.6's shims always put their sockets in /run/containerd/s; remove that
@@ -75,11 +73,17 @@ run_containerd_existed=""
 cleanup() {
   local rc=$?
   set +e
-  for c in "${containers[@]}"; do
-    ctr_ task kill -s SIGKILL "$c" >/dev/null 2>&1
-    ctr_ task delete -f "$c" >/dev/null 2>&1
-    ctr_ container delete "$c" >/dev/null 2>&1
-  done
+  # Every container in this private containerd is this run's (ctr run in the background or
+  # in $(...) runs in a subshell, so the script cannot keep a list of its own).
+  if [ -S "$tmp/sock" ]; then
+    for c in $(ctr_ task ls -q 2>/dev/null); do
+      ctr_ task kill -s SIGKILL "$c" >/dev/null 2>&1
+      ctr_ task delete -f "$c" >/dev/null 2>&1
+    done
+    for c in $(ctr_ containers ls -q 2>/dev/null); do
+      ctr_ containers delete "$c" >/dev/null 2>&1
+    done
+  fi
   if [ -n "$ctd_pid" ]; then
     kill "$ctd_pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$ctd_pid" 2>/dev/null || break; sleep 0.1; done
@@ -88,24 +92,36 @@ cleanup() {
   fi
   # Shims outlive containerd by design; one still running is one this containerd started
   # (its command line names this run's socket). They go once their task is deleted: give
-  # them a moment, then stop any left by its PID. Each had its socket in /run/containerd/s,
-  # named by the hash of containerd's address, namespace and container id (containerd
-  # 1.6's shim.SocketAddress): remove those of this run's containers.
+  # them a moment, then stop any left by its PID. A shim stopped so leaves its socket in
+  # /run/containerd/s, named by the hash of containerd's address, namespace and container
+  # id (containerd 1.6's shim.SocketAddress): remove it.
   for _ in $(seq 50); do pgrep -f -- "-address $tmp/sock" >/dev/null || break; sleep 0.1; done
-  for p in $(pgrep -f -- "-address $tmp/sock" || true); do
-    say "stopping leftover shim $p"
+  for p in $(pgrep -f -- "-address $tmp/sock"); do
+    c="$(tr '\0' '\n' <"/proc/$p/cmdline" | sed -n '/^-id$/{n;p;}')"
+    say "stopping leftover shim $p ($c)"
+    kill -9 "$p" 2>/dev/null
+    [ -z "$c" ] || rm -f "/run/containerd/s/$(printf '%s' "$tmp/sock/k8s.io/$c" | sha256sum | cut -d' ' -f1)"
+  done
+  # A container whose shim was stopped keeps running: its processes are in this run's
+  # cgroups, which are then removed, children first.
+  # shellcheck disable=SC2013 # one PID a line
+  for p in $(cat /sys/fs/cgroup/pids/"$cgroup_parent"/*/cgroup.procs \
+    /sys/fs/cgroup/"$cgroup_parent"/*/cgroup.procs 2>/dev/null); do
+    say "stopping leftover container process $p"
     kill -9 "$p" 2>/dev/null
   done
-  for c in "${containers[@]}"; do
-    rm -f "/run/containerd/s/$(printf '%s' "$tmp/sock/k8s.io/$c" | sha256sum | cut -d' ' -f1)"
+  for d in /sys/fs/cgroup/*/"$cgroup_parent" /sys/fs/cgroup/"$cgroup_parent"; do
+    [ -d "$d" ] || continue
+    for _ in $(seq 20); do
+      find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+      [ -d "$d" ] || break
+      sleep 0.1 # the killed processes leave their cgroups as they exit
+    done
   done
   # Mounts under the temporary directory (rootfs overlays, shm), deepest first.
   awk -v t="$tmp" '$2 == t || index($2, t "/") == 1 { print $2 }' /proc/mounts | sort -r \
     | while read -r m; do umount -l "$m"; done
   ip netns delete "$netns" 2>/dev/null
-  for d in /sys/fs/cgroup/*/"$cgroup_parent" /sys/fs/cgroup/"$cgroup_parent"; do
-    [ ! -d "$d" ] || rmdir "$d"
-  done
   [ -n "$run_containerd_existed" ] || rmdir /run/containerd/s /run/containerd 2>/dev/null
   if [ "$rc" = 0 ]; then
     rm -rf "$tmp"
