@@ -739,26 +739,33 @@ node_ready_again() {
   [ "${now%% *}" = True ] && [ "${now#* }" != "${1#* }" ]
 }
 
-# True when every pod of $1 (pod_states lines of the pods Running before) is Running again,
-# and Ready again if it was, and the new kubelet has synced at least as many pods: their
-# status in the API may never have changed, but each pod's first sync by a kubelet's pod
-# worker counts in its metrics as a "create".
+# True when the new kubelet has synced at least as many pods as $1 lists (pod_states lines of
+# the pods Running before) and then every one of them is Running, and Ready if it was. The
+# sync comes first: a pod's status in the API may not change, but each pod's first sync by
+# a kubelet's pod worker counts in its metrics as a "create", and by then kubelet has set
+# the status it will post. That status says not Ready for a container with a readiness probe
+# until the new kubelet's first probe of it (kubelet 1.32 does that on a restart: the pod
+# turns not Ready for some 40 ms here), so the pods must look right twice, 0.5 s apart.
 pods_back() {
-  local now pod ready n=0 synced
+  local n synced
+  n="$(grep -c . <<<"$1" || true)"
+  synced="$(kc get --raw "/api/v1/nodes/$node_name/proxy/metrics" | awk '
+    $1 == "kubelet_pod_worker_duration_seconds_count{operation_type=\"create\"}" { print $2 }')" ||
+    return 1
+  [ "${synced:-0}" -ge "$n" ] && pods_look_back "$1" && sleep 0.5 && pods_look_back "$1"
+}
+
+pods_look_back() {
+  local now pod ready
   now="$(pod_states)" || return 1
   while read -r pod _ ready; do
     [ -n "$pod" ] || continue
-    n=$((n + 1))
     if [ "$ready" = True ]; then
       grep -qxF "$pod Running True" <<<"$now" || return 1
     else
       grep -q "^$pod Running" <<<"$now" || return 1
     fi
   done <<<"$1"
-  synced="$(kc get --raw "/api/v1/nodes/$node_name/proxy/metrics" | awk '
-    $1 == "kubelet_pod_worker_duration_seconds_count{operation_type=\"create\"}" { print $2 }')" ||
-    return 1
-  [ "${synced:-0}" -ge "$n" ]
 }
 
 # until_ok SECONDS WHAT COMMAND...: wait_for for a restart, which fails (returns 1, why in

@@ -398,8 +398,9 @@ fn worker(node: &KubeNode) -> Worker {
     }
 }
 
-/// After a restart: the node is Ready, the worker runs on in the same process (not
-/// restarted, same shim), and `kubectl exec` reaches it again.
+/// After a restart: the node is Ready, the worker is Running and Ready (again: kubelet turns
+/// it not Ready until its first probe), in the same process (not restarted, same shim), and
+/// `kubectl exec` reaches it again.
 fn check_after_restart(node: &KubeNode, before: &Worker) {
     let ready = node.kubectl_ok(&[
         "get",
@@ -416,9 +417,9 @@ fn check_after_restart(node: &KubeNode, before: &Worker) {
         "pod",
         "worker",
         "-o",
-        "jsonpath={.status.phase}",
+        "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}",
     ]);
-    assert_eq!(phase, "Running");
+    assert_eq!(phase, "Running True");
     assert!(before.process.alive() && before.shim.alive(), "{before:?}");
     assert_eq!(&worker(node), before);
     assert_eq!(before.restarts, "0");

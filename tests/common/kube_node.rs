@@ -47,8 +47,8 @@
 //!
 //! A node restart: [`KubeNode::restart_runtime`] stops kubelet and containerd as systemd
 //! would (SIGTERM; the shims and containers keep running) and starts them again, returning
-//! once the node is Ready and its pods are Running again (~3 s); [`KubeNode::restart_kubelet`]
-//! restarts kubelet alone (~2 s).
+//! once the node is Ready and its pods are Running again (~2.5 s); [`KubeNode::restart_kubelet`]
+//! restarts kubelet alone (~2.5 s).
 //!
 //! `CORRAL_K8S_NODE_KEEP=1` keeps the run's directory (logs of every component, certificates,
 //! kubeconfigs) and prints its path; `CORRAL_K8S_NODE_VERBOSE=1` echoes the script's
