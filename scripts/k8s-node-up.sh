@@ -6,6 +6,9 @@
 #                                   # Ctrl-C or SIGTERM tears everything down
 #   scripts/k8s-node-up.sh --keep   # the same, but keeps the run's directory (logs, certs)
 #   scripts/k8s-node-up.sh --down   # removes what a killed run left behind
+#   kill -USR1 <pid of a run>       # restarts kubelet and containerd as on a real node (the
+#                                   # containers keep running); -USR2: kubelet only. It
+#                                   # prints `restarted ...` once the node and pods are back
 #
 # Once up, from another shell (the API server is only reachable inside the namespace):
 #   . /tmp/corral-node-XXXXXX/env   # KUBECONFIG, CORRAL_NODE_NETNS, CONTAINERD_ADDRESS
@@ -232,7 +235,9 @@ chmod 0755 "$dir"
 ns="$ns_prefix$$"
 holder=""
 declare -A pids=()
-reported=""
+declare -A reported=()
+# Restart requests (see "restarts" below), queued by the signal traps.
+restart_queue=()
 
 teardown() {
   local rc=$? t0
@@ -259,6 +264,8 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+trap 'restart_queue+=(runtime)' USR1
+trap 'restart_queue+=(kubelet)' USR2
 
 mkdir -p "$dir/log" "$dir/pki" "$dir/sysctl"
 echo "$$" >"$dir/pid"
@@ -297,14 +304,16 @@ innet() { nsenter --net="/run/netns/$ns" -- "$@"; }
 kc() { innet kubectl --kubeconfig "$dir/admin.kubeconfig" --cache-dir "$dir/kube-cache" "$@"; }
 
 # spawn NAME COMMAND...: starts COMMAND in the node's cgroup, network and mount namespaces,
-# in a session of its own (Ctrl-C reaches this script only), logging to log/NAME.log.
+# in a session of its own (Ctrl-C reaches this script only), logging to log/NAME.log (appended
+# to: a restarted component keeps its earlier log). pids[NAME] is COMMAND's own PID: neither
+# setsid (not a group leader here) nor nsenter (no --pid) forks.
 spawn() {
   local name=$1 m
   shift
   (
     for m in $(cgroup_mounts); do echo "$BASHPID" >"$m/$cgroup_name/system/cgroup.procs"; done
     exec setsid nsenter --target "$holder" --net --mount -- "$@"
-  ) </dev/null >"$dir/log/$name.log" 2>&1 3>&- 9>&- &
+  ) </dev/null >>"$dir/log/$name.log" 2>&1 3>&- 9>&- &
   pids[$name]=$!
 }
 
@@ -515,7 +524,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni/net.d"
 EOF
-spawn containerd containerd --config "$cd_dir/config.toml" --log-level warn
+start_containerd() { spawn containerd containerd --config "$cd_dir/config.toml" --log-level warn; }
+start_containerd
 wait_for 30 "containerd" ctr --address "$sock" version
 for image in pause busybox; do
   ctr --address "$sock" -n k8s.io images import "$images/$image.tar" \
@@ -568,9 +578,12 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 EOF
-spawn kubelet "$bin/kubelet" --config="$dir/kubelet.yaml" \
-  --kubeconfig="$dir/kubelet.kubeconfig" --root-dir="$dir/kubelet" \
-  --hostname-override="$node_name" --node-ip="$node_ip" --v=1
+start_kubelet() {
+  spawn kubelet "$bin/kubelet" --config="$dir/kubelet.yaml" \
+    --kubeconfig="$dir/kubelet.kubeconfig" --root-dir="$dir/kubelet" \
+    --hostname-override="$node_name" --node-ip="$node_ip" --v=1
+}
+start_kubelet
 
 # --- kube-proxy ------------------------------------------------------------------------------
 cat >"$dir/kube-proxy.yaml" <<EOF
@@ -692,12 +705,157 @@ log "up in $(elapsed): . $dir/env; nsenter --net=/run/netns/$ns kubectl get pods
 echo "ready dir=$dir netns=/run/netns/$ns kubeconfig=$dir/admin.kubeconfig" \
   "containerd=$sock node=$node_name node_ip=$node_ip pid=$$ up_ms=$((($(date +%s%N) - t_start) / 1000000))"
 
-# --- wait for the end, reporting a process that dies ------------------------------------
+# --- restarts, on request ----------------------------------------------------------------
+# SIGUSR1 restarts the node's runtime as `systemctl restart kubelet containerd` would on a
+# real node (tests/common/kube_node.rs: KubeNode::restart_runtime): SIGTERM to kubelet, then
+# to containerd, each waited for (SIGKILL after 30 s); then containerd and kubelet start again
+# with the same configuration and state directories, through spawn: the same cgroup
+# /corral-e2e/system, the holder's mount namespace, the node's network namespace. containerd's
+# shims and the containers keep running, and the new containerd reconnects to the shims
+# (their sockets are on the holder's /run). SIGUSR2 restarts kubelet only. Then it waits
+# until the new kubelet has reported the node Ready and every pod that was Running before is
+# Running again (and Ready again if it was) and synced by the new kubelet. Each request
+# ends with one line on stdout:
+#   restarted what=kubelet,containerd stop_ms=.. containerd_ms=.. ready_ms=.. pods_ms=..
+#   restart-failed what=kubelet,containerd why=...
+# The times count from the request's start. A failed restart leaves the node as it is (the
+# run goes on), for the test to read the logs before it tears down.
+
+# The pods on the node: "NAMESPACE/NAME PHASE READY" lines.
+pod_states() {
+  kc get pods -A --field-selector "spec.nodeName=$node_name" -o 'jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {.status.phase} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}'
+}
+
+# The node's Ready condition: "STATUS LAST-HEARTBEAT-TIME".
+node_ready_condition() {
+  kc get node "$node_name" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}'
+}
+
+# True when the node is Ready with a heartbeat other than $1, the one it had once kubelet
+# was stopped: only the new kubelet can have posted it.
+node_ready_again() {
+  local now
+  now="$(node_ready_condition)" || return 1
+  [ "${now%% *}" = True ] && [ "${now#* }" != "${1#* }" ]
+}
+
+# True when the new kubelet has synced at least as many pods as $1 lists (pod_states lines of
+# the pods Running before) and then every one of them is Running, and Ready if it was. The
+# sync comes first: a pod's status in the API may not change, but each pod's first sync by
+# a kubelet's pod worker counts in its metrics as a "create", and by then kubelet has set
+# the status it will post. That status says not Ready for a container with a readiness probe
+# until the new kubelet's first probe of it (kubelet 1.32 does that on a restart: the pod
+# turns not Ready for some 40 ms here), so the pods must look right twice, 0.5 s apart.
+pods_back() {
+  local n synced
+  n="$(grep -c . <<<"$1" || true)"
+  synced="$(kc get --raw "/api/v1/nodes/$node_name/proxy/metrics" | awk '
+    $1 == "kubelet_pod_worker_duration_seconds_count{operation_type=\"create\"}" { print $2 }')" ||
+    return 1
+  [ "${synced:-0}" -ge "$n" ] && pods_look_back "$1" && sleep 0.5 && pods_look_back "$1"
+}
+
+pods_look_back() {
+  local now pod ready
+  now="$(pod_states)" || return 1
+  while read -r pod _ ready; do
+    [ -n "$pod" ] || continue
+    if [ "$ready" = True ]; then
+      grep -qxF "$pod Running True" <<<"$now" || return 1
+    else
+      grep -q "^$pod Running" <<<"$now" || return 1
+    fi
+  done <<<"$1"
+}
+
+# until_ok SECONDS WHAT COMMAND...: wait_for for a restart, which fails (returns 1, why in
+# $restart_why) rather than ending the run.
+until_ok() {
+  local timeout=$1 what=$2 deadline=$((SECONDS + $1)) name
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    for name in "${!pids[@]}"; do
+      if ! live "${pids[$name]}"; then
+        restart_why="$name exited while waiting for $what (log: $dir/log/$name.log)"
+        return 1
+      fi
+    done
+    if [ $SECONDS -ge $deadline ]; then
+      restart_why="no $what within $timeout s"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# stop_component NAME: SIGTERM, waits for the process to exit (SIGKILL after 30 s), reaps it.
+stop_component() {
+  local name=$1 pid=${pids[$1]} deadline=$((SECONDS + 30)) killed=0
+  kill -TERM "$pid" 2>/dev/null || true
+  while live "$pid"; do
+    if [ $SECONDS -ge $deadline ] && [ $killed = 0 ]; then
+      log "$name ($pid) still running 30 s after SIGTERM: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      killed=1
+    fi
+    sleep 0.05
+  done
+  wait "$pid" 2>/dev/null || true
+  unset "pids[$name]"
+}
+
+# restart runtime|kubelet
+restart() {
+  local what names=() name i t0 ms before heartbeat
+  case "$1" in
+    runtime) names=(kubelet containerd) ;;
+    *) names=(kubelet) ;;
+  esac
+  what="$(IFS=,; echo "${names[*]}")"
+  since() { echo "$((($(date +%s%N) - t0) / 1000000))"; }
+  t0=$(date +%s%N)
+  restart_why=""
+  before="$(pod_states | awk '$2 == "Running"')" || before=""
+  log "restarting $what"
+  for name in "${names[@]}"; do stop_component "$name"; done
+  ms="stop_ms=$(since)"
+  heartbeat="$(node_ready_condition)" || heartbeat=""
+  for ((i = ${#names[@]} - 1; i >= 0; i--)); do
+    name=${names[i]}
+    printf -- '--- %s k8s-node-up: %s restarted ---\n' "$(date +%T.%3N)" "$name" \
+      >>"$dir/log/$name.log"
+    "start_$name"
+    unset "reported[$name]"
+    if [ "$name" = containerd ]; then
+      until_ok 30 "containerd" ctr --address "$sock" version || break
+      ms+=" containerd_ms=$(since)"
+    fi
+  done
+  if [ -z "$restart_why" ] &&
+    until_ok 120 "node $node_name Ready from the new kubelet" node_ready_again "$heartbeat"; then
+    ms+=" ready_ms=$(since)"
+    if until_ok 120 "the pods Running before Running again" pods_back "$before"; then
+      ms+=" pods_ms=$(since)"
+      log "restarted $what: $ms"
+      echo "restarted what=$what $ms"
+      return
+    fi
+  fi
+  log "restarting $what failed: $restart_why"
+  echo "restart-failed what=$what why=$restart_why"
+}
+
+# --- wait for the end, reporting a process that dies, restarting on request -------------
 while :; do
+  while [ ${#restart_queue[@]} -gt 0 ]; do
+    request=${restart_queue[0]}
+    restart_queue=("${restart_queue[@]:1}")
+    restart "$request"
+  done
   for name in "${!pids[@]}"; do
-    if ! live "${pids[$name]}" && [[ " $reported " != *" $name "* ]]; then
+    if ! live "${pids[$name]}" && [ -z "${reported[$name]:-}" ]; then
       log "$name exited; its log: $dir/log/$name.log"
-      reported+=" $name"
+      reported[$name]=1
     fi
   done
   sleep 1 &

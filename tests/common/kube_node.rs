@@ -45,6 +45,11 @@
 //! - images come from `docker save` archives ([`KubeNode::import_image`]); nothing can be
 //!   pulled. No StorageClass and no NetworkPolicy enforcement (the CNI bridge plugin).
 //!
+//! A node restart: [`KubeNode::restart_runtime`] stops kubelet and containerd as systemd
+//! would (SIGTERM; the shims and containers keep running) and starts them again, returning
+//! once the node is Ready and its pods are Running again (~2.5 s); [`KubeNode::restart_kubelet`]
+//! restarts kubelet alone (~2.5 s).
+//!
 //! `CORRAL_K8S_NODE_KEEP=1` keeps the run's directory (logs of every component, certificates,
 //! kubeconfigs) and prints its path; `CORRAL_K8S_NODE_VERBOSE=1` echoes the script's
 //! progress to stderr as it comes.
@@ -71,6 +76,9 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long the script's own teardown may take (~2 s) before it is killed and swept.
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a restart of kubelet (and containerd) may take until the node is Ready and its
+/// pods are Running again (the script gives up on each step within its own limits first).
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(300);
 /// kubelet's cgroupRoot, and the cgroup of every process of the node.
 pub const CGROUP: &str = "corral-e2e";
 /// The node's name and address (inside its network namespace).
@@ -87,6 +95,9 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct KubeNode {
     script: Option<Child>,
     messages: Arc<Mutex<Vec<String>>>,
+    /// The script's standard output, line by line (`ready ...`, `restarted ...`); the lock
+    /// also makes restarts one at a time.
+    stdout: Mutex<mpsc::Receiver<String>>,
     dir: PathBuf,
     netns: PathBuf,
     kubeconfig: PathBuf,
@@ -164,9 +175,7 @@ impl KubeNode {
             let stdout = child.stdout.take().expect("kube_node: script stdout");
             thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if line.starts_with("ready ") {
-                        let _ = tx.send(line);
-                    }
+                    let _ = tx.send(line);
                 }
             });
         }
@@ -175,6 +184,7 @@ impl KubeNode {
         let mut node = KubeNode {
             script: Some(child),
             messages,
+            stdout: Mutex::new(rx),
             dir: PathBuf::new(),
             netns: PathBuf::new(),
             kubeconfig: PathBuf::new(),
@@ -185,8 +195,10 @@ impl KubeNode {
         };
         let mut lock_wait = Duration::ZERO;
         let ready = loop {
-            match rx.recv_timeout(POLL) {
-                Ok(line) => break line,
+            let line = node.stdout.lock().unwrap().recv_timeout(POLL);
+            match line {
+                Ok(line) if line.starts_with("ready ") => break line,
+                Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = node.script.as_mut().and_then(|c| c.wait().ok());
                     panic!(
@@ -223,6 +235,69 @@ impl KubeNode {
         node.up_in = started.elapsed() - lock_wait;
         node.note_processes();
         node
+    }
+
+    /// Restarts the node's runtime as `systemctl restart kubelet containerd` would on a real
+    /// node: kubelet and containerd get SIGTERM and are waited for (containerd's shims and
+    /// the containers keep running), then start again with the same configuration and state,
+    /// in the same cgroup and namespaces. Returns once the new kubelet has reported the node
+    /// Ready and every pod Running before is Running again (and Ready again if it was), with
+    /// how long that took from the request. Panics, with the script's messages and the tails
+    /// of kubelet's and containerd's logs, if the restart fails or takes longer than
+    /// [`RESTART_TIMEOUT`]. The script logs the steps' times (`restarted ... stop_ms=..
+    /// containerd_ms=.. ready_ms=.. pods_ms=..`).
+    pub fn restart_runtime(&self) -> Duration {
+        self.restart(libc::SIGUSR1, "kubelet and containerd")
+    }
+
+    /// [`KubeNode::restart_runtime`] for kubelet only (containerd keeps running).
+    pub fn restart_kubelet(&self) -> Duration {
+        self.restart(libc::SIGUSR2, "kubelet")
+    }
+
+    fn restart(&self, signal: libc::c_int, what: &str) -> Duration {
+        let stdout = self.stdout.lock().unwrap();
+        let script = self
+            .script
+            .as_ref()
+            .unwrap_or_else(|| panic!("kube_node: restart of {what} after stop"));
+        // Lines from before this request (none is expected) are not its answer.
+        while stdout.try_recv().is_ok() {}
+        let started = Instant::now();
+        // SAFETY: signals the child we spawned and have not reaped (`script` is still ours).
+        if unsafe { libc::kill(script.id() as libc::pid_t, signal) } != 0 {
+            panic!(
+                "kube_node: cannot signal k8s-node-up.sh to restart {what}: {}",
+                io::Error::last_os_error()
+            );
+        }
+        let fail = |why: String| -> ! {
+            panic!(
+                "kube_node: restart of {what}: {why}\n--- script ---\n{}\n--- kubelet ---\n{}\n\
+                 --- containerd ---\n{}",
+                self.messages(),
+                self.log_tail("kubelet", 30),
+                self.log_tail("containerd", 20)
+            )
+        };
+        loop {
+            let left = RESTART_TIMEOUT.saturating_sub(started.elapsed());
+            match stdout.recv_timeout(left) {
+                Ok(line) if line.starts_with("restarted ") => break,
+                Ok(line) if line.starts_with("restart-failed ") => fail(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    fail(format!("not done within {RESTART_TIMEOUT:?}"))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    fail("k8s-node-up.sh exited".to_string())
+                }
+            }
+        }
+        let took = started.elapsed();
+        drop(stdout);
+        self.note_processes();
+        took
     }
 
     /// From `start` to the node up (Ready, kube-proxy synced, DNS answering), not counting
