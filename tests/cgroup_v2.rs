@@ -1074,6 +1074,25 @@ mod child {
         Err(io::Error::from_raw_os_error(step * 1000 + errno))
     }
 
+    /// Empties the bounding set but for `keep`: a root process that execs then holds those
+    /// capabilities only, as a container whose runtime drops the others.
+    pub fn keep_only(step: i32, keep: &[libc::c_int]) -> io::Result<()> {
+        for cap in 0..=libc::c_int::from(u8::MAX) {
+            if keep.contains(&cap) {
+                continue;
+            }
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                // Past the last capability the kernel knows.
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                return failed(step);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves the calling process into the group whose `cgroup.procs` is `procs`.
     pub fn join(step: i32, procs: &CStr) -> io::Result<()> {
         // SAFETY: open, write and close of a borrowed path and buffer.
@@ -1412,7 +1431,8 @@ fn delegated_only_a_delegated_subtree_is_written_and_unit_names_are_roots() {
 
 /// `corral ARGS…` as a pod on v2 starts it: in a group of a kubepods-like tree, in a
 /// private cgroup namespace rooted there, with the runtime's own read-only view of
-/// /sys/fs/cgroup and the host's hierarchy mounted over it (the chart's hostPath).
+/// /sys/fs/cgroup and the host's hierarchy mounted over it (the chart's hostPath), and only
+/// the capabilities the chart's agent gets ([`CHART_CAPABILITIES`]).
 fn corral_in_a_pod(agent: &Path, aside: &Path, args: &[&str]) -> Command {
     let procs = c_path(&agent.join("cgroup.procs"));
     let view = c_path(&aside.join(agent.strip_prefix(pure_v2()).unwrap()));
@@ -1429,11 +1449,16 @@ fn corral_in_a_pod(agent: &Path, aside: &Path, args: &[&str]) -> Command {
             // hostPath over it.
             child::bind(3, &cgroup, &aside, false)?;
             child::bind(4, &view, &cgroup, true)?;
-            child::bind(5, &aside, &cgroup, false)
+            child::bind(5, &aside, &cgroup, false)?;
+            child::keep_only(6, &CHART_CAPABILITIES)
         });
     }
     command
 }
+
+/// What the chart's agent is given (charts/corral/templates/agent/daemonset.yaml): KILL,
+/// SETGID, SETUID, SETPCAP, SYS_PTRACE, SYS_ADMIN and DAC_OVERRIDE.
+const CHART_CAPABILITIES: [libc::c_int; 7] = [5, 6, 7, 8, 19, 21, 1];
 
 fn cap_bit(pid: u32, field: &str, bit: u32) -> bool {
     let status = read(Path::new(&format!("/proc/{pid}/status")));
@@ -1448,7 +1473,7 @@ fn cap_bit(pid: u32, field: &str, bit: u32) -> bool {
 /// The chart's agent on a v2 node: in a private cgroup namespace the kernel would refuse
 /// to move a replica into corral's groups (ENOENT), so without `--host-cgroup-namespace`
 /// corral refuses to start and says what to pass, writing nothing; with it, corral joins
-/// PID 1's namespace, drops CAP_SYS_ADMIN for good, and the replica runs in its group
+/// PID 1's namespace, drops CAP_SYS_ADMIN and CAP_SYS_PTRACE for good, and the replica runs in its group
 /// under its limits.
 #[test]
 #[ignore = "needs a cgroup v2 kernel: scripts/v2-vm.sh runs it in a VM"]
@@ -1505,12 +1530,14 @@ fn pod_a_private_cgroup_namespace_is_refused_plainly_and_joined_with_the_flag() 
         ns("1"),
         "corral joined PID 1's namespace"
     );
-    const CAP_SYS_ADMIN: u32 = 21;
-    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert!(
-            !cap_bit(run.pid(), field, CAP_SYS_ADMIN),
-            "{field} still has CAP_SYS_ADMIN"
-        );
+    for (cap, name) in [
+        (21, "CAP_SYS_ADMIN"),
+        (19, "CAP_SYS_PTRACE"),
+        (1, "CAP_DAC_OVERRIDE"),
+    ] {
+        for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert!(!cap_bit(run.pid(), field, cap), "{field} still has {name}");
+        }
     }
     assert!(cap_bit(run.pid(), "CapEff:", 5), "and keeps CAP_KILL");
 

@@ -552,16 +552,19 @@ impl Rendered {
         let pod = daemonset.at("/spec/template/spec");
         let container = only_container(daemonset);
         let mut args = args(container);
-        // Joining the node's cgroup namespace (v2) comes with SYS_ADMIN, and only then.
+        // Joining the node's cgroup namespace (v2) and making the root come with SYS_ADMIN,
+        // SYS_PTRACE and DAC_OVERRIDE (which the agent drops at once), and only then.
         let joins = args.contains(&"--host-cgroup-namespace");
         args.retain(|a| *a != "--host-cgroup-namespace");
         let added = strings(&container["securityContext"]["capabilities"]["add"]);
-        assert_eq!(
-            added.contains(&"SYS_ADMIN"),
-            joins,
-            "{}: SYS_ADMIN is added exactly when the agent joins the node's cgroup namespace",
-            self.file
-        );
+        for capability in ["SYS_ADMIN", "SYS_PTRACE", "DAC_OVERRIDE"] {
+            assert_eq!(
+                added.contains(&capability),
+                joins,
+                "{}: {capability} is added exactly when the agent joins the node's cgroup namespace",
+                self.file
+            );
+        }
         assert_eq!(
             &args[..9],
             [
@@ -592,7 +595,16 @@ impl Rendered {
         assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
         for capability in strings(&security["capabilities"]["add"]) {
             assert!(
-                ["KILL", "SETUID", "SETGID", "SETPCAP", "SYS_ADMIN"].contains(&capability),
+                [
+                    "KILL",
+                    "SETUID",
+                    "SETGID",
+                    "SETPCAP",
+                    "SYS_ADMIN",
+                    "SYS_PTRACE",
+                    "DAC_OVERRIDE"
+                ]
+                .contains(&capability),
                 "{}: the agent is given {capability}; the chart's README says which it needs",
                 self.file
             );
@@ -988,7 +1000,7 @@ fn minimal_values_install_the_defaults() {
     assert!(pod["hostNetwork"].is_null());
     assert_eq!(
         container["securityContext"]["capabilities"],
-        json!({"drop": ["ALL"], "add": ["KILL", "SETUID", "SETGID", "SETPCAP", "SYS_ADMIN"]})
+        json!({"drop": ["ALL"], "add": ["KILL", "SETUID", "SETGID", "SETPCAP", "SYS_ADMIN", "SYS_PTRACE", "DAC_OVERRIDE"]})
     );
     assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
     assert_eq!(pod["priorityClassName"], "system-node-critical");

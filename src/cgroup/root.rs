@@ -229,8 +229,11 @@ pub fn is_delegated(dir: &Path) -> bool {
 
 /// Joins the cgroup namespace of PID 1 (the host's init, when the host's PID namespace is
 /// shared, as the chart's agent has it), runs `before_drop` (which may need
-/// `CAP_SYS_ADMIN` too), then drops `CAP_SYS_ADMIN` (also when corral already was in that
-/// namespace, and when `before_drop` failed, whose error is then returned). A pod on cgroup v2 gets a private cgroup namespace, and the kernel refuses to
+/// `CAP_SYS_ADMIN` and `CAP_DAC_OVERRIDE` too), then drops `CAP_SYS_ADMIN`,
+/// `CAP_SYS_PTRACE` and `CAP_DAC_OVERRIDE` (also when corral already was in that namespace,
+/// and when `before_drop` failed, whose error is then returned). On v1 and hybrid hosts it
+/// joins nothing (see below) and returns false. A pod on cgroup v2 gets a private cgroup
+/// namespace, and the kernel refuses to
 /// move a process into a group outside it (ENOENT); in the host's namespace, corral's
 /// groups are in reach. Returns false when corral already was in PID 1's namespace.
 /// Namespaces and capabilities are per thread: call it before any other thread starts.
@@ -253,16 +256,28 @@ pub fn join_host_namespace(
             "joining the host's cgroup namespace must happen before other threads start".into(),
         );
     }
+    // On v1 and hybrid hosts the runtime shares the host's cgroup namespace (runtimes make
+    // private ones on v2 only), and the v1 hierarchies show no namespace boundary anyway:
+    // nothing to join, and PID 1's namespace files need not be readable.
+    if super::layout::Layout::detect().is_ok_and(|l| !l.is_v2()) {
+        let prepared = before_drop();
+        drop_start_capabilities()?;
+        prepared?;
+        return Ok(false);
+    }
     let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/cgroup")).map(|m| m.ino());
     let (own, host) = match (ns("self"), ns("1")) {
         (Ok(own), Ok(host)) => (own, host),
         (Err(e), _) | (_, Err(e)) => {
-            return Err(format!("reading /proc/{{self,1}}/ns/cgroup: {e}"));
+            return Err(format!(
+                "reading /proc/{{self,1}}/ns/cgroup: {e}; reaching PID 1's namespaces needs CAP_SYS_PTRACE (the chart's agent adds it, and corral drops it right after)"
+            ));
         }
     };
     if own != host {
-        let file = std::fs::File::open("/proc/1/ns/cgroup")
-            .map_err(|e| format!("opening /proc/1/ns/cgroup: {e}"))?;
+        let file = std::fs::File::open("/proc/1/ns/cgroup").map_err(|e| {
+            format!("opening /proc/1/ns/cgroup: {e}; it needs CAP_SYS_PTRACE (the chart's agent adds it, and corral drops it right after)")
+        })?;
         // SAFETY: setns on a descriptor that stays open for the call.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWCGROUP) } == -1 {
             return Err(format!(
@@ -272,14 +287,31 @@ pub fn join_host_namespace(
         }
     }
     let prepared = before_drop();
-    // Dropped either way: on a v1 node the runtime shares the host's namespace already.
-    crate::agent::sandbox::drop_capability(CAP_SYS_ADMIN)
-        .map_err(|e| format!("dropping CAP_SYS_ADMIN: {e}"))?;
+    drop_start_capabilities()?;
     prepared?;
     Ok(own != host)
 }
 
+/// Drops what only the start needed from every capability set and the bounding set.
+fn drop_start_capabilities() -> Result<(), String> {
+    for (cap, name) in [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
+    ] {
+        crate::agent::sandbox::drop_capability(cap).map_err(|e| format!("dropping {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 const CAP_SYS_ADMIN: u32 = 21;
+/// Reading and opening another process's namespace files (`/proc/1/ns/cgroup`) is a
+/// ptrace-mode access: a process whose capabilities are not a superset of PID 1's (the
+/// chart's agent, which keeps a few) needs this one for it.
+const CAP_SYS_PTRACE: u32 = 19;
+/// The top directory of every cgroup hierarchy is mode 0555: making corral's root there
+/// (`before_drop`) needs this one; the groups below are corral's own, mode 0755.
+const CAP_DAC_OVERRIDE: u32 = 1;
 
 /// In `self` mode, moves every process of the root group (corral first, when it runs
 /// there) into [`LEAF`], so that the root may enable controllers for its children.

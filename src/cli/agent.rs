@@ -30,7 +30,7 @@ pub struct Args {
     /// corral runs in (a systemd unit with Delegate=yes).
     #[arg(long, default_value = "corral", value_name = "PATH")]
     pub cgroup_root: String,
-    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN: for a pod on
+    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN and CAP_SYS_PTRACE: for a pod on
     /// cgroup v2 that shares the host's PID namespace and mounts its /sys/fs/cgroup (the
     /// Helm chart's agent).
     #[arg(long, env = "CORRAL_HOST_CGROUP_NAMESPACE")]

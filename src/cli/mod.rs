@@ -88,40 +88,34 @@ pub fn pump_logs(agent: &mut crate::agent::node::Agent) {
     }
 }
 
-/// Joins the host's cgroup namespace when `--host-cgroup-namespace` asks for it, and on a
-/// v1 or hybrid host makes corral's root (`root`, `corral` when `None`) before dropping
-/// `CAP_SYS_ADMIN`: the root's devices policy needs it (see [`crate::cgroup::others`]).
+/// Joins the host's cgroup namespace when `--host-cgroup-namespace` asks for it, and makes
+/// corral's root (`root`, `corral` when `None`) before dropping the capabilities that only
+/// the start needs: the top directory of a hierarchy is mode 0555 (`CAP_DAC_OVERRIDE`),
+/// and on v1 the root's devices list needs `CAP_SYS_ADMIN` (see [`crate::cgroup::others`]).
 /// Call it before any thread starts (before the runtime and the log output).
 ///
 /// # Errors
 /// The kernel refused; the error says what is needed.
 pub fn join_host_cgroup_namespace(asked: bool, root: Option<&str>) -> anyhow::Result<()> {
     if asked {
-        let joined = crate::cgroup::root::join_host_namespace(|| make_v1_root(root))
+        let joined = crate::cgroup::root::join_host_namespace(|| make_root(root))
             .map_err(|e| anyhow::anyhow!("--host-cgroup-namespace: {e}"))?;
         if joined {
-            eprintln!("joined the host's cgroup namespace (PID 1's) and dropped CAP_SYS_ADMIN");
+            eprintln!(
+                "joined the host's cgroup namespace (PID 1's) and dropped CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_OVERRIDE"
+            );
         }
     }
     Ok(())
 }
 
-/// On a v1 or hybrid host with a devices hierarchy, makes corral's root there and in every
-/// other hierarchy, with its devices policy. Nothing on v2, or for `self` (v2 only); a
-/// layout that cannot be read is reported later by [`cgroupfs`].
-fn make_v1_root(root: Option<&str>) -> Result<(), String> {
-    use crate::cgroup::{fs::Cgroupfs, layout::Layout};
-    let name = root.unwrap_or("corral");
-    let Ok(layout) = Layout::detect() else {
-        return Ok(());
-    };
-    if layout.is_v2() || !layout.others.contains_key("devices") || name == crate::cgroup::root::SELF
-    {
-        return Ok(());
-    }
-    Cgroupfs::new(layout, name)
-        .and_then(|fs| fs.create(None))
-        .map_err(|e| format!("making corral's cgroup root before dropping CAP_SYS_ADMIN: {e}"))
+/// Makes corral's root in every hierarchy, as [`cgroupfs`] resolves it (on v1 with its
+/// devices list).
+fn make_root(root: Option<&str>) -> Result<(), String> {
+    let fs = cgroupfs(root, true).map_err(|e| e.to_string())?;
+    fs.create(None).map_err(|e| {
+        format!("making corral's cgroup root while the start's capabilities last: {e}")
+    })
 }
 
 /// The cgroup subtree a command manages: `--cgroup-root` resolved on this host (`corral`
@@ -146,7 +140,7 @@ pub fn cgroupfs(
             );
         }
         anyhow::bail!(
-            "corral runs in a private cgroup namespace (as a pod on cgroup v2 does), and {} shows a hierarchy whose top ({}) is outside it: the kernel would refuse to move any replica into its group. Pass --host-cgroup-namespace (it needs CAP_SYS_ADMIN, dropped right after, and the host's PID namespace; the Helm chart does this)",
+            "corral runs in a private cgroup namespace (as a pod on cgroup v2 does), and {} shows a hierarchy whose top ({}) is outside it: the kernel would refuse to move any replica into its group. Pass --host-cgroup-namespace (it needs CAP_SYS_ADMIN and CAP_SYS_PTRACE, dropped right after, and the host's PID namespace; the Helm chart does this)",
             mount.display(),
             layout.unified_root
         );

@@ -54,7 +54,7 @@ pub struct Where {
     /// the last run used.
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<String>,
-    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN: for a pod on
+    /// Join the cgroup namespace of PID 1 first, then drop CAP_SYS_ADMIN and CAP_SYS_PTRACE: for a pod on
     /// cgroup v2 that shares the host's PID namespace and mounts its /sys/fs/cgroup.
     #[arg(long, env = "CORRAL_HOST_CGROUP_NAMESPACE")]
     pub host_cgroup_namespace: bool,
