@@ -70,7 +70,8 @@ service_cidr=10.96.0.0/16
 kubernetes_ip=10.96.0.1
 dns_ip=10.96.0.10
 cluster_domain=cluster.local
-pause_image=corral.local/pause:1
+# What scripts/image/pause.sh tags the sandbox image (kubelet 1.32's default too).
+pause_image=registry.k8s.io/pause:3.10
 
 mode=up
 keep=0

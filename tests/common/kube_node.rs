@@ -87,8 +87,8 @@ pub const NODE_IP: &str = "10.214.0.2";
 /// The Service IP of the cluster DNS (kube-dns).
 pub const DNS_IP: &str = "10.96.0.10";
 /// Images loaded into the node's containerd at start (built by `scripts/k8s-node.sh`).
-pub const PAUSE_IMAGE: &str = "corral.local/pause:1";
-pub const BUSYBOX_IMAGE: &str = "corral.local/busybox:1";
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
+pub const BUSYBOX_IMAGE: &str = "busybox:1.35";
 const POLL: Duration = Duration::from_millis(200);
 
 /// A running one-node cluster; torn down on drop.
