@@ -469,13 +469,20 @@ impl Cgroupfs {
     }
 
     /// Every corral group below the root, tenants before their replicas. Directories whose
-    /// names are not corral groups are not corral's and are left alone.
+    /// names are not corral groups are not corral's and are left alone. Listed in the
+    /// hierarchies of corral's controllers only: it makes and removes a group in the others
+    /// with them, and listing those too made each resync a third slower.
     ///
     /// # Errors
     /// The root exists but cannot be listed.
     pub fn groups(&self) -> Result<Vec<GroupPath>, CgroupError> {
         let mut found = BTreeSet::new();
-        for root in self.root_dirs() {
+        let limited: BTreeSet<&PathBuf> = if self.is_v2() {
+            self.layout.unified.iter().collect()
+        } else {
+            self.layout.v1.values().collect()
+        };
+        for root in limited.into_iter().map(|m| m.join(self.root_path())) {
             for tenant in subdirs(&root)? {
                 let Ok(tenant_group) = GroupPath::parse(&tenant) else {
                     continue;
