@@ -109,23 +109,6 @@ fn load_images(node: &KubeNode, tag: &str) {
     println!("images built and loaded in {:?}", started.elapsed());
 }
 
-/// Tags the loaded corral image `IMAGE:from` also as `IMAGE:to`: a new image for the chart.
-fn retag(node: &KubeNode, from: &str, to: &str) {
-    let output = Command::new("ctr")
-        .arg("--address")
-        .arg(node.containerd_socket())
-        .args(["-n", "k8s.io", "images", "tag"])
-        .arg(format!("{IMAGE}:{from}"))
-        .arg(format!("{IMAGE}:{to}"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// `helm install` (or `upgrade`) of the chart with `values` (a values file's content),
 /// waiting for every pod.
 fn helm(node: &KubeNode, verb: &str, values: &Value) -> Duration {
@@ -337,8 +320,9 @@ fn assert_same(before: &BTreeMap<String, Vec<u32>>, what: &str) {
 
 #[test]
 fn the_chart_runs_workloads_on_a_real_node_and_replacing_its_pods_disturbs_none() {
-    let node = KubeNode::start();
+    // Before the node: dropped after it, once no agent can make the root again.
     let _swept = Swept::new();
+    let node = KubeNode::start();
     println!("node up in {:?}", node.up_in());
     load_images(&node, "e2e");
     let embedded = json!({"embedded": {"enabled": true}});
@@ -420,7 +404,7 @@ fn the_chart_runs_workloads_on_a_real_node_and_replacing_its_pods_disturbs_none(
     assert_same(&before, "the agent pod was deleted");
 
     // helm upgrade to a new image: the controller and the agent DaemonSet roll.
-    retag(&node, "e2e", "e2e-next");
+    node.tag_image(&format!("{IMAGE}:e2e"), &format!("{IMAGE}:e2e-next"));
     let took = helm(&node, "upgrade", &values(&node, "e2e-next", embedded));
     println!("helm upgrade to every pod Ready: {took:?}");
     let rolled = agent_pod(&node);
@@ -480,8 +464,8 @@ fn the_chart_runs_workloads_on_a_real_node_and_replacing_its_pods_disturbs_none(
 
 #[test]
 fn the_chart_runs_on_an_external_ensemble_with_credentials() {
-    let node = KubeNode::start();
     let _swept = Swept::new();
+    let node = KubeNode::start();
     // Three servers on addresses of their own in the node's namespace, as an ensemble
     // outside the cluster would be.
     let addresses: Vec<String> = (11..=13).map(|i| format!("10.214.0.{i}")).collect();

@@ -71,6 +71,17 @@ spec:
     )
 }
 
+/// The node's Ready condition: `True` once kubelet reports it healthy.
+fn node_ready(node: &KubeNode) -> String {
+    node.kubectl_ok(&[
+        "get",
+        "node",
+        NODE_NAME,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ])
+}
+
 /// `kubectl exec` in the client pod; returns (success, stdout + stderr).
 fn exec(node: &KubeNode, script: &str) -> (bool, String) {
     let output = node.kubectl(&["-n", NAMESPACE, "exec", "client", "--", "sh", "-c", script]);
@@ -111,13 +122,7 @@ fn one_node_cluster_runs_pods_serves_dns_and_cluster_ips_then_leaves_nothing() {
     };
     println!("node up in {:?}", node.up_in());
 
-    let ready = node.kubectl_ok(&[
-        "get",
-        "node",
-        NODE_NAME,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
+    let ready = node_ready(&node);
     assert_eq!(ready, "True");
 
     node.create_namespace(NAMESPACE);
@@ -402,13 +407,7 @@ fn worker(node: &KubeNode) -> Worker {
 /// it not Ready until its first probe), in the same process (not restarted, same shim), and
 /// `kubectl exec` reaches it again.
 fn check_after_restart(node: &KubeNode, before: &Worker) {
-    let ready = node.kubectl_ok(&[
-        "get",
-        "node",
-        NODE_NAME,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
+    let ready = node_ready(node);
     assert_eq!(ready, "True");
     let phase = node.kubectl_ok(&[
         "-n",

@@ -43,6 +43,27 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// Runs `command` with `stdin` as its standard input, written from a thread of its own so
+/// that a large input cannot deadlock against its output; `who` names the caller in a panic.
+pub fn output_with_stdin(mut command: Command, stdin: &str, who: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{who}: cannot run {command:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.to_string();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{who}: {command:?} failed: {e}"));
+    let _ = writer.join();
+    output
+}
+
 /// Where the setup script puts the binaries, unless `CORRAL_K8S` says otherwise.
 pub const DEFAULT_K8S_DIR: &str = "/var/tmp/corral-k8s";
 /// How long etcd plus kube-apiserver may take to report `/readyz` ok (~4 s when idle).
@@ -200,23 +221,7 @@ impl ApiServer {
 
     /// Runs `kubectl ARGS` with `stdin` as its standard input (for `-f -`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .kubectl_command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("apiserver: cannot run kubectl: {e}"));
-        let mut input = child.stdin.take().expect("kubectl stdin");
-        let text = stdin.to_string();
-        let writer = thread::spawn(move || {
-            let _ = input.write_all(text.as_bytes());
-        });
-        let output = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("apiserver: kubectl failed: {e}"));
-        let _ = writer.join();
-        output
+        output_with_stdin(self.kubectl_command(args), stdin, "apiserver")
     }
 
     /// Runs `kubectl ARGS`, panics unless it succeeds, and returns its standard output.

@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::apiserver::{DEFAULT_K8S_DIR, spawn_tied_to_process_with};
+use super::apiserver::{DEFAULT_K8S_DIR, output_with_stdin, spawn_tied_to_process_with};
 
 /// Set (to anything but `0`) to not run `scripts/k8s-node.sh`.
 pub const NO_PROVISION_ENV: &str = "CORRAL_K8S_NODE_NO_PROVISION";
@@ -399,24 +399,9 @@ impl KubeNode {
 
     /// Runs `kubectl ARGS` with `stdin` as its standard input (for `apply -f -`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .command("kubectl")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("kube_node: cannot run kubectl: {e}"));
-        let mut input = child.stdin.take().expect("kubectl stdin");
-        let text = stdin.to_string();
-        let writer = thread::spawn(move || {
-            let _ = input.write_all(text.as_bytes());
-        });
-        let output = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("kube_node: kubectl failed: {e}"));
-        let _ = writer.join();
-        output
+        let mut command = self.command("kubectl");
+        command.args(args);
+        output_with_stdin(command, stdin, "kube_node")
     }
 
     /// `kubectl apply -f -` of `manifest`; panics unless it succeeds.
@@ -444,15 +429,27 @@ impl KubeNode {
     /// Loads a `docker save` archive into the node's containerd, where kubelet finds it (pods
     /// using it need `imagePullPolicy: IfNotPresent` or `Never`, or a tag other than latest).
     pub fn import_image(&self, archive: &Path) {
+        let archive = archive.to_string_lossy();
+        self.ctr_images(&["import", &archive]);
+    }
+
+    /// Tags the loaded image `from` also as `to` (`ctr images tag`): a new image name for
+    /// a chart upgrade, without building anything.
+    pub fn tag_image(&self, from: &str, to: &str) {
+        self.ctr_images(&["tag", from, to]);
+    }
+
+    /// `ctr -n k8s.io images ARGS` against the node's containerd; panics unless it succeeds.
+    fn ctr_images(&self, args: &[&str]) {
         let output = Command::new("ctr")
             .arg("--address")
             .arg(&self.containerd)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(archive)
+            .args(["-n", "k8s.io", "images"])
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("kube_node: cannot run ctr: {e}"));
-        ok("ctr images import", &[&archive.to_string_lossy()], output);
+        ok("ctr images", args, output);
     }
 
     /// Creates a namespace and waits for its default ServiceAccount, without which no pod
